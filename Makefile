@@ -1,0 +1,39 @@
+# `make run` and `make test` each do all the set-up on a fresh clone.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DATA    ?= $(if $(JAXUQ_DATA_DIR),$(JAXUQ_DATA_DIR),../shared/data)
+PYTEST_ARGS ?=
+
+.PHONY: run test venv install-run install-test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The main job: the full jaxuq evaluation table of a real model on real data.
+install-run: $(BIN)/python
+	$(BIN)/pip install -q -e ".[examples]"
+	@touch $(VENV)/.run-deps
+
+run: install-run
+	JAXUQ_DATA_DIR=$(DATA) $(BIN)/python -m experiments.main
+
+# The whole suite, parity tests against torch-uncertainty 0.13.0 included.
+# torch/torchvision come first, alone, as in TU's install recipe (local wheels).
+install-test: $(BIN)/python
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev,torch,examples]"
+
+test: install-test
+	$(BIN)/ruff check .
+	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(BIN)/python
+	$(BIN)/ruff check .
+
+bench: install-test
+	JAXUQ_DATA_DIR=$(DATA) $(BIN)/python bench/metrics.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

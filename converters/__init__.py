@@ -1,0 +1,1 @@
+"""Torch -> Flax checkpoint converters (CLI: jaxuq-convert)."""

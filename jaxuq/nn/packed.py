@@ -1,0 +1,1 @@
+"""Packed-Ensembles layers (PackedConv, PackedDense). Owned by the ensembles work."""
