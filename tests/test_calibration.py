@@ -1,0 +1,110 @@
+"""Temperature / vector / matrix scaling: TU 0.13.0 parity and the exact optimum."""
+
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxuq.calibration import scaling as S
+from tests.helpers import require
+
+
+def _data(scale, n=1000, c=10, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    z = rng.normal(size=(n, c)).astype(np.float32) * 3
+    z[np.arange(n), y] += 4.0
+    return (z * scale).astype(np.float32), y
+
+
+def _tu_fit(cls, z, y, **kw):
+    torch = require("torch")
+    require("torch_uncertainty")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    logging.disable(logging.WARNING)
+    s = cls(**kw)
+    s.fit(DataLoader(TensorDataset(torch.tensor(z), torch.tensor(y)), batch_size=len(y)), progress=False)
+    logging.disable(logging.NOTSET)
+    return s
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("scale,seed", [(1.0, 0), (2.0, 1), (0.5, 2)])
+def test_temperature_matches_tu(scale, seed):
+    from torch_uncertainty.post_processing import TemperatureScaler
+
+    z, y = _data(scale, seed=seed)
+    t_tu = _tu_fit(TemperatureScaler, z, y).temperature[0].item()
+    t_jx = float(S.temperature_fit(z, y)["temperature"][0])
+    assert abs(t_jx - t_tu) / t_tu < 1e-3, (t_jx, t_tu)
+
+
+@pytest.mark.parity
+def test_temperature_init_and_max_iter_match_tu():
+    from torch_uncertainty.post_processing import TemperatureScaler
+
+    z, y = _data(1.5, seed=3)
+    t_tu = _tu_fit(TemperatureScaler, z, y, init_temperature=2.0, max_iter=10).temperature[0].item()
+    t_jx = float(S.temperature_fit(z, y, init_temperature=2.0, max_iter=10)["temperature"][0])
+    assert abs(t_jx - t_tu) / t_tu < 1e-3
+
+
+@pytest.mark.parity
+def test_vector_and_matrix_losses_match_tu():
+    torch = require("torch")
+    from torch_uncertainty.post_processing import MatrixScaler, VectorScaler
+
+    z, y = _data(1.0, seed=4)
+    for cls, fit, app in [(VectorScaler, S.vector_fit, S.vector_apply), (MatrixScaler, S.matrix_fit, S.matrix_apply)]:
+        s = _tu_fit(cls, z, y, num_classes=10)
+        with torch.no_grad():
+            l_tu = torch.nn.functional.cross_entropy(s._scale(torch.tensor(z)), torch.tensor(y)).item()
+        l_jx = float(S.cross_entropy(app(fit(z, y), z), jnp.asarray(y)))
+        assert abs(l_tu - l_jx) < 1e-4, (cls.__name__, l_tu, l_jx)
+
+
+@pytest.mark.parity
+def test_binary_logits_match_tu():
+    from torch_uncertainty.post_processing import TemperatureScaler
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 500)
+    z = ((2 * y - 1) * 2.5 + rng.normal(size=500) * 2).astype(np.float32)[:, None]
+    t_tu = _tu_fit(TemperatureScaler, z, y).temperature[0].item()
+    t_jx = float(S.temperature_fit(z, y)["temperature"][0])
+    assert abs(t_jx - t_tu) / t_tu < 1e-3
+
+
+def test_exact_reaches_the_optimum_and_tu_does_not_quite():
+    z, y = _data(2.0, n=2000, seed=6)
+    exact = float(S.temperature_fit(z, y, method="exact")["temperature"][0])
+    tu = float(S.temperature_fit(z, y)["temperature"][0])
+    ts = np.linspace(exact * 0.98, exact * 1.02, 81)
+    losses = [float(S.cross_entropy(jnp.asarray(z) / t, jnp.asarray(y))) for t in ts]
+    assert abs(ts[int(np.argmin(losses))] - exact) <= (ts[1] - ts[0])
+    loss = lambda t: float(S.cross_entropy(jnp.asarray(z) / t, jnp.asarray(y)))
+    assert loss(exact) <= loss(tu) + 1e-7
+    # vector/matrix exact losses are no worse than TU's partial fits
+    for fit, app in [(S.vector_fit, S.vector_apply), (S.matrix_fit, S.matrix_apply)]:
+        le = float(S.cross_entropy(app(fit(z, y, method="exact"), z), jnp.asarray(y)))
+        lt = float(S.cross_entropy(app(fit(z, y), z), jnp.asarray(y)))
+        assert le <= lt + 1e-5
+
+
+def test_temperature_scaling_lowers_nll_and_bad_input():
+    z, y = _data(3.0, seed=7)
+    p = S.temperature_fit(z, y)
+    assert float(p["temperature"][0]) > 1.0  # over-confident logits get T > 1
+    assert float(S.cross_entropy(S.temperature_apply(p, z), jnp.asarray(y))) < float(S.cross_entropy(jnp.asarray(z), jnp.asarray(y)))
+    bad = z.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        S.temperature_fit(bad, y)
+    with pytest.raises(ValueError, match="labels"):
+        S.temperature_fit(z, y[:-1])
+    with pytest.raises(ValueError, match="positive"):
+        S.temperature_fit(z, y, init_temperature=0)
+    with pytest.raises(ValueError, match="method"):
+        S.temperature_fit(z, y, method="adam")
