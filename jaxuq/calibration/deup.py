@@ -136,7 +136,9 @@ def deup_fit(
         keys = jax.random.split(key, num_folds + 1)
         init_params = [init_mlp(k, feats.shape[1], hidden_dim) for k in keys]
     if len(init_params) != num_folds + 1:
-        raise ValueError(f"init_params must hold num_folds + 1 = {num_folds + 1} MLPs; got {len(init_params)}")
+        raise ValueError(
+            f"init_params must hold num_folds + 1 = {num_folds + 1} MLPs; got {len(init_params)}"
+        )
     init_params = [{k: jnp.asarray(v, jnp.float32) for k, v in p.items()} for p in init_params]
 
     oof = jnp.zeros((n,), jnp.float32)

@@ -67,7 +67,9 @@ def prepare_logits(logits, labels, eps: float = 1e-8) -> tuple[jax.Array, jax.Ar
         raise ValueError("logits contain NaN or inf; the scaler cannot be fitted on them")
     lab = np.asarray(labels)
     if lab.size and (lab.min() < 0 or lab.max() >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]; got range [{lab.min()}, {lab.max()}]")
+        raise ValueError(
+            f"labels must lie in [0, {logits.shape[1] - 1}]; got range [{lab.min()}, {lab.max()}]"
+        )
     return logits, labels.astype(jnp.int32)
 
 

@@ -68,7 +68,9 @@ def _single_only(name: str, z: jax.Array) -> None:
 
 def _ensemble_only(name: str, z: jax.Array) -> None:
     if not _is_ensemble(z):
-        raise ValueError(f"{name!r}: you cannot use mutual information or variation ratio with a single model.")
+        raise ValueError(
+            f"{name!r}: you cannot use mutual information or variation ratio with a single model."
+        )
 
 
 def msp(logits) -> jax.Array:
