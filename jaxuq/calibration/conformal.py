@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jaxuq.calibration.scaling import temperature_apply, temperature_fit
 
 __all__ = [
+    "temperature_apply",
     "conformal_quantile",
     "thr_scores",
     "thr_quantile",
