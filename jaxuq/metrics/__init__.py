@@ -1,1 +1,57 @@
-"""jaxuq.metrics."""
+"""jaxuq.metrics: torch-uncertainty 0.13.0's classification metric suite as pure JAX functions.
+
+Every public function validates its inputs (shapes, NaN/inf, label ranges, probabilities summing to
+one) with one device->host check and raises ``ValueError`` naming the argument, then calls a
+jitted float32 core. Streaming (batch/device mergeable) forms live in
+:mod:`jaxuq.metrics.streaming`; the fused whole-table core in :mod:`jaxuq.metrics.suite`.
+
+Shapes: ``probs [N, C]``, ``labels [N]``, ensembles ``member_probs [M, N, C]`` (members on axis 0),
+OOD ``scores [N]`` (higher = more OOD) with ``is_ood [N]`` (OOD = positive class).
+"""
+
+from jaxuq.metrics import streaming
+from jaxuq.metrics.calibration import (
+    ECE_EDGES,
+    ReliabilityData,
+    adaptive_ece,
+    ece,
+    mce,
+    reliability_diagram_data,
+    smooth_ece,
+)
+from jaxuq.metrics.classification import accuracy, brier_score, entropy, nll
+from jaxuq.metrics.complexity import count_flops, count_params
+from jaxuq.metrics.ensemble import disagreement, ensemble_entropy, mutual_information
+from jaxuq.metrics.ood import auc, aupr, auroc, fpr95, fpr_at_tpr, tpr_at_fpr
+from jaxuq.metrics.selective import augrc, aurc, cov_at_risk, risk_at_cov, scod_metrics
+
+__all__ = [
+    "ECE_EDGES",
+    "ReliabilityData",
+    "accuracy",
+    "adaptive_ece",
+    "auc",
+    "augrc",
+    "aupr",
+    "auroc",
+    "aurc",
+    "brier_score",
+    "count_flops",
+    "count_params",
+    "cov_at_risk",
+    "disagreement",
+    "ece",
+    "ensemble_entropy",
+    "entropy",
+    "fpr95",
+    "fpr_at_tpr",
+    "mce",
+    "mutual_information",
+    "nll",
+    "reliability_diagram_data",
+    "risk_at_cov",
+    "scod_metrics",
+    "smooth_ece",
+    "streaming",
+    "tpr_at_fpr",
+]

@@ -1,0 +1,355 @@
+"""Streaming (mergeable) forms of the metrics, optax-style.
+
+Each factory returns a :class:`StreamingMetric` ``(init, update, merge, compute)`` of pure
+functions over a small ``NamedTuple`` state, so an evaluation over batches (and devices: merge the
+per-device states) gives the full-array answer whatever the batching:
+
+* **sum type** (accuracy, Brier, NLL, entropy, ensemble entropy, disagreement, MI):
+  :class:`SumState` = float32 running sum + int32 count; equal to the full-array value up to
+  float32 summation order (~1e-7 relative). MI clamps the accumulated sum at compute, like TU.
+* **binned** (ECE, MCE, reliability data): :class:`BinnedState` = the 16-slot float32 sums of
+  confidence and accuracy plus exact int32 counts; bin membership is per sample, so the state is
+  batching-invariant up to float32 summation order.
+* **list type** (aECE, SmECE, AURC family, AUROC, AUPR, FPR@TPR, partial AUC, TPR@FPR): these
+  need a global sort, so :class:`ListState` keeps the concatenated per-sample arrays (confidence
+  and error, or score and OOD label; O(N) memory, like torchmetrics' list states) and ``compute``
+  runs the full-array metric once. ``update`` is cheap (one top-label reduction per batch).
+
+``update`` checks shapes (free) but not values: value validation would force a device->host sync
+per batch; validate once on the full arrays with the public functions if needed.
+
+Example::
+
+    m = jaxuq.metrics.streaming.ece()
+    state = m.init()
+    for probs, labels in batches:
+        state = m.update(state, probs, labels)
+    value = m.compute(state)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxuq.metrics import calibration as _cal
+from jaxuq.metrics import classification as _cls
+from jaxuq.metrics import ensemble as _ens
+from jaxuq.metrics import ood as _ood
+from jaxuq.metrics import selective as _sel
+
+__all__ = [
+    "StreamingMetric",
+    "SumState",
+    "BinnedState",
+    "ListState",
+    "accuracy",
+    "brier_score",
+    "nll",
+    "entropy",
+    "ensemble_entropy",
+    "disagreement",
+    "mutual_information",
+    "ece",
+    "mce",
+    "reliability",
+    "adaptive_ece",
+    "smooth_ece",
+    "aurc",
+    "augrc",
+    "cov_at_risk",
+    "risk_at_cov",
+    "auroc",
+    "aupr",
+    "fpr_at_tpr",
+    "auc",
+    "tpr_at_fpr",
+]
+
+F32 = jnp.float32
+
+
+class StreamingMetric(NamedTuple):
+    """``init() -> state``, ``update(state, *batch) -> state``, ``merge(a, b) -> state``,
+    ``compute(state) -> value``."""
+
+    init: Callable[[], Any]
+    update: Callable[..., Any]
+    merge: Callable[[Any, Any], Any]
+    compute: Callable[[Any], Any]
+
+
+class SumState(NamedTuple):
+    total: jax.Array  # float32 scalar
+    count: jax.Array  # int32 scalar
+
+
+class BinnedState(NamedTuple):
+    conf_sum: jax.Array  # float32 [16]
+    acc_sum: jax.Array  # float32 [16]
+    count: jax.Array  # int32 [16]
+
+
+class ListState(NamedTuple):
+    arrays: tuple  # per-sample arrays, each [N_seen], concatenated over updates
+
+
+# ---------------------------------------------------------------------------- shape checks
+def _check_pl(probs, labels, ndim: int = 2):
+    probs = jnp.asarray(probs)
+    labels = jnp.asarray(labels)
+    if probs.ndim != ndim:
+        raise ValueError(f"`probs` must be {ndim}-D, got shape {probs.shape}")
+    n = probs.shape[-2]
+    if labels.shape != (n,):
+        raise ValueError(f"`labels` has shape {labels.shape}, expected ({n},) to match `probs` {probs.shape}")
+    return probs, labels
+
+
+def _check_p(probs, ndim: int):
+    probs = jnp.asarray(probs)
+    if probs.ndim != ndim:
+        raise ValueError(f"`probs` must be {ndim}-D, got shape {probs.shape}")
+    return probs
+
+
+# ---------------------------------------------------------------------------- sum type
+def _sum_init() -> SumState:
+    return SumState(jnp.zeros((), F32), jnp.zeros((), jnp.int32))
+
+
+def _sum_merge(a: SumState, b: SumState) -> SumState:
+    return SumState(a.total + b.total, a.count + b.count)
+
+
+def _mean_compute(s: SumState):
+    return s.total / s.count.astype(F32)
+
+
+def _sum_metric(batch_sum: Callable, n_of: Callable, check: Callable, compute=_mean_compute):
+    batch_sum = jax.jit(batch_sum)
+
+    def update(state: SumState, *batch) -> SumState:
+        batch = check(*batch)
+        return SumState(state.total + batch_sum(*batch), state.count + jnp.int32(n_of(*batch)))
+
+    return StreamingMetric(_sum_init, update, _sum_merge, compute)
+
+
+def accuracy() -> StreamingMetric:
+    """Streaming :func:`jaxuq.metrics.accuracy`; ``update(state, probs [B, C], labels [B])``."""
+    return _sum_metric(
+        lambda p, y: jnp.sum(_cls._correct(p, y)), lambda p, y: p.shape[0], _check_pl
+    )
+
+
+def brier_score() -> StreamingMetric:
+    """Streaming Brier score; ``update(state, probs [B, C], labels [B])``."""
+    return _sum_metric(
+        lambda p, y: jnp.sum(_cls._brier_per_sample(p, y)), lambda p, y: p.shape[0], _check_pl
+    )
+
+
+def nll() -> StreamingMetric:
+    """Streaming NLL; ``update(state, probs [B, C], labels [B])``."""
+    return _sum_metric(
+        lambda p, y: jnp.sum(_cls._nll_per_sample(p, y)), lambda p, y: p.shape[0], _check_pl
+    )
+
+
+def entropy() -> StreamingMetric:
+    """Streaming mean entropy; ``update(state, probs [B, C])``."""
+    return _sum_metric(
+        lambda p: jnp.sum(_cls.entropy_per_sample(p)), lambda p: p.shape[0], lambda p: (_check_p(p, 2),)
+    )
+
+
+def ensemble_entropy() -> StreamingMetric:
+    """Streaming mean member entropy; ``update(state, member_probs [M, B, C])``."""
+    return _sum_metric(
+        lambda p: jnp.sum(jnp.mean(_cls.entropy_per_sample(p), axis=0)),
+        lambda p: p.shape[1],
+        lambda p: (_check_p(p, 3),),
+    )
+
+
+def disagreement() -> StreamingMetric:
+    """Streaming disagreement; ``update(state, member_probs [M, B, C])``."""
+    return _sum_metric(
+        lambda p: jnp.sum(_ens.disagreement_per_sample(p)),
+        lambda p: p.shape[1],
+        lambda p: (_check_p(p, 3),),
+    )
+
+
+def mutual_information() -> StreamingMetric:
+    """Streaming MI (sum clamped at compute like TU); ``update(state, member_probs [M, B, C])``."""
+    return _sum_metric(
+        lambda p: jnp.sum(_ens.mutual_information_per_sample(p)),
+        lambda p: p.shape[1],
+        lambda p: (_check_p(p, 3),),
+        compute=lambda s: jnp.maximum(s.total, 0.0) / s.count.astype(F32),
+    )
+
+
+# ---------------------------------------------------------------------------- binned
+def _binned_init() -> BinnedState:
+    n = _cal.NUM_BINS + 1
+    return BinnedState(jnp.zeros((n,), F32), jnp.zeros((n,), F32), jnp.zeros((n,), jnp.int32))
+
+
+@jax.jit
+def _binned_batch(probs, labels):
+    return _cal._binned_sums(*_cal.top_label(probs, labels))
+
+
+def _binned_update(state: BinnedState, probs, labels) -> BinnedState:
+    probs, labels = _check_pl(probs, labels)
+    c, a, n = _binned_batch(probs, labels)
+    return BinnedState(state.conf_sum + c, state.acc_sum + a, state.count + n)
+
+
+def _binned_merge(a: BinnedState, b: BinnedState) -> BinnedState:
+    return BinnedState(a.conf_sum + b.conf_sum, a.acc_sum + b.acc_sum, a.count + b.count)
+
+
+def ece() -> StreamingMetric:
+    """Streaming ECE (16-slot binned sums); ``update(state, probs [B, C], labels [B])``."""
+    return StreamingMetric(
+        _binned_init, _binned_update, _binned_merge, lambda s: _cal._ece_from_sums(*s)
+    )
+
+
+def mce() -> StreamingMetric:
+    """Streaming MCE (16-slot binned sums); ``update(state, probs [B, C], labels [B])``."""
+    return StreamingMetric(
+        _binned_init, _binned_update, _binned_merge, lambda s: _cal._mce_from_sums(*s)
+    )
+
+
+def reliability() -> StreamingMetric:
+    """Streaming :func:`jaxuq.metrics.reliability_diagram_data`."""
+
+    def compute(s: BinnedState):
+        conf, acc, _ = _cal._bin_means(*s)
+        return _cal.ReliabilityData(
+            np.asarray(conf), np.asarray(acc), np.asarray(s.count, np.int64), _cal.ECE_EDGES.copy()
+        )
+
+    return StreamingMetric(_binned_init, _binned_update, _binned_merge, compute)
+
+
+# ---------------------------------------------------------------------------- list type
+def _list_init(k: int):
+    return lambda: ListState(tuple(jnp.zeros((0,), F32) for _ in range(k)))
+
+
+def _list_merge(a: ListState, b: ListState) -> ListState:
+    return ListState(tuple(jnp.concatenate([x, y]) for x, y in zip(a.arrays, b.arrays)))
+
+
+@jax.jit
+def _conf_acc(probs, labels):
+    return _cal.top_label(probs, labels)
+
+
+def _conf_acc_update(state: ListState, probs, labels) -> ListState:
+    probs, labels = _check_pl(probs, labels)
+    conf, acc = _conf_acc(probs, labels)
+    return _list_merge(state, ListState((conf, acc)))
+
+
+def _score_update(state: ListState, scores, is_ood) -> ListState:
+    scores, is_ood = jnp.asarray(scores), jnp.asarray(is_ood)
+    if scores.ndim != 1 or is_ood.shape != scores.shape:
+        raise ValueError(
+            f"`scores` and `is_ood` must be 1-D of the same shape, got {scores.shape} and {is_ood.shape}"
+        )
+    return _list_merge(state, ListState((scores.astype(F32), is_ood.astype(F32))))
+
+
+def _conf_acc_metric(fn: Callable) -> StreamingMetric:
+    fn = jax.jit(fn)
+    return StreamingMetric(_list_init(2), _conf_acc_update, _list_merge, lambda s: fn(*s.arrays))
+
+
+def adaptive_ece() -> StreamingMetric:
+    """Streaming aECE (keeps all confidences); ``update(state, probs [B, C], labels [B])``."""
+    return _conf_acc_metric(lambda c, a: _cal._aece_from_conf_acc(c, a))
+
+
+def smooth_ece() -> StreamingMetric:
+    """Streaming SmECE (keeps all confidences; host float64 compute, not jittable)."""
+    return StreamingMetric(
+        _list_init(2),
+        _conf_acc_update,
+        _list_merge,
+        lambda s: _cal._smece_conf_acc(np.asarray(s.arrays[0]), np.asarray(s.arrays[1]))[0],
+    )
+
+
+def aurc() -> StreamingMetric:
+    """Streaming AURC; ``update(state, probs [B, C], labels [B])``."""
+    return _conf_acc_metric(lambda c, a: _sel._aurc_from_risk(_sel.risk_curve(c, 1.0 - a)))
+
+
+def augrc() -> StreamingMetric:
+    """Streaming AUGRC; ``update(state, probs [B, C], labels [B])``."""
+    return _conf_acc_metric(lambda c, a: _sel._augrc_from_risk(_sel.risk_curve(c, 1.0 - a)))
+
+
+def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
+    """Streaming coverage at risk; ``update(state, probs [B, C], labels [B])``."""
+    return _conf_acc_metric(
+        lambda c, a: _sel._cov_at_risk_from_risk(_sel.risk_curve(c, 1.0 - a), float(risk))
+    )
+
+
+def risk_at_cov(cov: float = 0.8) -> StreamingMetric:
+    """Streaming risk at coverage; ``update(state, probs [B, C], labels [B])``."""
+    return _conf_acc_metric(
+        lambda c, a: _sel._risk_at_cov_from_risk(_sel.risk_curve(c, 1.0 - a), float(cov))
+    )
+
+
+def _score_metric(fn: Callable) -> StreamingMetric:
+    fn = jax.jit(fn)
+    return StreamingMetric(
+        _list_init(2),
+        _score_update,
+        _list_merge,
+        lambda s: fn(s.arrays[0], s.arrays[1].astype(jnp.int32)),
+    )
+
+
+def auroc() -> StreamingMetric:
+    """Streaming AUROC (raw scores); ``update(state, scores [B], is_ood [B])``."""
+    return _score_metric(lambda s, y: _ood._auroc_from_points(_ood.roc_points(s, y)))
+
+
+def aupr() -> StreamingMetric:
+    """Streaming AUPR; ``update(state, scores [B], is_ood [B])``."""
+    return _score_metric(lambda s, y: _ood._aupr_from_points(_ood.roc_points(s, y)))
+
+
+def fpr_at_tpr(tpr: float = 0.95) -> StreamingMetric:
+    """Streaming FPR@TPR (FPR95 by default); ``update(state, scores [B], is_ood [B])``."""
+    return _score_metric(lambda s, y: _ood._fpr_at_tpr_from_points(_ood.roc_points(s, y), float(tpr)))
+
+
+def auc(max_fpr: float = 1.0) -> StreamingMetric:
+    """Streaming (partial, McClish-standardised) AUC; ``update(state, scores [B], is_ood [B])``."""
+    return _score_metric(
+        lambda s, y: _ood._partial_auc_from_points(_ood.roc_points(s, y), float(max_fpr))
+    )
+
+
+def tpr_at_fpr(max_fpr: float) -> StreamingMetric:
+    """Streaming TPR@FPR; ``update(state, scores [B], is_ood [B])``."""
+    return _score_metric(
+        lambda s, y: _ood._tpr_at_fpr_from_points(_ood.roc_points(s, y), float(max_fpr))
+    )

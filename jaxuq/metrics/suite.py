@@ -1,0 +1,98 @@
+"""The whole TU classification metric table in one fused jitted function.
+
+:func:`table_core` computes every jittable metric of TU's ``ClassificationRoutine.test_step``
+(``test/cls``, ``test/cal`` except SmECE, ``test/sc``, ``ood/*``, ``ens_*``) in a single XLA
+program, sharing the top-label reduction and the per-metric sorts. Inputs must be validated
+already (see :func:`jaxuq.evaluate.classification_table`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxuq.metrics import calibration as _cal
+from jaxuq.metrics import classification as _cls
+from jaxuq.metrics import ensemble as _ens
+from jaxuq.metrics import ood as _ood
+from jaxuq.metrics import selective as _sel
+
+__all__ = ["table_core"]
+
+F32 = jnp.float32
+
+
+def _ens_block(member_probs, prefix: str) -> dict:
+    n = member_probs.shape[1]
+    return {
+        f"{prefix}Disagreement": jnp.sum(_ens.disagreement_per_sample(member_probs)) / n,
+        f"{prefix}MI": jnp.maximum(jnp.sum(_ens.mutual_information_per_sample(member_probs)), 0.0) / n,
+        f"{prefix}Entropy": jnp.sum(jnp.mean(_cls.entropy_per_sample(member_probs), axis=0)) / n,
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("ood_cost",))
+def table_core(
+    probs,
+    labels,
+    member_probs=None,
+    ood_scores=None,
+    is_ood=None,
+    ood_probs=None,
+    ood_member_probs=None,
+    ood_cost: float = 0.5,
+):
+    """All jittable metrics of the TU table.
+
+    Args:
+      probs: ``[N, C]`` (member-averaged) ID probabilities.
+      labels: ``[N]`` ID labels.
+      member_probs: optional ``[M, N, C]`` ID member probabilities (adds ``test/ens_*``).
+      ood_scores: optional ``[N_tot]`` OOD scores, the ``N`` ID samples first (adds ``ood/*``).
+      is_ood: ``[N_tot]`` 0/1, required with ``ood_scores``.
+      ood_probs: optional ``[N_ood, C]`` probabilities of the OOD set (adds ``ood/Entropy``).
+      ood_member_probs: optional ``[M, N_ood, C]`` (adds ``ood/ens_*``).
+      ood_cost: SCOD cost of accepting an OOD sample.
+    Returns:
+      ``(metrics, conf, acc)``: a dict of float32 scalars keyed with TU's names, and the ID
+      top-label confidence / correctness ``[N]`` (for SmECE on host).
+    """
+    n = probs.shape[0]
+    conf, acc = _cal.top_label(probs, labels)
+    err = 1.0 - acc
+    out = {
+        "test/cls/Acc": jnp.mean(acc),
+        "test/cls/Brier": jnp.sum(_cls._brier_per_sample(probs, labels)) / n,
+        "test/cls/NLL": jnp.sum(_cls._nll_per_sample(probs, labels)) / n,
+        "test/cls/Entropy": jnp.sum(_cls.entropy_per_sample(probs)) / n,
+    }
+    sums = _cal._binned_sums(conf, acc)
+    out["test/cal/ECE"] = _cal._ece_from_sums(*sums)
+    out["test/cal/MCE"] = _cal._mce_from_sums(*sums)
+    # one descending stable sort serves the AURC family; aECE needs the ascending stable order
+    order_desc = jnp.argsort(-conf, stable=True)
+    r = jnp.cumsum(err[order_desc]) / jnp.arange(1, n + 1, dtype=F32)
+    out["test/sc/AURC"] = _sel._aurc_from_risk(r)
+    out["test/sc/AUGRC"] = _sel._augrc_from_risk(r)
+    out["test/sc/Cov_5Risk"] = _sel._cov_at_risk_from_risk(r, 0.05)
+    out["test/sc/Risk_80Cov"] = _sel._risk_at_cov_from_risk(r, 0.8)
+    out["test/cal/aECE"] = _cal._aece_from_conf_acc(conf, acc)
+    if member_probs is not None:
+        out.update(_ens_block(member_probs, "test/ens_"))
+    if ood_scores is not None:
+        pts = _ood.roc_points(ood_scores, is_ood)
+        out["ood/AUROC"] = _ood._auroc_from_points(pts)
+        out["ood/AUPR"] = _ood._aupr_from_points(pts)
+        out["ood/FPR95"] = _ood._fpr_at_tpr_from_points(pts, 0.95)
+        n_tot = ood_scores.shape[0]
+        errors = jnp.concatenate([err, jnp.zeros((n_tot - n,), F32)])
+        losses = _sel.scod_losses(errors, is_ood, ood_cost)
+        for k, v in _sel.selective_from_scores(-ood_scores.astype(F32), losses).items():
+            out[f"ood/SCOD_{k}"] = v
+        if ood_probs is not None:
+            out["ood/Entropy"] = jnp.sum(_cls.entropy_per_sample(ood_probs)) / ood_probs.shape[0]
+        if ood_member_probs is not None:
+            out.update(_ens_block(ood_member_probs, "ood/ens_"))
+    return out, conf, acc
