@@ -116,13 +116,14 @@ def _packed_resnet(**kw):
 ARCHS = {"packed_lenet": _packed_lenet, "packed_resnet": _packed_resnet}
 
 
-def build(arch: str, state_dict: Mapping[str, Any], source: str = "<state_dict>", **kwargs):
-    """Build ``arch`` with TU's ``kwargs`` and load ``state_dict``: returns ``(module, variables)``."""
+def build(model_name: str, state_dict: Mapping[str, Any], source: str = "<state_dict>", **kwargs):
+    """Build ``model_name`` (``packed_lenet`` / ``packed_resnet``) with TU's ``kwargs`` and load
+    ``state_dict``: returns ``(module, variables)``."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown packed arch {arch!r}; known: {sorted(ARCHS)}")
-    module, shape = ARCHS[arch](**kwargs)
+    if model_name not in ARCHS:
+        raise ValueError(f"unknown packed model {model_name!r}; known: {sorted(ARCHS)}")
+    module, shape = ARCHS[model_name](**kwargs)
     template = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
     return module, torch_to_flax(state_dict, template, source)
