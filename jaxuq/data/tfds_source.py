@@ -42,8 +42,7 @@ def load_tfds(
     """All (or the first ``limit``) examples as ``(images uint8 [N, H, W, C], labels int64 [N])``."""
     src = _source(name, split, data_dir)
     n = len(src) if limit is None else min(limit, len(src))
-    return _stack(src.__getitems__(list(range(n))) if hasattr(src, "__getitems__") else [src[i] for i in range(n)],
-                  image_key, label_key, name)
+    return _stack([src[i] for i in range(n)], image_key, label_key, name)
 
 
 def tfds_batches(
