@@ -244,7 +244,8 @@ def make_eval_fn(module, *, members: Lowering | None = None, mesh: Mesh | None =
 
 
 def member_permutations(key, num_members: int, n: int):
-    """Per-member data orders ``[M, n]``: member ``m`` uses ``jax.random.permutation(split(key, M)[m], n)``."""
+    """Per-member data orders ``[M, n]``: member ``m`` uses
+    ``jax.random.permutation(jax.random.split(key, M)[m], n)``."""
     keys = jax.random.split(key, num_members)
     return jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
 

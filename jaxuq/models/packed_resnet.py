@@ -56,7 +56,8 @@ class _BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, groups=self.groups, bias=self.conv_bias)
+        kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, groups=self.groups,
+                  bias=self.conv_bias)
         ura = not train
         out = PackedConv(self.in_planes, self.planes, 3, stride=self.stride, padding=1, name="conv1", **kw)(x)
         out = self.norm(name="bn1")(out, use_running_average=ura)
@@ -87,7 +88,8 @@ class _Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, groups=self.groups, bias=self.conv_bias)
+        kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, groups=self.groups,
+                  bias=self.conv_bias)
         ura = not train
         out = PackedConv(self.in_planes, self.planes, 1, gamma=1, name="conv1", **kw)(x)
         out = nn.relu(self.norm(name="bn1")(out, use_running_average=ura))
@@ -95,7 +97,8 @@ class _Bottleneck(nn.Module):
                          name="conv2", **kw)(out)
         out = self.norm(name="bn2")(out, use_running_average=ura)
         out = nn.relu(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=ura)(out))
-        out = PackedConv(self.planes, self.expansion * self.planes, 1, gamma=self.gamma, name="conv3", **kw)(out)
+        out = PackedConv(self.planes, self.expansion * self.planes, 1, gamma=self.gamma, name="conv3",
+                         **kw)(out)
         out = self.norm(name="bn3")(out, use_running_average=ura)
         if self.stride != 1 or self.in_planes != self.expansion * self.planes:
             sc = PackedConv(self.in_planes, self.expansion * self.planes, 1, gamma=self.gamma,
@@ -128,12 +131,10 @@ class PackedResNet(nn.Module):
         norm = self.norm or default_norm()
         block = _Bottleneck if self.bottleneck else _BasicBlock
         kw = dict(alpha=self.alpha, num_estimators=self.num_estimators)
-        if self.style == "imagenet":
-            out = PackedConv(self.in_channels, self.in_planes, 7, stride=2, padding=3, gamma=1, groups=self.groups,
-                             bias=self.conv_bias, first=True, name="conv1", **kw)(x)
-        else:
-            out = PackedConv(self.in_channels, self.in_planes, 3, stride=1, padding=1, gamma=1, groups=self.groups,
-                             bias=self.conv_bias, first=True, name="conv1", **kw)(x)
+        k, s, p = (7, 2, 3) if self.style == "imagenet" else (3, 1, 1)
+        out = PackedConv(self.in_channels, self.in_planes, k, stride=s, padding=p, gamma=1,
+                         groups=self.groups,
+                         bias=self.conv_bias, first=True, name="conv1", **kw)(x)
         out = nn.relu(norm(name="bn1")(out, use_running_average=not train))
         if self.style == "imagenet":
             out = nn.max_pool(out, (3, 3), (2, 2), padding=((1, 1), (1, 1)))

@@ -1,0 +1,313 @@
+"""Deep ensembles: stacked init/apply, vmap == lax.map, training equivalence, TU parity, converters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from converters.ensemble import split_deep_ensembles, stack_members
+from jaxuq import ensembles as E
+from jaxuq.models.packed_lenet import packed_lenet
+from jaxuq.models.packed_resnet import packed_resnet
+from tests.helpers import REPO, data_path, require
+
+# A plain LeNet / ResNet is the packed model with M = 1, alpha = 1 (every layer dense, same graph).
+LENET = packed_lenet(1, 10, num_estimators=1, alpha=1)
+
+
+def _plain_to_packed_m1(sd):
+    """torch ``lenet`` / ``resnet`` keys -> the M=1, alpha=1 packed model's keys."""
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[-1] in ("weight", "bias") and np.ndim(v) == 4:
+            k = ".".join(parts[:-1] + ["conv", parts[-1]])
+        elif parts[-2:-1] and parts[-2] in ("conv1", "conv2", "conv3") and parts[-1] == "bias":
+            k = ".".join(parts[:-1] + ["conv", parts[-1]])
+        elif parts[-2] == "0" and parts[-3:-2] == ["shortcut"]:
+            k = ".".join(parts[:-1] + ["conv", parts[-1]])
+        if np.ndim(v) == 2:  # Linear (o, i) -> PackedLinear (1, o, i)
+            v = np.asarray(v)[None]
+        out[k] = np.asarray(v)
+    return out
+
+
+def _sd(model):
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- pure JAX
+
+
+def test_init_members_matches_split_keys_and_lowerings_agree():
+    x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+    v = E.init_members(LENET, jax.random.key(0), 3, x[:1])
+    keys = jax.random.split(jax.random.key(0), 3)
+    for m in range(3):
+        vm = LENET.init(keys[m], x[:1])
+        for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(vm)):
+            np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b))
+    lv = E.apply_members(LENET, v, x, members="vmap")
+    lm = E.apply_members(LENET, v, x, members="map")
+    assert lv.shape == (3, 8, 10)
+    np.testing.assert_allclose(np.asarray(lv), np.asarray(lm), atol=1e-5)
+    one = LENET.apply(jax.tree.map(lambda a: a[2], v), x)
+    np.testing.assert_allclose(np.asarray(lv[2]), np.asarray(one), atol=1e-5)
+    p = E.predictive(lv)
+    np.testing.assert_allclose(np.asarray(p), np.asarray(jax.nn.softmax(lv, -1).mean(0)), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(p.sum(-1)), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="members"):
+        E.apply_members(LENET, v, x, members="loop")
+
+
+class _TinyBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn1")(x)
+        return nn.Dense(10, name="linear")(jnp.mean(nn.relu(x), axis=(1, 2)))
+
+
+def test_train_step_bn_vmap_equals_map():
+    """BatchNorm stats and optimizer state are per member; both lowerings give the same step."""
+    model = _TinyBN()
+    x = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
+    y = jnp.arange(8) % 10
+    tx = optax.sgd(0.1, momentum=0.9)
+    st = E.init_train_state(model, tx, jax.random.key(0), 2, x[:1])
+    outs = {}
+    for mem in ("vmap", "map"):
+        step = E.make_train_step(model, tx, members=mem, donate=False)
+        s, loss = step(st, x, y)
+        s, loss = step(s, x, y)
+        outs[mem] = (s, loss)
+    for a, b in zip(jax.tree.leaves(outs["vmap"][0]), jax.tree.leaves(outs["map"][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    bs = outs["map"][0].batch_stats["bn1"]["mean"]
+    assert bs.shape[0] == 2 and float(jnp.abs(bs[0] - bs[1]).max()) > 0  # members differ
+
+
+def _load_mnist_subset(n):
+    from jaxuq.data.readers import load_mnist
+
+    images, labels = load_mnist("train", data_dir=data_path("MNIST").parent)
+    x = (images[:n].astype(np.float32) / 255.0 - 0.1307) / 0.3081
+    return x, labels[:n].astype(np.int32)
+
+
+@pytest.mark.realdata
+def test_vmapped_ensemble_epoch_equals_members_trained_alone():
+    """8 LeNets, one epoch over the first 2,048 MNIST training images, batch 128, per-member shuffles:
+    each member's parameters equal training it alone with the same key and data order."""
+    n, bs, m = 2048, 128, 8
+    x, y = _load_mnist_subset(n)
+    tx = optax.sgd(0.05)
+    key, dkey = jax.random.key(0), jax.random.key(1)
+    state = E.init_train_state(LENET, tx, key, m, jnp.zeros((1, 28, 28, 1)))
+    order = E.member_permutations(dkey, m, n)
+    step = E.make_train_step(LENET, tx, members="vmap", per_member_inputs=True)
+    state, _ = E.train_epoch(step, state, x, y, batch_size=bs, order=order)
+
+    # each member alone, plain optax loop (no jaxuq.ensembles code)
+    @jax.jit
+    def single_step(params, opt_state, xb, yb):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(LENET.apply({"params": p}, xb), yb).mean()
+
+        g = jax.grad(loss)(params)
+        upd, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state
+
+    keys = jax.random.split(key, m)
+    dkeys = jax.random.split(dkey, m)
+    xd, yd = jnp.asarray(x), jnp.asarray(y)
+    worst = 0.0
+    for i in (0, 5):  # two members keep the CPU budget bounded; all 8 are trained together above
+        params = LENET.init(keys[i], jnp.zeros((1, 28, 28, 1)))["params"]
+        opt = tx.init(params)
+        perm = jax.random.permutation(dkeys[i], n)
+        for b in range(n // bs):
+            idx = perm[b * bs : (b + 1) * bs]
+            params, opt = single_step(params, opt, xd[idx], yd[idx])
+        for a, b_ in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+            worst = max(worst, float(jnp.abs(a[i] - b_).max()))
+    assert worst <= 1e-5, worst
+
+
+def test_tu_gradient_scaling_is_one_over_m():
+    x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
+    y = jnp.arange(16) % 10
+    st = E.init_train_state(LENET, optax.sgd(0.1), jax.random.key(0), 4, x[:1])
+    ind = E.make_train_step(LENET, optax.sgd(0.1), donate=False)(st, x, y)[0]
+    tu = E.make_train_step(LENET, optax.sgd(0.4), tu_gradient_scaling=True, donate=False)(st, x, y)[0]
+    for a, b in zip(jax.tree.leaves(ind.params), jax.tree.leaves(tu.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- TU parity
+
+
+@pytest.mark.parity
+def test_deep_ensembles_lenet_parity_and_training_step():
+    """TU deep_ensembles of 3 LeNets: logits, ensemble metrics, and one SGD step on CE(RepeatTarget)
+    equal jaxuq with ``tu_gradient_scaling=True``."""
+    torch = require("torch")
+    from torch_uncertainty.methods import deep_ensembles
+    from torch_uncertainty.models.classification.lenet import lenet
+    from torch_uncertainty.transforms import RepeatTarget
+
+    from converters.mappings.packed import torch_to_flax
+    from tests.test_packed import _jaxuq_ens_metrics, _tu_ens_metrics
+
+    torch.manual_seed(0)
+    de = deep_ensembles(lenet(1, 10), num_estimators=3)
+    sds = split_deep_ensembles(_sd(de), "deep_ensembles")
+    template = jax.eval_shape(lambda: LENET.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    variables = stack_members([torch_to_flax(_plain_to_packed_m1(s), template) for s in sds])
+    x = np.random.default_rng(0).normal(size=(32, 1, 28, 28)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 32)
+    with torch.no_grad():
+        ref = de(torch.as_tensor(x)).numpy().reshape(3, 32, 10)
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    out = np.asarray(E.apply_members(LENET, variables, xj))
+    assert float(np.abs(out - ref).max()) <= 1e-4
+    t = _tu_ens_metrics(torch, require("torch_uncertainty.metrics"), ref)
+    j = _jaxuq_ens_metrics(out)
+    for k in t:
+        assert abs(t[k] - j[k]) <= 1e-6, (k, t[k], j[k])
+
+    # one TU training step: CE over the (m b) rows against RepeatTarget(3) targets
+    opt = torch.optim.SGD(de.parameters(), lr=0.1)
+    xb, yb = RepeatTarget(3)((torch.as_tensor(x), torch.as_tensor(y)))
+    loss = torch.nn.functional.cross_entropy(de(xb), yb)
+    loss.backward()
+    opt.step()
+    after = stack_members([torch_to_flax(_plain_to_packed_m1(s), template)
+                           for s in split_deep_ensembles(_sd(de))])
+    st = E.EnsembleState(variables["params"], {}, jax.vmap(optax.sgd(0.1).init)(variables["params"]),
+                         jnp.zeros((), jnp.int32))
+    step = E.make_train_step(LENET, optax.sgd(0.1), tu_gradient_scaling=True, donate=False)
+    st, losses = step(st, xj, jnp.asarray(y))
+    assert abs(float(losses.mean()) - loss.item()) <= 1e-5
+    for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(after["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parity
+def test_deep_ensembles_resnet18_parity():
+    torch = require("torch")
+    from torch_uncertainty.methods import deep_ensembles
+    from torch_uncertainty.models.classification.resnet import resnet
+
+    from converters.mappings.packed import torch_to_flax
+    from tests.test_packed import _jaxuq_ens_metrics, _randomize_bn, _tu_ens_metrics
+
+    torch.manual_seed(0)
+    de = deep_ensembles(resnet(3, 10, 18, style="cifar"), num_estimators=2)
+    _randomize_bn(torch, de)
+    de.eval()
+    model = packed_resnet(3, 10, 18, num_estimators=1, alpha=1, gamma=1, style="cifar")
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+    variables = stack_members([torch_to_flax(_plain_to_packed_m1(s), template)
+                               for s in split_deep_ensembles(_sd(de))])
+    x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = de(torch.as_tensor(x)).numpy().reshape(2, 4, 10)
+    out = np.asarray(E.apply_members(model, variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    assert float(np.abs(out - ref).max()) <= 1e-4
+    t = _tu_ens_metrics(torch, require("torch_uncertainty.metrics"), ref)
+    j = _jaxuq_ens_metrics(out)
+    for k in t:
+        assert abs(t[k] - j[k]) <= 1e-6, (k, t[k], j[k])
+
+
+@pytest.mark.parity
+def test_eight_lenet_checkpoints_to_stacked_ensemble(tmp_path):
+    """The DE -> PE tutorial flow: 8 LeNet checkpoint files -> one stacked [8, ...] ensemble."""
+    torch = require("torch")
+    from torch_uncertainty.models.classification.lenet import lenet
+
+    from converters.mappings.packed import torch_to_flax
+
+    paths, models = [], []
+    for i in range(8):
+        torch.manual_seed(100 + i)
+        models.append(lenet(1, 10).eval())
+        paths.append(tmp_path / f"lenet_{i}.pt")
+        torch.save({"state_dict": {f"model.{k}": v for k, v in models[-1].state_dict().items()}}, paths[-1])
+    template = jax.eval_shape(lambda: LENET.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    members = []
+    for p in paths:
+        sd = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
+        sd = {k.removeprefix("model."): v.numpy() for k, v in sd.items()}
+        members.append(torch_to_flax(_plain_to_packed_m1(sd), template, str(p)))
+    variables = stack_members(members)
+    assert jax.tree.leaves(variables)[0].shape[0] == 8
+    x = np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        ref = np.stack([mdl(torch.as_tensor(x)).numpy() for mdl in models])
+    out = np.asarray(E.apply_members(LENET, variables, jnp.asarray(x.transpose(0, 2, 3, 1)), members="map"))
+    assert float(np.abs(out - ref).max()) <= 1e-4
+
+
+def test_split_deep_ensembles_errors():
+    a = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="not of the form"):
+        split_deep_ensembles({"core_models.0.w": a, "foo.w": a}, "f.pt")
+    with pytest.raises(ValueError, match="member indices"):
+        split_deep_ensembles({"core_models.0.w": a, "core_models.2.w": a}, "f.pt")
+    with pytest.raises(ValueError, match="shape"):
+        split_deep_ensembles({"core_models.0.w": a, "core_models.1.w": a.T}, "f.pt")
+    out = split_deep_ensembles({"model.core_models.1.w": a + 1, "model.core_models.0.w": a})
+    assert [float(o["w"][0, 0]) for o in out] == [0.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- multi-device
+
+
+_SHARD_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, optax
+    assert jax.device_count() == 8, jax.devices()
+    from jaxuq import ensembles as E
+    from jaxuq.models.packed_lenet import packed_lenet
+    model = packed_lenet(1, 10, num_estimators=1, alpha=1)
+    x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1)); y = jnp.arange(16) % 10
+    tx = optax.sgd(0.05, momentum=0.9)
+    st0 = E.init_train_state(model, tx, jax.random.key(0), 8, x[:1])
+    worst = 0.0
+    for ndev, mem in ((8, "vmap"), (4, "map")):
+        mesh = E.member_mesh(ndev)
+        single = E.make_train_step(model, tx, members=mem, donate=False)
+        multi = E.make_train_step(model, tx, members=mem, mesh=mesh, donate=False)
+        s1, s8 = st0, E.shard_members(st0, mesh)
+        for _ in range(3):
+            s1, l1 = single(s1, x, y)
+            s8, l8 = multi(s8, x, y)
+        assert len(s8.params["fc1"]["kernel"].sharding.device_set) == ndev
+        for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+            worst = max(worst, float(jnp.abs(a - b).max()))
+        ev1 = E.make_eval_fn(model, members=mem)({"params": s1.params}, x)
+        ev8 = E.make_eval_fn(model, members=mem, mesh=mesh)({"params": s8.params}, x)
+        worst = max(worst, float(jnp.abs(ev1 - ev8).max()))
+    print("WORST", worst)
+    assert worst <= 1e-5, worst
+    """
+)
+
+
+def test_member_parallel_sharding_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "WORST" in r.stdout
