@@ -5,11 +5,13 @@ Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, 
 
 - ``"vmap"``: ``jax.vmap`` over members. On GPU/TPU this fuses the members into one wide kernel;
   on CPU XLA emits a grouped convolution that is slow for conv nets (see bench/results/ensembles.md).
-- ``"map"``: ``jax.lax.map`` (a scan) over members inside the same jitted function: one member's
-  kernels at a time, the cost of M single-model steps without Python overhead.
+- ``"unroll"``: a loop over members unrolled inside the same jitted function: XLA sees M independent
+  single-model graphs (compile time grows with M). Fastest on CPU (bench: ~10x one member for 8).
+- ``"map"``: ``jax.lax.map`` (a scan) over members: constant compile time and memory in M, but on
+  XLA:CPU the slowest (bench: ~30x one member for 8 LeNets).
 
-Both give the same numbers (up to float rounding). ``default_members()`` picks per backend, as the
-benchmark decided. ``mesh=`` splits members over a device mesh axis with ``jax.shard_map``; each device
+All give the same numbers (up to float rounding). ``default_members()`` picks per backend, as the
+benchmark decided (bench/results/ensembles.md). ``mesh=`` splits members over a device mesh axis with ``jax.shard_map``; each device
 then runs its local members with the chosen lowering.
 
 Training semantics: by default each member minimises its own mean cross-entropy (independent members,
@@ -45,14 +47,14 @@ __all__ = [
     "train_epoch",
 ]
 
-Lowering = Literal["vmap", "map"]
+Lowering = Literal["vmap", "map", "unroll"]
 MEMBER_AXIS = "members"
 
 
 def default_members(backend: str | None = None) -> Lowering:
-    """Member lowering per backend: ``"map"`` on CPU (vmapped convs are slow there), else ``"vmap"``."""
+    """Member lowering per backend: ``"unroll"`` on CPU (vmapped convs are slow there), else ``"vmap"``."""
     backend = backend or jax.default_backend()
-    return "map" if backend == "cpu" else "vmap"
+    return "unroll" if backend == "cpu" else "vmap"
 
 
 def _over_members(fn: Callable, members: Lowering | None, *stacked):
@@ -62,7 +64,11 @@ def _over_members(fn: Callable, members: Lowering | None, *stacked):
         return jax.vmap(fn)(*stacked)
     if members == "map":
         return jax.lax.map(lambda a: fn(*a), stacked)
-    raise ValueError(f"members must be 'vmap' or 'map', got {members!r}")
+    if members == "unroll":
+        m = jax.tree.leaves(stacked)[0].shape[0]
+        outs = [fn(*jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(m)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    raise ValueError(f"members must be 'vmap', 'map' or 'unroll', got {members!r}")
 
 
 def _num_members(tree) -> int:
