@@ -35,9 +35,10 @@ def _versions():
 
     out = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__}
     try:
+        from importlib.metadata import version
+
         import torch
         import torch_uncertainty  # noqa: F401
-        from importlib.metadata import version
 
         out["torch"] = torch.__version__
         out["torch_uncertainty"] = version("torch-uncertainty")
@@ -209,7 +210,8 @@ def main(argv=None):
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "jax_backend": backend, "jax_devices": [str(d) for d in jax.devices()],
+                    "cpu_count": os.cpu_count(), "jax_backend": backend,
+                    "jax_devices": [str(d) for d in jax.devices()],
                     "torch_device": tdev, "load_avg_1min": os.getloadavg()[0]},
         "versions": _versions(),
         "config": {"images": args.images, "batch_size": args.batch_size, "members": args.members,
@@ -226,8 +228,9 @@ def main(argv=None):
           f"Machine: {result['machine']['platform']}, {os.cpu_count()} CPUs, JAX backend `{backend}`, "
           f"torch device `{tdev}`, 1-min load avg {result['machine']['load_avg_1min']:.1f}. "
           f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.", "",
-          f"Measured on {args.images} real MNIST training images, batch {args.batch_size} (last partial batch "
-          "dropped), one warm-up step (compile) excluded; `epoch (60k)` extrapolates img/s to 60,000 images.", "",
+          f"Measured on {args.images} real MNIST training images, batch {args.batch_size} (last partial "
+          "batch dropped), one warm-up step (compile) excluded; `epoch (60k)` extrapolates img/s to "
+          "60,000 images.", "",
           "| impl | members | device | img/s | epoch (60k) s | compile s |", "|---|---:|---|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['impl']} | {r['members']} | {r['device']} | {r['img_per_s']:.0f} | "

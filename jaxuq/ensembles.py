@@ -11,8 +11,8 @@ Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, 
   XLA:CPU the slowest (bench: ~30x one member for 8 LeNets).
 
 All give the same numbers (up to float rounding). ``default_members()`` picks per backend, as the
-benchmark decided (bench/results/ensembles.md). ``mesh=`` splits members over a device mesh axis with ``jax.shard_map``; each device
-then runs its local members with the chosen lowering.
+benchmark decided (bench/results/ensembles.md). ``mesh=`` splits members over a device mesh axis
+with ``jax.shard_map``; each device then runs its local members with the chosen lowering.
 
 Training semantics: by default each member minimises its own mean cross-entropy (independent members,
 identical to training each member alone). ``tu_gradient_scaling=True`` reproduces torch-uncertainty's
