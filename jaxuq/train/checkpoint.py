@@ -44,6 +44,21 @@ def _to_saveable(state) -> dict:
     }
 
 
+def _check_like(template, restored, where: str) -> None:
+    """Raise ValueError naming every leaf whose path, shape or dtype differs from the template."""
+    t_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(template)[0]}
+    r_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    problems = [f"missing {k}" for k in t_flat if k not in r_flat]
+    problems += [f"unexpected {k}" for k in r_flat if k not in t_flat]
+    for k in t_flat.keys() & r_flat.keys():
+        a, b = t_flat[k], r_flat[k]
+        if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
+            problems.append(f"{k}: expected {np.asarray(a).dtype}{list(np.shape(a))}, "
+                            f"found {np.asarray(b).dtype}{list(np.shape(b))}")
+    if problems:
+        raise ValueError(f"{where} does not match this model/optimizer: " + "; ".join(sorted(problems)[:10]))
+
+
 class Checkpointer:
     """Thin wrapper over ``orbax.checkpoint.CheckpointManager`` (synchronous saves)."""
 
@@ -92,6 +107,7 @@ class Checkpointer:
                 f"checkpoint {step} under {self.directory} does not match this model/optimizer: {e}"
             ) from e
         s = out["state"]
+        _check_like(target, s, f"checkpoint {step} under {self.directory}")
         key_impl = jax.random.key_impl(state.key)
         restored = state.replace(
             step=jax.numpy.asarray(s["step"]),

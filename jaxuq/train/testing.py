@@ -8,7 +8,6 @@ It follows the jaxuq model convention (``__call__(x, train)``, ``'dropout'`` rng
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 class TinyCNN(nn.Module):
@@ -23,7 +22,7 @@ class TinyCNN(nn.Module):
         x = nn.relu(x)
         x = nn.max_pool(x, (2, 2), (2, 2))
         x = nn.Conv(2 * self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(x)
-        x = nn.relu(x)
-        x = jnp.mean(x, axis=(1, 2))
+        x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="linear")(x)
