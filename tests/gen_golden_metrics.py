@@ -43,7 +43,6 @@ def tu_metrics(
     ``batch_size`` splits every update into batches (TU accumulates over batches).
     """
     import torch
-    from torchmetrics.classification import Accuracy, BinaryAUROC, BinaryAveragePrecision
     from torch_uncertainty.metrics.classification import (
         AUGRC,
         AURC,
@@ -62,6 +61,7 @@ def tu_metrics(
         SCODRiskAt80Cov,
         SmoothCalibrationError,
     )
+    from torchmetrics.classification import Accuracy, BinaryAUROC, BinaryAveragePrecision
 
     t = lambda a: torch.as_tensor(np.asarray(a))
     n, c = probs.shape
@@ -137,6 +137,12 @@ def make_case(seed: int, n: int, c: int = 10, *, m: int = 0, n_ood: int = 0, sca
     labels = np.where(flip, mean_logits[:n].argmax(-1), labels)
     member = softmax32(logits)
     probs = member.mean(0).astype(np.float32)
+    # drop samples whose confidence is tied with another (ID or OOD): TU sorts unstably, so
+    # parity cases must be tie-free for the AURC family, aECE and SCOD
+    _, inv, cnt = np.unique(probs.max(-1), return_inverse=True, return_counts=True)
+    keep = cnt[inv] == 1
+    member, probs, labels = member[:, keep], probs[keep], labels[keep[:n]]
+    n, n_ood = int(keep[:n].sum()), int(keep[n:].sum())
     case = {"probs": probs[:n], "labels": labels.astype(np.int64)}
     if m:
         case["member_probs"] = member[:, :n]

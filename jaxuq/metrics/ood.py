@@ -24,8 +24,6 @@ the data is one batch, TU and jaxuq agree.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -85,12 +83,10 @@ def _aupr_from_points(pts):
 
 def _fpr_at_tpr_from_points(pts, tpr: float):
     _, tp_end, _, fp_end, _, _, is_last, n_pos, n_neg = pts
-    if tpr == 0:
-        return jnp.float32(0.0)
     recall = tp_end.astype(F32) / n_pos.astype(F32)
-    ok = is_last & (recall >= tpr)
+    ok = is_last & (recall >= jnp.asarray(tpr, F32))
     first = jnp.argmax(ok)
-    return fp_end[first].astype(F32) / n_neg.astype(F32)
+    return jnp.where(tpr == 0, 0.0, fp_end[first].astype(F32) / n_neg.astype(F32))
 
 
 def _partial_auc_from_points(pts, max_fpr: float):
@@ -99,24 +95,22 @@ def _partial_auc_from_points(pts, max_fpr: float):
     f0 = fp_before.astype(F32) / n_neg.astype(F32)
     t1 = tp_end.astype(F32) / n_pos.astype(F32)
     t0 = tp_before.astype(F32) / n_pos.astype(F32)
-    m = jnp.float32(max_fpr)
+    m = jnp.asarray(max_fpr, F32)
     full = (f1 - f0) * (t0 + t1) / 2.0
     width = jnp.where(f1 > f0, f1 - f0, 1.0)
     t_m = t0 + (t1 - t0) * (m - f0) / width
     part = (m - f0) * (t0 + t_m) / 2.0
     seg = jnp.where(f1 <= m, full, jnp.where(f0 >= m, 0.0, part))
     pauc = jnp.sum(jnp.where(is_last, seg, 0.0))
-    if max_fpr >= 1.0:
-        return pauc
-    min_area = 0.5 * max_fpr**2
-    max_area = max_fpr
-    return 0.5 * (1.0 + (pauc - min_area) / (max_area - min_area))
+    min_area = 0.5 * m**2
+    std = 0.5 * (1.0 + (pauc - min_area) / jnp.where(m < 1.0, m - min_area, 1.0))
+    return jnp.where(m >= 1.0, pauc, std)
 
 
 def _tpr_at_fpr_from_points(pts, max_fpr: float):
     _, tp_end, _, fp_end, _, _, is_last, n_pos, n_neg = pts
     fpr = fp_end.astype(F32) / n_neg.astype(F32)
-    ok = is_last & (fpr <= jnp.float32(max_fpr))
+    ok = is_last & (fpr <= jnp.asarray(max_fpr, F32))
     best = jnp.max(jnp.where(ok, tp_end, 0))
     return best.astype(F32) / n_pos.astype(F32)
 
@@ -131,17 +125,17 @@ def _aupr_impl(scores, is_ood):
     return _aupr_from_points(roc_points(scores, is_ood))
 
 
-@functools.partial(jax.jit, static_argnames=("tpr",))
+@jax.jit
 def _fpr_at_tpr_impl(scores, is_ood, tpr: float = 0.95):
     return _fpr_at_tpr_from_points(roc_points(scores, is_ood), tpr)
 
 
-@functools.partial(jax.jit, static_argnames=("max_fpr",))
+@jax.jit
 def _auc_impl(scores, is_ood, max_fpr: float = 1.0):
     return _partial_auc_from_points(roc_points(scores, is_ood), max_fpr)
 
 
-@functools.partial(jax.jit, static_argnames=("max_fpr",))
+@jax.jit
 def _tpr_at_fpr_impl(scores, is_ood, max_fpr: float):
     return _tpr_at_fpr_from_points(roc_points(scores, is_ood), max_fpr)
 

@@ -18,6 +18,8 @@ per-device states) gives the full-array answer whatever the batching:
 ``update`` checks shapes (free) but not values: value validation would force a device->host sync
 per batch; validate once on the full arrays with the public functions if needed.
 
+Factories are cached: calling ``ece()`` twice returns the same metric (and jitted functions).
+
 Example::
 
     m = jaxuq.metrics.streaming.ece()
@@ -29,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -140,6 +143,7 @@ def _sum_metric(batch_sum: Callable, n_of: Callable, check: Callable, compute=_m
     return StreamingMetric(_sum_init, update, _sum_merge, compute)
 
 
+@functools.cache
 def accuracy() -> StreamingMetric:
     """Streaming :func:`jaxuq.metrics.accuracy`; ``update(state, probs [B, C], labels [B])``."""
     return _sum_metric(
@@ -147,6 +151,7 @@ def accuracy() -> StreamingMetric:
     )
 
 
+@functools.cache
 def brier_score() -> StreamingMetric:
     """Streaming Brier score; ``update(state, probs [B, C], labels [B])``."""
     return _sum_metric(
@@ -154,6 +159,7 @@ def brier_score() -> StreamingMetric:
     )
 
 
+@functools.cache
 def nll() -> StreamingMetric:
     """Streaming NLL; ``update(state, probs [B, C], labels [B])``."""
     return _sum_metric(
@@ -161,6 +167,7 @@ def nll() -> StreamingMetric:
     )
 
 
+@functools.cache
 def entropy() -> StreamingMetric:
     """Streaming mean entropy; ``update(state, probs [B, C])``."""
     return _sum_metric(
@@ -168,6 +175,7 @@ def entropy() -> StreamingMetric:
     )
 
 
+@functools.cache
 def ensemble_entropy() -> StreamingMetric:
     """Streaming mean member entropy; ``update(state, member_probs [M, B, C])``."""
     return _sum_metric(
@@ -177,6 +185,7 @@ def ensemble_entropy() -> StreamingMetric:
     )
 
 
+@functools.cache
 def disagreement() -> StreamingMetric:
     """Streaming disagreement; ``update(state, member_probs [M, B, C])``."""
     return _sum_metric(
@@ -186,6 +195,7 @@ def disagreement() -> StreamingMetric:
     )
 
 
+@functools.cache
 def mutual_information() -> StreamingMetric:
     """Streaming MI (sum clamped at compute like TU); ``update(state, member_probs [M, B, C])``."""
     return _sum_metric(
@@ -217,6 +227,7 @@ def _binned_merge(a: BinnedState, b: BinnedState) -> BinnedState:
     return BinnedState(a.conf_sum + b.conf_sum, a.acc_sum + b.acc_sum, a.count + b.count)
 
 
+@functools.cache
 def ece() -> StreamingMetric:
     """Streaming ECE (16-slot binned sums); ``update(state, probs [B, C], labels [B])``."""
     return StreamingMetric(
@@ -224,6 +235,7 @@ def ece() -> StreamingMetric:
     )
 
 
+@functools.cache
 def mce() -> StreamingMetric:
     """Streaming MCE (16-slot binned sums); ``update(state, probs [B, C], labels [B])``."""
     return StreamingMetric(
@@ -231,6 +243,7 @@ def mce() -> StreamingMetric:
     )
 
 
+@functools.cache
 def reliability() -> StreamingMetric:
     """Streaming :func:`jaxuq.metrics.reliability_diagram_data`."""
 
@@ -277,11 +290,13 @@ def _conf_acc_metric(fn: Callable) -> StreamingMetric:
     return StreamingMetric(_list_init(2), _conf_acc_update, _list_merge, lambda s: fn(*s.arrays))
 
 
+@functools.cache
 def adaptive_ece() -> StreamingMetric:
     """Streaming aECE (keeps all confidences); ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(lambda c, a: _cal._aece_from_conf_acc(c, a))
 
 
+@functools.cache
 def smooth_ece() -> StreamingMetric:
     """Streaming SmECE (keeps all confidences; host float64 compute, not jittable)."""
     return StreamingMetric(
@@ -292,16 +307,19 @@ def smooth_ece() -> StreamingMetric:
     )
 
 
+@functools.cache
 def aurc() -> StreamingMetric:
     """Streaming AURC; ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(lambda c, a: _sel._aurc_from_risk(_sel.risk_curve(c, 1.0 - a)))
 
 
+@functools.cache
 def augrc() -> StreamingMetric:
     """Streaming AUGRC; ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(lambda c, a: _sel._augrc_from_risk(_sel.risk_curve(c, 1.0 - a)))
 
 
+@functools.cache
 def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
     """Streaming coverage at risk; ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(
@@ -309,6 +327,7 @@ def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
     )
 
 
+@functools.cache
 def risk_at_cov(cov: float = 0.8) -> StreamingMetric:
     """Streaming risk at coverage; ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(
@@ -326,21 +345,25 @@ def _score_metric(fn: Callable) -> StreamingMetric:
     )
 
 
+@functools.cache
 def auroc() -> StreamingMetric:
     """Streaming AUROC (raw scores); ``update(state, scores [B], is_ood [B])``."""
     return _score_metric(lambda s, y: _ood._auroc_from_points(_ood.roc_points(s, y)))
 
 
+@functools.cache
 def aupr() -> StreamingMetric:
     """Streaming AUPR; ``update(state, scores [B], is_ood [B])``."""
     return _score_metric(lambda s, y: _ood._aupr_from_points(_ood.roc_points(s, y)))
 
 
+@functools.cache
 def fpr_at_tpr(tpr: float = 0.95) -> StreamingMetric:
     """Streaming FPR@TPR (FPR95 by default); ``update(state, scores [B], is_ood [B])``."""
     return _score_metric(lambda s, y: _ood._fpr_at_tpr_from_points(_ood.roc_points(s, y), float(tpr)))
 
 
+@functools.cache
 def auc(max_fpr: float = 1.0) -> StreamingMetric:
     """Streaming (partial, McClish-standardised) AUC; ``update(state, scores [B], is_ood [B])``."""
     return _score_metric(
@@ -348,6 +371,7 @@ def auc(max_fpr: float = 1.0) -> StreamingMetric:
     )
 
 
+@functools.cache
 def tpr_at_fpr(max_fpr: float) -> StreamingMetric:
     """Streaming TPR@FPR; ``update(state, scores [B], is_ood [B])``."""
     return _score_metric(

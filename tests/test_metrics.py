@@ -1,0 +1,309 @@
+"""Unit tests of jaxuq.metrics without torch: float64 references, errors, streaming, jit."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jaxuq import metrics as M
+from jaxuq.metrics import calibration, classification, ensemble, ood, selective, streaming
+
+
+# ------------------------------------------------------------------ float64 references
+def ref_selective_f64(conf, err):
+    """Stable-descending float64 AURC family + stable-ascending aECE (from TU's formulas)."""
+    conf = np.asarray(conf, np.float32).astype(np.float64)
+    err = np.asarray(err, np.float64)
+    n = len(conf)
+    order = np.argsort(-conf, kind="stable")
+    r = np.cumsum(err[order]) / np.arange(1, n + 1)
+    cov = np.arange(1, n + 1) / n
+    ok = np.nonzero(r <= 0.05)[0]
+    out = {
+        "AURC": np.trapezoid(r, cov) / (1 - 1 / n),
+        "AUGRC": np.trapezoid(r * cov, cov) / (1 - 1 / n),
+        "Cov_5Risk": (ok[-1] + 1) / n if len(ok) else math.nan,
+        "Risk_80Cov": r[math.ceil(n * 0.8) - 1],
+    }
+    asc = np.argsort(conf, kind="stable")
+    chunks_c = np.array_split(conf[asc], 15)
+    chunks_a = np.array_split(1 - err[asc], 15)
+    out["aECE"] = sum(abs(a.mean() - c.mean()) * len(c) / n for a, c in zip(chunks_a, chunks_c))
+    return out
+
+
+def ref_ece_f64(conf, acc):
+    conf = np.asarray(conf, np.float32)
+    idx = np.searchsorted(M.ECE_EDGES, conf, side="right") - 1
+    ece, mce = 0.0, 0.0
+    for k in range(16):
+        sel = idx == k
+        if sel.any():
+            gap = abs(acc[sel].mean() - conf[sel].astype(np.float64).mean())
+            ece += gap * sel.mean()
+            mce = max(mce, gap)
+    return ece, mce
+
+
+def _case(seed, n=600, c=7, scale=3.0):
+    rng = np.random.default_rng(seed)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(rng.normal(size=(n, c)) * scale, jnp.float32)))
+    labels = np.where(rng.random(n) < 0.6, probs.argmax(-1), rng.integers(0, c, n))
+    return probs, labels
+
+
+def test_ece_edges_are_torch_linspace_bits():
+    e = M.ECE_EDGES
+    assert e.dtype == np.float32 and len(e) == 16 and e[0] == 0 and e[-1] == 1
+    diff = np.nonzero(e != np.linspace(0, 1, 16, dtype=np.float32))[0]
+    assert list(diff) == [3, 6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_and_calibration_vs_float64(seed):
+    probs, labels = _case(seed)
+    p64 = probs.astype(np.float64)
+    conf, acc = probs.max(-1), (probs.argmax(-1) == labels).astype(np.float64)
+    onehot = np.eye(probs.shape[1])[labels]
+    assert abs(float(M.accuracy(probs, labels)) - acc.mean()) < 1e-7
+    assert abs(float(M.brier_score(probs, labels)) - ((p64 - onehot) ** 2).sum(-1).mean()) < 1e-6
+    assert abs(float(M.nll(probs, labels)) - (-np.log(p64[np.arange(len(labels)), labels])).mean()) < 1e-5
+    ent = -(np.where(p64 > 0, p64 * np.log(np.where(p64 > 0, p64, 1)), 0)).sum(-1).mean()
+    assert abs(float(M.entropy(probs)) - ent) < 1e-6
+    ece, mce = ref_ece_f64(conf, acc)
+    assert abs(float(M.ece(probs, labels)) - ece) < 1e-6
+    assert abs(float(M.mce(probs, labels)) - mce) < 1e-6
+    ref = ref_selective_f64(conf, 1 - acc)
+    for k, f in (("AURC", M.aurc), ("AUGRC", M.augrc), ("Cov_5Risk", M.cov_at_risk), ("Risk_80Cov", M.risk_at_cov)):
+        got, want = float(f(probs, labels)), ref[k]
+        assert (math.isnan(got) and math.isnan(want)) or abs(got - want) < 1e-6, k
+    assert abs(float(M.adaptive_ece(probs, labels)) - ref["aECE"]) < 1e-6
+
+
+def test_ties_use_stable_descending_order():
+    conf = np.array([0.9, 0.9, 0.9, 0.6, 0.6], np.float32)
+    probs = np.stack([conf, 1 - conf], -1)
+    labels = np.array([1, 0, 0, 1, 0])  # first tied sample wrong
+    ref = ref_selective_f64(conf, probs.argmax(-1) != labels)
+    assert abs(float(M.aurc(probs, labels)) - ref["AURC"]) < 1e-7
+    assert float(M.risk_at_cov(probs, labels, 0.2)) == 1.0  # stable: sample 0 comes first
+
+
+def test_aece_nan_below_15_and_mce_conf_one_slot():
+    probs, labels = _case(3, n=14)
+    assert math.isnan(float(M.adaptive_ece(probs, labels)))
+    p = np.array([[1.0, 0.0], [1.0, 0.0], [0.99, 0.01]], np.float32)
+    rd = M.reliability_diagram_data(p, np.array([0, 1, 0]))
+    assert rd.counts.tolist()[-1] == 2 and rd.counts.sum() == 3
+    assert rd.acc[-1] == 0.5 and rd.conf[-1] == 1.0
+    assert abs(float(M.mce(p, np.array([0, 1, 0]))) - 0.5) < 1e-7
+
+
+def test_nll_is_inf_when_true_class_has_zero_probability():
+    p = np.array([[1.0, 0.0], [0.5, 0.5]], np.float32)
+    assert math.isinf(float(M.nll(p, np.array([1, 0]))))
+
+
+def test_ensemble_metrics_vs_numpy():
+    rng = np.random.default_rng(0)
+    mp = np.asarray(jax.nn.softmax(jnp.asarray(rng.normal(size=(4, 300, 5)) * 2, jnp.float32)))
+    preds = mp.argmax(-1)
+    dis = np.mean([np.mean([preds[a, i] != preds[b, i] for a in range(4) for b in range(a + 1, 4)]) for i in range(300)])
+    assert abs(float(M.disagreement(mp)) - dis) < 1e-6
+    h = lambda p: -(p * np.log(p)).sum(-1)
+    p64 = mp.astype(np.float64)
+    assert abs(float(M.ensemble_entropy(mp)) - h(p64).mean()) < 1e-6
+    assert abs(float(M.mutual_information(mp)) - max((h(p64.mean(0)) - h(p64).mean(0)).sum(), 0) / 300) < 1e-6
+    assert math.isnan(float(M.disagreement(mp[:1])))
+    assert float(M.mutual_information(np.repeat(mp[:1], 3, 0))) >= 0.0  # identical members: clamped sum
+
+
+# ------------------------------------------------------------------ OOD vs sklearn
+@pytest.mark.parametrize("seed,rounding", [(0, None), (1, 1), (2, 0)])
+def test_ood_vs_sklearn(seed, rounding):
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    y = (rng.random(n) < 0.4).astype(np.int64)
+    s = rng.normal(y * 0.8, 1.0).astype(np.float32)
+    if rounding is not None:
+        s = np.round(s, rounding).astype(np.float32)  # heavy ties
+    assert abs(float(M.auroc(s, y)) - roc_auc_score(y, s)) < 1e-6
+    assert abs(float(M.aupr(s, y)) - average_precision_score(y, s)) < 1e-6
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    for mf in (0.01, 0.05, 0.1, 0.3, 0.5, 1.0):
+        assert abs(float(M.auc(s, y, mf)) - roc_auc_score(y, s, max_fpr=mf)) < 2e-6, mf
+        assert abs(float(M.tpr_at_fpr(s, y, mf)) - tpr[fpr <= mf].max()) < 1e-6, mf
+    # FPR95 from sklearn's ROC points: first point with tpr >= 0.95
+    k = np.argmax(tpr.astype(np.float32) >= np.float32(0.95))
+    assert abs(float(M.fpr95(s, y)) - fpr[k]) < 1e-6
+
+
+def test_scod_metrics_function_matches_table():
+    probs, labels = _case(4, n=400)
+    scores = -probs.max(-1)
+    ood_scores = np.r_[scores, scores[:200] + 0.05].astype(np.float32)
+    is_ood = np.r_[np.zeros(400), np.ones(200)].astype(np.int64)
+    err = np.r_[probs.argmax(-1) != labels, np.zeros(200, bool)]
+    got = M.scod_metrics(ood_scores, err, is_ood)
+    from jaxuq.evaluate import classification_table
+
+    tab = classification_table(probs, labels, ood_scores=ood_scores, smece=False)
+    for k, v in got.items():
+        assert float(v) == pytest.approx(tab[f"ood/{k}"], abs=1e-7, nan_ok=True)
+    losses = np.where(is_ood == 1, 0.5, 0.5 * err)
+    ref = ref_selective_f64(-ood_scores, losses)
+    assert abs(tab["ood/SCOD_AURC"] - ref["AURC"]) < 1e-6
+
+
+# ------------------------------------------------------------------ errors
+def test_errors_name_argument_and_shape():
+    probs, labels = _case(0, n=20, c=3)
+    cases = [
+        (lambda: M.ece(probs[0], labels), "`probs` must be 2-D"),
+        (lambda: M.ece(probs, labels[:5]), "`labels` has shape (5,)"),
+        (lambda: M.ece(probs[:0], labels[:0]), "`probs` is empty"),
+        (lambda: M.ece(np.where(np.arange(3) == 0, np.nan, probs), labels), "contains NaN"),
+        (lambda: M.ece(probs, labels + 3), "`labels` values must lie in [0, 3)"),
+        (lambda: M.ece(probs * 2, labels), "must lie in [0, 1]"),
+        (lambda: M.ece(probs * 0.9, labels), "rows must sum to 1"),
+        (lambda: M.ece(probs, labels.astype(np.float32)), "integer class indices"),
+        (lambda: M.auroc(np.ones(5), np.zeros(5, int)), "single class"),
+        (lambda: M.auroc(np.array([0.1, np.inf]), np.array([0, 1])), "`scores` (shape (2,)) contains NaN or inf"),
+        (lambda: M.auroc(np.ones(5), np.array([0, 1, 2, 0, 1])), "only 0 and 1"),
+        (lambda: M.auroc(np.ones(4), np.array([0, 1, 1])), "`is_ood` has shape (3,)"),
+        (lambda: M.disagreement(probs), "`member_probs` must be 3-D"),
+        (lambda: M.auc(np.arange(4.0), np.array([0, 1, 0, 1]), 0.0), "`max_fpr` must be in (0, 1]"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(ValueError) as e:
+            fn()
+        assert msg in str(e.value), (msg, str(e.value))
+
+
+# ------------------------------------------------------------------ jit vs eager
+def test_jit_and_eager_cores_agree():
+    probs, labels = _case(5, n=300)
+    p, y = jnp.asarray(probs), jnp.asarray(labels)
+    s = -p.max(-1)
+    o = jnp.asarray(np.arange(300) % 3 == 0, jnp.int32)
+    mp = jnp.stack([p, p[::-1]])
+    fns = [
+        lambda: classification._brier_impl(p, y), lambda: classification._nll_impl(p, y),
+        lambda: calibration._ece_impl(p, y), lambda: calibration._aece_impl(p, y),
+        lambda: selective._aurc_impl(p, y), lambda: selective._cov_at_risk_impl(p, y),
+        lambda: ood._auroc_impl(s, o), lambda: ood._aupr_impl(s, o), lambda: ood._fpr_at_tpr_impl(s, o),
+        lambda: ood._auc_impl(s, o, max_fpr=0.2), lambda: ensemble._mi_impl(mp),
+    ]  # fmt: skip
+    for f in fns:
+        jitted = float(f())
+        with jax.disable_jit():
+            eager = float(f())
+        assert jitted == pytest.approx(eager, abs=2e-7, nan_ok=True)
+
+
+# ------------------------------------------------------------------ streaming
+_FULL = {
+    "accuracy": M.accuracy, "brier_score": M.brier_score, "nll": M.nll, "ece": M.ece, "mce": M.mce,
+    "adaptive_ece": M.adaptive_ece, "aurc": M.aurc, "augrc": M.augrc, "cov_at_risk": lambda p, y: M.cov_at_risk(p, y, 0.3),
+    "risk_at_cov": M.risk_at_cov,
+}  # fmt: skip
+_STREAM = {k: getattr(streaming, k) for k in _FULL}
+_STREAM["cov_at_risk"] = lambda: streaming.cov_at_risk(0.3)
+_PROBS, _LABELS = _case(11, n=257)
+_OOD = (np.random.default_rng(1).random(257) < 0.5).astype(np.int64)
+_MP = np.stack([_PROBS, _PROBS[::-1], _case(12, n=257)[0]])
+
+
+def _cuts(data, n):
+    # cut points on a coarse grid so batch shapes repeat (keeps jit recompiles bounded)
+    cuts = sorted(set(data.draw(st.lists(st.sampled_from(range(64, n, 64)), max_size=4))))
+    return list(zip([0] + cuts, cuts + [n]))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_streaming_any_batching_equals_full_array(data):
+    n = len(_LABELS)
+    parts = _cuts(data, n)
+    for name, factory in _STREAM.items():
+        m = factory()
+        # split the batches over two "devices" and merge
+        s1, s2 = m.init(), m.init()
+        for i, (a, b) in enumerate(parts):
+            if i % 2:
+                s2 = m.update(s2, _PROBS[a:b], _LABELS[a:b])
+            else:
+                s1 = m.update(s1, _PROBS[a:b], _LABELS[a:b])
+        got, want = float(m.compute(m.merge(s1, s2))), float(_FULL[name](_PROBS, _LABELS))
+        if name in ("adaptive_ece", "aurc", "augrc", "cov_at_risk", "risk_at_cov"):
+            # order-dependent tie-breaking: merge(s1, s2) reorders samples, so compare in sample order
+            s = m.init()
+            for a, b in parts:
+                s = m.update(s, _PROBS[a:b], _LABELS[a:b])
+            got = float(m.compute(s))
+        assert got == pytest.approx(want, abs=1e-6, nan_ok=True), name
+    scores = -_PROBS.max(-1)
+    for m, full in ((streaming.auroc(), M.auroc), (streaming.aupr(), M.aupr), (streaming.fpr_at_tpr(), M.fpr95)):
+        s = m.init()
+        for a, b in parts:
+            s = m.update(s, scores[a:b], _OOD[a:b])
+        assert float(m.compute(s)) == pytest.approx(float(full(scores, _OOD)), abs=1e-6)
+    for m, full in ((streaming.disagreement(), M.disagreement), (streaming.mutual_information(), M.mutual_information),
+                    (streaming.ensemble_entropy(), M.ensemble_entropy)):  # fmt: skip
+        s = m.init()
+        for a, b in parts:
+            s = m.update(s, _MP[:, a:b], )
+        assert float(m.compute(s)) == pytest.approx(float(full(_MP)), abs=1e-6)
+
+
+def test_streaming_smece_and_reliability():
+    m = streaming.smooth_ece()
+    s = m.init()
+    for a in range(0, 257, 100):
+        s = m.update(s, _PROBS[a : a + 100], _LABELS[a : a + 100])
+    assert m.compute(s) == pytest.approx(M.smooth_ece(_PROBS, _LABELS), abs=1e-9)
+    r = streaming.reliability()
+    s = r.init()
+    for a in range(0, 257, 64):
+        s = r.update(s, _PROBS[a : a + 64], _LABELS[a : a + 64])
+    full = M.reliability_diagram_data(_PROBS, _LABELS)
+    np.testing.assert_array_equal(r.compute(s).counts, full.counts)
+    np.testing.assert_allclose(r.compute(s).conf, full.conf, atol=1e-6)
+
+
+# ------------------------------------------------------------------ complexity
+class FlaxLeNet(nn.Module):
+    """TU's lenet(1, 10) in Flax (NHWC), for the FLOP / parameter counts."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(6, (5, 5), padding="VALID", name="conv1")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="conv2")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(120, name="fc1")(x))
+        x = nn.relu(nn.Dense(84, name="fc2")(x))
+        return nn.Dense(10, name="fc3")(x)
+
+
+def test_count_flops_lenet_matches_tu_numbers():
+    model = FlaxLeNet()
+    x = np.zeros((1, 28, 28, 1), np.float32)
+    variables = model.init(jax.random.key(0), x)
+    assert M.count_params(variables["params"]) == 44426
+    assert M.count_flops(lambda v: model.apply(variables, v), x) == 563280
+    x128 = jax.ShapeDtypeStruct((128, 28, 28, 1), jnp.float32)
+    assert M.count_flops(jax.jit(lambda v: model.apply(variables, v)), x128) == 72_099_840
+    # recursion into sub-jaxprs: scan counts length times, custom_jvp bodies are walked
+    w = jnp.ones((8, 8))
+    scanned = lambda v: jax.lax.scan(lambda c, _: (jax.nn.relu(c @ w), None), v, None, length=3)[0]
+    assert M.count_flops(scanned, jnp.ones((2, 8))) == 3 * 2 * 2 * 8 * 8
+    assert M.count_flops(lambda v: jax.nn.gelu(v @ w), jnp.ones((2, 8))) == 2 * 2 * 8 * 8
