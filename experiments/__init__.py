@@ -1,0 +1,1 @@
+"""jaxuq experiments (thin scripts over the library)."""
