@@ -86,13 +86,30 @@ def run_jaxuq(seed, epochs, batch_size, lr, train, test, quiet=True):
     state = state.replace(params=params, opt_state=tx.init(params))
     pre = Preprocess(*MNIST_NORM, crop=28, padding=4)
     t0 = time.perf_counter()
-    res = fit(model, train, optimizer=tx, epochs=epochs, batch_size=batch_size, preprocess=pre, seed=seed,
-              init_state=state, quiet=quiet, steps_per_call=10_000)
+    res = fit(
+        model,
+        train,
+        optimizer=tx,
+        epochs=epochs,
+        batch_size=batch_size,
+        preprocess=pre,
+        seed=seed,
+        init_state=state,
+        quiet=quiet,
+        steps_per_call=10_000,
+    )
     train_s = time.perf_counter() - t0
     ev = evaluate(res.state, *test, pre, batch_size=2048)
     n_img = epochs * len(train[0])
-    return {"seed": seed, "test_acc": ev["accuracy"], "test_loss": ev["loss"], "train_seconds": train_s,
-            "images_per_s": n_img / train_s, "model": model_name, "final_train_loss": res.history[-1]["train_loss"]}
+    return {
+        "seed": seed,
+        "test_acc": ev["accuracy"],
+        "test_loss": ev["loss"],
+        "train_seconds": train_s,
+        "images_per_s": n_img / train_s,
+        "model": model_name,
+        "final_train_loss": res.history[-1]["train_loss"],
+    }
 
 
 def _mnist_root_for_torchvision(data_dir) -> Path:
@@ -123,27 +140,52 @@ def run_tu(seed, epochs, batch_size, lr, train_subset, root):
                 self.train = Subset(self.train, range(train_subset))
 
     lightning.seed_everything(seed, verbose=False)
-    dm = _DM(root=root, batch_size=batch_size, eval_batch_size=2048, num_workers=0, pin_memory=False,
-             persistent_workers=False)
+    dm = _DM(
+        root=root,
+        batch_size=batch_size,
+        eval_batch_size=2048,
+        num_workers=0,
+        pin_memory=False,
+        persistent_workers=False,
+    )
     model = lenet(in_channels=1, num_classes=10)
-    routine = ClassificationRoutine(model=model, num_classes=10, loss=tnn.CrossEntropyLoss(),
-                                    optim_recipe=torch.optim.SGD(model.parameters(), lr=lr))
-    trainer = TUTrainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)
+    routine = ClassificationRoutine(
+        model=model,
+        num_classes=10,
+        loss=tnn.CrossEntropyLoss(),
+        optim_recipe=torch.optim.SGD(model.parameters(), lr=lr),
+    )
+    trainer = TUTrainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     t0 = time.perf_counter()
     trainer.fit(routine, datamodule=dm)
     train_s = time.perf_counter() - t0
     out = trainer.test(routine, datamodule=dm, verbose=False)[0]
     n_train = train_subset or 60_000
-    return {"seed": seed, "test_acc": float(out["test/cls/Acc"]), "test_loss": float(out.get("test/cls/NLL", np.nan)),
-            "train_seconds": train_s, "images_per_s": epochs * n_train / train_s}
+    return {
+        "seed": seed,
+        "test_acc": float(out["test/cls/Acc"]),
+        "test_loss": float(out.get("test/cls/NLL", np.nan)),
+        "train_seconds": train_s,
+        "images_per_s": epochs * n_train / train_s,
+    }
 
 
 def _summary(runs):
     accs = np.array([r["test_acc"] for r in runs])
-    return {"mean_acc": float(accs.mean()), "std_acc": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-            "runs": runs}
+    return {
+        "mean_acc": float(accs.mean()),
+        "std_acc": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+        "runs": runs,
+    }
 
 
 def main(argv=None) -> dict:
@@ -167,42 +209,66 @@ def main(argv=None) -> dict:
     if args.train_subset:
         x, y = x[: args.train_subset], y[: args.train_subset]
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": {"platform": platform.platform(),
-                                                                "cpus": os.cpu_count(),
-                                                                "jax_backend": jax.default_backend()},
-        "recipe": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "SGD",
-                   "augment": "RandomCrop(28, padding=4)", "normalize": MNIST_NORM,
-                   "train_images": len(x), "test_images": len(test[0])},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jax_backend": jax.default_backend(),
+        },
+        "recipe": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "optimizer": "SGD",
+            "augment": "RandomCrop(28, padding=4)",
+            "normalize": MNIST_NORM,
+            "train_images": len(x),
+            "test_images": len(test[0]),
+        },
         "versions": {"jax": jax.__version__},
     }
     jx = []
     for s in args.seeds:
         r = run_jaxuq(s, args.epochs, args.batch_size, args.lr, (x, y), test, quiet=args.quiet)
-        print(f"jaxuq seed {s}: test acc {100 * r['test_acc']:.2f} %  ({r['train_seconds']:.0f} s, "
-              f"{r['images_per_s']:.0f} img/s)", flush=True)
+        print(
+            f"jaxuq seed {s}: test acc {100 * r['test_acc']:.2f} %  ({r['train_seconds']:.0f} s, "
+            f"{r['images_per_s']:.0f} img/s)",
+            flush=True,
+        )
         jx.append(r)
     result["jaxuq"] = _summary(jx)
     if args.compare_tu:
         import torch
         import torch_uncertainty
 
-        result["versions"].update(torch=torch.__version__, torch_uncertainty=torch_uncertainty.__version__
-                                  if hasattr(torch_uncertainty, "__version__") else "0.13.0")
+        result["versions"].update(
+            torch=torch.__version__,
+            torch_uncertainty=torch_uncertainty.__version__
+            if hasattr(torch_uncertainty, "__version__")
+            else "0.13.0",
+        )
         root = _mnist_root_for_torchvision(args.data_dir)
         try:
             tu = []
             for s in args.seeds:
                 r = run_tu(s, args.epochs, args.batch_size, args.lr, args.train_subset, root)
-                print(f"TU    seed {s}: test acc {100 * r['test_acc']:.2f} %  ({r['train_seconds']:.0f} s, "
-                      f"{r['images_per_s']:.0f} img/s)", flush=True)
+                print(
+                    f"TU    seed {s}: test acc {100 * r['test_acc']:.2f} %  ({r['train_seconds']:.0f} s, "
+                    f"{r['images_per_s']:.0f} img/s)",
+                    flush=True,
+                )
                 tu.append(r)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         result["tu"] = _summary(tu)
-        result["tu"]["how"] = "TU 0.13.0 lenet + ClassificationRoutine + TUTrainer (Lightning, CPU), MNISTDataModule"
+        result["tu"]["how"] = (
+            "TU 0.13.0 lenet + ClassificationRoutine + TUTrainer (Lightning, CPU), MNISTDataModule"
+        )
         result["mean_acc_diff_points"] = 100 * (result["jaxuq"]["mean_acc"] - result["tu"]["mean_acc"])
-        print(f"mean test accuracy: jaxuq {100 * result['jaxuq']['mean_acc']:.2f} %, "
-              f"TU {100 * result['tu']['mean_acc']:.2f} %, diff {result['mean_acc_diff_points']:+.2f} points")
+        print(
+            f"mean test accuracy: jaxuq {100 * result['jaxuq']['mean_acc']:.2f} %, "
+            f"TU {100 * result['tu']['mean_acc']:.2f} %, diff {result['mean_acc_diff_points']:+.2f} points"
+        )
     if not args.no_write:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

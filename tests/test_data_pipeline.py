@@ -30,7 +30,12 @@ def test_random_crop_is_zero_pad_then_window():
     padded = np.pad(imgs, ((0, 0), (4, 4), (4, 4), (0, 0)))
     offsets = set()
     for i in range(len(imgs)):
-        hits = [(y, x) for y in range(9) for x in range(9) if np.array_equal(padded[i, y:y + 28, x:x + 28], out[i])]
+        hits = [
+            (y, x)
+            for y in range(9)
+            for x in range(9)
+            if np.array_equal(padded[i, y : y + 28, x : x + 28], out[i])
+        ]
         assert len(hits) == 1
         offsets.add(hits[0])
     # offsets are uniform over [0, 8]^2: 64 draws hit many distinct cells incl. non-centre ones
@@ -49,7 +54,8 @@ def test_flip_and_normalize_match_torchvision():
     assert all(a or b for a, b in zip(is_flipped, is_same)) and 4 < sum(is_flipped) < 28
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     ref = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])(
-        torch.from_numpy(imgs).permute(0, 3, 1, 2))
+        torch.from_numpy(imgs).permute(0, 3, 1, 2)
+    )
     ours = np.asarray(Preprocess(mean, std).eval(jnp.asarray(imgs)))
     np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-6)
 

@@ -36,8 +36,12 @@ def _write_mnist(root: Path, n=7, gz=True, kind="MNIST", seed=0):
     imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labs = rng.integers(0, 10, n).astype(np.uint8)
     out = {}
-    for stem, arr in (("train-images-idx3-ubyte", imgs), ("train-labels-idx1-ubyte", labs),
-                      ("t10k-images-idx3-ubyte", imgs[:3]), ("t10k-labels-idx1-ubyte", labs[:3])):
+    for stem, arr in (
+        ("train-images-idx3-ubyte", imgs),
+        ("train-labels-idx1-ubyte", labs),
+        ("t10k-images-idx3-ubyte", imgs[:3]),
+        ("t10k-labels-idx1-ubyte", labs[:3]),
+    ):
         data = _idx_bytes(arr)
         out[stem] = data
         if gz:
@@ -48,6 +52,7 @@ def _write_mnist(root: Path, n=7, gz=True, kind="MNIST", seed=0):
 
 
 # ---------------------------------------------------------------- real data
+
 
 @pytest.mark.realdata
 def test_real_mnist_and_fashion_verify():
@@ -98,7 +103,9 @@ def test_corrupt_idx_files(tmp_path):
     _, _, raw = _write_mnist(tmp_path, gz=False)
     p = tmp_path / "MNIST/raw/train-images-idx3-ubyte"
     p.write_bytes(raw["train-images-idx3-ubyte"][:-5])
-    with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte: wrong size: header says shape \(7, 28, 28\)"):
+    with pytest.raises(
+        DataFileError, match=r"train-images-idx3-ubyte: wrong size: header says shape \(7, 28, 28\)"
+    ):
         readers.load_mnist("train", tmp_path, verify=False)
     p.write_bytes(b"\x12\x34\x08\x03" + raw["train-images-idx3-ubyte"][4:])
     with pytest.raises(DataFileError, match="wrong magic number 12340803"):
@@ -123,9 +130,12 @@ def test_missing_data_dir_is_clear(tmp_path, monkeypatch):
 
 def _cifar_batch(n, key="labels", seed=0, classes=10):
     rng = np.random.default_rng(seed)
-    return {"batch_label": "testing batch 1 of 1", key: rng.integers(0, classes, n).tolist(),
-            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            "filenames": [f"img_{i}.png" for i in range(n)]}
+    return {
+        "batch_label": "testing batch 1 of 1",
+        key: rng.integers(0, classes, n).tolist(),
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [f"img_{i}.png" for i in range(n)],
+    }
 
 
 def test_cifar10_python_batches_format(tmp_path):
@@ -144,10 +154,20 @@ def test_cifar10_python_batches_format(tmp_path):
     assert x[1, 5, 7, 2] == d[2 * 1024 + 5 * 32 + 7] and x[1, 0, 3, 0] == d[3]
     assert y[4:8].tolist() == batches[1]["labels"]
     # torchvision's parsing (vstack, reshape(-1, 3, 32, 32), transpose to HWC) of the same files
-    data = np.vstack([pickle.load(open(folder / f"data_batch_{k}", "rb"), encoding="latin1")["data"]
-                      for k in range(1, 6)]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    data = (
+        np.vstack(
+            [
+                pickle.load(open(folder / f"data_batch_{k}", "rb"), encoding="latin1")["data"]
+                for k in range(1, 6)
+            ]
+        )
+        .reshape(-1, 3, 32, 32)
+        .transpose(0, 2, 3, 1)
+    )
     assert np.array_equal(data, x)
-    with pytest.raises(DataFileError, match=r"data_batch_1: checksum mismatch.*c99cafc152244af753f735de768cd75f"):
+    with pytest.raises(
+        DataFileError, match=r"data_batch_1: checksum mismatch.*c99cafc152244af753f735de768cd75f"
+    ):
         readers.load_cifar10("train", tmp_path)
 
 
@@ -197,6 +217,7 @@ def test_npz_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- downloads (loopback server)
+
 
 @pytest.fixture
 def http_root(tmp_path):

@@ -34,8 +34,16 @@ def mnist_small():
 @pytest.mark.realdata
 def test_fit_learns_logs_and_streaming_matches(mnist_small, tmp_path):
     train, test = mnist_small
-    kw = dict(optimizer=torch_adam(3e-3), epochs=2, batch_size=100, preprocess=PRE, seed=1, eval_data=test,
-              quiet=True, steps_per_call=5)
+    kw = dict(
+        optimizer=torch_adam(3e-3),
+        epochs=2,
+        batch_size=100,
+        preprocess=PRE,
+        seed=1,
+        eval_data=test,
+        quiet=True,
+        steps_per_call=5,
+    )
     log = tmp_path / "log" / "m.jsonl"
     r = fit(TinyCNN(), train, log_path=log, **kw)
     h = r.history
@@ -138,11 +146,21 @@ def test_sigkill_resume_is_bitwise_equal(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(_TRAIN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-    ref = subprocess.run([sys.executable, str(script), "fast", str(tmp_path / "ck_ref"), str(tmp_path / "ref.npz")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        [sys.executable, str(script), "fast", str(tmp_path / "ck_ref"), str(tmp_path / "ref.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
-    proc = subprocess.Popen([sys.executable, str(script), "slow", str(tmp_path / "ck"), str(tmp_path / "res.npz")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "slow", str(tmp_path / "ck"), str(tmp_path / "res.npz")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line.strip())
@@ -152,8 +170,13 @@ def test_sigkill_resume_is_bitwise_equal(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, (seen, proc.stderr.read()[-3000:])
     assert not (tmp_path / "res.npz").exists()
-    res = subprocess.run([sys.executable, str(script), "fast", str(tmp_path / "ck"), str(tmp_path / "res.npz")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(script), "fast", str(tmp_path / "ck"), str(tmp_path / "res.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DONE resumed_from 13" in res.stdout, res.stdout
     a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "res.npz")
@@ -197,8 +220,12 @@ def test_data_parallel_8_devices_matches_one(tmp_path):
     data_path("MNIST/raw/train-images-idx3-ubyte.gz")
     script = tmp_path / "multi.py"
     script.write_text(_MULTI_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])

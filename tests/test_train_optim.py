@@ -19,7 +19,9 @@ def _run_both(make_torch_opt, tx, steps=6, steps_per_epoch=None, make_sched=None
     torch = require("torch")
     rng = np.random.default_rng(0)
     p0 = {"w": rng.standard_normal((5, 3)).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)}
-    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in p0.items()} for _ in range(steps)]
+    grads = [
+        {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in p0.items()} for _ in range(steps)
+    ]
     tp = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in p0.items()}
     opt = make_torch_opt(list(tp.values()))
     sched = make_sched(opt) if make_sched else None
@@ -37,13 +39,16 @@ def _run_both(make_torch_opt, tx, steps=6, steps_per_epoch=None, make_sched=None
     return {k: tp[k].detach().numpy() for k in tp}, jax.tree.map(np.asarray, params)
 
 
-@pytest.mark.parametrize("momentum,wd,nesterov", [(0.0, 0.0, False), (0.9, 5e-4, True), (0.9, 1e-4, False),
-                                                   (0.875, 3.0517578125e-5, False)])
+@pytest.mark.parametrize(
+    "momentum,wd,nesterov",
+    [(0.0, 0.0, False), (0.9, 5e-4, True), (0.9, 1e-4, False), (0.875, 3.0517578125e-5, False)],
+)
 def test_sgd_matches_torch(momentum, wd, nesterov):
     torch = require("torch")
-    ref, ours = _run_both(lambda p: torch.optim.SGD(p, lr=0.1, momentum=momentum, weight_decay=wd,
-                                                    nesterov=nesterov),
-                          torch_sgd(0.1, momentum, wd, nesterov))
+    ref, ours = _run_both(
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=momentum, weight_decay=wd, nesterov=nesterov),
+        torch_sgd(0.1, momentum, wd, nesterov),
+    )
     for k in ref:
         np.testing.assert_allclose(ours[k], ref[k], atol=1e-6, rtol=0)
 
@@ -51,7 +56,9 @@ def test_sgd_matches_torch(momentum, wd, nesterov):
 @pytest.mark.parametrize("wd", [0.0, 1e-6, 1e-2])
 def test_adam_matches_torch(wd):
     torch = require("torch")
-    ref, ours = _run_both(lambda p: torch.optim.Adam(p, lr=5e-3, weight_decay=wd), torch_adam(5e-3, weight_decay=wd))
+    ref, ours = _run_both(
+        lambda p: torch.optim.Adam(p, lr=5e-3, weight_decay=wd), torch_adam(5e-3, weight_decay=wd)
+    )
     for k in ref:
         np.testing.assert_allclose(ours[k], ref[k], atol=1e-6, rtol=0)
 
@@ -61,8 +68,11 @@ def test_multistep_per_epoch_matches_torch_lightning_stepping():
     spe = 2
     ref, ours = _run_both(
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
-        torch_sgd(multistep_lr(0.1, [1, 2], 0.1, spe), 0.9, 5e-4, True), steps=8, steps_per_epoch=spe,
-        make_sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 2], 0.1))
+        torch_sgd(multistep_lr(0.1, [1, 2], 0.1, spe), 0.9, 5e-4, True),
+        steps=8,
+        steps_per_epoch=spe,
+        make_sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 2], 0.1),
+    )
     for k in ref:
         np.testing.assert_allclose(ours[k], ref[k], atol=1e-6, rtol=0)
 
@@ -77,14 +87,18 @@ def test_schedule_values_match_torch():
         f = multistep_lr(0.1, milestones, gamma, spe)
         for e in range(170):
             for s in (0, spe - 1):
-                np.testing.assert_allclose(float(f(jnp.asarray(e * spe + s))), opt.param_groups[0]["lr"], rtol=1e-6)
+                np.testing.assert_allclose(
+                    float(f(jnp.asarray(e * spe + s))), opt.param_groups[0]["lr"], rtol=1e-6
+                )
             opt.step()
             sched.step()
     opt = torch.optim.SGD(p, lr=0.256)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 90)
     f = cosine_lr(0.256, 90, 5)
     for e in range(90):
-        np.testing.assert_allclose(float(f(jnp.asarray(e * 5 + 4))), opt.param_groups[0]["lr"], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(
+            float(f(jnp.asarray(e * 5 + 4))), opt.param_groups[0]["lr"], rtol=1e-5, atol=1e-8
+        )
         opt.step()
         sched.step()
 

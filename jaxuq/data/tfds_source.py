@@ -18,7 +18,9 @@ def _source(name: str, split: str, data_dir):
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise ImportError("the tfds source needs `pip install jaxuq[tfds]` (tensorflow-datasets, array_record)") from e
+        raise ImportError(
+            "the tfds source needs `pip install jaxuq[tfds]` (tensorflow-datasets, array_record)"
+        ) from e
     return tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir))
 
 
@@ -31,12 +33,18 @@ def _stack(examples, image_key, label_key, name):
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype != np.uint8:
-        raise ValueError(f"tfds dataset {name!r}: feature {image_key!r} is {images.dtype}, expected uint8 images")
+        raise ValueError(
+            f"tfds dataset {name!r}: feature {image_key!r} is {images.dtype}, expected uint8 images"
+        )
     return images, labels
 
 
 def load_tfds(
-    name: str, split: str = "train", data_dir=None, image_key: str = "image", label_key: str = "label",
+    name: str,
+    split: str = "train",
+    data_dir=None,
+    image_key: str = "image",
+    label_key: str = "label",
     limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All (or the first ``limit``) examples as ``(images uint8 [N, H, W, C], labels int64 [N])``."""
@@ -46,7 +54,12 @@ def load_tfds(
 
 
 def tfds_batches(
-    name: str, split: str, batch_size: int, data_dir=None, image_key: str = "image", label_key: str = "label",
+    name: str,
+    split: str,
+    batch_size: int,
+    data_dir=None,
+    image_key: str = "image",
+    label_key: str = "label",
     shuffle_seed: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Streaming host batches by random access (for sets that do not fit on the device); feed them

@@ -53,8 +53,10 @@ def _check_like(template, restored, where: str) -> None:
     for k in t_flat.keys() & r_flat.keys():
         a, b = t_flat[k], r_flat[k]
         if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
-            problems.append(f"{k}: expected {np.asarray(a).dtype}{list(np.shape(a))}, "
-                            f"found {np.asarray(b).dtype}{list(np.shape(b))}")
+            problems.append(
+                f"{k}: expected {np.asarray(a).dtype}{list(np.shape(a))}, "
+                f"found {np.asarray(b).dtype}{list(np.shape(b))}"
+            )
     if problems:
         raise ValueError(f"{where} does not match this model/optimizer: " + "; ".join(sorted(problems)[:10]))
 

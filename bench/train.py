@@ -1,0 +1,310 @@
+"""Training throughput (images/s): jaxuq vs a plain torch loop vs TU's Lightning trainer, one run.
+
+Workloads: LeNet on MNIST (real, 28x28x1) and ResNet-18 (TU ``style="cifar"``) on the 5000 real
+CIFAR-10 training images of ``cifar10_heads``; fp32 and bf16; batch 128 and 512. Each side trains
+``--steps`` optimisation steps after its warm-up (compilation for jaxuq/torch.compile, the first
+steps for torch and Lightning), SGD(lr 0.05, momentum 0.9), cross-entropy.
+
+- jaxuq: uint8 data on device, one jitted ``lax.scan`` over the steps (gather + RandomCrop(pad 4)
+  + normalise + forward/backward + update), state donated; the compiled program is timed alone.
+- torch: a plain loop over pre-normalised tensors already on the device (no augmentation), bf16 via
+  ``torch.autocast``; on GPU ``--torch-compile`` adds channels_last + ``torch.compile``.
+- TU: ``ClassificationRoutine`` + ``TUTrainer`` (Lightning; ``precision="bf16-mixed"`` for bf16) on a
+  DataLoader over the same tensors; timed from the end of the warm-up batches to the last batch.
+
+Writes bench/results/train.json and train.md (date, machine, versions, backend).
+
+    python bench/train.py                                  # CPU defaults (small step counts)
+    python bench/train.py --models lenet --steps 50        # one workload
+    python bench/train.py --torch-compile                  # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from jaxuq.data import CIFAR10_NORM, MNIST_NORM, Preprocess, load_mnist, load_npz  # noqa: E402
+from jaxuq.train import create_train_state, make_train_step, torch_sgd  # noqa: E402
+
+LR, MOMENTUM = 0.05, 0.9
+
+
+def jax_model(name):
+    """jaxuq.models when present; else the experiment's TU LeNet / packed_resnet(M=1, alpha=1) = ResNet-18."""
+    try:
+        from jaxuq import models
+
+        if name == "lenet":
+            return models.get("lenet", num_classes=10, in_channels=1), "jaxuq.models.lenet"
+        return models.get(
+            "resnet", arch=18, style="cifar", num_classes=10, in_channels=3
+        ), "jaxuq.models.resnet"
+    except Exception:  # noqa: BLE001
+        if name == "lenet":
+            sys.path.insert(0, str(REPO / "experiments"))
+            from train_lenet_mnist import _TULeNet
+
+            return _TULeNet(), "experiment TU-LeNet"
+        from jaxuq.models.packed_resnet import packed_resnet
+
+        return (
+            packed_resnet(3, 10, 18, num_estimators=1, alpha=1, gamma=1, style="cifar"),
+            "packed_resnet(M=1, alpha=1, gamma=1) == resnet18",
+        )
+
+
+def bench_jaxuq(name, images, labels, pre, batch, steps, dtype):
+    model, desc = jax_model(name)
+    tx = torch_sgd(LR, MOMENTUM)
+    state = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1,) + images.shape[1:], jnp.float32))
+    step = make_train_step(pre, compute_dtype=dtype)
+
+    @partial(jax.jit, donate_argnums=0)
+    def run(s, X, Y, idx):
+        return jax.lax.scan(lambda c, i: step(c, X[i], Y[i]), s, idx)
+
+    X, Y = jax.device_put(images), jax.device_put(labels.astype(np.int32))
+    rng = np.random.default_rng(0)
+    idx = jnp.asarray(rng.integers(0, len(images), (steps, batch)))
+    t0 = time.perf_counter()
+    compiled = run.lower(state, X, Y, idx).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state, X, Y, idx)  # warm-up run (first execution)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    state, m = compiled(state, X, Y, idx)
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    return {
+        "images_per_s": steps * batch / dt,
+        "seconds": dt,
+        "compile_s": compile_s,
+        "model": desc,
+        "final_loss": float(m["loss"][-1]),
+    }
+
+
+def _torch_data(images, labels, mean, std, device):
+    import torch
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x.to(device), torch.from_numpy(labels).long().to(device)
+
+
+def torch_model(name):
+    from torch_uncertainty.models.classification import lenet, resnet
+
+    if name == "lenet":
+        return lenet(in_channels=1, num_classes=10)
+    return resnet(in_channels=3, num_classes=10, arch=18, style="cifar")
+
+
+def bench_torch(name, x, y, batch, steps, bf16, device, compile_):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch_model(name).to(device)
+    if compile_:
+        model = model.to(memory_format=torch.channels_last)
+        model = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    lossf = torch.nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    warm = 3 if compile_ else 2
+
+    def one():
+        idx = torch.randint(0, len(x), (batch,), generator=g).to(device)
+        xb = x[idx]
+        if compile_:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = lossf(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(warm):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = one()
+    float(loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": steps * batch / dt, "seconds": dt, "final_loss": float(loss)}
+
+
+def bench_tu(name, x, y, batch, steps, bf16, device):
+    import lightning
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch_uncertainty import TUTrainer
+    from torch_uncertainty.routines import ClassificationRoutine
+
+    warm = 2
+    times = []
+
+    class Clock(lightning.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    model = torch_model(name)
+    routine = ClassificationRoutine(
+        model=model,
+        num_classes=10,
+        loss=torch.nn.CrossEntropyLoss(),
+        optim_recipe=torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
+    )
+    n_needed = (warm + steps) * batch
+    reps = -(-n_needed // len(x))
+    ds = TensorDataset(x.cpu().repeat(reps, 1, 1, 1)[:n_needed], y.cpu().repeat(reps)[:n_needed])
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0, drop_last=True)
+    trainer = TUTrainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_steps=warm + steps,
+        precision="bf16-mixed" if bf16 else "32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Clock()],
+    )
+    trainer.fit(routine, train_dataloaders=loader)
+    dt = times[-1] - times[warm - 1]
+    return {"images_per_s": (len(times) - warm) * batch / dt, "seconds": dt}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["lenet", "resnet18"], choices=["lenet", "resnet18"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed steps per side (default: CPU 10 LeNet / 2 ResNet)"
+    )
+    p.add_argument("--sides", nargs="+", default=["jaxuq", "torch", "tu"], choices=["jaxuq", "torch", "tu"])
+    p.add_argument("--torch-compile", action="store_true", help="channels_last + torch.compile (GPU)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=str(REPO / "bench/results/train"))
+    args = p.parse_args(argv)
+
+    backend = jax.default_backend()
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_float32_matmul_precision("high")
+    data = {}
+    if "lenet" in args.models:
+        x, y = load_mnist("train", args.data_dir)
+        data["lenet"] = (x[:10000], y[:10000], Preprocess(*MNIST_NORM, crop=28, padding=4), MNIST_NORM)
+    if "resnet18" in args.models:
+        x, y = load_npz("cifar10_heads/train_first1000x5.npz", data_dir=args.data_dir)
+        data["resnet18"] = (x, y, Preprocess(*CIFAR10_NORM, crop=32, padding=4, flip=True), CIFAR10_NORM)
+
+    rows = []
+    for name in args.models:
+        images, labels, pre, (mean, std) = data[name]
+        steps = args.steps or ((10 if name == "lenet" else 2) if backend == "cpu" else 50)
+        tx, ty = _torch_data(images, labels, mean, std, device)
+        for dtype in args.dtypes:
+            bf16 = dtype == "bfloat16"
+            for batch in args.batch_sizes:
+                row = {"model": name, "dtype": dtype, "batch": batch, "steps": steps}
+                if "jaxuq" in args.sides:
+                    row["jaxuq"] = bench_jaxuq(name, images, labels, pre, batch, steps, jnp.dtype(dtype))
+                if "torch" in args.sides:
+                    row["torch"] = bench_torch(name, tx, ty, batch, steps, bf16, device, args.torch_compile)
+                if "tu" in args.sides:
+                    row["tu"] = bench_tu(name, tx, ty, batch, steps, bf16, device)
+                print(
+                    json.dumps(
+                        {
+                            k: (v if not isinstance(v, dict) else round(v["images_per_s"], 1))
+                            for k, v in row.items()
+                        }
+                    ),
+                    flush=True,
+                )
+                rows.append(row)
+
+    import flax
+    import torch_uncertainty  # noqa: F401
+
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "jax_backend": backend,
+        "jax_devices": [str(d) for d in jax.devices()],
+        "torch_device": str(device),
+        "torch_compile": args.torch_compile,
+        "versions": {
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "torch": torch.__version__,
+            "torch_uncertainty": "0.13.0",
+            "lightning": __import__("lightning").__version__,
+        },
+        "load_average": os.getloadavg(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    os.replace(tmp, out.with_suffix(".json"))
+    sides = [s for s in ("jaxuq", "torch", "tu") if s in args.sides]
+    lines = [
+        f"# Training throughput (images/s) — {meta['date']}",
+        "",
+        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, JAX backend {backend}, torch device {device}"
+        f"; load average {tuple(round(v, 1) for v in meta['load_average'])}.",
+        f"Versions: {meta['versions']}.",
+        "",
+        "| model | dtype | batch | steps | " + " | ".join(sides) + " | jaxuq / torch |",
+        "|---|---|---|---|" + "---|" * len(sides) + "---|",
+    ]
+    for r in rows:
+        vals = [f"{r[s]['images_per_s']:,.0f}" for s in sides]
+        ratio = (
+            f"{r['jaxuq']['images_per_s'] / r['torch']['images_per_s']:.2f}"
+            if "jaxuq" in r and "torch" in r
+            else ""
+        )
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
+            + " | ".join(vals)
+            + f" | {ratio} |"
+        )
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out.with_suffix(".md"))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
