@@ -19,7 +19,9 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/main/results.json"))
     args = parser.parse_args(argv)
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     x = (x / 16.0).astype(np.float32)
     id_mask = y < 5
     x_id, y_id, x_ood = x[id_mask], y[id_mask], x[~id_mask]
-    x_tr, x_te, y_tr, y_te = train_test_split(x_id, y_id, test_size=0.5, random_state=args.seed, stratify=y_id)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x_id, y_id, test_size=0.5, random_state=args.seed, stratify=y_id
+    )
     clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr, y_tr)
 
     def probs_of(a: np.ndarray) -> jax.Array:
