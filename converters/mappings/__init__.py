@@ -1,0 +1,287 @@
+"""Architecture-family mapping tables: torch state_dict key -> Flax variable path + transform.
+
+Every module in this package is one *family* and is imported automatically (``pkgutil``) the first
+time the registry is used; nothing has to be registered by hand. Built-in families: ``lenet``
+(TU ``lenet``), ``resnet`` (TU ``resnet``), ``resnet_cifar`` (He et al. ResNet-20/32/44/56/110,
+option-A shortcut), ``tiniest`` (scio's Tiniest); ``packed`` (``packed_lenet`` / ``packed_resnet``)
+is written by the Packed-Ensembles work.
+
+How to add a family
+-------------------
+Create ``converters/mappings/<family>.py`` defining, at module level:
+
+``ARCHS: dict[str, Callable[..., tuple[flax.linen.Module, tuple[int, ...]]]]`` (required)
+    Architecture name -> ``factory(**kwargs) -> (module, sample_input_shape)``. The name must be
+    the ``jaxuq.models.get`` name of the model (``jaxuq.models.load`` rebuilds it from the JSON
+    meta with ``get(arch, **kwargs)``); ``kwargs`` are the model's keyword arguments (JSON-able);
+    ``sample_input_shape`` is one NHWC batch shape ``(1, H, W, C)`` used for ``module.init``
+    (through ``jax.eval_shape``: no real initialisation) and for ``--verify``.
+
+``torch_to_flax(state_dict, template, source) -> variables`` (required)
+    Strict conversion of ``state_dict`` (``{torch_key: numpy array}``) into a pytree shaped like
+    ``template`` (``{"params": ..., "batch_stats": ...}`` of ``jax.ShapeDtypeStruct``). It must
+    raise ``ValueError`` whose message names ``source`` and lists every missing torch key,
+    unexpected torch key and shape mismatch (expected/actual). The simplest way is to build an
+    explicit :data:`Table` (torch key -> :class:`Entry`) and return
+    :func:`apply_table` ``(state_dict, table, template, source)``, which does all the checks
+    (every torch key used, every Flax leaf filled, every shape checked, ``num_batches_tracked``
+    consumed). Families receive the state dict after prefix stripping (``module.``, ``model.``).
+
+Optional:
+
+``infer(state_dict) -> tuple[str, dict] | None``
+    Recognise the architecture and its kwargs from the keys/shapes (used by
+    ``jaxuq-convert inspect`` and by ``convert`` without ``--arch``). Return ``None`` if not ours.
+
+``torch_reference(arch, **kwargs) -> torch.nn.Module``
+    A torch module with the same state-dict keys, for ``jaxuq-convert convert --verify``.
+
+``table(arch, **kwargs) -> Table``
+    The explicit table itself (for documentation / ``inspect``).
+
+Only ``converters`` (never ``jaxuq``) may import torch, and only lazily inside functions.
+
+Registry API: :func:`families`, :func:`arch_names`, :func:`family_of`, :func:`build_template`,
+:func:`convert_state_dict`, :func:`infer`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Entry",
+    "Table",
+    "apply_table",
+    "arch_names",
+    "bn_entries",
+    "build_template",
+    "conv_entries",
+    "convert_state_dict",
+    "dense_entries",
+    "families",
+    "family_of",
+    "infer",
+    "ln_entries",
+]
+
+
+# ----------------------------------------------------------------------------------------- tables
+def _identity(t: np.ndarray) -> np.ndarray:
+    return t
+
+
+def oihw_to_hwio(t: np.ndarray) -> np.ndarray:
+    """Conv weight (O, I/G, kh, kw) -> Flax kernel (kh, kw, I/G, O)."""
+    return np.transpose(t, (2, 3, 1, 0))
+
+
+def linear_to_dense(t: np.ndarray) -> np.ndarray:
+    """Linear weight (out, in) -> Flax Dense kernel (in, out)."""
+    return np.transpose(t)
+
+
+def flatten(t: np.ndarray) -> np.ndarray:
+    return np.reshape(t, (-1,))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a mapping table.
+
+    ``path``: Flax variable path ``(collection, module, ..., leaf)``, e.g.
+    ``("params", "layer1_0", "conv1", "kernel")``; ``None`` = consumed but not stored
+    (``num_batches_tracked``). ``transform``: numpy function torch layout -> Flax layout.
+    ``name``: the transform's name for docs (``"oihw->hwio"``, ``".T"``, ``"id"``).
+    ``torch_ndim``: the expected number of torch dimensions (checked before the transform).
+    """
+
+    path: tuple[str, ...] | None
+    transform: Callable[[np.ndarray], np.ndarray] = _identity
+    name: str = "id"
+    torch_ndim: int | None = None
+
+
+Table = dict  # dict[str, Entry]: torch key -> Entry
+
+
+def conv_entries(torch_prefix: str, flax_path: tuple[str, ...], bias: bool) -> Table:
+    """``<prefix>.weight`` (O, I/G, kh, kw) -> ``params/<path>/kernel``; optional ``.bias``."""
+    t = {f"{torch_prefix}.weight": Entry(("params", *flax_path, "kernel"), oihw_to_hwio, "oihw->hwio", 4)}
+    if bias:
+        t[f"{torch_prefix}.bias"] = Entry(("params", *flax_path, "bias"), torch_ndim=1)
+    return t
+
+
+def dense_entries(torch_prefix: str, flax_path: tuple[str, ...], bias: bool = True) -> Table:
+    """``<prefix>.weight`` (out, in) -> ``params/<path>/kernel`` (in, out); ``.bias``."""
+    t = {f"{torch_prefix}.weight": Entry(("params", *flax_path, "kernel"), linear_to_dense, ".T", 2)}
+    if bias:
+        t[f"{torch_prefix}.bias"] = Entry(("params", *flax_path, "bias"), torch_ndim=1)
+    return t
+
+
+def bn_entries(torch_prefix: str, flax_path: tuple[str, ...]) -> Table:
+    """BatchNorm2d: weight/bias -> params scale/bias; running_mean/var -> batch_stats mean/var;
+    ``num_batches_tracked`` consumed (checked to be a scalar)."""
+    return {
+        f"{torch_prefix}.weight": Entry(("params", *flax_path, "scale"), torch_ndim=1),
+        f"{torch_prefix}.bias": Entry(("params", *flax_path, "bias"), torch_ndim=1),
+        f"{torch_prefix}.running_mean": Entry(("batch_stats", *flax_path, "mean"), torch_ndim=1),
+        f"{torch_prefix}.running_var": Entry(("batch_stats", *flax_path, "var"), torch_ndim=1),
+        f"{torch_prefix}.num_batches_tracked": Entry(None, torch_ndim=0),
+    }
+
+
+def ln_entries(torch_prefix: str, flax_path: tuple[str, ...]) -> Table:
+    """LayerNorm: weight -> scale, bias -> bias."""
+    return {
+        f"{torch_prefix}.weight": Entry(("params", *flax_path, "scale"), torch_ndim=1),
+        f"{torch_prefix}.bias": Entry(("params", *flax_path, "bias"), torch_ndim=1),
+    }
+
+
+def _leaf_paths(template: Any) -> dict[tuple[str, ...], Any]:
+    import jax  # noqa: PLC0415
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        out[tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)] = leaf
+    return out
+
+
+def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, source: str = "<state_dict>"):
+    """Fill ``template`` from ``state_dict`` through ``table``; strict.
+
+    Checks: every torch key is in the table (else "unexpected key"); every table key is in the state
+    dict (else "missing key"); the table's Flax paths are exactly the template's leaves (a family
+    bug otherwise); each transformed array has the template leaf's shape; values are finite.
+    Returns the variables as a nested dict of float32 numpy arrays. Raises ``ValueError`` naming
+    ``source`` with all problems at once.
+    """
+    import jax  # noqa: PLC0415
+
+    leaves = _leaf_paths(template)
+    errors: list[str] = []
+    missing = [k for k in table if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in table]
+    for k in missing:
+        e = table[k]
+        where = "/".join(e.path) if e.path else "(consumed)"
+        exp = tuple(leaves[e.path].shape) if e.path in leaves else "?"
+        errors.append(f"missing torch key {k!r} (for Flax {where}, shape {exp})")
+    for k in unexpected:
+        errors.append(f"unexpected torch key {k!r} shape {tuple(np.shape(state_dict[k]))}")
+    table_paths = {e.path for e in table.values() if e.path is not None}
+    for p in sorted(set(leaves) - table_paths):
+        errors.append(f"Flax leaf {'/'.join(p)} {tuple(leaves[p].shape)} has no torch key (mapping bug)")
+    for p in sorted(table_paths - set(leaves)):
+        errors.append(f"mapping names Flax leaf {'/'.join(p)} that the model does not have (mapping bug)")
+    values: dict[tuple[str, ...], np.ndarray] = {}
+    for k, e in table.items():
+        if k not in state_dict:
+            continue
+        arr = np.asarray(state_dict[k])
+        if e.torch_ndim is not None and arr.ndim != e.torch_ndim:
+            exp = tuple(leaves[e.path].shape) if e.path in leaves else f"{e.torch_ndim}-d"
+            errors.append(
+                f"shape mismatch for {k!r}: got {arr.shape}, expected {e.torch_ndim}-d (Flax {exp})"
+            )
+            continue
+        if e.path is None:
+            continue
+        out = e.transform(arr)
+        if e.path in leaves and tuple(out.shape) != tuple(leaves[e.path].shape):
+            exp_leaf = tuple(leaves[e.path].shape)
+            errors.append(
+                f"shape mismatch for {k!r}: torch {arr.shape} -> {e.name} -> {tuple(out.shape)}, "
+                f"expected {exp_leaf} for Flax {'/'.join(e.path)}"
+            )
+            continue
+        if not np.issubdtype(out.dtype, np.floating):
+            errors.append(f"{k!r}: dtype {out.dtype}, expected a floating tensor")
+            continue
+        if not np.all(np.isfinite(out)):
+            errors.append(f"{k!r}: contains NaN/inf")
+            continue
+        values[e.path] = np.ascontiguousarray(out, dtype=np.float32)
+    if errors:
+        raise ValueError(f"{source}: cannot convert ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
+    flat = jax.tree_util.tree_flatten_with_path(template)[0]
+    ordered = [values[tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)] for path, _ in flat]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), ordered)
+
+
+# --------------------------------------------------------------------------------------- registry
+_FAMILIES: dict[str, ModuleType] | None = None
+
+
+def families() -> dict[str, ModuleType]:
+    """``{family_name: module}`` of every module in this package (imported once, sorted)."""
+    global _FAMILIES
+    if _FAMILIES is None:
+        fams = {}
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            mod = importlib.import_module(f"{__name__}.{info.name}")
+            if not isinstance(getattr(mod, "ARCHS", None), dict) or not callable(
+                getattr(mod, "torch_to_flax", None)
+            ):
+                raise ImportError(
+                    f"converters.mappings.{info.name} lacks ARCHS / torch_to_flax (see docstring)"
+                )
+            fams[info.name] = mod
+        _FAMILIES = fams
+    return _FAMILIES
+
+
+def arch_names() -> list[str]:
+    return sorted(a for f in families().values() for a in f.ARCHS)
+
+
+def family_of(arch: str) -> ModuleType:
+    for f in families().values():
+        if arch in f.ARCHS:
+            return f
+    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(arch_names())}")
+
+
+def build_template(arch: str, **kwargs):
+    """``(module, template, sample_shape)``: the Flax module and its variables' shapes (no compute)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    module, shape = family_of(arch).ARCHS[arch](**kwargs)
+    template = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
+    return module, template, tuple(shape)
+
+
+def convert_state_dict(arch: str, state_dict: Mapping[str, Any], source: str = "<state_dict>", **kwargs):
+    """``(module, variables)`` for ``arch`` built with ``kwargs`` from a (prefix-stripped) state dict."""
+    fam = family_of(arch)
+    module, template, _ = build_template(arch, **kwargs)
+    sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    return module, fam.torch_to_flax(sd, template, source)
+
+
+def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict] | None:
+    """The first family's guess ``(arch, kwargs)`` for a state dict, or ``None``."""
+    for f in families().values():
+        fn = getattr(f, "infer", None)
+        if fn is None:
+            continue
+        try:
+            got = fn(state_dict)
+        except (KeyError, ValueError, IndexError):
+            got = None
+        if got is not None:
+            return got
+    return None
