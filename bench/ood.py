@@ -82,7 +82,8 @@ def main() -> int:
     import flax
     import jax
 
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform(),
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "flax": flax.__version__,
             "backend": jax.default_backend()}
     out = repo / "bench" / "results"
@@ -90,11 +91,12 @@ def main() -> int:
     (out / "ood_memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"# OOD detectors: peak memory vs calibration size ({meta['date']}, {meta['platform']}, "
              f"{meta['cpu_count']} CPUs, jax {meta['jax']}, backend {meta['backend']})", "",
-             "| N calib | batch | RSS after data (MiB) | peak RSS (MiB) | 32x32x64 activations if unbatched (MiB) "
-             "| KNN fit (s) | Gram fit (s) |", "|---|---|---|---|---|---|---|"]
+             "| N calib | batch | RSS after data (MiB) | peak RSS (MiB) "
+             "| 32x32x64 activations if unbatched (MiB) | KNN fit (s) | Gram fit (s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['n']} | {r['batch_size']} | {r['rss_after_data_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
-                     f"{r['activations_if_unbatched_mib']:.0f} | {r['KNN_fit_s']:.1f} | {r['Gram_fit_s']:.1f} |")
+        lines.append(f"| {r['n']} | {r['batch_size']} | {r['rss_after_data_mib']:.0f} "
+                     f"| {r['peak_rss_mib']:.0f} | {r['activations_if_unbatched_mib']:.0f} "
+                     f"| {r['KNN_fit_s']:.1f} | {r['Gram_fit_s']:.1f} |")
     (out / "ood_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

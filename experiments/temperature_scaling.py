@@ -104,7 +104,8 @@ def print_results(rows) -> None:
         t.add_column(c)
     for r in rows:
         t.add_row(r["protocol"], f"{r['n_cal']} / {r['n_test']}",
-                  f"{100 * r['acc']:.1f}% ± {100 * r['acc_se']:.1f}", f"{r['T_tu']:.4f}", f"{r['T_exact']:.4f}",
+                  f"{100 * r['acc']:.1f}% ± {100 * r['acc_se']:.1f}",
+                  f"{r['T_tu']:.4f}", f"{r['T_exact']:.4f}",
                   f"{100 * r['ece_before']:.2f}%", f"{100 * r['ece_after']:.2f}%",
                   f"{r['nll_before']:.4f}", f"{r['nll_after']:.4f}")
     Console(width=150).print(t)
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
     ap.add_argument("--out", default="runs/temperature_scaling", help="folder for plots and results.json")
-    ap.add_argument("--n-train-cal", type=int, default=5000, help="training images used to calibrate (<= 5000)")
+    ap.add_argument("--n-train-cal", type=int, default=5000,
+                    help="training images used to calibrate (<= 5000)")
     ap.add_argument("--n-test", type=int, default=1000, help="test images (<= 1000)")
     args = ap.parse_args(argv)
     try:
