@@ -1,1 +1,12 @@
-"""jaxuq.nn."""
+"""jaxuq.nn: layers with PyTorch semantics (NHWC). Depends only on jax/flax/numpy.
+
+- :class:`BatchNorm` — torch ``BatchNorm2d`` parity (unbiased running variance, momentum 0.9 == torch 0.1).
+- :class:`LayerNorm` — torch ``LayerNorm(C)`` over the last axis.
+- :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC.
+- ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv``, ``PackedDense``).
+"""
+
+from jaxuq.nn.norm import BatchNorm, LayerNorm
+from jaxuq.nn.pool import adaptive_avg_pool2d, max_pool2d
+
+__all__ = ["BatchNorm", "LayerNorm", "adaptive_avg_pool2d", "max_pool2d"]

@@ -1,0 +1,43 @@
+"""Shared pieces for the model zoo: activations by name, torch-style conv."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),  # torch default negative_slope
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch default (erf)
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "tanh": jax.numpy.tanh,
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+def activation(name: str | Callable) -> Callable:
+    """An activation by torch-functional name (``"relu"``, ``"gelu"``, ...) or a callable."""
+    if callable(name):
+        return name
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def conv(features: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, groups: int = 1,
+         dilation: int = 1, name: str) -> nn.Conv:
+    """``torch.nn.Conv2d(.., k, stride, padding=pad, groups, bias)`` in NHWC, explicit padding."""
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
+        use_bias=bias,
+        name=name,
+    )

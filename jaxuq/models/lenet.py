@@ -1,0 +1,58 @@
+"""TU 0.13.0 ``lenet`` (``torch_uncertainty/models/classification/lenet.py``) in Flax, NHWC.
+
+Graph: conv1 (in->6, 5x5, groups) -> norm1 -> act -> Dropout2d -> max_pool 2 -> conv2 (6->16, 5x5, groups)
+-> norm2 -> act -> Dropout2d -> max_pool 2 -> AdaptiveAvgPool2d((4, 4)) -> flatten in NCHW order (c, h, w)
+-> fc1 (256->120) -> act -> Dropout -> fc2 (120->84) -> act -> Dropout -> fc3 (84->C).
+``norm="none"`` (TU's ``nn.Identity``, default) or ``"batchnorm"`` (``nn.BatchNorm2d``: ``norm1``/``norm2``).
+44,426 parameters for ``lenet(1, 10)``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxuq.models._common import activation as _act
+from jaxuq.models._common import conv
+from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
+
+__all__ = ["LeNet", "lenet"]
+
+
+class LeNet(nn.Module):
+    in_channels: int
+    num_classes: int
+    activation: str = "relu"
+    norm: str = "none"
+    groups: int = 1
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        """``x: [N, H, W, in_channels]`` -> logits ``[N, num_classes]``."""
+        if self.norm not in ("none", "batchnorm"):
+            raise ValueError(f"lenet: norm must be 'none' or 'batchnorm', got {self.norm!r}")
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"lenet: expected NHWC input with {self.in_channels} channels, got {x.shape}")
+        act = _act(self.activation)
+        bn = self.norm == "batchnorm"
+        drop2d = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)
+        out = conv(6, 5, bias=True, groups=self.groups, name="conv1")(x)
+        if bn:
+            out = BatchNorm(name="norm1")(out, use_running_average=not train)
+        out = max_pool2d(drop2d(act(out)), 2)
+        out = conv(16, 5, bias=True, groups=self.groups, name="conv2")(out)
+        if bn:
+            out = BatchNorm(name="norm2")(out, use_running_average=not train)
+        out = max_pool2d(drop2d(act(out)), 2)
+        out = adaptive_avg_pool2d(out, (4, 4))
+        out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)  # torch's NCHW flatten
+        out = nn.Dropout(self.dropout_rate, deterministic=not train)(act(nn.Dense(120, name="fc1")(out)))
+        out = nn.Dropout(self.dropout_rate, deterministic=not train)(act(nn.Dense(84, name="fc2")(out)))
+        return nn.Dense(self.num_classes, name="fc3")(out)
+
+
+def lenet(in_channels: int, num_classes: int, activation: str = "relu", norm: str = "none", groups: int = 1,
+          dropout_rate: float = 0.0) -> LeNet:
+    """TU ``lenet`` (same arguments; ``activation`` by name, ``norm`` in {"none", "batchnorm"})."""
+    return LeNet(in_channels, num_classes, activation, norm, groups, dropout_rate)

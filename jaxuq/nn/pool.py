@@ -1,0 +1,38 @@
+"""Pooling with torch semantics on NHWC arrays."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+__all__ = ["adaptive_avg_pool2d", "max_pool2d"]
+
+
+def adaptive_avg_pool2d(x, output_size: int | tuple[int, int]):
+    """``torch.nn.AdaptiveAvgPool2d`` on ``x: [N, H, W, C]`` -> ``[N, oh, ow, C]``.
+
+    Bin ``i`` spans rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (same for columns). Identity when the
+    size already matches; a plain mean when the output is 1x1.
+    """
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == (oh, ow):
+        return x
+    if (oh, ow) == (1, 1):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    rows = []
+    for i in range(oh):
+        r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+        cols = []
+        for j in range(ow):
+            c0, c1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+            cols.append(jnp.mean(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
+        rows.append(jnp.stack(cols, axis=1))
+    return jnp.stack(rows, axis=1)
+
+
+def max_pool2d(x, kernel_size: int, stride: int | None = None, padding: int = 0):
+    """``torch.nn.functional.max_pool2d`` (floor mode) on NHWC; padding uses -inf."""
+    stride = kernel_size if stride is None else stride
+    pad = ((padding, padding), (padding, padding))
+    return nn.max_pool(x, (kernel_size, kernel_size), strides=(stride, stride), padding=pad)
