@@ -92,7 +92,8 @@ def main() -> int:
     lines = [f"# OOD detectors: peak memory vs calibration size ({meta['date']}, {meta['platform']}, "
              f"{meta['cpu_count']} CPUs, jax {meta['jax']}, backend {meta['backend']})", "",
              "| N calib | batch | RSS after data (MiB) | peak RSS (MiB) "
-             "| 32x32x64 activations if unbatched (MiB) | KNN fit (s) | Gram fit (s) |", "|---|---|---|---|---|---|---|"]
+             "| 32x32x64 activations if unbatched (MiB) | KNN fit (s) | Gram fit (s) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['n']} | {r['batch_size']} | {r['rss_after_data_mib']:.0f} "
                      f"| {r['peak_rss_mib']:.0f} | {r['activations_if_unbatched_mib']:.0f} "
