@@ -180,7 +180,10 @@ def test_packed_resnet18_cifar_parity(gamma):
     tm.eval()
     n_tu = sum(p.numel() for p in tm.parameters())
     kw = dict(in_channels=3, num_classes=10, arch=18, num_estimators=4, alpha=2, gamma=gamma, style="cifar")
+    from converters.mappings import infer
+
     module, variables = build("packed_resnet", _sd(tm), **kw)
+    assert infer(_sd(tm)) == ("packed_resnet", {**kw, "conv_bias": False})
     assert _nparams(module, (1, 32, 32, 3)) == n_tu
     if gamma == 1:
         assert n_tu == 11_190_440
@@ -225,7 +228,7 @@ def test_converter_strict_errors():
     sd = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(v)[0]:
         names = tuple(p.key for p in path)
-        key, _ = flax_leaf_to_torch(names[0], names[1:], leaf.ndim)
+        key, _entry = flax_leaf_to_torch(names[0], names[1:], leaf.ndim)
         sd[key] = np.zeros(leaf.shape[::-1] if leaf.ndim == 4 else leaf.shape, np.float32)
     sd["conv1.conv.weight"] = np.zeros((12, 1, 5, 5), np.float32)
     sd["conv2.conv.weight"] = np.zeros((32, 3, 5, 5), np.float32)

@@ -1,22 +1,24 @@
-"""Mapping for TU Packed-Ensembles checkpoints (``packed_lenet``, ``packed_resnet``) -> jaxuq Flax.
+"""Mapping family ``packed``: TU Packed-Ensembles checkpoints (``packed_lenet``, ``packed_resnet``).
 
-The mapping is driven by the Flax template (``jax.eval_shape`` of ``module.init``): each Flax leaf
-names its torch key by a fixed rule, so the table is exhaustive and strict:
+The explicit table (torch key -> Flax path + transform) is generated from the Flax template of the
+model with one rule per leaf kind, then applied strictly with :func:`converters.mappings.apply_table`:
 
-==============================================  ===============================  ==================
-Flax leaf                                       torch key                        transform
-==============================================  ===============================  ==================
-``params/<path>/conv/kernel`` [kh,kw,i/G,o]     ``<path>.conv.weight`` (o,i/G,kh,kw)  ``transpose(2,3,1,0)``
-``params/<path>/conv/bias``                     ``<path>.conv.bias``             --
-``params/<packed dense>/kernel`` [G,o,i]        ``<path>.weight`` (G,o,i)        identity
-``params/<dense>/kernel`` [i,o]                 ``<path>.weight`` (o,i)          ``.T``
-``params/<bn>/scale`` / ``bias``                ``<path>.weight`` / ``.bias``    --
-``batch_stats/<bn>/mean`` / ``var``             ``<path>.running_mean`` / ``running_var``  --
-==============================================  ===============================  ==================
+================================================  =====================================  =================
+Flax leaf                                         torch key                              transform
+================================================  =====================================  =================
+``params/<p>/conv/kernel`` [kh, kw, I/G, O]       ``<p>.conv.weight`` (O, I/G, kh, kw)   ``oihw->hwio``
+``params/<p>/conv/bias``                          ``<p>.conv.bias``                      id
+``params/<packed linear>/kernel`` [G, o, i]       ``<p>.weight`` (G, o, i)               id
+``params/<bn>/scale``, ``bias``                   ``<p>.weight``, ``<p>.bias``           id
+``batch_stats/<bn>/mean``, ``var``                ``<p>.running_mean``, ``running_var``  id
+--                                                ``<p>.num_batches_tracked``            consumed
+================================================  =====================================  =================
 
-Path rule: Flax names ``layer1_0`` / ``shortcut_1`` are torch's ``layer1.0`` / ``shortcut.1``
-(``<name>_<int>`` -> ``<name>.<int>``). ``num_batches_tracked`` is ignored. The same rule serves any
-jaxuq model whose names mirror torch (plain LeNet / ResNet included).
+Path rule: Flax module names ``layer1_0`` / ``shortcut_1`` are torch's ``layer1.0`` / ``shortcut.1``
+(``<name>_<int>`` -> ``<name>.<int>``). A grouped conv keeps torch's contiguous group layout, so the
+plain OIHW -> HWIO transpose gives the ``feature_group_count`` kernel.
+Architectures and kwargs (TU's): ``packed_lenet(in_channels, num_classes, num_estimators, alpha, gamma)``,
+``packed_resnet(in_channels, num_classes, arch, num_estimators, alpha, gamma, style, ...)``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARCHS", "build", "flax_leaf_to_torch", "torch_to_flax"]
+from converters.mappings import Entry, Table, apply_table, oihw_to_hwio
+
+__all__ = ["ARCHS", "build", "flax_leaf_to_torch", "infer", "table", "torch_reference", "torch_to_flax"]
 
 _IDX = re.compile(r"^(.*)_(\d+)$")
 
@@ -40,64 +44,58 @@ def _torch_module_path(names: tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
-def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Any]:
-    """Return ``(torch_key, transform)`` for the Flax leaf ``collection/names...``."""
+def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Entry]:
+    """``(torch_key, Entry)`` for the Flax leaf ``collection/names...`` of a packed model."""
     *mod, leaf = names
     base = _torch_module_path(tuple(mod))
+    path = (collection, *names)
     if collection == "params":
-        if leaf == "kernel":
-            if ndim == 4:
-                return f"{base}.weight", lambda t: np.transpose(t, (2, 3, 1, 0))
-            if ndim == 3:
-                return f"{base}.weight", lambda t: t
-            if ndim == 2:
-                return f"{base}.weight", lambda t: np.transpose(t)
-            raise ValueError(f"no torch layout for a {ndim}-d kernel at {'/'.join(names)}")
+        if leaf == "kernel" and ndim == 4:
+            return f"{base}.weight", Entry(path, oihw_to_hwio, "oihw->hwio", 4)
+        if leaf == "kernel" and ndim == 3:
+            return f"{base}.weight", Entry(path, name="id (G, o, i)", torch_ndim=3)
         if leaf == "scale":
-            return f"{base}.weight", lambda t: t
+            return f"{base}.weight", Entry(path, torch_ndim=1)
         if leaf == "bias":
-            return f"{base}.bias", lambda t: t
-    if collection == "batch_stats":
-        if leaf == "mean":
-            return f"{base}.running_mean", lambda t: t
-        if leaf == "var":
-            return f"{base}.running_var", lambda t: t
-    raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)}")
+            return f"{base}.bias", Entry(path, torch_ndim=1)
+    if collection == "batch_stats" and leaf in ("mean", "var"):
+        return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
+    raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
 
 
-def torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<state_dict>") -> dict:
-    """Convert a torch state dict (name -> array) to Flax variables shaped like ``template``.
-
-    Strict: raises ValueError naming ``source`` with every missing key, unexpected key (besides
-    ``num_batches_tracked``) and shape mismatch. Arrays come back as float32 numpy arrays.
-    """
+def _table_from_template(template: Any) -> Table:
     import jax  # noqa: PLC0415
 
-    sd = {k: np.asarray(v) for k, v in state_dict.items()}
-    flat = jax.tree_util.tree_flatten_with_path(template)[0]
-    used, errors, out = set(), [], []
-    for path, leaf in flat:
-        keys = tuple(getattr(p, "key", getattr(p, "name", str(p))) for p in path)
-        tkey, fn = flax_leaf_to_torch(keys[0], keys[1:], len(leaf.shape))
-        if tkey not in sd:
-            errors.append(f"missing torch key {tkey!r} (for {'/'.join(keys)}, shape {tuple(leaf.shape)})")
-            out.append(None)
-            continue
-        used.add(tkey)
-        arr = fn(sd[tkey])
-        if tuple(arr.shape) != tuple(leaf.shape):
-            errors.append(
-                f"{tkey!r}: torch shape {tuple(sd[tkey].shape)} -> {tuple(arr.shape)}, "
-                f"expected {tuple(leaf.shape)} for {'/'.join(keys)}"
-            )
-        if not np.all(np.isfinite(arr)):
-            errors.append(f"{tkey!r}: contains non-finite values")
-        out.append(np.ascontiguousarray(arr, dtype=np.float32))
-    extra = sorted(k for k in sd if k not in used and not k.endswith("num_batches_tracked"))
-    errors.extend(f"unexpected torch key {k!r} {tuple(sd[k].shape)}" for k in extra)
-    if errors:
-        raise ValueError(f"{source}: cannot convert ({len(errors)} problems):\n  " + "\n  ".join(errors))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), out)
+    t: Table = {}
+    bns = set()
+    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
+        key, entry = flax_leaf_to_torch(names[0], names[1:], len(leaf.shape))
+        t[key] = entry
+        if names[0] == "batch_stats":
+            bns.add(_torch_module_path(names[1:-1]))
+    for b in sorted(bns):
+        t[f"{b}.num_batches_tracked"] = Entry(None, torch_ndim=0)
+    return t
+
+
+def _template(model_name: str, kwargs: dict):
+    # not converters.mappings.build_template: its positional ``arch`` collides with TU's ``arch=18`` kwarg
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    module, shape = ARCHS[model_name](**kwargs)
+    return module, jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
+
+
+def table(model_name: str, /, **kwargs) -> Table:
+    """The explicit mapping table of ``model_name`` built with ``kwargs``."""
+    return _table_from_template(_template(model_name, kwargs)[1])
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<state_dict>"):
+    """Strict conversion of a TU packed state dict into ``template``'s variables (float32 numpy)."""
+    return apply_table(state_dict, _table_from_template(template), template, source)
 
 
 def _packed_lenet(**kw):
@@ -109,21 +107,75 @@ def _packed_lenet(**kw):
 def _packed_resnet(**kw):
     from jaxuq.models.packed_resnet import packed_resnet  # noqa: PLC0415
 
-    size = 32 if kw.get("style", "imagenet") == "cifar" else 64
+    size = 32 if str(kw.get("style", "imagenet")) in ("cifar", "ResNetStyle.CIFAR") else 64
     return packed_resnet(**kw), (1, size, size, kw["in_channels"])
 
 
 ARCHS = {"packed_lenet": _packed_lenet, "packed_resnet": _packed_resnet}
 
 
-def build(model_name: str, state_dict: Mapping[str, Any], source: str = "<state_dict>", **kwargs):
-    """Build ``model_name`` (``packed_lenet`` / ``packed_resnet``) with TU's ``kwargs`` and load
-    ``state_dict``: returns ``(module, variables)``."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
+def build(model_name: str, state_dict: Mapping[str, Any], /, *, source: str = "<state_dict>", **kwargs):
+    """``(module, variables)``: ``model_name`` (``packed_lenet`` / ``packed_resnet``) built with TU's
+    ``kwargs``, loaded strictly from ``state_dict``."""
     if model_name not in ARCHS:
         raise ValueError(f"unknown packed model {model_name!r}; known: {sorted(ARCHS)}")
-    module, shape = ARCHS[model_name](**kwargs)
-    template = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
+    module, template = _template(model_name, kwargs)
     return module, torch_to_flax(state_dict, template, source)
+
+
+def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict] | None:
+    """Recognise a TU ``packed_resnet`` (``linear.weight`` is (M, C, 512*alpha*expansion/M) since TU's
+    head uses gamma=1). ``packed_lenet`` is not inferable (M and gamma are confounded): pass ``--arch``."""
+    if "conv1.conv.weight" not in state_dict or "linear.weight" not in state_dict:
+        return None
+    w = np.shape(state_dict["linear.weight"])
+    stem = np.shape(state_dict["conv1.conv.weight"])
+    if len(w) != 3 or len(stem) != 4:
+        return None
+    m, c = int(w[0]), int(w[1])
+    blocks = [
+        len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4)
+    ]
+    bottleneck = any(k.endswith("conv3.conv.weight") for k in state_dict)
+    from jaxuq.models.packed_resnet import _BASIC, RESNET_BLOCKS  # noqa: PLC0415
+
+    blocks = [b for b in blocks if b]
+    arch = next((a for a, nb in RESNET_BLOCKS.items() if nb == blocks and (a not in _BASIC) == bottleneck),
+                None)
+    if arch is None:
+        return None
+    in_planes = 16 if arch in (20, 44, 56, 110, 1202) else 64
+    alpha = stem[0] / in_planes
+    alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
+    gamma = 1
+    for k, v in state_dict.items():  # the largest gamma a grouped conv actually uses (after reduction)
+        if re.match(r"layer\d+\.\d+\.(conv2|conv3)\.conv\.weight$", k):
+            ipg = np.shape(v)[1]
+            src = _input_channels(state_dict, k)
+            if src:
+                gamma = max(gamma, src // ipg // m)
+    style = "cifar" if stem[2] == 3 else "imagenet"
+    kw = dict(in_channels=int(stem[1]), num_classes=c, arch=arch, num_estimators=m, alpha=alpha,
+              gamma=int(gamma), style=style, conv_bias="conv1.conv.bias" in state_dict)
+    return "packed_resnet", kw
+
+
+def _input_channels(sd: Mapping[str, Any], key: str) -> int | None:
+    """Number of input channels of the conv ``key`` = the width of the BN feeding it."""
+    m = re.match(r"(layer\d+)\.(\d+)\.(conv2|conv3)\.conv\.weight$", key)
+    layer, idx, which = m.groups()
+    bn = f"{layer}.{idx}.{'bn1' if which == 'conv2' else 'bn2'}.weight"
+    return int(np.shape(sd[bn])[0]) if bn in sd else None
+
+
+def torch_reference(arch: str, /, **kwargs):
+    """TU's torch module with the same state-dict keys (for ``jaxuq-convert convert --verify``)."""
+    if arch == "packed_lenet":
+        from torch_uncertainty.models.classification.lenet import packed_lenet  # noqa: PLC0415
+
+        return packed_lenet(**kwargs)
+    if arch == "packed_resnet":
+        from torch_uncertainty.models.classification.resnet.packed import packed_resnet  # noqa: PLC0415
+
+        return packed_resnet(**kwargs)
+    raise ValueError(f"unknown packed arch {arch!r}")

@@ -16,25 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxuq.nn.packed import PackedConv, PackedDense
+from jaxuq.nn.pool import adaptive_avg_pool2d
 
-__all__ = ["PackedLeNet", "adaptive_avg_pool2d", "packed_lenet"]
-
-
-def adaptive_avg_pool2d(x, output_size: tuple[int, int]):
-    """torch ``AdaptiveAvgPool2d`` on NHWC: bin ``i`` spans ``[floor(i*H/o), ceil((i+1)*H/o))``."""
-    h, w = x.shape[1:3]
-    oh, ow = output_size
-    if (h, w) == (oh, ow):
-        return x
-    rows = []
-    for i in range(oh):
-        h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-        cols = []
-        for j in range(ow):
-            w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-            cols.append(jnp.mean(x[:, h0:h1, w0:w1, :], axis=(1, 2)))
-        rows.append(jnp.stack(cols, axis=1))
-    return jnp.stack(rows, axis=1)
+__all__ = ["PackedLeNet", "packed_lenet"]
 
 
 class PackedLeNet(nn.Module):

@@ -14,12 +14,12 @@ Output logits ``[M*B, C]`` member-major. Submodules mirror torch names (``layer1
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxuq.nn.norm import BatchNorm
 from jaxuq.nn.packed import PackedConv, PackedDense
 
 __all__ = ["PackedResNet", "RESNET_BLOCKS", "packed_resnet"]
@@ -32,13 +32,8 @@ _BASIC = (18, 20, 34, 44, 56, 110, 1202)
 
 
 def default_norm() -> Callable[..., nn.Module]:
-    """Torch-parity BatchNorm from ``jaxuq.nn`` when available, else Flax's with torch's eps/momentum."""
-    try:
-        from jaxuq.nn import BatchNorm  # noqa: PLC0415
-
-        return BatchNorm
-    except ImportError:
-        return functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, use_fast_variance=False)
+    """Torch-parity BatchNorm (``jaxuq.nn.BatchNorm``: unbiased running variance, torch momentum 0.1)."""
+    return BatchNorm
 
 
 class _BasicBlock(nn.Module):
@@ -169,7 +164,11 @@ def packed_resnet(
     linear_implementation: str = "conv1d",
     norm: Callable | None = None,
 ) -> PackedResNet:
-    """TU ``packed_resnet`` (same arguments; ``norm`` defaults to torch-parity BatchNorm)."""
+    """TU ``packed_resnet`` (same arguments; ``norm`` defaults to ``jaxuq.nn.BatchNorm``, torch parity).
+
+    ``x: [B, H, W, in_channels]`` NHWC -> logits ``[num_estimators * B, num_classes]`` member-major;
+    ``train=True`` needs ``mutable=["batch_stats"]``. ``style`` may be TU's ``ResNetStyle`` or a string.
+    """
     if arch not in RESNET_BLOCKS:
         raise ValueError(f"Unknown ResNet architecture. Got {arch}.")
     style = getattr(style, "value", style)
