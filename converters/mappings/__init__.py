@@ -101,12 +101,15 @@ class Entry:
     (``num_batches_tracked``). ``transform``: numpy function torch layout -> Flax layout.
     ``name``: the transform's name for docs (``"oihw->hwio"``, ``".T"``, ``"id"``).
     ``torch_ndim``: the expected number of torch dimensions (checked before the transform).
+    ``required``: ``False`` for keys that may be absent (``num_batches_tracked``: older torch versions
+    did not save it); when present they are still checked.
     """
 
     path: tuple[str, ...] | None
     transform: Callable[[np.ndarray], np.ndarray] = _identity
     name: str = "id"
     torch_ndim: int | None = None
+    required: bool = True
 
 
 Table = dict  # dict[str, Entry]: torch key -> Entry
@@ -136,7 +139,7 @@ def bn_entries(torch_prefix: str, flax_path: tuple[str, ...]) -> Table:
         f"{torch_prefix}.bias": Entry(("params", *flax_path, "bias"), torch_ndim=1),
         f"{torch_prefix}.running_mean": Entry(("batch_stats", *flax_path, "mean"), torch_ndim=1),
         f"{torch_prefix}.running_var": Entry(("batch_stats", *flax_path, "var"), torch_ndim=1),
-        f"{torch_prefix}.num_batches_tracked": Entry(None, torch_ndim=0),
+        f"{torch_prefix}.num_batches_tracked": Entry(None, torch_ndim=0, required=False),
     }
 
 
@@ -170,7 +173,7 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, sour
 
     leaves = _leaf_paths(template)
     errors: list[str] = []
-    missing = [k for k in table if k not in state_dict]
+    missing = [k for k, e in table.items() if k not in state_dict and e.required]
     unexpected = [k for k in state_dict if k not in table]
     for k in missing:
         e = table[k]

@@ -1,0 +1,215 @@
+"""The conversion pipeline behind ``jaxuq-convert`` (usable as a library).
+
+    from converters import convert, convert_checkpoint
+    variables = convert_checkpoint("resnet20", "resnet20-12fca82f.th")            # in memory
+    res = convert(["a.pt", "b.pt"], arch="lenet", kwargs={...}, output="out")      # stacked, on disk
+    module, variables, meta = jaxuq.models.load("out")
+
+Steps: read each source (:mod:`converters.io`) -> infer or take the architecture + kwargs -> strict
+table conversion (:mod:`converters.mappings`) -> optional torch verification -> stack members (several
+sources, or one TU ``deep_ensembles`` state dict) -> atomic orbax + JSON write (:mod:`jaxuq.models.io`).
+Every user-facing failure raises :class:`ConvertError` (exit code 2 in the CLI).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters import mappings
+from converters.io import CheckpointError, read_state_dict
+
+__all__ = ["ConvertError", "convert", "convert_checkpoint", "convert_state_dicts", "verify_with_torch"]
+
+
+class ConvertError(ValueError):
+    """A conversion that cannot be done (bad input); the message is meant for the user."""
+
+
+def _describe(arch: str, kwargs: dict) -> str:
+    kw = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f"{arch}({kw})"
+
+
+def _split_members(sd: dict, source: str) -> list[dict]:
+    from converters.ensemble import is_deep_ensembles_state_dict, split_deep_ensembles  # noqa: PLC0415
+
+    if is_deep_ensembles_state_dict(sd):
+        try:
+            return split_deep_ensembles(sd, source)
+        except ValueError as e:
+            raise ConvertError(str(e)) from None
+    return [sd]
+
+
+def _resolve_arch(arch: str | None, kwargs: dict | None, sd: dict, source: str) -> tuple[str, dict]:
+    guess = mappings.infer(sd)
+    if arch is None:
+        if guess is None:
+            raise ConvertError(
+                f"{source}: cannot recognise the architecture from its keys; pass --arch "
+                f"(known: {', '.join(mappings.arch_names())}) and its kwargs"
+            )
+        return guess[0], {**guess[1], **(kwargs or {})}
+    if arch not in mappings.arch_names():
+        raise ConvertError(f"unknown architecture {arch!r}; known: {', '.join(mappings.arch_names())}")
+    if guess is not None and guess[0] == arch:
+        return arch, {**guess[1], **(kwargs or {})}
+    return arch, dict(kwargs or {})
+
+
+def convert_state_dicts(arch: str, kwargs: dict, state_dicts: Sequence[dict], sources: Sequence[str]):
+    """``(module, [variables per member])`` — strict; raises :class:`ConvertError`."""
+    try:
+        module, template, _ = mappings.build_template(arch, **kwargs)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConvertError(f"cannot build {_describe(arch, kwargs)}: {e}") from None
+    fam = mappings.family_of(arch)
+    out = []
+    for sd, src in zip(state_dicts, sources, strict=True):
+        try:
+            out.append(fam.torch_to_flax(sd, template, src))
+        except ValueError as e:
+            guess = mappings.infer(sd)
+            hint = ""
+            if guess is not None and (guess[0], guess[1]) != (arch, kwargs):
+                hint = f" The checkpoint looks like {_describe(*guess)}."
+            head, _, rest = str(e).partition("\n")
+            raise ConvertError(
+                f"{src} does not match architecture {_describe(arch, kwargs)}: {head}{hint}"
+                + (("\n" + rest) if rest else "")
+            ) from None
+    return module, out
+
+
+def _stack(trees: list) -> Any:
+    import jax  # noqa: PLC0415
+
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def verify_with_torch(arch: str, kwargs: dict, module, variables_list: list, state_dicts: list,
+                      sample_shape: tuple, batch: int = 4, seed: int = 0) -> list[dict]:
+    """Eval-mode logits of torch vs Flax on one random batch per member: ``[{max_abs_diff, max_abs}]``."""
+    import jax  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from converters.torch_refs import torch_model  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *sample_shape[1:]), dtype=np.float32)
+    results = []
+    apply = jax.jit(lambda v, xx: module.apply(v, xx, train=False))
+    for v, sd in zip(variables_list, state_dicts, strict=True):
+        tm = torch_model(arch, **kwargs)
+        tm.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in sd.items()}, strict=True)
+        tm.eval()
+        with torch.no_grad():
+            ref = tm(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+        got = np.asarray(apply(v, x))
+        if got.shape != ref.shape:
+            raise ConvertError(f"--verify: Flax logits {got.shape} vs torch {ref.shape}")
+        diff = float(np.max(np.abs(got - ref)))
+        results.append({"max_abs_diff": diff, "max_abs": float(np.max(np.abs(ref)))})
+    return results
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise ConvertError(f"output {output} exists; pass --force to replace it")
+    parent = output.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if not parent.is_dir():
+            raise NotADirectoryError(str(parent))
+        probe = tempfile.mkdtemp(prefix=f".{output.name}.probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as e:
+        raise ConvertError(
+            f"cannot write the output {output}: its folder {parent} is not writable "
+            f"({type(e).__name__}: {e.strerror or e})"
+        ) from None
+
+
+def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwargs: dict | None = None,
+            output: str | os.PathLike | None = None, force: bool = False, verify: bool = False,
+            verify_tol: float = 1e-4, log: Callable[[str], None] | None = None) -> dict:
+    """Convert one checkpoint (a single model) or several / a deep-ensembles one (a stacked ensemble).
+
+    Returns ``{"module", "variables", "meta", "verify"}``; writes ``output`` (orbax + ``meta.json``)
+    when given. ``verify_tol`` bounds ``max|Δ| / max(1, max|logits|)`` under ``verify``.
+    """
+    import jaxuq  # noqa: PLC0415
+
+    log = log or (lambda s: None)
+    if not sources:
+        raise ConvertError("no checkpoint given")
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        _check_output(out_path, force)
+    sds, infos, names = [], [], []
+    for s in sources:
+        try:
+            sd, info = read_state_dict(s)
+        except CheckpointError as e:
+            raise ConvertError(str(e)) from None
+        members = _split_members(sd, str(s))
+        for i, m in enumerate(members):
+            sds.append(m)
+            names.append(str(s) if len(members) == 1 else f"{s}[core_models.{i}]")
+        infos.append(info)
+    arch, kw = _resolve_arch(arch, kwargs, sds[0], names[0])
+    log(f"architecture: {_describe(arch, kw)}; {len(sds)} member(s)")
+    module, members = convert_state_dicts(arch, kw, sds, names)
+    stacked = len(members) > 1 or len(sources) > 1
+    vres = None
+    if verify:
+        _, _, shape = mappings.build_template(arch, **kw)
+        vres = verify_with_torch(arch, kw, module, members, sds, shape)
+        for n, r in zip(names, vres, strict=True):
+            log(f"verify {n}: max|logits torch - flax| = {r['max_abs_diff']:.3g} "
+                f"(max|logits| {r['max_abs']:.3g})")
+        bad = [(n, r) for n, r in zip(names, vres, strict=True)
+               if r["max_abs_diff"] > verify_tol * max(1.0, r["max_abs"])]
+        if bad:
+            raise ConvertError(
+                f"--verify failed: torch and Flax logits differ by {bad[0][1]['max_abs_diff']:.3g} on "
+                f"{bad[0][0]} (tolerance {verify_tol:g} x max(1, max|logits|)); nothing written"
+            )
+    variables = _stack(members) if stacked else members[0]
+    meta = {
+        "arch": arch,
+        "kwargs": kw,
+        "num_members": len(members) if stacked else None,
+        "sources": [{"path": i["path"], "sha256": i["sha256"], "bytes": i["bytes"], "format": i["format"]}
+                    for i in infos],
+        "jaxuq_version": jaxuq.__version__,
+        "converter": "jaxuq-convert",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+    }
+    if vres is not None:
+        meta["verify"] = vres
+    if out_path is not None:
+        from jaxuq.models.io import save  # noqa: PLC0415
+
+        try:
+            save(out_path, variables, meta, force=force)
+        except FileExistsError as e:
+            raise ConvertError(str(e)) from None
+        except OSError as e:
+            raise ConvertError(f"cannot write the output {out_path}: {type(e).__name__}: {e}") from None
+        log(f"wrote {out_path}")
+    return {"module": module, "variables": variables, "meta": meta, "verify": vres}
+
+
+def convert_checkpoint(arch: str | None, path, **kwargs):
+    """Flax variables of the checkpoint ``path`` for ``arch`` (``None``: infer) — in memory."""
+    return convert([path], arch=arch, kwargs=kwargs or None)["variables"]
