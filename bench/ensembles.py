@@ -153,6 +153,7 @@ def main(argv=None):
     ap.add_argument("--members", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ensembles"))
     args = ap.parse_args(argv)
 
@@ -171,6 +172,8 @@ def main(argv=None):
         import torch
 
         tdev = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
 
     rows = []
     for m in args.members:
@@ -212,7 +215,8 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "jax_backend": backend,
                     "jax_devices": [str(d) for d in jax.devices()],
-                    "torch_device": tdev, "load_avg_1min": os.getloadavg()[0]},
+                    "torch_device": tdev, "load_avg_1min": os.getloadavg()[0],
+                    "torch_threads": None if args.no_torch else __import__("torch").get_num_threads()},
         "versions": _versions(),
         "config": {"images": args.images, "batch_size": args.batch_size, "members": args.members,
                    "model": "TU lenet (44,426 params)", "optimizer": "SGD lr 0.05 (TU: 0.05*M)",
@@ -226,7 +230,8 @@ def main(argv=None):
     os.replace(tmp, out.with_suffix(".json"))
     md = [f"# Ensemble training epoch: LeNet/MNIST ({result['date']})", "",
           f"Machine: {result['machine']['platform']}, {os.cpu_count()} CPUs, JAX backend `{backend}`, "
-          f"torch device `{tdev}`, 1-min load avg {result['machine']['load_avg_1min']:.1f}. "
+          f"torch device `{tdev}` ({result['machine']['torch_threads']} threads), "
+          f"1-min load avg at the end {result['machine']['load_avg_1min']:.1f} (shared machine). "
           f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.", "",
           f"Measured on {args.images} real MNIST training images, batch {args.batch_size} (last partial "
           "batch dropped), one warm-up step (compile) excluded; `epoch (60k)` extrapolates img/s to "

@@ -16,29 +16,10 @@ from flax import linen as nn
 
 from converters.ensemble import split_deep_ensembles, stack_members
 from jaxuq import ensembles as E
-from jaxuq.models.packed_lenet import packed_lenet
-from jaxuq.models.packed_resnet import packed_resnet
+from jaxuq import models as jm
 from tests.helpers import REPO, data_path, require
 
-# A plain LeNet / ResNet is the packed model with M = 1, alpha = 1 (every layer dense, same graph).
-LENET = packed_lenet(1, 10, num_estimators=1, alpha=1)
-
-
-def _plain_to_packed_m1(sd):
-    """torch ``lenet`` / ``resnet`` keys -> the M=1, alpha=1 packed model's keys."""
-    out = {}
-    for k, v in sd.items():
-        parts = k.split(".")
-        if parts[-1] in ("weight", "bias") and np.ndim(v) == 4:
-            k = ".".join(parts[:-1] + ["conv", parts[-1]])
-        elif parts[-2:-1] and parts[-2] in ("conv1", "conv2", "conv3") and parts[-1] == "bias":
-            k = ".".join(parts[:-1] + ["conv", parts[-1]])
-        elif parts[-2] == "0" and parts[-3:-2] == ["shortcut"]:
-            k = ".".join(parts[:-1] + ["conv", parts[-1]])
-        if np.ndim(v) == 2:  # Linear (o, i) -> PackedLinear (1, o, i)
-            v = np.asarray(v)[None]
-        out[k] = np.asarray(v)
-    return out
+LENET = jm.get("lenet", in_channels=1, num_classes=10)  # TU lenet(1, 10)
 
 
 def _sd(model):
@@ -167,20 +148,21 @@ def test_deep_ensembles_lenet_parity_and_training_step():
     from torch_uncertainty.models.classification.lenet import lenet
     from torch_uncertainty.transforms import RepeatTarget
 
-    from converters.mappings.packed import torch_to_flax
+    from converters.mappings import convert_state_dict
     from tests.test_packed import _jaxuq_ens_metrics, _tu_ens_metrics
 
     torch.manual_seed(0)
     de = deep_ensembles(lenet(1, 10), num_estimators=3)
     sds = split_deep_ensembles(_sd(de), "deep_ensembles")
-    template = jax.eval_shape(lambda: LENET.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
-    variables = stack_members([torch_to_flax(_plain_to_packed_m1(s), template) for s in sds])
+    conv = [convert_state_dict("lenet", s, f"member {i}", in_channels=1, num_classes=10) for i, s in enumerate(sds)]
+    model = conv[0][0]
+    variables = stack_members([v for _, v in conv])
     x = np.random.default_rng(0).normal(size=(32, 1, 28, 28)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 10, 32)
     with torch.no_grad():
         ref = de(torch.as_tensor(x)).numpy().reshape(3, 32, 10)
     xj = jnp.asarray(x.transpose(0, 2, 3, 1))
-    out = np.asarray(E.apply_members(LENET, variables, xj))
+    out = np.asarray(E.apply_members(model, variables, xj))
     assert float(np.abs(out - ref).max()) <= 1e-4
     t = _tu_ens_metrics(torch, require("torch_uncertainty.metrics"), ref)
     j = _jaxuq_ens_metrics(out)
@@ -193,11 +175,11 @@ def test_deep_ensembles_lenet_parity_and_training_step():
     loss = torch.nn.functional.cross_entropy(de(xb), yb)
     loss.backward()
     opt.step()
-    after = stack_members([torch_to_flax(_plain_to_packed_m1(s), template)
+    after = stack_members([convert_state_dict("lenet", s, in_channels=1, num_classes=10)[1]
                            for s in split_deep_ensembles(_sd(de))])
     st = E.EnsembleState(variables["params"], {}, jax.vmap(optax.sgd(0.1).init)(variables["params"]),
                          jnp.zeros((), jnp.int32))
-    step = E.make_train_step(LENET, optax.sgd(0.1), tu_gradient_scaling=True, donate=False)
+    step = E.make_train_step(model, optax.sgd(0.1), tu_gradient_scaling=True, donate=False)
     st, losses = step(st, xj, jnp.asarray(y))
     assert abs(float(losses.mean()) - loss.item()) <= 1e-5
     for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(after["params"])):
@@ -210,17 +192,19 @@ def test_deep_ensembles_resnet18_parity():
     from torch_uncertainty.methods import deep_ensembles
     from torch_uncertainty.models.classification.resnet import resnet
 
-    from converters.mappings.packed import torch_to_flax
     from tests.test_packed import _jaxuq_ens_metrics, _randomize_bn, _tu_ens_metrics
 
     torch.manual_seed(0)
     de = deep_ensembles(resnet(3, 10, 18, style="cifar"), num_estimators=2)
     _randomize_bn(torch, de)
     de.eval()
-    model = packed_resnet(3, 10, 18, num_estimators=1, alpha=1, gamma=1, style="cifar")
+    from converters.mappings import family_of
+
+    model = jm.get("resnet", in_channels=3, num_classes=10, arch=18, style="cifar")
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
-    variables = stack_members([torch_to_flax(_plain_to_packed_m1(s), template)
-                               for s in split_deep_ensembles(_sd(de))])
+    fam = family_of("resnet")
+    variables = stack_members([fam.torch_to_flax(s, template, f"member {i}")
+                               for i, s in enumerate(split_deep_ensembles(_sd(de)))])
     x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():
         ref = de(torch.as_tensor(x)).numpy().reshape(2, 4, 10)
@@ -234,11 +218,10 @@ def test_deep_ensembles_resnet18_parity():
 
 @pytest.mark.parity
 def test_eight_lenet_checkpoints_to_stacked_ensemble(tmp_path):
-    """The DE -> PE tutorial flow: 8 LeNet checkpoint files -> one stacked [8, ...] ensemble."""
+    """The DE -> PE tutorial flow: 8 LeNet Lightning checkpoints -> ``jaxuq-convert`` -> one stacked
+    ``[8, ...]`` ensemble checkpoint; a TU ``deep_ensembles`` state dict converts to the same thing."""
     torch = require("torch")
     from torch_uncertainty.models.classification.lenet import lenet
-
-    from converters.mappings.packed import torch_to_flax
 
     paths, models = [], []
     for i in range(8):
@@ -246,19 +229,26 @@ def test_eight_lenet_checkpoints_to_stacked_ensemble(tmp_path):
         models.append(lenet(1, 10).eval())
         paths.append(tmp_path / f"lenet_{i}.pt")
         torch.save({"state_dict": {f"model.{k}": v for k, v in models[-1].state_dict().items()}}, paths[-1])
-    template = jax.eval_shape(lambda: LENET.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
-    members = []
-    for p in paths:
-        sd = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
-        sd = {k.removeprefix("model."): v.numpy() for k, v in sd.items()}
-        members.append(torch_to_flax(_plain_to_packed_m1(sd), template, str(p)))
-    variables = stack_members(members)
+    from converters.cli import main as convert_cli
+
+    assert convert_cli(["convert", *map(str, paths), "-o", str(tmp_path / "de8")]) == 0
+    model, variables, meta = jm.load(tmp_path / "de8")
+    assert meta["num_members"] == 8 and meta["arch"] == "lenet"
     assert jax.tree.leaves(variables)[0].shape[0] == 8
     x = np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
         ref = np.stack([mdl(torch.as_tensor(x)).numpy() for mdl in models])
-    out = np.asarray(E.apply_members(LENET, variables, jnp.asarray(x.transpose(0, 2, 3, 1)), members="map"))
+    out = np.asarray(E.apply_members(model, variables, jnp.asarray(x.transpose(0, 2, 3, 1)), members="map"))
     assert float(np.abs(out - ref).max()) <= 1e-4
+    # one TU deep_ensembles state dict (keys core_models.{i}.*) -> the same stacked checkpoint
+    from torch_uncertainty.methods import deep_ensembles
+
+    torch.save(deep_ensembles(models, num_estimators=None).state_dict(), tmp_path / "de.pt")
+    assert convert_cli(["convert", str(tmp_path / "de.pt"), "-o", str(tmp_path / "de_single")]) == 0
+    _, v2, meta2 = jm.load(tmp_path / "de_single")
+    assert meta2["num_members"] == 8
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(v2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_split_deep_ensembles_errors():
@@ -281,8 +271,8 @@ _SHARD_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np, optax
     assert jax.device_count() == 8, jax.devices()
     from jaxuq import ensembles as E
-    from jaxuq.models.packed_lenet import packed_lenet
-    model = packed_lenet(1, 10, num_estimators=1, alpha=1)
+    from jaxuq import models as jm
+    model = jm.get("lenet", in_channels=1, num_classes=10)
     x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1)); y = jnp.arange(16) % 10
     tx = optax.sgd(0.05, momentum=0.9)
     st0 = E.init_train_state(model, tx, jax.random.key(0), 8, x[:1])

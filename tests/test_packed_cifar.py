@@ -3,7 +3,7 @@
 No trained Packed-Ensembles checkpoint is available offline (TU's hub checkpoints are not in the data
 folder), so the closest real test: build TU's packed_resnet18 (cifar, M=4, alpha=2, gamma=1), set its
 BatchNorm statistics from 128 real CIFAR-10 training images, save its state_dict to a file, convert
-that file, and check on the first 200 real test images that the converted model predicts the same
+that file with the ``jaxuq-convert`` CLI, load it with ``jaxuq.models.load``, and check on the first 200 real test images that the converted model predicts the same
 ensemble class as torch for every image (and the logits agree to 1e-4).
 """
 
@@ -32,7 +32,8 @@ def test_packed_resnet18_real_cifar_same_predictions(tmp_path):
     torch = require("torch")
     from torch_uncertainty.models.classification.resnet.packed import packed_resnet as tu_packed_resnet
 
-    from converters.mappings.packed import build
+    from converters.cli import main as convert_cli
+    from jaxuq import models as jm
 
     test = np.load(data_path("cifar10_heads/test_first1000.npz"))
     train = np.load(data_path("cifar10_heads/train_first1000x5.npz"))
@@ -52,9 +53,13 @@ def test_packed_resnet18_real_cifar_same_predictions(tmp_path):
     path = tmp_path / "packed_resnet18_c10.pt"
     torch.save(tm.state_dict(), path)
 
-    sd = {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-    module, variables = build("packed_resnet", sd, source=str(path), in_channels=3, num_classes=10, arch=18,
-                              num_estimators=4, alpha=2, gamma=1, style="cifar")
+    # jaxuq-convert recognises the architecture and its kwargs from the keys/shapes (no --arch)
+    out_dir = tmp_path / "pe_resnet18"
+    assert convert_cli(["convert", str(path), "-o", str(out_dir), "--verify"]) == 0
+    module, variables, meta = jm.load(out_dir)
+    assert meta["arch"] == "packed_resnet"
+    assert meta["kwargs"] == {"in_channels": 3, "num_classes": 10, "arch": 18, "num_estimators": 4, "alpha": 2,
+                              "gamma": 1, "style": "cifar", "conv_bias": False}
     apply = jax.jit(lambda x: module.apply(variables, x))
     ref, out = [], []
     for i in range(0, 200, 50):
