@@ -107,8 +107,9 @@ def verify_with_torch(arch: str, kwargs: dict, module, variables_list: list, sta
     x = rng.standard_normal((batch, *sample_shape[1:]), dtype=np.float32)
     results = []
     apply = jax.jit(lambda v, xx: module.apply(v, xx, train=False))
+    make = getattr(mappings.family_of(arch), "torch_reference", None) or torch_model
     for v, sd in zip(variables_list, state_dicts, strict=True):
-        tm = torch_model(arch, **kwargs)
+        tm = make(arch, **kwargs)
         tm.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in sd.items()}, strict=True)
         tm.eval()
         with torch.no_grad():
@@ -210,6 +211,7 @@ def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwarg
     return {"module": module, "variables": variables, "meta": meta, "verify": vres}
 
 
-def convert_checkpoint(arch: str | None, path, **kwargs):
-    """Flax variables of the checkpoint ``path`` for ``arch`` (``None``: infer) — in memory."""
-    return convert([path], arch=arch, kwargs=kwargs or None)["variables"]
+def convert_checkpoint(model_name: str | None, path, **kwargs):
+    """Flax variables of the checkpoint ``path`` for ``model_name`` (``None``: infer) — in memory.
+    ``kwargs`` are the model's (e.g. TU resnet's ``arch=18``)."""
+    return convert([path], arch=model_name, kwargs=kwargs or None)["variables"]

@@ -108,8 +108,9 @@ _ACT = {"relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.si
         "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
-def torch_model(arch: str, **kwargs) -> nn.Module:
-    """The torch counterpart of the converter architecture ``arch`` built with the same ``kwargs``."""
+def torch_model(model_name: str, **kwargs) -> nn.Module:
+    """The torch counterpart of the converter architecture ``model_name`` built with the same ``kwargs``."""
+    arch = model_name
     kw = dict(kwargs)
     if arch == "resnet_cifar":
         return ResNetCifar(**kw)

@@ -33,10 +33,10 @@ Optional:
     Recognise the architecture and its kwargs from the keys/shapes (used by
     ``jaxuq-convert inspect`` and by ``convert`` without ``--arch``). Return ``None`` if not ours.
 
-``torch_reference(arch, **kwargs) -> torch.nn.Module``
+``torch_reference(model_name, **kwargs) -> torch.nn.Module``
     A torch module with the same state-dict keys, for ``jaxuq-convert convert --verify``.
 
-``table(arch, **kwargs) -> Table``
+``table(model_name, **kwargs) -> Table``
     The explicit table itself (for documentation / ``inspect``).
 
 Only ``converters`` (never ``jaxuq``) may import torch, and only lazily inside functions.
@@ -250,27 +250,29 @@ def arch_names() -> list[str]:
     return sorted(a for f in families().values() for a in f.ARCHS)
 
 
-def family_of(arch: str) -> ModuleType:
+def family_of(model_name: str) -> ModuleType:
     for f in families().values():
-        if arch in f.ARCHS:
+        if model_name in f.ARCHS:
             return f
-    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(arch_names())}")
+    raise ValueError(f"unknown architecture {model_name!r}; known: {', '.join(arch_names())}")
 
 
-def build_template(arch: str, **kwargs):
+def build_template(model_name: str, **kwargs):
     """``(module, template, sample_shape)``: the Flax module and its variables' shapes (no compute)."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    module, shape = family_of(arch).ARCHS[arch](**kwargs)
+    module, shape = family_of(model_name).ARCHS[model_name](**kwargs)
     template = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
     return module, template, tuple(shape)
 
 
-def convert_state_dict(arch: str, state_dict: Mapping[str, Any], source: str = "<state_dict>", **kwargs):
-    """``(module, variables)`` for ``arch`` built with ``kwargs`` from a (prefix-stripped) state dict."""
-    fam = family_of(arch)
-    module, template, _ = build_template(arch, **kwargs)
+def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], source: str = "<state_dict>",
+                       **kwargs):
+    """``(module, variables)`` for ``model_name`` built with ``kwargs`` from a (prefix-stripped) state dict.
+    (``model_name``, not ``arch``: TU's ``resnet`` has an ``arch`` kwarg.)"""
+    fam = family_of(model_name)
+    module, template, _ = build_template(model_name, **kwargs)
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
     return module, fam.torch_to_flax(sd, template, source)
 

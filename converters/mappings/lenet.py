@@ -29,7 +29,7 @@ def _lenet(**kw):
 ARCHS = {"lenet": _lenet}
 
 
-def table(arch: str = "lenet", norm: str = "none", **_) -> dict:
+def table(model_name: str = "lenet", norm: str = "none", **_) -> dict:
     t: dict = {}
     for i in (1, 2):
         t.update(conv_entries(f"conv{i}", (f"conv{i}",), bias=True))

@@ -33,11 +33,11 @@ def _resnet(**kw):
 ARCHS = {"resnet": _resnet}
 
 
-def table(arch: str = "resnet", *, in_channels=3, num_classes=10, conv_bias: bool = False,
-          width_multiplier: float = 1.0, **kw) -> dict:
+def table(model_name: str = "resnet", *, arch: int, conv_bias: bool = False, width_multiplier: float = 1.0,
+          **_) -> dict:
     from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS  # noqa: PLC0415
 
-    depth = int(kw["arch"])
+    depth = int(arch)
     basic = depth in BASIC_ARCHS
     expansion = 1 if basic else 4
     base = int((16 if depth in SMALL_PLANES_ARCHS else 64) * width_multiplier)

@@ -36,7 +36,7 @@ def _nchw_to_nhwc(t):
     return np.transpose(t, (0, 2, 3, 1))
 
 
-def table(arch: str = "tiniest", **_) -> dict:
+def table(model_name: str = "tiniest", **_) -> dict:
     t = {**conv_entries("conv1", ("conv1",), True), **ln_entries("ln1.ln", ("ln1", "ln"))}
     for i in range(1, 7):
         if i == 4:

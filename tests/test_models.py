@@ -1,0 +1,164 @@
+"""Model zoo unit tests (no torch needed): registry, parameter counts (TU 0.13.0 figures), BatchNorm
+train-mode update formula, torch pooling semantics, Dropout2d, save/load round trip."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxuq import models
+from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
+
+
+def _n_params(name, shape, **kw):
+    m = models.get(name, **kw)
+    v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros(shape)))
+    return sum(x.size for x in jax.tree.leaves(v["params"])), v
+
+
+@pytest.mark.parametrize(
+    "name,kw,shape,expected",
+    [  # expected counts: TU 0.13.0 doc §B/§H, the data README and the scio Recorder table
+        ("lenet", dict(in_channels=1, num_classes=10), (1, 28, 28, 1), 44_426),
+        ("resnet", dict(in_channels=3, num_classes=10, arch=18, style="cifar"), (1, 32, 32, 3), 11_173_962),
+        ("resnet", dict(in_channels=3, num_classes=1000, arch=18), (1, 64, 64, 3), 11_689_512),
+        ("resnet20", {}, (1, 32, 32, 3), 269_722),
+        ("resnet56", {}, (1, 32, 32, 3), 853_018),
+        ("tiniest", {}, (1, 32, 32, 3), 97_530),
+    ],
+)
+def test_param_counts(name, kw, shape, expected):
+    assert _n_params(name, shape, **kw)[0] == expected
+
+
+def test_resnet18_cifar_tree_mirrors_torch_names():
+    _, v = _n_params("resnet", (1, 32, 32, 3), in_channels=3, num_classes=10, arch=18, style="cifar")
+    p = v["params"]
+    assert set(p) == {"conv1", "bn1", "linear"} | {f"layer{i}_{j}" for i in range(1, 5) for j in range(2)}
+    assert "shortcut_0" in p["layer2_0"] and "shortcut_1" in p["layer2_0"] and "shortcut_0" not in p["layer1_0"]
+    assert p["conv1"]["kernel"].shape == (3, 3, 3, 64) and "bias" not in p["conv1"]
+    assert p["linear"]["kernel"].shape == (512, 10)
+    assert v["batch_stats"]["layer2_0"]["shortcut_1"]["var"].shape == (128,)
+
+
+def test_registry_names_and_errors():
+    names = models.names()
+    for n in ("lenet", "resnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "tiniest",
+              "packed_lenet", "packed_resnet"):
+        assert n in names
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        models.get("nope")
+    models.register("_missing_for_test", "jaxuq.models._does_not_exist:make")
+    try:
+        with pytest.raises(ValueError, match="not available"):
+            models.get("_missing_for_test")
+    finally:
+        models._REGISTRY.pop("_missing_for_test")
+    with pytest.raises(ValueError, match="Unknown ResNet architecture"):
+        models.get("resnet", in_channels=3, num_classes=10, arch=19)
+
+
+def test_registry_is_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxuq.models as m; m.names(); "
+            "print(any(k.startswith('jaxuq.models.packed') or k == 'jaxuq.models.resnet' for k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_batchnorm_train_update_matches_torch_formula():
+    x = np.random.default_rng(0).standard_normal((3, 5, 4, 6)).astype(np.float32) * 2 + 1
+    bn = BatchNorm()
+    v = bn.init(jax.random.key(0), x, use_running_average=False)
+    assert float(jnp.abs(v["batch_stats"]["var"] - 1).max()) == 0  # init does not update
+    v = {"params": {"scale": jnp.full((6,), 1.5), "bias": jnp.full((6,), 0.25)},
+         "batch_stats": {"mean": jnp.full((6,), 0.3), "var": jnp.full((6,), 2.0)}}
+    y, upd = bn.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+    x64 = x.astype(np.float64)
+    n = 3 * 5 * 4
+    mu, var_b = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+    np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.9 * 0.3 + 0.1 * mu, rtol=1e-6)
+    np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 * 2.0 + 0.1 * var_b * n / (n - 1), rtol=1e-6)
+    np.testing.assert_allclose(y, (x64 - mu) / np.sqrt(var_b + 1e-5) * 1.5 + 0.25, atol=1e-5)
+    y_eval = bn.apply(v, x, use_running_average=True)
+    np.testing.assert_allclose(y_eval, (x64 - 0.3) / np.sqrt(2.0 + 1e-5) * 1.5 + 0.25, atol=1e-5)
+
+
+def test_adaptive_avg_pool_bins_and_maxpool_padding():
+    x = np.arange(2 * 5 * 7 * 3, dtype=np.float32).reshape(2, 5, 7, 3)
+    out = np.asarray(adaptive_avg_pool2d(x, (4, 4)))
+    h, w = 5, 7
+    for i in range(4):
+        for j in range(4):
+            r0, r1 = (i * h) // 4, -(-((i + 1) * h) // 4)
+            c0, c1 = (j * w) // 4, -(-((j + 1) * w) // 4)
+            np.testing.assert_allclose(out[:, i, j], x[:, r0:r1, c0:c1].mean((1, 2)), rtol=1e-6)
+    assert adaptive_avg_pool2d(x[:, :4, :4], (4, 4)) is not None
+    neg = -np.ones((1, 4, 4, 1), np.float32)
+    mp = np.asarray(max_pool2d(neg, 3, 2, 1))  # -inf padding: the border never wins
+    assert mp.shape == (1, 2, 2, 1) and np.all(mp == -1)
+
+
+def test_dropout2d_drops_whole_channels():
+    m = models.get("lenet", in_channels=1, num_classes=10, dropout_rate=0.5)
+    x = jnp.ones((2, 28, 28, 1))
+    v = m.init(jax.random.key(0), x)
+    seen = {}
+
+    def grab(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, nn.Dropout) and context.module.broadcast_dims == (1, 2):
+            seen.setdefault("maps", out)
+        return out
+
+    with nn.intercept_methods(grab):
+        m.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
+    maps = np.asarray(seen["maps"])  # [N, H, W, C] after conv1 -> act -> Dropout2d
+    zero = np.all(maps == 0, axis=(1, 2))
+    assert zero.any() and (~zero).any()
+    # kept channels are scaled by 1/(1-p): compare with the eval-mode activation
+    seen_eval = {}
+
+    def grab_eval(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, nn.Dropout) and context.module.broadcast_dims == (1, 2):
+            seen_eval.setdefault("maps", out)
+        return out
+
+    with nn.intercept_methods(grab_eval):
+        m.apply(v, x, train=False)
+    ref = np.asarray(seen_eval["maps"])
+    kept = ~zero
+    np.testing.assert_allclose(maps.transpose(0, 3, 1, 2)[kept], 2 * ref.transpose(0, 3, 1, 2)[kept], rtol=1e-6)
+
+
+def test_save_load_roundtrip_and_stacked(tmp_path):
+    kw = {"in_channels": 1, "num_classes": 10, "norm": "batchnorm"}
+    m = models.get("lenet", **kw)
+    x = np.random.default_rng(0).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    v = m.init(jax.random.key(0), x)
+    models.save(tmp_path / "r20", v, {"arch": "lenet", "kwargs": kw, "num_members": None})
+    m2, v2, meta = models.load(tmp_path / "r20")
+    assert meta["arch"] == "lenet" and meta["format"] == "jaxuq-model" and "batch_stats" in v2
+    apply = jax.jit(m.apply)
+    np.testing.assert_array_equal(np.asarray(apply(v2, x)), np.asarray(apply(v, x)))
+    with pytest.raises(FileExistsError):
+        models.save(tmp_path / "r20", v, {"arch": "lenet", "kwargs": kw})
+    # stacked ensemble: leading member axis, vmapped apply gives [M, N, C]
+    vs = [m.init(jax.random.key(i), x) for i in range(3)]
+    st = jax.tree.map(lambda *a: np.stack(a), *vs)
+    models.save(tmp_path / "ens", st, {"arch": "lenet", "kwargs": kw, "num_members": 3}, force=True)
+    m3, v3, meta3 = models.load(tmp_path / "ens")
+    assert meta3["num_members"] == 3
+    out = jax.jit(jax.vmap(lambda vv: m3.apply(vv, x)))(v3)
+    assert out.shape == (3, 2, 10)
+    np.testing.assert_allclose(out[1], apply(vs[1], x), atol=1e-5)
+    assert json.loads((tmp_path / "ens" / "meta.json").read_text())["num_members"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ens", "r20"]  # no temp dirs left

@@ -1,0 +1,39 @@
+"""Torch-side helpers for the model/converter parity tests.
+
+The plain torch definitions (He et al. CIFAR ResNet, scio's Tiniest) live in
+``converters/torch_refs.py`` (the converter's ``--verify`` uses them too); they are re-exported here.
+Tests that import this module must have called ``require("torch")`` first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from converters.torch_refs import ResNetCifar, Tiniest, torch_model
+
+__all__ = ["ResNetCifar", "Tiniest", "randomize_", "torch_model", "state_dict_numpy"]
+
+
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Make a random-init model's normalisation layers non-trivial (in place): BN/LN affine and BN
+    running statistics random, scio's ``rs`` random; convs/linears keep torch's random init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.LayerNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+                m.num_batches_tracked.fill_(7)
+        for name, p in model.named_parameters():
+            if name.endswith(".rs"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    return model
+
+
+def state_dict_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
