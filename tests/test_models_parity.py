@@ -15,8 +15,7 @@ from tests.helpers import require
 torch = require("torch")
 require("torch_uncertainty")
 
-from converters import convert  # noqa: E402
-from converters import mappings  # noqa: E402
+from converters import convert, mappings  # noqa: E402
 from tests.torch_models import randomize_, state_dict_numpy, torch_model  # noqa: E402
 
 pytestmark = pytest.mark.parity
