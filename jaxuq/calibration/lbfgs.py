@@ -64,7 +64,7 @@ def lbfgs_torch(
 
     Args:
       fun: differentiable scalar loss of a flat parameter vector ``[P]``.
-      x0: initial parameters ``[P]`` (float32).
+      x0: initial parameters ``[P]`` (float32 like torch; the dtype is kept).
       lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size: torch's
         arguments with torch's defaults (``max_eval`` defaults to ``max_iter * 5 // 4``).
 
@@ -73,11 +73,13 @@ def lbfgs_torch(
     """
     if max_eval is None:
         max_eval = max_iter * 5 // 4
-    x0 = jnp.asarray(x0, jnp.float32)
+    x0 = jnp.asarray(x0)
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        x0 = x0.astype(jnp.float32)
     p = x0.shape[0]
     hsize = max(1, min(history_size, max_iter))  # never more than max_iter-1 entries are stored
     vg = jax.value_and_grad(fun)
-    f32 = jnp.float32
+    f32 = x0.dtype.type  # float32 for TU parity; float64 works too (used to check the port)
 
     loss0, g0 = vg(x0)
     opt0 = jnp.max(jnp.abs(g0)) <= tolerance_grad
