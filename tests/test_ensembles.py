@@ -130,8 +130,8 @@ def test_tu_gradient_scaling_is_one_over_m():
     x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
     y = jnp.arange(16) % 10
     st = E.init_train_state(LENET, optax.sgd(0.1), jax.random.key(0), 4, x[:1])
-    ind = E.make_train_step(LENET, optax.sgd(0.1), donate=False)(st, x, y)[0]
-    tu = E.make_train_step(LENET, optax.sgd(0.4), tu_gradient_scaling=True, donate=False)(st, x, y)[0]
+    ind = E.make_train_step(LENET, optax.sgd(0.1), members="vmap", donate=False)(st, x, y)[0]
+    tu = E.make_train_step(LENET, optax.sgd(0.4), members="vmap", tu_gradient_scaling=True, donate=False)(st, x, y)[0]
     for a, b in zip(jax.tree.leaves(ind.params), jax.tree.leaves(tu.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
