@@ -3,12 +3,14 @@
 Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, and of the outputs
 (``logits: [M, N, C]``). How the member axis is lowered is a choice, ``members=``:
 
-- ``"vmap"``: ``jax.vmap`` over members. On GPU/TPU this fuses the members into one wide kernel;
-  on CPU XLA emits a grouped convolution that is slow for conv nets (see bench/results/ensembles.md).
+- ``"vmap"``: ``jax.vmap`` over members: one batched (grouped-conv) kernel per layer. On XLA:CPU it is
+  slow for conv nets (bench, 8 LeNets: ~21x the time of one member).
 - ``"unroll"``: a loop over members unrolled inside the same jitted function: XLA sees M independent
-  single-model graphs (compile time grows with M). Fastest on CPU (bench: ~10x one member for 8).
-- ``"map"``: ``jax.lax.map`` (a scan) over members: constant compile time and memory in M, but on
-  XLA:CPU the slowest (bench: ~30x one member for 8 LeNets).
+  single-model graphs (compile time grows with M). Fastest on CPU (bench: ~12x one member for 8).
+- ``"map"``: ``jax.lax.map`` (a scan) over members: compile time independent of M, but on XLA:CPU
+  the slowest (bench: ~47x one member for 8).
+(CPU figures from bench/results/ensembles.md on a shared 2-core machine; GPU not measured yet, so the
+GPU default ``"vmap"`` is still to be confirmed by running bench/ensembles.py there.)
 
 All give the same numbers (up to float rounding). ``default_members()`` picks per backend, as the
 benchmark decided (bench/results/ensembles.md). ``mesh=`` splits members over a device mesh axis
