@@ -33,19 +33,17 @@ METRICS = ("AUROC", "AUPR", "FPR95", "pAUC@0.2", "TPR@5%")
 BLOCK3, FEATURE_MAPS, LOGITS = "l3", "avgpool", "fc"
 
 
-def load_model(data_dir):
-    """Tiniest as (module, variables): ``jaxuq.models`` + converter when available, else the
-    reference implementation in tests/ (needs torch to read the .pt file)."""
-    path = data_file(CKPT, data_dir)
-    try:
-        from converters import convert_checkpoint  # type: ignore[attr-defined]
-        from jaxuq.models import get  # type: ignore[attr-defined]
+def load_model(data_dir, model_dir=None):
+    """tiniest as ``(module, variables)``: a ``jaxuq-convert`` output folder when ``model_dir`` is
+    given (``jaxuq.models.load``), else the torch checkpoint converted in memory by the converter."""
+    from jaxuq import models
 
-        return get("tiniest"), convert_checkpoint("tiniest", path)
-    except (ImportError, AttributeError):
-        from tests.test_ood_tiniest_ref import load_tiniest
+    if model_dir is not None:
+        module, variables, _ = models.load(model_dir)
+        return module, variables
+    from converters import convert_checkpoint  # the only place that reads torch files
 
-        return load_tiniest(path)
+    return models.get("tiniest"), convert_checkpoint("tiniest", data_file(CKPT, data_dir))
 
 
 def ood_sets(ind: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -64,12 +62,13 @@ def scores_and_layers(n_calib: int, batch_size: int):
     ]
 
 
-def run(data_dir, out: Path, n_calib: int, n_ind: int, batch_size: int = 250, quiet: bool = False) -> dict:
+def run(data_dir, out: Path, n_calib: int, n_ind: int, batch_size: int = 250, quiet: bool = False,
+        model_dir=None) -> dict:
     tr = np.load(data_file("cifar10_heads/train_first1000x5.npz", data_dir))
     te = np.load(data_file("cifar10_heads/test_first1000.npz", data_dir))
     if not 1 <= n_calib <= len(tr["labels"]) or not 1 <= n_ind <= len(te["labels"]):
         raise ValueError(f"n_calib must be in [1, {len(tr['labels'])}] and n_ind in [1, {len(te['labels'])}]")
-    module, variables = load_model(data_dir)
+    module, variables = load_model(data_dir, model_dir)
     calib = tr["images"][:n_calib].astype(np.float32) / 255
     calib_labels = tr["labels"][:n_calib]
     ind = te["images"][:n_ind].astype(np.float32) / 255
@@ -124,10 +123,12 @@ def main(argv=None) -> int:
     ap.add_argument("--n-calib", type=int, default=1000)
     ap.add_argument("--n-ind", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--model", default=None, help="a jaxuq-convert output folder (default: convert the .pt)")
     args = ap.parse_args(argv)
     try:
-        res = run(args.data_dir, Path(args.out), args.n_calib, args.n_ind, args.batch_size)
-    except (FileNotFoundError, ValueError) as e:
+        res = run(args.data_dir, Path(args.out), args.n_calib, args.n_ind, args.batch_size,
+                  model_dir=args.model)
+    except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"summary_plot.png and results.json written to {args.out} ({res['wall_seconds']:.1f} s)")

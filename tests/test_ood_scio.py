@@ -61,10 +61,10 @@ def test_scio_tutorial_experiment_matches_scio(tmp_path):
 @pytest.mark.parity
 @pytest.mark.slow
 def test_mahalanobis_and_odin_match_scio():
-    from tests.test_ood_tiniest_ref import load_tiniest
+    from experiments.scio_ood import load_model
 
     g = _golden()
-    model, variables = load_tiniest(data_path("checkpoints/scio_tiniest/tiniest.pt"))
+    model, variables = load_model(data_path(""))
     xc, yc, xi = load_split(data_path(""), int(g["n_calib"]), int(g["n_ind"]))
     sets = (xi, *ood_sets(xi))
     for i, det in [(4, D.Mahalanobis(["avgpool"])), (5, D.ODIN(temperature=1000.0, epsilon=0.0014))]:

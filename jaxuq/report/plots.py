@@ -177,7 +177,10 @@ def summary_plot(confs_ind, confs_oods, score_names, ood_titles, path):
     for ax in list(axes[0, len(score_names):]) + list(axes[1, len(ood_titles):]):
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=7)
+    if len(ood_titles) < ncol:  # ROC legend in the free slot of the second row
+        axes[1, -1].legend(*axes[1, 0].get_legend_handles_labels(), loc="center", fontsize=8, title="scores")
+    else:
+        axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
