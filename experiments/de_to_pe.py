@@ -168,7 +168,8 @@ def main(argv=None):
     print("\n| model | " + " | ".join(k.split("/")[-1] for k in keys) + " | train s |")
     print("|---" * (len(keys) + 2) + "|")
     for name, res in results.items():
-        print(f"| {name} | " + " | ".join(f"{res.get(k, float('nan')):.4g}" for k in keys)
+        print(f"| {name} | " + " | ".join(
+            f"{int(res[k]):,}" if k.endswith("params") else f"{res.get(k, float('nan')):.4g}" for k in keys)
               + f" | {timings[name]:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "train_s": timings},
