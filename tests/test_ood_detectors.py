@@ -119,7 +119,7 @@ def test_knn_matches_brute_force(setup):
     model, variables, x, y = setup
     det = D.KNN(["avgpool"], k=4).fit(model, variables, x[:50], y[:50])
     net = RecordedNet(model, variables, ["avgpool"])
-    f = lambda z: np.asarray(net(z)[1]["avgpool"]).reshape(len(z), -1)
+    f = lambda z: np.array(net(z)[1]["avgpool"]).reshape(len(z), -1)
     ref, q = f(x[:50]), f(x[50:])
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
