@@ -374,11 +374,13 @@ def _prefetched(gen, sharding):
 def train_and_evaluate(config: dict, workdir: str | os.PathLike | None = None) -> dict:
     """Train from a config dict (flax imagenet-example style) and evaluate on the test split.
 
-    Keys: ``dataset`` (jaxuq.data.registry name), ``model`` (jaxuq.models name), ``model_kwargs``,
+    Keys: ``dataset`` (jaxuq.data.registry name), ``model`` (a jaxuq.models name, or a Flax module),
+    ``model_kwargs``,
     ``optimizer`` (recipe name or optax transformation or f(steps_per_epoch)), ``epochs``,
     ``batch_size``, ``eval_batch_size``, ``seed``, ``compute_dtype`` ("float32"/"bfloat16"),
     ``data_dir``, ``val_split`` (fraction held out of train, seeded; else the test set validates,
-    as in TU), ``basic_augment``, ``checkpoint_every``, ``quiet``, ``train_subset`` (first k images).
+    as in TU), ``basic_augment``, ``checkpoint_every``, ``quiet``, ``train_subset`` / ``test_subset``
+    (first k images).
     Checkpoints and ``metrics.jsonl`` go to ``workdir``. Returns the history and test metrics.
     """
     from jaxuq import models
@@ -396,7 +398,9 @@ def train_and_evaluate(config: dict, workdir: str | os.PathLike | None = None) -
         tr_idx, va_idx = train_val_split(len(x_tr), cfg["val_split"], cfg.get("seed", 0))
         val = (x_tr[va_idx], y_tr[va_idx])
         x_tr, y_tr = x_tr[tr_idx], y_tr[tr_idx]
-    model = models.get(cfg["model"], **cfg.get("model_kwargs", {}))
+    model = cfg["model"]
+    if isinstance(model, str):
+        model = models.get(model, **cfg.get("model_kwargs", {}))
     pre = default_preprocess(ds, cfg.get("basic_augment", True))
     dtype = jnp.dtype(cfg.get("compute_dtype", "float32"))
     workdir = Path(workdir) if workdir is not None else None
@@ -416,7 +420,14 @@ def train_and_evaluate(config: dict, workdir: str | os.PathLike | None = None) -
         log_path=(workdir / "metrics.jsonl") if workdir else None,
         quiet=cfg.get("quiet", False),
     )
-    test = evaluate(result.state, x_te, y_te, pre, cfg.get("eval_batch_size", 1024), dtype)
+    test = evaluate(
+        result.state,
+        x_te[: cfg.get("test_subset") or None],
+        y_te[: cfg.get("test_subset") or None],
+        pre,
+        cfg.get("eval_batch_size", 1024),
+        dtype,
+    )
     return {
         "history": result.history,
         "test_accuracy": test["accuracy"],
