@@ -81,12 +81,35 @@ def convert_state_dicts(arch: str, kwargs: dict, state_dicts: Sequence[dict], so
             hint = ""
             if guess is not None and (guess[0], guess[1]) != (arch, kwargs):
                 hint = f" The checkpoint looks like {_describe(*guess)}."
-            head, _, rest = str(e).partition("\n")
-            raise ConvertError(
-                f"{src} does not match architecture {_describe(arch, kwargs)}: {head}{hint}"
-                + (("\n" + rest) if rest else "")
-            ) from None
+            raise ConvertError(_mismatch_message(str(e), src, _describe(arch, kwargs), hint)) from None
     return module, out
+
+
+MAX_LISTED = 15
+
+
+def _mismatch_message(raw: str, src: str, desc: str, hint: str) -> str:
+    """One summary paragraph, then the problems (missing / unexpected keys, shape mismatches), capped."""
+    head, _, rest = raw.partition("\n")
+    lines = [ln.strip() for ln in rest.splitlines() if ln.strip()]
+    if not lines:
+        return f"{src} does not match architecture {desc}: {head}{hint} Nothing was written."
+    n_miss = sum(ln.startswith("missing") for ln in lines)
+    n_extra = sum(ln.startswith("unexpected") for ln in lines)
+    n_shape = sum(ln.startswith("shape mismatch") for ln in lines)
+    n_other = len(lines) - n_miss - n_extra - n_shape
+    parts = [f"{n_miss} missing key(s)", f"{n_extra} unexpected key(s)", f"{n_shape} shape mismatch(es)"]
+    if n_other:
+        parts.append(f"{n_other} other problem(s)")
+    shown: list[str] = []
+    for kind in ("shape mismatch", "unexpected", "missing", ""):  # most telling first, each capped
+        group = [ln for ln in lines if ln.startswith(kind) and ln not in shown] if kind else \
+            [ln for ln in lines if ln not in shown and not ln.startswith(("shape", "unexpected", "missing"))]
+        shown += group[:MAX_LISTED]
+        if len(group) > MAX_LISTED:
+            shown.append(f"... and {len(group) - MAX_LISTED} more {kind or 'other'} line(s)")
+    return (f"{src} does not match architecture {desc}: {', '.join(parts)}.{hint} Nothing was written.\n  "
+            + "\n  ".join(shown))
 
 
 def _stack(trees: list) -> Any:

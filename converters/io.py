@@ -164,7 +164,8 @@ def _torch_load(path: Path):
         raise CheckpointError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e})") from None
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: truncated or corrupt torch file ({msg[:300]})") from None
+        msg = msg.split(". ")[0]
+        raise CheckpointError(f"{path}: truncated or corrupt torch file ({msg[:200]})") from None
     except Exception as e:  # noqa: BLE001 - torch raises assorted types on garbage input
         raise CheckpointError(
             f"{path}: cannot be read by torch.load ({type(e).__name__}: {str(e)[:300]})"

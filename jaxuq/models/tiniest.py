@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxuq.models._common import conv
-from jaxuq.nn import LayerNorm
+from jaxuq.nn import DepthwiseConv2d, LayerNorm
 
 __all__ = ["Tiniest", "tiniest"]
 
@@ -46,10 +46,11 @@ class Block(nn.Module):
         d4 = self.dim // 4
         rs = self.param("rs", nn.initializers.ones, (1, 1, 1, self.dim), jnp.float32)
         c0, c1, c2, c3 = jnp.split(x, 4, axis=-1)
-        c1 = conv(d4, 3, 1, 1, bias=True, groups=d4, name="dwconv1")(c1)
-        c2 = conv(d4, 7, 1, 3, bias=True, groups=d4, name="dwconv2")(c2)
+        # depthwise convs as shifted sums (same variables as a grouped nn.Conv; ~20x faster on CPU)
+        c1 = DepthwiseConv2d(d4, 3, padding=1, name="dwconv1")(c1)
+        c2 = DepthwiseConv2d(d4, 7, padding=3, name="dwconv2")(c2)
         c3 = nn.avg_pool(c3, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
-        c3 = conv(d4, 7, 1, 9, bias=True, groups=d4, dilation=3, name="dwconv3")(c3)
+        c3 = DepthwiseConv2d(d4, 7, padding=9, dilation=3, name="dwconv3")(c3)
         h = LayerNorm2d(name="ln")(jnp.concatenate([c0, c1, c2, c3], axis=-1))
         h = conv(2 * self.dim, 1, bias=True, name="fc1")(h)
         a, b = jnp.split(h, 2, axis=-1)
