@@ -1,0 +1,149 @@
+"""Benchmark: seconds to convert TU ResNet-18 / ResNet-50 torch checkpoints to jaxuq checkpoints.
+
+For each model a random-init TU ``resnet`` (CIFAR style for 18, ImageNet style with 1000 classes for
+50) is ``torch.save``'d to a temporary folder; then, in the same process (imports excluded):
+- jaxuq: ``converters.convert([file], arch="resnet", kwargs, output=dir)`` = read (torch.load
+  weights_only) + strict table conversion + atomic orbax/JSON write; also the stages separately;
+- torch anchor: ``torch.load`` + ``load_state_dict`` into TU's model (what loading costs in torch);
+- ``jaxuq.models.load`` of the written checkpoint.
+Each is repeated (``--repeats``) and the median and minimum are reported. Writes bench/results/convert.json
+and .md. CPU-only work (the converter never touches an accelerator); the JAX backend is reported.
+
+Usage: ``python bench/convert.py [--repeats 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODELS = {
+    "resnet18_cifar_c10": {"in_channels": 3, "num_classes": 10, "arch": 18, "style": "cifar"},
+    "resnet50_imagenet_c1000": {"in_channels": 3, "num_classes": 1000, "arch": 50, "style": "imagenet"},
+}
+
+
+def _versions():
+    from importlib.metadata import version
+
+    import flax
+    import jax
+    import orbax.checkpoint
+    import torch
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+            "orbax-checkpoint": orbax.checkpoint.__version__, "torch": torch.__version__,
+            "torch_uncertainty": version("torch-uncertainty"), "jax_backend": jax.default_backend()}
+
+
+def _times(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(out), "min_s": min(out), "all_s": [round(t, 4) for t in out]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = ap.parse_args(argv)
+
+    # imports (excluded from the timings)
+    import torch
+    from torch_uncertainty.models.classification import resnet as tu_resnet
+
+    from converters import convert, mappings
+    from converters.io import read_state_dict
+    from jaxuq import models
+    from jaxuq.models.io import save
+
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="jaxuq-bench-convert-"))
+    try:
+        for name, kw in MODELS.items():
+            torch.manual_seed(0)
+            tm = tu_resnet(**kw)
+            src = tmp / f"{name}.pt"
+            torch.save(tm.state_dict(), src)
+            n_params = sum(p.numel() for p in tm.parameters())
+            out = tmp / f"{name}_out"
+            # one warm-up (first-call costs: tracing caches, orbax thread pools) reported separately
+            t0 = time.perf_counter()
+            convert([src], arch="resnet", kwargs=kw, output=out, force=True)
+            first = time.perf_counter() - t0
+            full = _times(lambda: convert([src], arch="resnet", kwargs=kw, output=out, force=True), a.repeats)
+            read = _times(lambda: read_state_dict(src), a.repeats)
+            sd = read_state_dict(src)[0]
+            table = _times(lambda: mappings.convert_state_dict("resnet", sd, str(src), **kw), a.repeats)
+            variables = mappings.convert_state_dict("resnet", sd, str(src), **kw)[1]
+            meta = {"arch": "resnet", "kwargs": kw, "num_members": None}
+            write = _times(lambda: save(tmp / f"{name}_w", variables, meta, force=True), a.repeats)
+            load = _times(lambda: models.load(out), a.repeats)
+
+            def torch_load():
+                m = tu_resnet(**kw)
+                m.load_state_dict(torch.load(src, map_location="cpu", weights_only=True))
+
+            anchor = _times(torch_load, a.repeats)
+            rows.append({"model": name, "kwargs": kw, "params": n_params, "file_bytes": src.stat().st_size,
+                         "convert_first_call_s": first, "convert": full, "read": read, "table": table,
+                         "write": write, "jaxuq_load": load, "torch_anchor_load": anchor})
+            print(f"{name}: {n_params:,} params; convert median {full['median_s']:.2f} s "
+                  f"(first call {first:.2f} s; read {read['median_s']:.2f}, table {table['median_s']:.2f}, "
+                  f"write {write['median_s']:.2f}); jaxuq.models.load {load['median_s']:.2f} s; "
+                  f"torch load+load_state_dict {anchor['median_s']:.2f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count()},
+        "versions": _versions(),
+        "repeats": a.repeats,
+        "rows": rows,
+    }
+    outdir = Path(a.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "convert.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# jaxuq-convert timings (CPU, imports excluded)",
+        "",
+        f"{result['date']} · {result['machine']['platform']} · {result['machine']['cpu_count']} CPUs · "
+        + " · ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+        f"Median of {a.repeats} runs (min in brackets), seconds. `convert` = read + strict conversion + "
+        "atomic orbax/JSON write; torch anchor = `torch.load` + `load_state_dict` into TU's model.",
+        "",
+        "| model | params | file MB | convert | first call | read | table | write | jaxuq.models.load |"
+        " torch anchor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        def f(d):
+            return f"{d['median_s']:.2f} ({d['min_s']:.2f})"
+
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['file_bytes'] / 1e6:.1f} | {f(r['convert'])} | "
+                     f"{r['convert_first_call_s']:.2f} | {f(r['read'])} | {f(r['table'])} | {f(r['write'])} | "
+                     f"{f(r['jaxuq_load'])} | {f(r['torch_anchor_load'])} |")
+    (outdir / "convert.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
