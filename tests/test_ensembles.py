@@ -23,7 +23,7 @@ LENET = jm.get("lenet", in_channels=1, num_classes=10)  # TU lenet(1, 10)
 
 
 def _sd(model):
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}  # no aliasing
 
 
 # ----------------------------------------------------------------------------- pure JAX

@@ -94,7 +94,7 @@ def _randomize_bn(torch, model):
 
 
 def _sd(model):
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}  # no aliasing
 
 
 def _tu_ens_metrics(torch, tu_metrics, member_logits):
@@ -239,3 +239,81 @@ def test_converter_strict_errors():
     sd["fc1.weight"] = np.zeros((4, 60, 127), np.float32)
     with pytest.raises(ValueError, match="fc1.weight"):
         build("packed_lenet", sd, source="x.pt")
+
+
+@pytest.mark.parity
+@pytest.mark.slow
+def test_packed_resnet50_imagenet_gamma2_parity():
+    """Bottleneck blocks, 7x7/s2 stem + max-pool (imagenet style), gamma=2 with its per-layer reduction."""
+    torch = require("torch")
+    from torch_uncertainty.models.classification.resnet.packed import packed_resnet as tu_packed_resnet
+
+    from converters.mappings.packed import build
+
+    torch.manual_seed(2)
+    tm = tu_packed_resnet(3, 10, 50, num_estimators=4, alpha=2, gamma=2)
+    _randomize_bn(torch, tm)
+    tm.eval()
+    module, variables = build("packed_resnet", _sd(tm), in_channels=3, num_classes=10, arch=50,
+                              num_estimators=4, alpha=2, gamma=2)
+    x = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    _check_parity(torch, tm, module, variables, x, 4)
+
+
+@pytest.mark.parity
+def test_packed_lenet_training_step_matches_tu():
+    """One SGD step of CE(logits [(m b), C], RepeatTarget(4)) in TU == jaxuq with ``repeat_target``."""
+    torch = require("torch")
+    import optax
+    from torch_uncertainty.models.classification.lenet import packed_lenet as tu_packed_lenet
+    from torch_uncertainty.transforms import RepeatTarget
+
+    from converters.mappings.packed import build
+
+    torch.manual_seed(3)
+    tm = tu_packed_lenet(1, 10, num_estimators=4, alpha=2)
+    kw = dict(in_channels=1, num_classes=10, num_estimators=4, alpha=2)
+    module, variables = build("packed_lenet", _sd(tm), **kw)
+    x = np.random.default_rng(3).normal(size=(8, 1, 28, 28)).astype(np.float32)
+    y = np.random.default_rng(4).integers(0, 10, 8)
+    opt = torch.optim.SGD(tm.parameters(), lr=0.2)
+    xb, yb = RepeatTarget(4)((torch.as_tensor(x), torch.as_tensor(y)))
+    loss = torch.nn.functional.cross_entropy(tm(xb), yb)
+    loss.backward()
+    opt.step()
+    _, after = build("packed_lenet", _sd(tm), **kw)
+
+    def loss_fn(p):
+        logits = module.apply({"params": p}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, repeat_target(jnp.asarray(y), 4)).mean()
+
+    lj, g = jax.value_and_grad(loss_fn)(variables["params"])
+    tx = optax.sgd(0.2)
+    upd, _ = tx.update(g, tx.init(variables["params"]))
+    new = optax.apply_updates(variables["params"], upd)
+    assert abs(float(lj) - loss.item()) <= 1e-5
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(after["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parity
+def test_packed_resnet_train_mode_batchnorm_matches_tu():
+    """Train-mode forward: batch-statistics normalisation and torch's running-stat update (unbiased var)."""
+    torch = require("torch")
+    from torch_uncertainty.models.classification.resnet.packed import packed_resnet as tu_packed_resnet
+
+    from converters.mappings.packed import build
+
+    torch.manual_seed(4)
+    tm = tu_packed_resnet(3, 10, 20, num_estimators=2, alpha=2, gamma=1, style="cifar")
+    kw = dict(in_channels=3, num_classes=10, arch=20, num_estimators=2, alpha=2, gamma=1, style="cifar")
+    module, variables = build("packed_resnet", _sd(tm), **kw)
+    x = np.random.default_rng(5).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    tm.train()
+    with torch.no_grad():
+        ref = tm(torch.as_tensor(x)).numpy()
+    out, upd = module.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True, mutable=["batch_stats"])
+    assert float(np.abs(np.asarray(out) - ref).max()) <= 1e-4
+    _, after = build("packed_resnet", _sd(tm), **kw)
+    for a, b in zip(jax.tree.leaves(upd["batch_stats"]), jax.tree.leaves(after["batch_stats"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
