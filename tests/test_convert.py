@@ -355,3 +355,64 @@ def test_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(mio, "_checkpointer", lambda: Boom())
     _assert_refused(capsys, tmp_path, ["convert", tmp_path / "a.pt", "-o", tmp_path / "out"],
                     "cannot write the output", "No space left on device")
+
+
+_LOOPBACK_SCRIPT = r'''
+import hashlib, http.server, json, os, sys, threading
+payload = open(sys.argv[1], "rb").read()
+commit = "c" * 40
+etag = hashlib.sha256(payload).hexdigest()
+log = []
+
+class H(http.server.BaseHTTPRequestHandler):
+    def _head(self):
+        log.append((self.command, self.path))
+        if self.path != "/someorg/lenet-mnist/resolve/main/lenet.pt":
+            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers(); return False
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("ETag", '"' + etag + '"')
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        return True
+    def do_HEAD(self):
+        self._head()
+    def do_GET(self):
+        if self._head():
+            self.wfile.write(payload)
+    def log_message(self, *a):
+        pass
+
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:%d" % srv.server_address[1]
+from converters.cli import main
+rc1 = main(["convert", "hf://someorg/lenet-mnist/lenet.pt", "-o", sys.argv[2] + "/online"])
+gets = sum(1 for c, _ in log if c == "GET")
+srv.shutdown(); srv.server_close()
+rc2 = main(["convert", "hf://someorg/lenet-mnist/lenet.pt", "-o", sys.argv[2] + "/from_cache"])
+print("RESULT", json.dumps({"rc1": rc1, "rc2": rc2, "gets": gets}))
+'''
+
+
+def test_hf_hub_download_from_loopback_server_then_cache(tmp_path):
+    """A real hf_hub_download against a loopback HTTP server (HF_ENDPOINT); after the server stops, the
+    same source is served from the HF cache."""
+    _lenet_ckpt(tmp_path / "m.pt", seed=6)
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update({"HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(REPO), "NO_PROXY": "127.0.0.1",
+                "no_proxy": "127.0.0.1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "2",
+                "HF_HUB_DOWNLOAD_TIMEOUT": "5"})
+    env.pop("HF_HUB_OFFLINE", None)
+    r = subprocess.run([sys.executable, "-c", _LOOPBACK_SCRIPT, str(tmp_path / "m.pt"), str(tmp_path)],
+                       env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, r.stdout + r.stderr
+    res = json.loads(line[7:])
+    assert res == {"rc1": 0, "rc2": 0, "gets": 1}, r.stdout + r.stderr
+    snap = tmp_path / "hub" / "models--someorg--lenet-mnist" / "snapshots" / ("c" * 40) / "lenet.pt"
+    assert snap.exists() and snap.read_bytes() == (tmp_path / "m.pt").read_bytes()
+    a = models.load(tmp_path / "online")
+    b = models.load(tmp_path / "from_cache")
+    assert a[2]["sources"][0]["sha256"] == b[2]["sources"][0]["sha256"]
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1])))
