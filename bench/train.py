@@ -44,27 +44,13 @@ LR, MOMENTUM = 0.05, 0.9
 
 
 def jax_model(name):
-    """jaxuq.models when present; else the experiment's TU LeNet / packed_resnet(M=1, alpha=1) = ResNet-18."""
-    try:
-        from jaxuq import models
+    from jaxuq import models
 
-        if name == "lenet":
-            return models.get("lenet", num_classes=10, in_channels=1), "jaxuq.models.lenet"
-        return models.get(
-            "resnet", arch=18, style="cifar", num_classes=10, in_channels=3
-        ), "jaxuq.models.resnet"
-    except Exception:  # noqa: BLE001
-        if name == "lenet":
-            sys.path.insert(0, str(REPO / "experiments"))
-            from train_lenet_mnist import _TULeNet
-
-            return _TULeNet(), "experiment TU-LeNet"
-        from jaxuq.models.packed_resnet import packed_resnet
-
-        return (
-            packed_resnet(3, 10, 18, num_estimators=1, alpha=1, gamma=1, style="cifar"),
-            "packed_resnet(M=1, alpha=1, gamma=1) == resnet18",
-        )
+    if name == "lenet":
+        return models.get("lenet", num_classes=10, in_channels=1), "jaxuq.models lenet"
+    return models.get(
+        "resnet", arch=18, style="cifar", num_classes=10, in_channels=3
+    ), "jaxuq.models resnet18"
 
 
 def bench_jaxuq(name, images, labels, pre, batch, steps, dtype):

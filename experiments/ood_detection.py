@@ -31,14 +31,9 @@ from jaxuq.train import fit, predict, torch_adam  # noqa: E402
 
 
 def resnet18():
-    try:
-        from jaxuq import models
+    from jaxuq import models
 
-        return models.get("resnet", arch=18, style="cifar", num_classes=10, in_channels=3)
-    except Exception:  # noqa: BLE001 - until jaxuq.models provides "resnet"
-        from jaxuq.models.packed_resnet import packed_resnet
-
-        return packed_resnet(3, 10, 18, num_estimators=1, alpha=1, gamma=1, style="cifar")
+    return models.get("resnet", arch=18, style="cifar", num_classes=10, in_channels=3)
 
 
 def main(argv=None) -> dict:

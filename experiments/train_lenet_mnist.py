@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,28 +37,10 @@ from jaxuq.train import evaluate, fit, torch_sgd
 REPO = Path(__file__).resolve().parent.parent
 
 
-class _TULeNet(nn.Module):
-    """TU's ``lenet(1, 10)`` in NHWC (used only until ``jaxuq.models`` provides "lenet")."""
-
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5), padding="VALID", name="conv1")(x)), (2, 2), (2, 2))
-        x = nn.max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="conv2")(x)), (2, 2), (2, 2))
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten order
-        x = nn.relu(nn.Dense(120, name="fc1")(x))
-        x = nn.relu(nn.Dense(84, name="fc2")(x))
-        return nn.Dense(self.num_classes, name="fc3")(x)
-
-
 def make_lenet():
-    try:
-        from jaxuq import models
+    from jaxuq import models
 
-        return models.get("lenet", num_classes=10, in_channels=1), "jaxuq.models lenet"
-    except Exception:  # noqa: BLE001 - models package not there yet
-        return _TULeNet(), "experiment-local TU LeNet"
+    return models.get("lenet", num_classes=10, in_channels=1), "jaxuq.models lenet"
 
 
 def torch_default_init(params, key):
