@@ -96,6 +96,23 @@ def test_cli_stacked_ensemble(tmp_path, capsys):
         assert np.abs(logits[i] - _torch_logits(tm, x)).max() <= 1e-5
 
 
+def test_tu_deep_ensembles_checkpoint_becomes_stacked(tmp_path, capsys):
+    from torch_uncertainty.methods import deep_ensembles
+
+    torch.manual_seed(0)
+    members = [randomize_(torch_model("lenet", **LENET_KW), seed=i) for i in range(2)]
+    de = deep_ensembles(members, reset_model_parameters=False)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in de.state_dict().items()}}, tmp_path / "de.ckpt")
+    rc, out, err = _run(capsys, "convert", tmp_path / "de.ckpt", "-o", tmp_path / "out")
+    assert rc == 0, err
+    module, variables, meta = models.load(tmp_path / "out")
+    assert meta["num_members"] == 2 and meta["arch"] == "lenet" and meta["kwargs"] == LENET_KW
+    x = np.random.default_rng(0).standard_normal((3, 28, 28, 1), dtype=np.float32)
+    logits = np.asarray(jax.vmap(lambda v: module.apply(v, x))(variables))
+    for i, tm in enumerate(members):
+        assert np.abs(logits[i] - _torch_logits(tm, x)).max() <= 1e-5
+
+
 def test_force_replaces_existing_output(tmp_path, capsys):
     _lenet_ckpt(tmp_path / "a.pt", seed=0)
     assert _run(capsys, "convert", tmp_path / "a.pt", "-o", tmp_path / "out")[0] == 0
@@ -268,6 +285,7 @@ class _Evil:
         return (os.system, (f"touch {_Evil.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_non_checkpoint_pickle_is_refused_and_not_executed(tmp_path, capsys):
     _Evil.marker = str(tmp_path / "PWNED")
     with open(tmp_path / "evil.pt", "wb") as f:
