@@ -196,7 +196,11 @@ def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwarg
     vres = None
     if verify:
         _, _, shape = mappings.build_template(arch, **kw)
-        vres = verify_with_torch(arch, kw, module, members, sds, shape)
+        try:
+            vres = verify_with_torch(arch, kw, module, members, sds, shape)
+        except ImportError as e:
+            raise ConvertError(f"--verify needs the torch reference ({e}); install torch / torch-uncertainty "
+                               "or drop --verify") from None
         for n, r in zip(names, vres, strict=True):
             log(f"verify {n}: max|logits torch - flax| = {r['max_abs_diff']:.3g} "
                 f"(max|logits| {r['max_abs']:.3g})")
