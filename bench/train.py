@@ -2,7 +2,8 @@
 
 Workloads: LeNet on MNIST (real, 28x28x1) and ResNet-18 (TU ``style="cifar"``) on the 5000 real
 CIFAR-10 training images of ``cifar10_heads``; fp32 and bf16; batch 128 and 512. Each side trains
-``--steps`` optimisation steps after its warm-up (compilation for jaxuq/torch.compile, the first
+``--steps`` optimisation steps after its warm-up, ``--repeats`` times (the best repeat is
+reported; for TU the median step interval) (compilation for jaxuq/torch.compile, the first
 steps for torch and Lightning), SGD(lr 0.05, momentum 0.9), cross-entropy.
 
 - jaxuq: uint8 data on device, one jitted ``lax.scan`` over the steps (gather + RandomCrop(pad 4)
@@ -53,7 +54,7 @@ def jax_model(name):
     ), "jaxuq.models resnet18"
 
 
-def bench_jaxuq(name, images, labels, pre, batch, steps, dtype):
+def bench_jaxuq(name, images, labels, pre, batch, steps, dtype, repeats):
     model, desc = jax_model(name)
     tx = torch_sgd(LR, MOMENTUM)
     state = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1,) + images.shape[1:], jnp.float32))
@@ -71,13 +72,17 @@ def bench_jaxuq(name, images, labels, pre, batch, steps, dtype):
     compile_s = time.perf_counter() - t0
     state, m = compiled(state, X, Y, idx)  # warm-up run (first execution)
     jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    state, m = compiled(state, X, Y, idx)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, m = compiled(state, X, Y, idx)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
     return {
         "images_per_s": steps * batch / dt,
         "seconds": dt,
+        "all_seconds": times,
         "compile_s": compile_s,
         "model": desc,
         "final_loss": float(m["loss"][-1]),
@@ -100,7 +105,7 @@ def torch_model(name):
     return resnet(in_channels=3, num_classes=10, arch=18, style="cifar")
 
 
-def bench_torch(name, x, y, batch, steps, bf16, device, compile_):
+def bench_torch(name, x, y, batch, steps, bf16, device, compile_, repeats):
     import torch
 
     torch.manual_seed(0)
@@ -129,17 +134,25 @@ def bench_torch(name, x, y, batch, steps, bf16, device, compile_):
         one()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = one()
-    float(loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": steps * batch / dt, "seconds": dt, "final_loss": float(loss)}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = one()
+        float(loss)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
+    return {
+        "images_per_s": steps * batch / dt,
+        "seconds": dt,
+        "all_seconds": times,
+        "final_loss": float(loss),
+    }
 
 
-def bench_tu(name, x, y, batch, steps, bf16, device):
+def bench_tu(name, x, y, batch, steps, bf16, device, repeats):
     import lightning
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -163,6 +176,7 @@ def bench_tu(name, x, y, batch, steps, bf16, device):
         loss=torch.nn.CrossEntropyLoss(),
         optim_recipe=torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
     )
+    steps = steps * repeats  # one fit; the median batch interval is robust to a busy machine
     n_needed = (warm + steps) * batch
     reps = -(-n_needed // len(x))
     ds = TensorDataset(x.cpu().repeat(reps, 1, 1, 1)[:n_needed], y.cpu().repeat(reps)[:n_needed])
@@ -181,8 +195,9 @@ def bench_tu(name, x, y, batch, steps, bf16, device):
         callbacks=[Clock()],
     )
     trainer.fit(routine, train_dataloaders=loader)
-    dt = times[-1] - times[warm - 1]
-    return {"images_per_s": (len(times) - warm) * batch / dt, "seconds": dt}
+    intervals = np.diff(times[warm - 1 :])
+    dt = float(np.median(intervals))
+    return {"images_per_s": batch / dt, "seconds_per_step_median": dt, "steps": len(intervals)}
 
 
 def main(argv=None):
@@ -191,9 +206,15 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
     p.add_argument(
-        "--steps", type=int, default=None, help="timed steps per side (default: CPU 10 LeNet / 2 ResNet)"
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per side (default: CPU 20 LeNet / 1 ResNet-18, GPU 50)",
     )
     p.add_argument("--sides", nargs="+", default=["jaxuq", "torch", "tu"], choices=["jaxuq", "torch", "tu"])
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats; the best is reported (TU: median step)"
+    )
     p.add_argument("--torch-compile", action="store_true", help="channels_last + torch.compile (GPU)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(REPO / "bench/results/train"))
@@ -215,18 +236,22 @@ def main(argv=None):
     rows = []
     for name in args.models:
         images, labels, pre, (mean, std) = data[name]
-        steps = args.steps or ((10 if name == "lenet" else 2) if backend == "cpu" else 50)
+        steps = args.steps or ((20 if name == "lenet" else 1) if backend == "cpu" else 50)
         tx, ty = _torch_data(images, labels, mean, std, device)
         for dtype in args.dtypes:
             bf16 = dtype == "bfloat16"
             for batch in args.batch_sizes:
                 row = {"model": name, "dtype": dtype, "batch": batch, "steps": steps}
                 if "jaxuq" in args.sides:
-                    row["jaxuq"] = bench_jaxuq(name, images, labels, pre, batch, steps, jnp.dtype(dtype))
+                    row["jaxuq"] = bench_jaxuq(
+                        name, images, labels, pre, batch, steps, jnp.dtype(dtype), args.repeats
+                    )
                 if "torch" in args.sides:
-                    row["torch"] = bench_torch(name, tx, ty, batch, steps, bf16, device, args.torch_compile)
+                    row["torch"] = bench_torch(
+                        name, tx, ty, batch, steps, bf16, device, args.torch_compile, args.repeats
+                    )
                 if "tu" in args.sides:
-                    row["tu"] = bench_tu(name, tx, ty, batch, steps, bf16, device)
+                    row["tu"] = bench_tu(name, tx, ty, batch, steps, bf16, device, args.repeats)
                 print(
                     json.dumps(
                         {
