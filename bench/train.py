@@ -233,6 +233,60 @@ def main(argv=None):
         x, y = load_npz("cifar10_heads/train_first1000x5.npz", data_dir=args.data_dir)
         data["resnet18"] = (x, y, Preprocess(*CIFAR10_NORM, crop=32, padding=4, flip=True), CIFAR10_NORM)
 
+    def write():
+        import flax
+        import torch_uncertainty  # noqa: F401
+
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jax_backend": backend,
+            "jax_devices": [str(d) for d in jax.devices()],
+            "torch_device": str(device),
+            "torch_compile": args.torch_compile,
+            "versions": {
+                "jax": jax.__version__,
+                "flax": flax.__version__,
+                "torch": torch.__version__,
+                "torch_uncertainty": "0.13.0",
+                "lightning": __import__("lightning").__version__,
+            },
+            "load_average": os.getloadavg(),
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        os.replace(tmp, out.with_suffix(".json"))
+        sides = [s for s in ("jaxuq", "torch", "tu") if s in args.sides]
+        lines = [
+            f"# Training throughput (images/s) — {meta['date']}",
+            "",
+            f"Machine: {meta['platform']}, {meta['cpus']} CPUs, JAX backend {backend}, torch device {device}"
+            f"; load average {tuple(round(v, 1) for v in meta['load_average'])}.",
+            f"Versions: {meta['versions']}.",
+            "",
+            "| model | dtype | batch | steps | " + " | ".join(sides) + " | jaxuq / torch |",
+            "|---|---|---|---|" + "---|" * len(sides) + "---|",
+        ]
+        for r in rows:
+            vals = [f"{r[s]['images_per_s']:,.0f}" for s in sides]
+            ratio = (
+                f"{r['jaxuq']['images_per_s'] / r['torch']['images_per_s']:.2f}"
+                if "jaxuq" in r and "torch" in r
+                else ""
+            )
+            lines.append(
+                f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
+                + " | ".join(vals)
+                + f" | {ratio} |"
+            )
+        tmp = out.with_suffix(".md.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, out.with_suffix(".md"))
+        return lines
+
     rows = []
     for name in args.models:
         images, labels, pre, (mean, std) = data[name]
@@ -262,59 +316,9 @@ def main(argv=None):
                     flush=True,
                 )
                 rows.append(row)
+                write()  # partial results survive an interrupted run
 
-    import flax
-    import torch_uncertainty  # noqa: F401
-
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "jax_backend": backend,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "torch_device": str(device),
-        "torch_compile": args.torch_compile,
-        "versions": {
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "torch": torch.__version__,
-            "torch_uncertainty": "0.13.0",
-            "lightning": __import__("lightning").__version__,
-        },
-        "load_average": os.getloadavg(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    os.replace(tmp, out.with_suffix(".json"))
-    sides = [s for s in ("jaxuq", "torch", "tu") if s in args.sides]
-    lines = [
-        f"# Training throughput (images/s) — {meta['date']}",
-        "",
-        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, JAX backend {backend}, torch device {device}"
-        f"; load average {tuple(round(v, 1) for v in meta['load_average'])}.",
-        f"Versions: {meta['versions']}.",
-        "",
-        "| model | dtype | batch | steps | " + " | ".join(sides) + " | jaxuq / torch |",
-        "|---|---|---|---|" + "---|" * len(sides) + "---|",
-    ]
-    for r in rows:
-        vals = [f"{r[s]['images_per_s']:,.0f}" for s in sides]
-        ratio = (
-            f"{r['jaxuq']['images_per_s'] / r['torch']['images_per_s']:.2f}"
-            if "jaxuq" in r and "torch" in r
-            else ""
-        )
-        lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
-            + " | ".join(vals)
-            + f" | {ratio} |"
-        )
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out.with_suffix(".md"))
-    print("\n".join(lines))
+    print("\n".join(write()))
 
 
 if __name__ == "__main__":
