@@ -27,7 +27,7 @@ install-test: $(BIN)/python
 
 test: install-test
 	$(BIN)/ruff check .
-	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: $(BIN)/python
 	$(BIN)/ruff check .

@@ -145,7 +145,7 @@ def test_svhn_ood_missing_is_clear(tmp_path):
 
 
 def test_tfds_source_with_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = require("tensorflow_datasets")
     from jaxuq.data.tfds_source import load_tfds, tfds_batches
 
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
