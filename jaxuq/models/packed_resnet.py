@@ -36,7 +36,9 @@ def default_norm() -> Callable[..., nn.Module]:
     return BatchNorm
 
 
-class _BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """Fields shared by the packed BasicBlock and Bottleneck."""
+
     in_planes: int
     planes: int
     stride: int
@@ -47,6 +49,9 @@ class _BasicBlock(nn.Module):
     dropout_rate: float
     groups: int
     norm: Callable
+
+
+class _BasicBlock(_Block):
     expansion = 1
 
     @nn.compact
@@ -68,17 +73,7 @@ class _BasicBlock(nn.Module):
         return nn.relu(out + sc)
 
 
-class _Bottleneck(nn.Module):
-    in_planes: int
-    planes: int
-    stride: int
-    alpha: float
-    num_estimators: int
-    gamma: int
-    conv_bias: bool
-    dropout_rate: float
-    groups: int
-    norm: Callable
+class _Bottleneck(_Block):
     expansion = 4
 
     @nn.compact

@@ -32,7 +32,9 @@ BASIC_ARCHS = (18, 20, 34, 44, 56, 110, 1202)
 SMALL_PLANES_ARCHS = (20, 44, 56, 110, 1202)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """Fields shared by BasicBlock and Bottleneck."""
+
     in_planes: int
     planes: int
     stride: int
@@ -40,6 +42,9 @@ class BasicBlock(nn.Module):
     groups: int
     conv_bias: bool
     activation: str = "relu"
+
+
+class BasicBlock(_Block):
     expansion = 1
 
     @nn.compact
@@ -53,14 +58,7 @@ class BasicBlock(nn.Module):
         return act(out + _shortcut(self, x, ura))
 
 
-class Bottleneck(nn.Module):
-    in_planes: int
-    planes: int
-    stride: int
-    dropout_rate: float
-    groups: int
-    conv_bias: bool
-    activation: str = "relu"
+class Bottleneck(_Block):
     expansion = 4
 
     @nn.compact
