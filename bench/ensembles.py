@@ -102,13 +102,7 @@ def bench_torch_loop(x, y, m, bs, device):
             torch.nn.functional.cross_entropy(mdl(xb), yb).backward()
             opt.step()
 
-    batch(order[0])
-    _sync(device)
-    t0 = time.perf_counter()
-    for b in range(order.shape[0]):
-        batch(order[b])
-    _sync(device)
-    return {"seconds": time.perf_counter() - t0, "images": n}
+    return _time_batches(batch, order, device, n)
 
 
 def bench_tu(x, y, m, bs, device):
@@ -130,6 +124,11 @@ def bench_tu(x, y, m, bs, device):
         torch.nn.functional.cross_entropy(de(xb), yb).backward()
         opt.step()
 
+    return _time_batches(batch, order, device, n)
+
+
+def _time_batches(batch, order, device, n):
+    """One warm-up batch, then every batch of ``order`` timed, synchronised on ``device``."""
     batch(order[0])
     _sync(device)
     t0 = time.perf_counter()

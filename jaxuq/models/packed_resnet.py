@@ -56,21 +56,14 @@ class _BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, groups=self.groups,
-                  bias=self.conv_bias)
+        kw = _packed_kwargs(self)
         ura = not train
         out = PackedConv(self.in_planes, self.planes, 3, stride=self.stride, padding=1, name="conv1", **kw)(x)
         out = self.norm(name="bn1")(out, use_running_average=ura)
         out = nn.relu(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=ura)(out))
         out = PackedConv(self.planes, self.planes, 3, gamma=self.gamma, padding=1, name="conv2", **kw)(out)
         out = self.norm(name="bn2")(out, use_running_average=ura)
-        if self.stride != 1 or self.in_planes != self.expansion * self.planes:
-            sc = PackedConv(self.in_planes, self.expansion * self.planes, 1, gamma=self.gamma,
-                            stride=self.stride, name="shortcut_0", **kw)(x)
-            sc = self.norm(name="shortcut_1")(sc, use_running_average=ura)
-        else:
-            sc = x
-        return nn.relu(out + sc)
+        return nn.relu(out + _shortcut(self, x, ura))
 
 
 class _Bottleneck(_Block):
@@ -78,8 +71,7 @@ class _Bottleneck(_Block):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, groups=self.groups,
-                  bias=self.conv_bias)
+        kw = _packed_kwargs(self)
         ura = not train
         out = PackedConv(self.in_planes, self.planes, 1, gamma=1, name="conv1", **kw)(x)
         out = nn.relu(self.norm(name="bn1")(out, use_running_average=ura))
@@ -90,13 +82,23 @@ class _Bottleneck(_Block):
         out = PackedConv(self.planes, self.expansion * self.planes, 1, gamma=self.gamma, name="conv3",
                          **kw)(out)
         out = self.norm(name="bn3")(out, use_running_average=ura)
-        if self.stride != 1 or self.in_planes != self.expansion * self.planes:
-            sc = PackedConv(self.in_planes, self.expansion * self.planes, 1, gamma=self.gamma,
-                            stride=self.stride, name="shortcut_0", **kw)(x)
-            sc = self.norm(name="shortcut_1")(sc, use_running_average=ura)
-        else:
-            sc = x
-        return nn.relu(out + sc)
+        return nn.relu(out + _shortcut(self, x, ura))
+
+
+def _packed_kwargs(block) -> dict:
+    """The PackedConv arguments every conv of a block shares."""
+    return dict(alpha=block.alpha, num_estimators=block.num_estimators, groups=block.groups,
+                bias=block.conv_bias)
+
+
+def _shortcut(block, x, ura: bool):
+    """Called inside ``block``'s compact ``__call__``: the modules become ``block``'s children."""
+    out_planes = block.expansion * block.planes
+    if block.stride != 1 or block.in_planes != out_planes:
+        sc = PackedConv(block.in_planes, out_planes, 1, gamma=block.gamma, stride=block.stride,
+                        name="shortcut_0", **_packed_kwargs(block))(x)
+        return block.norm(name="shortcut_1")(sc, use_running_average=ura)
+    return x
 
 
 class PackedResNet(nn.Module):
