@@ -143,28 +143,27 @@ def _sum_metric(batch_sum: Callable, n_of: Callable, check: Callable, compute=_m
     return StreamingMetric(_sum_init, update, _sum_merge, compute)
 
 
+def _per_sample_pl_metric(per_sample: Callable) -> StreamingMetric:
+    """Mean over samples of ``per_sample(probs [B, C], labels [B]) -> [B]``."""
+    return _sum_metric(lambda p, y: jnp.sum(per_sample(p, y)), lambda p, y: p.shape[0], _check_pl)
+
+
 @functools.cache
 def accuracy() -> StreamingMetric:
     """Streaming :func:`jaxuq.metrics.accuracy`; ``update(state, probs [B, C], labels [B])``."""
-    return _sum_metric(
-        lambda p, y: jnp.sum(_cls._correct(p, y)), lambda p, y: p.shape[0], _check_pl
-    )
+    return _per_sample_pl_metric(_cls._correct)
 
 
 @functools.cache
 def brier_score() -> StreamingMetric:
     """Streaming Brier score; ``update(state, probs [B, C], labels [B])``."""
-    return _sum_metric(
-        lambda p, y: jnp.sum(_cls._brier_per_sample(p, y)), lambda p, y: p.shape[0], _check_pl
-    )
+    return _per_sample_pl_metric(_cls._brier_per_sample)
 
 
 @functools.cache
 def nll() -> StreamingMetric:
     """Streaming NLL; ``update(state, probs [B, C], labels [B])``."""
-    return _sum_metric(
-        lambda p, y: jnp.sum(_cls._nll_per_sample(p, y)), lambda p, y: p.shape[0], _check_pl
-    )
+    return _per_sample_pl_metric(_cls._nll_per_sample)
 
 
 @functools.cache
