@@ -15,35 +15,26 @@ the summary plot (histograms + ROC curves) and results.json to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from jaxuq._env import data_file
+from experiments import _common
+from experiments._common import TINIEST_CKPT, load_cifar_heads, write_json_atomic
 from jaxuq.ood import KNN, GradNorm, Gram, Softmax, evaluate_confidences, layer_table
 from jaxuq.report.plots import summary_plot, summary_table
 
-CKPT = "checkpoints/scio_tiniest/tiniest.pt"
+CKPT = TINIEST_CKPT
 OODS_TITLE = ("Vertical flip", "Darker", "Uniformly random")
 METRICS = ("AUROC", "AUPR", "FPR95", "pAUC@0.2", "TPR@5%")
 BLOCK3, FEATURE_MAPS, LOGITS = "l3", "avgpool", "fc"
 
 
 def load_model(data_dir, model_dir=None):
-    """tiniest as ``(module, variables)``: a ``jaxuq-convert`` output folder when ``model_dir`` is
-    given (``jaxuq.models.load``), else the torch checkpoint converted in memory by the converter."""
-    from jaxuq import models
-
-    if model_dir is not None:
-        module, variables, _ = models.load(model_dir)
-        return module, variables
-    from converters import convert_checkpoint  # the only place that reads torch files
-
-    return models.get("tiniest"), convert_checkpoint("tiniest", data_file(CKPT, data_dir))
+    """tiniest as ``(module, variables)`` (see ``experiments._common.load_model``)."""
+    return _common.load_model("tiniest", CKPT, data_dir, model_dir)
 
 
 def ood_sets(ind: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -64,8 +55,7 @@ def scores_and_layers(n_calib: int, batch_size: int):
 
 def run(data_dir, out: Path, n_calib: int, n_ind: int, batch_size: int = 250, quiet: bool = False,
         model_dir=None) -> dict:
-    tr = np.load(data_file("cifar10_heads/train_first1000x5.npz", data_dir))
-    te = np.load(data_file("cifar10_heads/test_first1000.npz", data_dir))
+    tr, te = load_cifar_heads(data_dir)
     if not 1 <= n_calib <= len(tr["labels"]) or not 1 <= n_ind <= len(te["labels"]):
         raise ValueError(f"n_calib must be in [1, {len(tr['labels'])}] and n_ind in [1, {len(te['labels'])}]")
     module, variables = load_model(data_dir, model_dir)
@@ -110,9 +100,7 @@ def run(data_dir, out: Path, n_calib: int, n_ind: int, batch_size: int = 250, qu
         "wall_seconds": wall,
         "table": text,
     }
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(res))
-    os.replace(tmp, out / "results.json")
+    write_json_atomic(out / "results.json", res)
     return res
 
 

@@ -19,8 +19,6 @@ temperature with TU's optimiser (``method="tu"``, torch-LBFGS port) and the conv
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,38 +26,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxuq._env import data_file
+from experiments import _common
+from experiments._common import RESNET20_CKPT, load_cifar_heads, logits_of, write_json_atomic
 from jaxuq.calibration import temperature_apply, temperature_fit
 from jaxuq.metrics import accuracy, ece, nll
 from jaxuq.report.plots import reliability_diagram
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-CKPT = "checkpoints/resnet_cifar/resnet20-12fca82f.th"
-
-
-def preprocess(images_uint8: np.ndarray) -> np.ndarray:
-    return ((images_uint8.astype(np.float32) / 255.0) - MEAN) / STD
+CKPT = RESNET20_CKPT
 
 
 def load_model(data_dir, model_dir=None):
-    """resnet20 as ``(module, variables)``: a ``jaxuq-convert`` output folder when ``model_dir`` is
-    given (``jaxuq.models.load``), else the torch checkpoint converted in memory by the converter."""
-    from jaxuq import models
-
-    if model_dir is not None:
-        module, variables, _ = models.load(model_dir)
-        return module, variables
-    from converters import convert_checkpoint  # the only place that reads torch files
-
-    return models.get("resnet20"), convert_checkpoint("resnet20", data_file(CKPT, data_dir))
-
-
-def logits_of(module, variables, images_uint8, batch_size: int = 250) -> np.ndarray:
-    f = jax.jit(module.apply)
-    out = [np.asarray(f(variables, preprocess(images_uint8[i : i + batch_size])))
-           for i in range(0, len(images_uint8), batch_size)]
-    return np.concatenate(out)
+    """resnet20 as ``(module, variables)`` (see ``experiments._common.load_model``)."""
+    return _common.load_model("resnet20", CKPT, data_dir, model_dir)
 
 
 def _row(name, z_cal, y_cal, z_test, y_test, out: Path):
@@ -121,8 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=1000, help="test images (<= 1000)")
     args = ap.parse_args(argv)
     try:
-        tr = np.load(data_file("cifar10_heads/train_first1000x5.npz", args.data_dir))
-        te = np.load(data_file("cifar10_heads/test_first1000.npz", args.data_dir))
+        tr, te = load_cifar_heads(args.data_dir)
         module, variables = load_model(args.data_dir, args.model)
     except (FileNotFoundError, KeyError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -145,9 +122,7 @@ def main(argv=None) -> int:
     ]
     print_results(rows)
     res = {"model": "resnet20", "checkpoint": CKPT, "inference_seconds": t_inf, "rows": rows}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, out / "results.json")
+    write_json_atomic(out / "results.json", res, indent=2)
     print(f"plots and results.json written to {out}")
     return 0
 
