@@ -35,7 +35,15 @@ import optax
 from jaxuq.data.pipeline import Preprocess, epoch_permutation, prefetch_to_device
 from jaxuq.train.checkpoint import Checkpointer, check_writable
 from jaxuq.train.optim import recipe
-from jaxuq.train.sharding import batch_sharding, replicated
+from jaxuq.train.sharding import (
+    batch_sharding,
+    global_batch,
+    is_multiprocess,
+    process_batch_slice,
+    replicate,
+    replicated,
+    to_host,
+)
 from jaxuq.train.state import TrainState, create_train_state, cross_entropy, make_eval_step, make_train_step
 
 __all__ = ["fit", "FitResult", "evaluate", "predict", "train_and_evaluate"]
@@ -85,7 +93,11 @@ def predict(
     if key not in cache:
         eval_step = make_eval_step(preprocess, compute_dtype)
         if mesh is not None:
-            cache[key] = jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)))
+            cache[key] = jax.jit(
+                eval_step,
+                in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                out_shardings=replicated(mesh),
+            )
         else:
             cache[key] = jax.jit(eval_step)
     fn = cache[key]
@@ -94,13 +106,17 @@ def predict(
     bs = min(batch_size, n)
     if mesh is not None:
         bs = math.ceil(bs / mesh.size) * mesh.size
+    multi = mesh is not None and is_multiprocess()
+    sl = process_batch_slice(mesh, bs) if multi else None
     out = []
     for i in range(0, n, bs):
         x = images[i : i + bs]
         if len(x) < bs:
             x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
+        if multi:  # this process feeds its rows only; the logits come back replicated
+            x = global_batch(mesh, x[sl], bs)
         out.append(fn(state, x))
-    return np.concatenate([np.asarray(o) for o in out])[:n]
+    return np.concatenate([to_host(o) for o in out])[:n]
 
 
 def evaluate(
@@ -214,6 +230,13 @@ def fit(
         raise ValueError(f"batch_size {batch_size} must be divisible by the {mesh.size} devices of the mesh")
     n_full, rem = divmod(n, batch_size)
     spe = n_full + (1 if rem and not drop_last else 0)
+    multi = mesh is not None and is_multiprocess()
+    if multi and not on_device and rem and not drop_last and rem % mesh.size:
+        raise ValueError(
+            f"multi-process streaming: the last partial batch ({rem} = {n} images mod batch_size "
+            f"{batch_size}) is not divisible by the {mesh.size} devices of the mesh; pass drop_last=True "
+            "or on_device=True"
+        )
     total = epochs * spe
     chunk = int(checkpoint_every or steps_per_call)
     if chunk <= 0:
@@ -238,9 +261,8 @@ def fit(
             resumed_from = int(state.step)
 
     bsh = batch_sharding(mesh) if mesh is not None else None
-    rep = replicated(mesh) if mesh is not None else None
     if mesh is not None:
-        state = jax.device_put(state, rep)
+        state = replicate(state, mesh)
 
     step_fn = make_train_step(preprocess, loss_fn, compute_dtype, bsh)
     step_fn_rem = make_train_step(preprocess, loss_fn, compute_dtype, None)  # partial batch: no constraint
@@ -264,9 +286,9 @@ def fit(
     def run_batches_rem(s, xs, ys):
         return _scan(step_fn_rem, s, (xs, ys))
 
-    if on_device:
-        dev_x = jax.device_put(images, rep) if rep is not None else jax.device_put(images)
-        dev_y = jax.device_put(labels, rep) if rep is not None else jax.device_put(labels)
+    if on_device:  # the whole uint8 set on every device (each process holds its own copy)
+        dev_x = replicate(images, mesh) if mesh is not None else jax.device_put(images)
+        dev_y = replicate(labels, mesh) if mesh is not None else jax.device_put(labels)
 
     def chunks_of_epoch(epoch: int, pos: int):
         perm = np.asarray(epoch_permutation(k_data, epoch, n))
@@ -297,16 +319,21 @@ def fit(
                     if mesh is None
                     else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
                 )
-                it = _prefetched(((p, e, (images[idx], labels[idx])) for p, e, idx in it), x_sh)
+                if multi:  # each process gathers and sends only its rows of every batch
+                    it = ((p, e, _local_chunk(mesh, images, labels, idx)) for p, e, idx in it)
+                else:
+                    it = ((p, e, (images[idx], labels[idx])) for p, e, idx in it)
+                it = _prefetched(it, x_sh)
             for _p, end, data in it:
                 t0 = time.perf_counter()
                 if on_device:
                     fn = run_gather if data.shape[1] == batch_size else run_gather_rem
-                    state, m = fn(state, dev_x, dev_y, jnp.asarray(data))
+                    idx = replicate(data, mesh) if mesh is not None else jnp.asarray(data)
+                    state, m = fn(state, dev_x, dev_y, idx)
                 else:
                     fn = run_batches if data[0].shape[1] == batch_size else run_batches_rem
                     state, m = fn(state, *data)
-                m = jax.device_get(m)
+                m = to_host(m)
                 dt = time.perf_counter() - t0
                 cnt = int(np.sum(m["count"]))
                 acc["loss_sum"] += float(np.sum(m["loss"] * m["count"]))
@@ -355,6 +382,14 @@ def fit(
         if ckpt is not None:
             ckpt.close()
     return FitResult(state=state, history=history, resumed_from=resumed_from)
+
+
+def _local_chunk(mesh, images, labels, idx):
+    """Chunk indices ``[steps, B]`` -> global ``(images, labels)`` sharded on the batch axis, built
+    from this process's columns of ``idx`` only."""
+    sl = process_batch_slice(mesh, idx.shape[1], axis=1, ndim=2)
+    local = idx[:, sl]
+    return global_batch(mesh, (images[local], labels[local]), idx.shape[1], axis=1)
 
 
 def _prefetched(gen, sharding):
