@@ -114,8 +114,8 @@ def test_temperature_scaling_lowers_nll_and_bad_input():
 @pytest.mark.realdata
 @pytest.mark.parametrize("model", ["resnet20", "resnet56", "tiniest"])
 def test_real_logits_match_tu(model):
-    """Real CIFAR-10 logits (torch reference logits of the three checkpoints, 1000 test images)."""
-    torch = require("torch")
+    """Real CIFAR-10 logits (torch reference logits of the three checkpoints, 500 test images)."""
+    require("torch")
     from torch_uncertainty.post_processing import MatrixScaler, TemperatureScaler, VectorScaler
 
     from tests.helpers import data_path
@@ -125,14 +125,39 @@ def test_real_logits_match_tu(model):
     t_tu = _tu_fit(TemperatureScaler, z, y).temperature[0].item()
     t_jx = float(S.temperature_fit(z, y)["temperature"][0])
     assert abs(t_jx - t_tu) / t_tu < 1e-3, (t_jx, t_tu)
-    for cls, fit, app in [(VectorScaler, S.vector_fit, S.vector_apply), (MatrixScaler, S.matrix_fit, S.matrix_apply)]:
-        s = _tu_fit(cls, z, y, num_classes=10)
-        with torch.no_grad():
-            l_tu = torch.nn.functional.cross_entropy(s._scale(torch.tensor(z)), torch.tensor(y)).item()
-        l_jx = float(S.cross_entropy(app(fit(z, y), z), jnp.asarray(y)))
-        # MatrixScaler: 110 parameters, 200 fixed-size steps without line search on nearly
-        # separable real logits (optimum CE ~0.05-0.16): float32 rounding differences between
-        # XLA and torch grow along the trajectory; measured |delta loss| <= 1.9e-4 (real logits)
-        # vs <= 1e-6 on the synthetic logits above. VectorScaler stays within 1e-4.
-        tol = 5e-4 if cls is MatrixScaler else 1e-4
-        assert abs(l_tu - l_jx) < tol, (cls.__name__, l_tu, l_jx)
+    # VectorScaler: measured |delta loss| <= 6.1e-8 on the three models.
+    l_tu, l_jx = _tu_loss(VectorScaler, z, y), _loss(S.vector_fit, S.vector_apply, z, y)
+    assert abs(l_tu - l_jx) < 1e-6, ("VectorScaler", l_tu, l_jx)
+    # MatrixScaler (110 parameters, 200 fixed-size LBFGS steps, no line search) on nearly separable
+    # real logits walks a flat valley where W keeps growing (max|W| ~ 50 after 200 steps): the
+    # trajectory amplifies float32 rounding by ~1.2x per step, so *any* reordering of the float32
+    # sums moves the final loss. TU itself, on the same 500 logits in another sample order (the same
+    # loss), ends up to 1.6e-4 (resnet20), 3.0e-4 (tiniest), 6.4e-4 (resnet56) away from its own
+    # result; ours is 5.7e-5, 1.9e-4, 1.4e-4 from TU's (lower loss in all three). In float64 the
+    # two agree to 6e-8 in loss after 200 steps (test_calibration_lbfgs64.py). The acceptance 1e-4
+    # holds where TU is reproducible to 1e-4; elsewhere we require TU's own spread over sample orders.
+    l_tu, l_jx = _tu_loss(MatrixScaler, z, y), _loss(S.matrix_fit, S.matrix_apply, z, y)
+    gap, tol = abs(l_tu - l_jx), 1e-4
+    if gap >= tol:
+        perms = [np.random.default_rng(s).permutation(len(y)) for s in (1, 2)]
+        spread = [l_tu] + [_tu_loss(MatrixScaler, z[p], y[p]) for p in perms]
+        tol = max(tol, max(spread) - min(spread))
+    assert tol <= 1e-3 and gap < tol, ("MatrixScaler", l_tu, l_jx, tol)
+
+
+def _tu_loss(cls, z, y):
+    """Mean CE (float64 from float32 outputs) of TU's fitted scaler on its own calibration logits."""
+    torch = require("torch")
+    s = _tu_fit(cls, z, y, num_classes=z.shape[1])
+    with torch.no_grad():
+        return _ce64(s._scale(torch.tensor(z)).numpy(), y)
+
+
+def _loss(fit, apply, z, y):
+    return _ce64(np.asarray(apply(fit(z, y), z)), y)
+
+
+def _ce64(out, y):
+    o = out.astype(np.float64)
+    o = o - o.max(1, keepdims=True)
+    return float(-(o - np.log(np.exp(o).sum(1, keepdims=True)))[np.arange(len(y)), y].mean())

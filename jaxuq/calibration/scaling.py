@@ -95,7 +95,7 @@ def minimize_exact(fun, x0, *, max_steps: int = 500, tol: float = 1e-6) -> jax.A
     return x
 
 
-def _fit(loss_of_flat, x0, method: str, lr: float, max_iter: int):
+def _minimize(loss_of_flat, x0, method: str, lr: float, max_iter: int):
     if method == "tu":
         return lbfgs_torch(loss_of_flat, x0, lr=lr, max_iter=max_iter).x
     if method == "exact":
@@ -103,19 +103,30 @@ def _fit(loss_of_flat, x0, method: str, lr: float, max_iter: int):
     raise ValueError(f"method must be 'tu' (torch LBFGS, TU parity) or 'exact'; got {method!r}")
 
 
-def _check_common(init: float, lr: float, max_iter: int) -> None:
+@partial(jax.jit, static_argnames=("scale", "method", "lr", "max_iter"))
+def _fit_flat(scale, logits, labels, x0, method, lr, max_iter):
+    """Minimise ``cross_entropy(scale(x, logits), labels)`` over the flat parameters ``x`` [P]."""
+    return _minimize(lambda x: cross_entropy(scale(x, logits), labels), x0, method, lr, max_iter)
+
+
+def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: int, method: str, eps: float):
+    """The fit shared by the three scalers: validate, convert, start from ``init_of(C)`` [P], minimise.
+
+    Returns the fitted flat parameters [P] and the number of classes C.
+    """
     if not init > 0:
         raise ValueError(f"Initial temperature value must be positive. Got {init}.")
     if lr <= 0:
         raise ValueError(f"Learning rate must be strictly positive. Got {lr}.")
     if max_iter <= 0:
         raise ValueError(f"Max iterations must be strictly positive. Got {max_iter}.")
+    z, y = prepare_logits(logits, labels, eps)
+    return _fit_flat(scale, z, y, init_of(z.shape[1]), method, float(lr), int(max_iter)), z.shape[1]
 
 
-# ----------------------------------------------------------------------------- temperature
-@partial(jax.jit, static_argnames=("method", "lr", "max_iter"))
-def _temperature_fit(logits, labels, inv0, method, lr, max_iter):
-    return _fit(lambda x: cross_entropy(logits * x[0], labels), inv0, method, lr, max_iter)
+# ----------------------------------------------------------------------------- temperature / vector
+def _scale_flat(x, z):  # temperature: x [1]; vector: x [C]; broadcasts over z [N, C]
+    return z * x
 
 
 def temperature_fit(
@@ -136,22 +147,14 @@ def temperature_fit(
       init_temperature, lr, max_iter: TU's defaults (1, 0.1, 100).
       method: "tu" (torch-LBFGS port, parity with TU) or "exact" (converged optimum).
     """
-    _check_common(init_temperature, lr, max_iter)
-    z, y = prepare_logits(logits, labels, eps)
-    inv0 = jnp.full((1,), 1.0 / init_temperature, jnp.float32)
-    inv = _temperature_fit(z, y, inv0, method, float(lr), int(max_iter))
+    inv, _ = _fit(_scale_flat, lambda c: jnp.full((1,), 1.0 / init_temperature, jnp.float32), logits, labels,
+               init=init_temperature, lr=lr, max_iter=max_iter, method=method, eps=eps)
     return {"inv_temperature": inv, "temperature": 1.0 / inv}
 
 
 def temperature_apply(params: dict, logits: jax.Array) -> jax.Array:
-    """Scaled logits ``inv_T * z``: [..., C] -> [..., C]."""
+    """Scaled logits ``inv_T * z``: [..., C] -> [..., C] (``inv_T`` [1], or [C] for vector scaling)."""
     return params["inv_temperature"] * jnp.asarray(logits, jnp.float32)
-
-
-# ----------------------------------------------------------------------------- vector
-@partial(jax.jit, static_argnames=("method", "lr", "max_iter"))
-def _vector_fit(logits, labels, inv0, method, lr, max_iter):
-    return _fit(lambda x: cross_entropy(logits * x, labels), inv0, method, lr, max_iter)
 
 
 def vector_fit(
@@ -164,17 +167,16 @@ def vector_fit(
     method: str = "tu",
     eps: float = 1e-8,
 ) -> dict:
-    """Fit TU's ``VectorScaler``: per-class ``inv_temperature`` [C] (output ``inv_T * z``)."""
-    _check_common(init_temperature, lr, max_iter)
-    z, y = prepare_logits(logits, labels, eps)
-    inv0 = jnp.full((z.shape[1],), 1.0 / init_temperature, jnp.float32)
-    inv = _vector_fit(z, y, inv0, method, float(lr), int(max_iter))
+    """Fit TU's ``VectorScaler``: per-class ``inv_temperature`` [C] (output ``inv_T * z``).
+
+    Same arguments as :func:`temperature_fit`; TU's default ``max_iter`` is 200 here.
+    """
+    inv, _ = _fit(_scale_flat, lambda c: jnp.full((c,), 1.0 / init_temperature, jnp.float32), logits, labels,
+               init=init_temperature, lr=lr, max_iter=max_iter, method=method, eps=eps)
     return {"inv_temperature": inv, "temperature": 1.0 / inv}
 
 
-def vector_apply(params: dict, logits: jax.Array) -> jax.Array:
-    """Scaled logits ``inv_T * z`` with ``inv_T`` [C]."""
-    return params["inv_temperature"] * jnp.asarray(logits, jnp.float32)
+vector_apply = temperature_apply  # the same ``inv_T * z``, with ``inv_T`` [C]
 
 
 # ----------------------------------------------------------------------------- matrix
@@ -182,12 +184,9 @@ def _matrix_out(w, b, z):
     return z @ w.T + b  # torch.nn.functional.linear
 
 
-@partial(jax.jit, static_argnames=("method", "lr", "max_iter", "c"))
-def _matrix_fit(logits, labels, x0, method, lr, max_iter, c):
-    def loss(x):  # torch flattens parameters in order: weight (row-major), bias
-        return cross_entropy(_matrix_out(x[: c * c].reshape(c, c), x[c * c :], logits), labels)
-
-    return _fit(loss, x0, method, lr, max_iter)
+def _matrix_flat(x, z):  # torch flattens the parameters in order: weight (row-major) [C*C], bias [C]
+    c = z.shape[-1]
+    return _matrix_out(x[: c * c].reshape(c, c), x[c * c :], z)
 
 
 def matrix_fit(
@@ -205,16 +204,15 @@ def matrix_fit(
 
     Init: ``W = I / init_weight_temperature``; ``b = 0`` (or ``1 / init_bias_temperature``).
     """
-    _check_common(init_weight_temperature, lr, max_iter)
-    z, y = prepare_logits(logits, labels, eps)
-    c = z.shape[1]
-    w0 = jnp.eye(c, dtype=jnp.float32) / init_weight_temperature
-    b0 = (
-        jnp.zeros((c,), jnp.float32)
-        if init_bias_temperature is None
-        else jnp.ones((c,), jnp.float32) / init_bias_temperature
-    )
-    x = _matrix_fit(z, y, jnp.concatenate([w0.ravel(), b0]), method, float(lr), int(max_iter), c)
+
+    def init_of(c):
+        w0 = jnp.eye(c, dtype=jnp.float32) / init_weight_temperature
+        b0 = (jnp.zeros((c,), jnp.float32) if init_bias_temperature is None
+              else jnp.ones((c,), jnp.float32) / init_bias_temperature)
+        return jnp.concatenate([w0.ravel(), b0])
+
+    x, c = _fit(_matrix_flat, init_of, logits, labels, init=init_weight_temperature, lr=lr,
+                max_iter=max_iter, method=method, eps=eps)
     return {"weight": x[: c * c].reshape(c, c), "bias": x[c * c :]}
 
 
