@@ -7,6 +7,7 @@ Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ from jaxuq._env import data_file
 
 __all__ = [
     "CIFAR_TRAIN", "CIFAR_TEST", "RESNET20_CKPT", "TINIEST_CKPT", "RESNET_MEAN", "RESNET_STD",
-    "load_cifar_heads", "load_model", "normalize", "preprocess", "logits_of", "write_json_atomic",
+    "experiment_parser", "load_cifar_heads", "load_model", "normalize", "preprocess", "logits_of",
+    "write_json_atomic",
 ]  # fmt: skip
 
 CIFAR_TRAIN = "cifar10_heads/train_first1000x5.npz"  # 5000 real training images + labels
@@ -28,6 +30,18 @@ TINIEST_CKPT = "checkpoints/scio_tiniest/tiniest.pt"
 # the He et al. CIFAR ResNets (resnet20/56) were trained on x/255 normalised with ImageNet's stats
 RESNET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 RESNET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def experiment_parser(doc: str, out_default: str, checkpoint: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` (description ``doc``) with the options every real-data experiment has:
+    ``--data-dir``, ``--out`` (default ``out_default``) and ``--model`` (default: convert
+    ``checkpoint``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
+    ap.add_argument("--out", default=out_default, help="output folder (results.json, plots)")
+    ap.add_argument("--model", default=None,
+                    help=f"a jaxuq-convert output folder (default: convert {Path(checkpoint).name})")
+    return ap
 
 
 def load_cifar_heads(data_dir=None):

@@ -23,7 +23,6 @@ Complexity: FLOPs of the first evaluation batch (``--batch-size``, TU's is 256) 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -154,10 +153,7 @@ def cifar(data_dir=None, n_test: int = 1000, hidden_dim: int = 64, max_epochs: i
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
-    ap.add_argument("--out", default="runs/deup", help="folder for results.json")
-    ap.add_argument("--model", default=None, help="a jaxuq-convert output folder (default: convert the .th)")
+    ap = _common.experiment_parser(__doc__, "runs/deup", CKPT)
     ap.add_argument("--n-test", type=int, default=1000,
                     help="test images used (<= 1000): first half calibrates DEUP, second half evaluates")
     ap.add_argument("--hidden-dim", type=int, default=64)

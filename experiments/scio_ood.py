@@ -14,7 +14,6 @@ the summary plot (histograms + ROC curves) and results.json to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -105,13 +104,10 @@ def run(data_dir, out: Path, n_calib: int, n_ind: int, batch_size: int = 250, qu
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
-    ap.add_argument("--out", default="runs/scio_ood")
+    ap = _common.experiment_parser(__doc__, "runs/scio_ood", CKPT)
     ap.add_argument("--n-calib", type=int, default=1000)
     ap.add_argument("--n-ind", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=250)
-    ap.add_argument("--model", default=None, help="a jaxuq-convert output folder (default: convert the .pt)")
     args = ap.parse_args(argv)
     try:
         res = run(args.data_dir, Path(args.out), args.n_calib, args.n_ind, args.batch_size,

@@ -18,7 +18,6 @@ temperature with TU's optimiser (``method="tu"``, torch-LBFGS port) and the conv
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -90,10 +89,7 @@ def print_results(rows) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
-    ap.add_argument("--out", default="runs/temperature_scaling", help="folder for plots and results.json")
-    ap.add_argument("--model", default=None, help="a jaxuq-convert output folder (default: convert the .th)")
+    ap = _common.experiment_parser(__doc__, "runs/temperature_scaling", CKPT)
     ap.add_argument("--n-train-cal", type=int, default=5000,
                     help="training images used to calibrate (<= 5000)")
     ap.add_argument("--n-test", type=int, default=1000, help="test images (<= 1000)")

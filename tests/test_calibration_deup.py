@@ -16,21 +16,15 @@ from tests.helpers import require
 ATOL = 1e-4
 
 
-def _tutorial(torch, hidden_dim=32, max_epochs=30, seed=0):
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
+def tu_fit(torch, model, loader, n_classes, hidden_dim, max_epochs):
+    """TU's ``DEUP.fit`` on ``loader``; returns ``(deup, inits)``, ``inits`` being copies of the
+    initial weights of TU's 6 error predictors (fit() draws the loader's base seed, then builds
+    them), for ``deup_fit(init_params=inits)``."""
     from torch_uncertainty.post_processing import DEUP
     from torch_uncertainty.post_processing.deup import _ErrorPredictor
 
-    torch.manual_seed(seed)
-    n_cal, in_dim, n_classes = 100, 8, 5
-    x_cal = torch.randn(n_cal, in_dim)
-    y_cal = torch.randint(0, n_classes, (n_cal,))
-    loader = DataLoader(TensorDataset(x_cal, y_cal), batch_size=32)
-    model = nn.Sequential(nn.Linear(in_dim, 32), nn.ReLU(), nn.Linear(32, n_classes))
     deup = DEUP(task="classification", model=model, num_folds=5, hidden_dim=hidden_dim,
                 max_epochs=max_epochs, device="cpu")
-    # copy TU's initial weights: fit() draws the loader's base seed, then builds 6 predictors
     state = torch.get_rng_state()
     iter(loader)
     inits = []
@@ -40,8 +34,24 @@ def _tutorial(torch, hidden_dim=32, max_epochs=30, seed=0):
                       "w2": net[2].weight.detach().numpy().copy(), "b2": net[2].bias.detach().numpy().copy()})
     torch.set_rng_state(state)
     logging.disable(logging.WARNING)
-    deup.fit(loader)
-    logging.disable(logging.NOTSET)
+    try:
+        deup.fit(loader)
+    finally:
+        logging.disable(logging.NOTSET)
+    return deup, inits
+
+
+def _tutorial(torch, hidden_dim=32, max_epochs=30, seed=0):
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(seed)
+    n_cal, in_dim, n_classes = 100, 8, 5
+    x_cal = torch.randn(n_cal, in_dim)
+    y_cal = torch.randint(0, n_classes, (n_cal,))
+    loader = DataLoader(TensorDataset(x_cal, y_cal), batch_size=32)
+    model = nn.Sequential(nn.Linear(in_dim, 32), nn.ReLU(), nn.Linear(32, n_classes))
+    deup, inits = tu_fit(torch, model, loader, n_classes, hidden_dim, max_epochs)
     x_test = torch.randn(10, in_dim)
     with torch.no_grad():
         return dict(

@@ -2,13 +2,13 @@
 weights, and the CIFAR part (real ResNet-20, real CIFAR-10 test images) end to end."""
 
 import json
-import logging
 import math
 
 import numpy as np
 import pytest
 
 from tests.helpers import data_path, require
+from tests.test_calibration_deup import tu_fit
 
 # TU and we run the same 6 x 30 full-batch Adam steps in float32 from the same initial weights;
 # the losses are reduced in a different order (our masked full-batch mean vs TU's indexed subset)
@@ -34,8 +34,6 @@ def _tu_deup_on(torch, r, hidden_dim=32, max_epochs=30):
     """TU's DEUP on our tensors and base-model weights; returns (scores, probs, TU's 6 initial MLPs)."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
-    from torch_uncertainty.post_processing import DEUP
-    from torch_uncertainty.post_processing.deup import _ErrorPredictor
 
     params = r["variables"]["params"]
     x_cal, y_cal = torch.tensor(r["x_cal"]), torch.tensor(r["y_cal"].astype(np.int64))
@@ -45,24 +43,9 @@ def _tu_deup_on(torch, r, hidden_dim=32, max_epochs=30):
         for i in ("0", "2"):  # flax Dense kernel (in, out) -> torch Linear weight (out, in)
             model[int(i)].weight.copy_(torch.tensor(np.asarray(params[i]["kernel"]).T.copy()))
             model[int(i)].bias.copy_(torch.tensor(np.asarray(params[i]["bias"])))
-    loader = DataLoader(TensorDataset(x_cal, y_cal), batch_size=32)
-    deup = DEUP(task="classification", model=model, num_folds=5, hidden_dim=hidden_dim,
-                max_epochs=max_epochs, device="cpu")
     torch.manual_seed(0)
-    # TU draws its predictors' initial weights inside fit(): after the loader's base seed, 6 of them
-    state = torch.get_rng_state()
-    iter(loader)
-    inits = []
-    for _ in range(6):
-        net = _ErrorPredictor(n_classes + 2, hidden_dim).net
-        inits.append({"w1": net[0].weight.detach().numpy().copy(), "b1": net[0].bias.detach().numpy().copy(),
-                      "w2": net[2].weight.detach().numpy().copy(), "b2": net[2].bias.detach().numpy().copy()})
-    torch.set_rng_state(state)
-    logging.disable(logging.WARNING)
-    try:
-        deup.fit(loader)
-    finally:
-        logging.disable(logging.NOTSET)
+    deup, inits = tu_fit(torch, model, DataLoader(TensorDataset(x_cal, y_cal), batch_size=32), n_classes,
+                         hidden_dim, max_epochs)
     x_test = torch.tensor(r["x_test"])
     with torch.no_grad():
         return deup(x_test).numpy(), deup.predict_proba(x_test).numpy(), inits
