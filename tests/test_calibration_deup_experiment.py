@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.helpers import data_path, require
+from tests.helpers import GOLDEN, data_path, require
 from tests.test_calibration_deup import tu_fit
 
 # TU and we run the same 6 x 30 full-batch Adam steps in float32 from the same initial weights;
@@ -30,7 +30,7 @@ TUTORIAL_KEYS = {
 } | {"test/cplx/flops", "test/cplx/params"}
 
 
-def _tu_deup_on(torch, r, hidden_dim=32, max_epochs=30):
+def tu_deup_on(torch, r, hidden_dim=32, max_epochs=30):
     """TU's DEUP on our tensors and base-model weights; returns (scores, probs, TU's 6 initial MLPs)."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -59,7 +59,7 @@ def test_synthetic_walkthrough_matches_tu():
 
     r = synthetic(seed=0)  # the walkthrough as the script prints it (our jax.random init)
     assert r["scores"].shape == (10,) and r["probs"].shape == (10, 5) and (r["scores"] >= 0).all()
-    tu_scores, tu_probs, inits = _tu_deup_on(torch, r)
+    tu_scores, tu_probs, inits = tu_deup_on(torch, r)
     np.testing.assert_allclose(r["probs"], tu_probs, atol=1e-6)  # same base model, same tensors
     # with TU's initial predictor weights copied in, the same fit gives TU's scores
     ours = synthetic(seed=0, init_params=inits)
@@ -67,6 +67,18 @@ def test_synthetic_walkthrough_matches_tu():
     np.testing.assert_allclose(ours["scores"], tu_scores, atol=ATOL)
     # and the OOF targets are not trivially equal to the raw errors (the folds did something)
     assert not np.allclose(np.asarray(ours["fit"]["oof"]), np.asarray(ours["fit"]["errors"]), atol=1e-2)
+
+
+def test_synthetic_walkthrough_matches_tu_golden():
+    """The same check without torch, against TU's scores stored by tests/gen_golden_deup.py."""
+    from experiments.deup import synthetic
+
+    g = np.load(GOLDEN / "deup_tutorial_synthetic.npz")
+    inits = [{k: g[f"init{i}/{k}"] for k in ("w1", "b1", "w2", "b2")} for i in range(6)]
+    ours = synthetic(seed=0, init_params=inits)
+    np.testing.assert_array_equal(ours["x_test"], g["x_test"])  # same jax.random stream
+    np.testing.assert_allclose(ours["probs"], g["probs"], atol=1e-6)
+    np.testing.assert_allclose(ours["scores"], g["scores"], atol=ATOL)
 
 
 @pytest.mark.realdata
