@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
+
+from jaxuq.nn import Conv
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -29,9 +30,9 @@ def activation(name: str | Callable) -> Callable:
 
 
 def conv(features: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, groups: int = 1,
-         dilation: int = 1, name: str) -> nn.Conv:
+         dilation: int = 1, name: str) -> Conv:
     """``torch.nn.Conv2d(.., k, stride, padding=pad, groups, bias)`` in NHWC, explicit padding."""
-    return nn.Conv(
+    return Conv(
         features,
         (k, k),
         strides=(stride, stride),

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
 from jaxuq.models._common import conv
-from jaxuq.nn import BatchNorm, max_pool2d
+from jaxuq.nn import BatchNorm, Conv, max_pool2d
 
 __all__ = ["RESNET_BLOCKS", "BASIC_ARCHS", "ResNet", "resnet"]
 
@@ -78,8 +78,8 @@ def _shortcut(block, x, ura: bool):
     """Called inside ``block``'s compact ``__call__``: the modules become ``block``'s children."""
     out_planes = block.expansion * block.planes
     if block.stride != 1 or block.in_planes != out_planes:
-        sc = nn.Conv(out_planes, (1, 1), strides=(block.stride, block.stride), padding="VALID",
-                     feature_group_count=block.groups, use_bias=block.conv_bias, name="shortcut_0")(x)
+        sc = Conv(out_planes, (1, 1), strides=(block.stride, block.stride), padding="VALID",
+                  feature_group_count=block.groups, use_bias=block.conv_bias, name="shortcut_0")(x)
         return BatchNorm(name="shortcut_1")(sc, use_running_average=ura)
     return x
 

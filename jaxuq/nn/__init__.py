@@ -2,13 +2,14 @@
 
 - :class:`BatchNorm` — torch ``BatchNorm2d`` parity (unbiased running variance, momentum 0.9 == torch 0.1).
 - :class:`LayerNorm` — torch ``LayerNorm(C)`` over the last axis.
+- :class:`Conv` — ``flax.linen.Conv`` whose weight gradient stays fast inside ``lax.scan`` on XLA:CPU.
 - :class:`DepthwiseConv2d` — torch depthwise ``Conv2d`` (groups = channels), fast on XLA:CPU.
 - :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC.
 - ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv``, ``PackedDense``).
 """
 
-from jaxuq.nn.conv import DepthwiseConv2d
+from jaxuq.nn.conv import Conv, DepthwiseConv2d
 from jaxuq.nn.norm import BatchNorm, LayerNorm
 from jaxuq.nn.pool import adaptive_avg_pool2d, max_pool2d
 
-__all__ = ["BatchNorm", "DepthwiseConv2d", "LayerNorm", "adaptive_avg_pool2d", "max_pool2d"]
+__all__ = ["BatchNorm", "Conv", "DepthwiseConv2d", "LayerNorm", "adaptive_avg_pool2d", "max_pool2d"]

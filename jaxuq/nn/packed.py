@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxuq.nn.conv import Conv
+
 __all__ = [
     "PackedConv",
     "PackedDense",
@@ -159,7 +161,7 @@ class PackedConv(nn.Module):
         kh, kw = _pair(self.kernel_size)
         ph, pw = _pair(self.padding)
         fan_in = (ext_in // g) * kh * kw
-        out = nn.Conv(
+        out = Conv(
             ext_out, (kh, kw), strides=_pair(self.stride), padding=((ph, ph), (pw, pw)),
             kernel_dilation=_pair(self.dilation), feature_group_count=g, use_bias=self.bias,
             dtype=self.dtype, kernel_init=torch_uniform_init(fan_in), bias_init=torch_uniform_init(fan_in),

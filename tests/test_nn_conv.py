@@ -1,0 +1,131 @@
+"""jaxuq.nn.Conv / conv_general_dilated: same values and gradients as lax.conv_general_dilated.
+
+The weight gradient is rewritten as a channels-last conv on XLA:CPU (fast inside lax.scan); these tests
+pin that the rewrite is exact up to float32 summation order, for every stride/padding/dilation/group
+shape the model zoo uses, under jit, scan and vmap, in fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxuq.nn import Conv
+from jaxuq.nn import conv as conv_mod
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+CASES = [  # (h, w, k, stride, padding, dilation, groups, cin, cout)
+    (9, 9, 3, 1, 1, 1, 1, 4, 6),
+    (10, 7, 3, 2, 1, 1, 1, 4, 6),
+    (11, 11, 5, 2, 2, 1, 2, 4, 6),
+    (12, 12, 3, 1, 3, 3, 1, 3, 5),
+    (8, 8, 1, 2, 0, 1, 4, 8, 8),
+    (13, 13, 7, 2, 3, 1, 1, 3, 8),
+    (12, 12, 3, 1, 1, 1, 6, 6, 6),  # depthwise
+    (10, 10, 3, 3, 0, 2, 2, 4, 4),
+    (9, 9, 2, 2, ((0, 1), (1, 0)), 1, 1, 2, 3),  # asymmetric padding
+]
+
+
+def _pair(case):
+    h, w, k, s, p, d, g, cin, cout = case
+    pad = ((p, p), (p, p)) if isinstance(p, int) else p
+    x = jax.random.normal(jax.random.key(0), (3, h, w, cin))
+    wt = jax.random.normal(jax.random.key(1), (k, k, cin // g, cout))
+    dn = lax.conv_dimension_numbers(x.shape, wt.shape, DN)
+
+    def ref(x, wt):
+        return lax.conv_general_dilated(x, wt, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=dn,
+                                        feature_group_count=g)
+
+    def new(x, wt):
+        return conv_mod.conv_general_dilated(x, wt, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=dn,
+                                             feature_group_count=g)
+
+    return x, wt, ref, new
+
+
+def _rel(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(a).max())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c[:7]) for c in CASES])
+def test_values_and_gradients_match_lax(case):
+    x, wt, ref, new = _pair(case)
+    y0, y1 = ref(x, wt), new(x, wt)
+    assert _rel(y0, y1) == 0.0
+    ct = jax.random.normal(jax.random.key(2), y0.shape)
+    g0 = jax.vjp(ref, x, wt)[1](ct)
+    g1 = jax.jit(lambda x, wt, ct: jax.vjp(new, x, wt)[1](ct))(x, wt, ct)
+    assert _rel(g0[0], g1[0]) <= 1e-6
+    assert _rel(g0[1], g1[1]) <= 1e-6
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=[str(c[:7]) for c in CASES[:3]])
+def test_weight_gradient_inside_scan_and_vmap(case):
+    x, wt, ref, new = _pair(case)
+    ct = jax.random.normal(jax.random.key(2), ref(x, wt).shape)
+
+    def looped(f):
+        def body(c, _):
+            dw = jax.vjp(lambda w: f(x, w), wt + c)[1](ct)[0]
+            return c + 1e-3 * dw, None
+
+        return jax.jit(lambda: lax.scan(body, jnp.zeros_like(wt), None, length=3)[0])()
+
+    assert _rel(looped(ref), looped(new)) <= 1e-5
+    xs, ws = jnp.stack([x, 2 * x]), jnp.stack([wt, -wt])
+    cts = jnp.stack([ct, ct])
+    g0 = jax.vmap(lambda a, b, c: jax.vjp(ref, a, b)[1](c))(xs, ws, cts)
+    g1 = jax.vmap(lambda a, b, c: jax.vjp(new, a, b)[1](c))(xs, ws, cts)
+    for a, b in zip(g0, g1, strict=True):
+        assert _rel(a, b) <= 1e-6
+
+
+def test_same_padding_string_and_bf16():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    wt = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    dn = lax.conv_dimension_numbers(x.shape, wt.shape, DN)
+    loss_new = lambda w, x: (conv_mod.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=dn) ** 2).sum()  # noqa: E731
+    loss_ref = lambda w, x: (lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=dn) ** 2).sum()  # noqa: E731
+    assert _rel(jax.grad(loss_ref)(wt, x), jax.grad(loss_new)(wt, x)) <= 1e-6
+    xb, wb = x.astype(jnp.bfloat16), wt.astype(jnp.bfloat16)
+    gb = jax.grad(lambda w: conv_mod.conv_general_dilated(xb, w, (1, 1), ((1, 1), (1, 1)),
+                                                          dimension_numbers=dn).astype(jnp.float32).sum())(wb)
+    g0 = jax.grad(lambda w: lax.conv_general_dilated(xb, w, (1, 1), ((1, 1), (1, 1)),
+                                                     dimension_numbers=dn).astype(jnp.float32).sum())(wb)
+    assert gb.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(gb, np.float32), np.asarray(g0, np.float32))
+
+
+def test_flax_module_same_variables_and_outputs_as_nn_conv():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    kw = dict(features=6, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=2)
+    v = nn.Conv(**kw).init(jax.random.key(1), x)
+    v2 = Conv(**kw).init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v2)
+    np.testing.assert_array_equal(nn.Conv(**kw).apply(v, x), Conv(**kw).apply(v, x))
+
+
+def test_forward_mode_needs_the_rewrite_off():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
+    wt = jax.random.normal(jax.random.key(1), (3, 3, 2, 3))
+    dn = lax.conv_dimension_numbers(x.shape, wt.shape, DN)
+
+    def f(w):
+        return conv_mod.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+
+    if jax.default_backend() == "cpu":
+        with pytest.raises(TypeError, match="forward-mode"):
+            jax.jvp(f, (wt,), (wt,))
+    conv_mod.set_cpu_weight_gradient(False)
+    try:
+        y, t = jax.jvp(f, (wt,), (wt,))
+    finally:
+        conv_mod.set_cpu_weight_gradient(True)
+    np.testing.assert_allclose(t, f(wt), rtol=1e-6, atol=1e-5)  # conv is linear in w
