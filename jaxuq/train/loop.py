@@ -211,6 +211,11 @@ def fit(
       log_path: JSONL, one line of metrics per epoch. quiet: no progress bar.
       mesh: a ``jax.sharding.Mesh`` with axis ``data`` for data-parallel training (batch sharded,
         params replicated); ``batch_size`` must be divisible by the number of devices.
+        Multi-process (after ``initialize_distributed``, mesh over all processes' devices): every
+        process calls ``fit`` with the same arguments and the same ``train_data``; with
+        ``on_device=False`` each process gathers and transfers only its rows of every global batch
+        (``process_batch_slice``), with ``on_device=True`` each process keeps the whole uint8 set on
+        its devices and the global batch indices are replicated. Checkpointing is not tested there.
       on_device: keep the uint8 training set on the device (default) or stream chunks from host.
       steps_per_call: steps per jitted scan chunk when ``checkpoint_every`` is not given.
       init_state: start from this state instead of initialising the model.
