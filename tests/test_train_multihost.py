@@ -1,7 +1,8 @@
 """Multi-host data parallel, for real: two processes on localhost (4 CPU devices each, gloo
 collectives, ``jax.distributed`` through ``jaxuq.train.initialize_distributed``), one global mesh
-of 8 devices, each process feeding only its rows of every global batch. Losses and final
-params/batch stats must equal the 1-device run and the single-process 8-device run."""
+of 8 devices, each process feeding only its rows of every global batch (streaming; with an orbax
+checkpoint/resume between the epochs) or holding the data on device. Losses and final params/batch
+stats must equal the 1-device run and the single-process 8-device run."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def run(**extra):
     kw = dict(optimizer=torch_sgd(0.01, 0.9), epochs=2, batch_size=64, seed=0, quiet=True, steps_per_call=4,
               preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), eval_data=(xt[:128], yt[:128]),
               drop_last=True)
-    return fit(TinyCNN(), (x[:256], y[:256]), **kw, **extra)
+    kw.update(extra)
+    return fit(TinyCNN(), (x[:256], y[:256]), **kw)
 
 def dump(path, runs):
     arrays, hist = {}, {}
@@ -60,7 +62,13 @@ _WORKER = (
         """
         from jaxuq.train.sharding import process_batch_slice
         mesh = make_mesh()
-        st = run(mesh=mesh, on_device=False)  # streaming: this process gathers/sends its 32 rows only
+        # streaming (this process gathers/sends its 32 rows of each batch only), with orbax checkpoints
+        # in a folder both processes share: epoch 1, then a second call resumes it for epoch 2
+        ck = dict(mesh=mesh, on_device=False, checkpoint_dir=sys.argv[4], checkpoint_every=2)
+        st1 = run(epochs=1, **ck)
+        st = run(**ck)
+        assert st1.resumed_from is None and st.resumed_from == 4, (st1.resumed_from, st.resumed_from)
+        st.history[:0] = st1.history
         dev = run(mesh=mesh)  # on-device data (each process holds the set), global indices
         leaf = jax.tree.leaves(st.state.params)[0]
         info = {"process_count": jax.process_count(), "device_count": jax.device_count(),
@@ -101,6 +109,7 @@ def test_two_processes_match_one_and_eight_devices(tmp_path):
     (tmp_path / "ref.py").write_text(_REF)
     (tmp_path / "worker.py").write_text(_WORKER)
     addr = f"127.0.0.1:{_free_port()}"
+    ck = str(tmp_path / "ckpt")  # shared by both processes, as a cluster's shared file system
     procs = [
         subprocess.Popen(
             [sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "ref.npz")],
@@ -113,7 +122,14 @@ def test_two_processes_match_one_and_eight_devices(tmp_path):
     for pid in (0, 1):
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(tmp_path / "worker.py"), addr, str(pid), str(tmp_path / f"w{pid}.npz")],
+                [
+                    sys.executable,
+                    str(tmp_path / "worker.py"),
+                    addr,
+                    str(pid),
+                    str(tmp_path / f"w{pid}.npz"),
+                    ck,
+                ],
                 env=_env(4),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

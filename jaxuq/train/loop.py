@@ -215,7 +215,8 @@ def fit(
         process calls ``fit`` with the same arguments and the same ``train_data``; with
         ``on_device=False`` each process gathers and transfers only its rows of every global batch
         (``process_batch_slice``), with ``on_device=True`` each process keeps the whole uint8 set on
-        its devices and the global batch indices are replicated. Checkpointing is not tested there.
+        its devices and the global batch indices are replicated. Checkpoints need a folder that all
+        processes share (tested: save, then resume, on localhost).
       on_device: keep the uint8 training set on the device (default) or stream chunks from host.
       steps_per_call: steps per jitted scan chunk when ``checkpoint_every`` is not given.
       init_state: start from this state instead of initialising the model.
