@@ -22,12 +22,10 @@ with ``--json`` a JSON file (written atomically) with the tables, the config and
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from experiments._common import write_json_atomic  # noqa: E402
 from jaxuq.data import svhn_ood, synthetic_shifts  # noqa: E402
 from jaxuq.data.registry import default_preprocess, load_dataset  # noqa: E402
 from jaxuq.train import fit, predict, torch_adam  # noqa: E402
@@ -85,20 +84,6 @@ def _jsonable(v):
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     return v
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(args) -> dict:
@@ -217,7 +202,7 @@ def run(args) -> dict:
         f"predict {predict_s:.1f} s, metrics {metrics_s:.1f} s, total {out['timings_s']['total']:.1f} s"
     )
     if args.json:
-        _write_json_atomic(Path(args.json), out)
+        write_json_atomic(args.json, _jsonable(out), indent=2)
     return out
 
 
