@@ -136,10 +136,23 @@ def _conv_cl_fwd(lhs, rhs, strides, pads, rhs_dil, groups, precision):
 
 def _conv_cl_bwd(strides, pads, rhs_dil, groups, precision, res, g):
     lhs, rhs = res
-    return (
-        _input_gradient(g, rhs, lhs.shape, strides, pads, rhs_dil, groups, precision).astype(lhs.dtype),
-        _weight_gradient(lhs, g, rhs.shape, strides, pads, rhs_dil, groups, precision),
-    )
+    d_lhs = _input_gradient(g, rhs, lhs.shape, strides, pads, rhs_dil, groups, precision).astype(lhs.dtype)
+    d_rhs = _weight_gradient(lhs, g, rhs.shape, strides, pads, rhs_dil, groups, precision)
+    return _like(d_lhs, lhs), _like(d_rhs, rhs)
+
+
+def _vma(x) -> frozenset:
+    """The mesh axes ``x`` varies over inside ``shard_map`` (``.mat.varying``; ``.vma`` in older jax)."""
+    t = jax.typeof(x)
+    mat = getattr(t, "mat", None)
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(t, "vma", ()))
+
+
+def _like(ct, primal):
+    """Inside ``shard_map``: a cotangent that varies over mesh axes its primal does not vary over is summed
+    over them (the transpose of the implicit ``pvary``), as autodiff's own conv transpose does."""
+    extra = tuple(sorted(_vma(ct) - _vma(primal)))
+    return lax.psum(ct, extra) if extra else ct
 
 
 _conv_cl.defvjp(_conv_cl_fwd, _conv_cl_bwd)
