@@ -4,12 +4,12 @@ Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, 
 (``logits: [M, N, C]``). How the member axis is lowered is a choice, ``members=``:
 
 - ``"vmap"``: ``jax.vmap`` over members: one batched (grouped-conv) kernel per layer. On XLA:CPU it is
-  slow for conv nets (bench, 8 LeNets: ~21x the time of one member).
+  slow for conv nets (bench, 8 LeNets: ~19x the time of one member).
+- ``"map"``: ``jax.lax.map`` (a scan) over members: compile time independent of M; each member is a
+  plain single-model graph. Fastest on CPU (bench: ~6.5x one member for 8), so the CPU default.
 - ``"unroll"``: a loop over members unrolled inside the same jitted function: XLA sees M independent
-  single-model graphs (compile time grows with M). Fastest on CPU (bench: ~12x one member for 8).
-- ``"map"``: ``jax.lax.map`` (a scan) over members: compile time independent of M, but on XLA:CPU
-  the slowest (bench: ~47x one member for 8).
-(CPU figures from bench/results/ensembles.md on a shared 2-core machine; GPU not measured yet, so the
+  single-model graphs (compile time grows with M; bench on CPU: ~10x one member for 8).
+(CPU figures from bench/results/ensembles.md on a 2-core machine; GPU not measured yet, so the
 GPU default ``"vmap"`` is still to be confirmed by running bench/ensembles.py there.)
 
 All give the same numbers (up to float rounding). ``default_members()`` picks per backend, as the
@@ -54,9 +54,9 @@ MEMBER_AXIS = "members"
 
 
 def default_members(backend: str | None = None) -> Lowering:
-    """Member lowering per backend: ``"unroll"`` on CPU (vmapped convs are slow there), else ``"vmap"``."""
+    """Member lowering per backend: ``"map"`` on CPU (vmapped convs are slow there), else ``"vmap"``."""
     backend = backend or jax.default_backend()
-    return "unroll" if backend == "cpu" else "vmap"
+    return "map" if backend == "cpu" else "vmap"
 
 
 def _over_members(fn: Callable, members: Lowering | None, *stacked):
