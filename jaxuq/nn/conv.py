@@ -95,10 +95,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                   feature_group_count=feature_group_count, batch_group_count=batch_group_count,
                   precision=precision, preferred_element_type=preferred_element_type)
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    channels_last = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _channels_last(nd)
     rhs_dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * nd
     if isinstance(padding, str):
-        if dn != _channels_last(nd):
+        if not channels_last:
             return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
         dilated_k = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:nd], rhs_dil, strict=True)]
         pads = tuple(lax.padtype_to_pads(lhs.shape[1:-1], dilated_k, window_strides, padding))
@@ -107,7 +107,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     fast = (
         _CPU_WGRAD
         and jax.default_backend() == "cpu"
-        and dn == _channels_last(nd)
+        and channels_last
         and (lhs_dilation is None or all(d == 1 for d in lhs_dilation))
         and batch_group_count == 1
         and preferred_element_type is None
@@ -137,7 +137,7 @@ def _conv_cl_fwd(lhs, rhs, strides, pads, rhs_dil, groups, precision):
 def _conv_cl_bwd(strides, pads, rhs_dil, groups, precision, res, g):
     lhs, rhs = res
     d_lhs = _input_gradient(g, rhs, lhs.shape, strides, pads, rhs_dil, groups, precision).astype(lhs.dtype)
-    d_rhs = _weight_gradient(lhs, g, rhs.shape, strides, pads, rhs_dil, groups, precision)
+    d_rhs = _weight_gradient(lhs, g, rhs.shape, strides, pads, rhs_dil, groups, precision).astype(rhs.dtype)
     return _like(d_lhs, lhs), _like(d_rhs, rhs)
 
 
@@ -201,7 +201,7 @@ def _weight_gradient(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precisio
                                    dimension_numbers=_channels_last(nd), feature_group_count=groups,
                                    precision=precision)  # [c, *P, Co], P >= K
     out = out[(slice(None),) + tuple(slice(0, k) for k in rhs_shape[:nd])]
-    return jnp.moveaxis(out, 0, nd).astype(g.dtype)
+    return jnp.moveaxis(out, 0, nd)
 
 
 class Conv(nn.Conv):
