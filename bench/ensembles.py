@@ -223,10 +223,10 @@ def main(argv=None):
         "rows": rows,
         "ratios": ratios,
     }
+    from jaxuq._io import write_text_atomic
+
     out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out.with_suffix(".json"))
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=2))
     md = [f"# Ensemble training epoch: LeNet/MNIST ({result['date']})", "",
           f"Machine: {result['machine']['platform']}, {os.cpu_count()} CPUs, JAX backend `{backend}`, "
           f"torch device `{tdev}` ({result['machine']['torch_threads']} threads), "
@@ -240,9 +240,7 @@ def main(argv=None):
         md.append(f"| {r['impl']} | {r['members']} | {r['device']} | {r['img_per_s']:.0f} | "
                   f"{r['epoch_s_60k']:.1f} | {r.get('compile_s', float('nan')):.1f} |")
     md += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, out.with_suffix(".md"))
+    write_text_atomic(out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
 
 

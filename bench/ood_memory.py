@@ -49,6 +49,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxuq._io import write_json_atomic, write_text_atomic  # noqa: E402
+
 # model -> (block feature map, pooled features, logits), as in the scio tutorial for Tiniest
 LAYERS = {"tiniest": ("l3", "avgpool", "fc"), "resnet20": ("layer3_2", "linear:input", "linear")}
 DETECTORS = ("GradNorm", "Gram", "KNN", "Mahalanobis", "ODIN")
@@ -237,12 +239,8 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "device": str(jax.devices()[0]),
             "jax": jax.__version__, "flax": flax.__version__, "n_calib": args.n_calib,
             "batch_size": args.batch_size, "run": do_run}
-    args.out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in (("json", json.dumps({"meta": meta, "rows": rows}, indent=2)),
-                         ("md", markdown(meta, rows))):
-        tmp = args.out / f".ood_memory.{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, args.out / f"ood_memory.{suffix}")
+    write_json_atomic(args.out / "ood_memory.json", {"meta": meta, "rows": rows}, indent=2)
+    write_text_atomic(args.out / "ood_memory.md", markdown(meta, rows))
     print(markdown(meta, rows))
     return 0
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxuq._env import data_file  # noqa: E402
+from jaxuq._io import write_json_atomic, write_text_atomic  # noqa: E402
 from jaxuq.calibration import scaling as S  # noqa: E402
 from jaxuq.calibration.lbfgs import lbfgs_torch  # noqa: E402
 
@@ -128,12 +129,8 @@ def main(argv=None) -> int:
                      f"| {r['gap_f32']:.1e} | {r['tu_spread_over_orders']:.1e} "
                      f"| {r['ours_spread_over_orders']:.1e} | {r['lower_f32']} "
                      f"| {r['tu_f64']:.9f} | {r['ours_f64']:.9f} | {r['gap_f64']:.1e} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in (("json", json.dumps({"meta": meta, "rows": rows}, indent=2)),
-                         ("md", "\n".join(lines) + "\n")):
-        tmp = args.out / f".scaler_gap.{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, args.out / f"scaler_gap.{suffix}")
+    write_json_atomic(args.out / "scaler_gap.json", {"meta": meta, "rows": rows}, indent=2)
+    write_text_atomic(args.out / "scaler_gap.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -38,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from jaxuq._io import write_text_atomic  # noqa: E402
 from jaxuq.data import CIFAR10_NORM, MNIST_NORM, Preprocess, load_mnist, load_npz  # noqa: E402
 from jaxuq.train import create_train_state, make_train_step, torch_sgd  # noqa: E402
 
@@ -255,10 +256,7 @@ def main(argv=None):
             "load_average": os.getloadavg(),
         }
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        os.replace(tmp, out.with_suffix(".json"))
+        write_text_atomic(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
         sides = [s for s in ("jaxuq", "torch", "tu") if s in args.sides]
         lines = [
             f"# Training throughput (images/s) — {meta['date']}",
@@ -282,9 +280,7 @@ def main(argv=None):
                 + " | ".join(vals)
                 + f" | {ratio} |"
             )
-        tmp = out.with_suffix(".md.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, out.with_suffix(".md"))
+        write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
         return lines
 
     rows = []

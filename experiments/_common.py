@@ -8,14 +8,14 @@ Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import functools
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from jaxuq._env import data_file
+from jaxuq._io import write_json_atomic  # re-exported: the experiments' JSON writer
 
 __all__ = [
     "CIFAR_TRAIN", "CIFAR_TEST", "RESNET20_CKPT", "TINIEST_CKPT", "RESNET_MEAN", "RESNET_STD",
@@ -74,19 +74,16 @@ def preprocess(images_uint8: np.ndarray) -> np.ndarray:
     return normalize(images_uint8.astype(np.float32) / 255.0)
 
 
+@functools.cache
+def _jitted_apply(module):
+    """One ``jax.jit(module.apply)`` per module configuration (flax modules hash by their fields), so
+    repeated ``logits_of`` calls on the same model reuse its traces and compilations."""
+    return jax.jit(module.apply)
+
+
 def logits_of(module, variables, images, batch_size: int = 250, pre=preprocess) -> np.ndarray:
     """``module.apply`` over ``images`` in batches of ``batch_size`` after ``pre``: ``[N, C]``."""
-    f = jax.jit(module.apply)
+    f = _jitted_apply(module)
     out = [np.asarray(f(variables, pre(images[i : i + batch_size])))
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out)
-
-
-def write_json_atomic(path, obj, **dumps_kwargs) -> Path:
-    """``json.dumps(obj)`` to ``path`` through a temp file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, **dumps_kwargs))
-    os.replace(tmp, path)
-    return path

@@ -41,8 +41,6 @@ from jaxuq.data import svhn_ood, synthetic_shifts  # noqa: E402
 from jaxuq.data.registry import default_preprocess, load_dataset  # noqa: E402
 from jaxuq.train import fit, predict, torch_adam  # noqa: E402
 
-CRITERIA = ("msp", "max_logit")
-
 
 def resnet18():
     from jaxuq import models
@@ -74,16 +72,6 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-
-
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # "nan" / "inf": JSON has no literal for them
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 def run(args) -> dict:
@@ -202,7 +190,7 @@ def run(args) -> dict:
         f"predict {predict_s:.1f} s, metrics {metrics_s:.1f} s, total {out['timings_s']['total']:.1f} s"
     )
     if args.json:
-        write_json_atomic(args.json, _jsonable(out), indent=2)
+        write_json_atomic(args.json, out, indent=2)
     return out
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxuq._env import data_dir as _data_dir
+from jaxuq._io import write_text_atomic
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
 from jaxuq.train import evaluate, fit, torch_sgd
 
@@ -251,11 +252,7 @@ def main(argv=None) -> dict:
             f"TU {100 * result['tu']['mean_acc']:.2f} %, diff {result['mean_acc_diff_points']:+.2f} points"
         )
     if not args.no_write:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=float))
-        os.replace(tmp, out)
+        out = write_text_atomic(args.out, json.dumps(result, indent=2, default=float))
         print(f"wrote {out}")
     return result
 

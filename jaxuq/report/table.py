@@ -11,13 +11,12 @@ names are cut with "…" by rich). ``test/ens_*`` keys match no group and are no
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Console, Group
 from rich.table import Table
+
+from jaxuq._io import jsonable, write_text_atomic
 
 __all__ = ["PERCENTAGE_METRICS", "INT_METRICS", "format_value", "build_tables", "print_table", "write_json"]
 
@@ -113,29 +112,9 @@ def print_table(results: dict, console: Console | None = None, stage: str = "tes
     console.print(Group(*build_tables(results, stage)))
 
 
-def _jsonable(v):
-    v = _item(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # "nan", "inf": JSON has no literals for them
-    return v
-
-
 def write_json(results: dict, path) -> Path:
     """Write ``results`` as JSON to ``path`` atomically (temp file + ``os.replace``).
 
     NaN / inf values are written as the strings ``"nan"`` / ``"inf"`` / ``"-inf"``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: _jsonable(v) for k, v in results.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(jsonable(results), indent=2, sort_keys=True) + "\n")
