@@ -110,6 +110,8 @@ def _bench_one(name: str, kw: dict, tmp: Path, repeats: int) -> dict:
 
 
 def main(argv=None):
+    from jaxuq._io import write_text_atomic
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -134,7 +136,7 @@ def main(argv=None):
     }
     outdir = Path(a.out)
     outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "convert.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(outdir / "convert.json", json.dumps(result, indent=2) + "\n")
     lines = [
         "# jaxuq-convert timings (CPU, imports excluded)",
         "",
@@ -155,7 +157,7 @@ def main(argv=None):
         lines.append(f"| {r['model']} | {r['params']:,} | {r['file_bytes'] / 1e6:.1f} | {f(r['convert'])} | "
                      f"{r['convert_first_call_s']:.2f} | {f(r['read'])} | {f(r['table'])} | "
                      f"{f(r['write'])} | {f(r['jaxuq_load'])} | {f(r['torch_anchor_load'])} |")
-    (outdir / "convert.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(outdir / "convert.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

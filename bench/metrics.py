@@ -151,6 +151,8 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
 
 
 def main(argv=None) -> int:
+    from jaxuq._io import write_text_atomic
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
         res["speedup_smece"] = tu["SmECE"] / jx["SmECE"]
         res["speedup_total_with_smece"] = tu_total / jx_total
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_text_atomic(OUT / "metrics.json", json.dumps(res, indent=2) + "\n")
     lines = [
         "# Metric-table benchmark: jaxuq vs torch-uncertainty 0.13.0",
         "",
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
             f"| **total with SmECE** | {tu_total * 1e3:.2f} | {jx_total * 1e3:.2f} "
             f"| {tu_total / jx_total:.1f}x |"
         )
-    (OUT / "metrics.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(OUT / "metrics.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -64,6 +64,8 @@ print(json.dumps(out))
 
 
 def main() -> int:
+    from jaxuq._io import write_text_atomic
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     ap.add_argument("--batch-size", type=int, default=256)
@@ -89,7 +91,7 @@ def main() -> int:
             "backend": jax.default_backend()}
     out = repo / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ood_rss.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_text_atomic(out / "ood_rss.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"# OOD detectors: peak memory vs calibration size ({meta['date']}, {meta['platform']}, "
              f"{meta['cpu_count']} CPUs, jax {meta['jax']}, backend {meta['backend']})", "",
              "| N calib | batch | RSS after data (MiB) | peak RSS (MiB) "
@@ -99,7 +101,7 @@ def main() -> int:
         lines.append(f"| {r['n']} | {r['batch_size']} | {r['rss_after_data_mib']:.0f} "
                      f"| {r['peak_rss_mib']:.0f} | {r['activations_if_unbatched_mib']:.0f} "
                      f"| {r['KNN_fit_s']:.1f} | {r['Gram_fit_s']:.1f} |")
-    (out / "ood_rss.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "ood_rss.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
