@@ -33,11 +33,22 @@ _EVALUATION = ("classification_table", "evaluate", "predict")
 __all__ = ["__version__", *_SUBMODULES, *_EVALUATION]
 
 
+def _submodule(name: str):
+    """Import ``jaxuq.<name>`` (which sets the attribute); a module absent from this install is an
+    AttributeError, so ``hasattr`` / ``getattr(jaxuq, name, None)`` work. Errors inside it propagate."""
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (no module {e.name})") from e
+
+
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")  # the import sets the attribute
+        return _submodule(name)
     if name in _EVALUATION:
-        value = getattr(importlib.import_module(f"{__name__}.evaluation"), name)
+        value = getattr(_submodule("evaluation"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

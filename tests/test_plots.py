@@ -4,6 +4,7 @@ pyplot-free (the backend is left alone), accept ``ax=`` and are returned."""
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +68,8 @@ def test_import_and_plot_leave_the_matplotlib_backend_alone():
         import matplotlib.pyplot as plt
         print(matplotlib.get_backend(), len(plt.get_fignums()))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.stdout.split() == ["svg", "0"], out.stdout + out.stderr
 
 
