@@ -92,3 +92,24 @@ def test_lazy_subpackages_and_dir():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_progress_draws_on_process_0_only_and_not_when_quiet(monkeypatch):
+    from jaxuq import _progress
+
+    assert list(_progress.track(range(5), "steps")) == [0, 1, 2, 3, 4]
+    assert list(_progress.track(iter("ab"), "no len")) == ["a", "b"]
+
+    def no_bar(*a, **k):
+        raise AssertionError("a bar was drawn")
+
+    monkeypatch.setattr(_progress, "Progress", no_bar)
+    assert list(_progress.track(range(3), "quiet", quiet=True)) == [0, 1, 2]
+    monkeypatch.setattr(_progress.jax, "process_index", lambda: 1)
+    assert not _progress.enabled()
+    with _progress.progress_bar("bytes", 10, unit="bytes") as advance:
+        advance(4)
+    monkeypatch.setattr(_progress.jax, "process_index", lambda: 0)
+    assert _progress.enabled() and not _progress.enabled(quiet=True)
+    with pytest.raises(AssertionError, match="a bar was drawn"):
+        list(_progress.track(range(3), "drawn"))
