@@ -96,6 +96,8 @@ def test_lazy_subpackages_and_dir():
 
 
 def test_progress_draws_on_process_0_only_and_not_when_quiet(monkeypatch):
+    import rich.progress
+
     from jaxuq import _progress
 
     assert list(_progress.track(range(5), "steps")) == [0, 1, 2, 3, 4]
@@ -111,6 +113,21 @@ def test_progress_draws_on_process_0_only_and_not_when_quiet(monkeypatch):
     with _progress.progress_bar("bytes", 10, unit="bytes") as advance:
         advance(4)
     monkeypatch.setattr(_progress.jax, "process_index", lambda: 0)
+    seen = {}
+
+    class Spy(rich.progress.Progress):
+        def stop(self):
+            t = self.tasks[0]
+            seen.update(completed=t.completed, description=t.description, loss=t.fields["loss"])
+            super().stop()
+
+    monkeypatch.setattr(_progress, "Progress", Spy)  # a real bar: extra field, resumed start, new description
+    with _progress.progress_bar("fit", 10, completed=4, columns=("loss {task.fields[loss]:.2f}",),
+                                loss=float("nan")) as advance:
+        advance(3, description="fit epoch 2/2", loss=0.5)
+        advance()
+    assert seen == {"completed": 8, "description": "fit epoch 2/2", "loss": 0.5}
+    monkeypatch.setattr(_progress, "Progress", no_bar)
     assert _progress.enabled() and not _progress.enabled(quiet=True)
     with pytest.raises(AssertionError, match="a bar was drawn"):
         list(_progress.track(range(3), "drawn"))
