@@ -12,7 +12,7 @@ import pytest
 
 from jaxuq.ood import detectors as D
 from jaxuq.ood.evaluation import partial_auc, tpr_at_fpr_conf
-from tests.helpers import GOLDEN, data_path
+from tests.helpers import GOLDEN, data_path, require
 from tests.test_ood_scio_gen import load_split, ood_sets
 
 # conformity tolerances (rtol, atol) per score, in the golden's order. Gram raises activations to
@@ -38,6 +38,7 @@ def _golden():
 @pytest.mark.parity
 @pytest.mark.slow
 def test_scio_tutorial_experiment_matches_scio(tmp_path):
+    require("torch")  # the experiment converts the torch checkpoint ([torch] extra)
     from experiments.scio_ood import METRICS, run
 
     g = _golden()
@@ -61,6 +62,7 @@ def test_scio_tutorial_experiment_matches_scio(tmp_path):
 @pytest.mark.parity
 @pytest.mark.slow
 def test_mahalanobis_and_odin_match_scio():
+    require("torch")  # load_model converts the torch checkpoint ([torch] extra)
     from experiments.scio_ood import load_model
 
     g = _golden()
