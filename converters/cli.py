@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
@@ -32,6 +33,18 @@ def _kv(s: str) -> tuple[str, object]:
         return k, v
 
 
+def _json_object(s: str) -> dict:
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s!r}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of model kwargs like '{{\"arch\": 18}}', "
+            f"got a {type(v).__name__}: {s!r}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxuq-convert", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -43,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--arch", help="architecture name (default: recognised from the keys)")
     pc.add_argument("-k", "--kw", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                     help="model kwarg (JSON value), e.g. -k arch=18 -k style=cifar")
-    pc.add_argument("--kwargs", type=json.loads, default=None, help="model kwargs as one JSON object")
+    pc.add_argument("--kwargs", type=_json_object, default=None, help="model kwargs as one JSON object")
     pc.add_argument("-o", "--output", required=True, help="output directory")
     pc.add_argument("--force", action="store_true", help="replace an existing output")
     pc.add_argument("--verify", action="store_true", help="compare logits with the torch model")
@@ -105,6 +118,14 @@ def _convert(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the process is the CLI and about to exit: a Ctrl-C while the interpreter
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # joins orbax's idle threads is moot
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     from converters.core import ConvertError  # noqa: PLC0415
     from converters.io import CheckpointError  # noqa: PLC0415
