@@ -45,12 +45,14 @@ def test_normal_logits_do_not_warn():
 
 # ----------------------------------------------------------------------------------------- labels
 def _fits():
+    from jaxuq.calibration.deup import deup_errors
+
     return [S.temperature_fit, S.vector_fit, S.matrix_fit,
             lambda z, y: C.conformal_fit(z, y, method="raps", key=jax.random.key(0)),
-            lambda z, y: C.conformal_fit(z, y, method="thr")]
+            lambda z, y: C.conformal_fit(z, y, method="thr"), deup_errors]
 
 
-@pytest.mark.parametrize("i", range(5))
+@pytest.mark.parametrize("i", range(6))
 def test_int64_labels_beyond_int32_are_refused(i):
     z, y = _data()
     y = y.astype(np.int64)
@@ -59,7 +61,7 @@ def test_int64_labels_beyond_int32_are_refused(i):
         _fits()[i](z, y)
 
 
-@pytest.mark.parametrize("i", range(5))
+@pytest.mark.parametrize("i", range(6))
 def test_float_labels_are_refused(i):
     z, y = _data()
     yf = y.astype(np.float32)

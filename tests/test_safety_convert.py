@@ -145,6 +145,13 @@ def test_stale_temporary_folders_are_cleaned_on_the_next_run(tmp_path, capsys):
     live.mkdir()
     assert _run(capsys, "convert", _ckpt(tmp_path / "a.pt"), "-o", tmp_path / "out")[0] == 0
     assert not stale.exists() and live.exists()
+    # a --force replacement killed between its two renames: the previous output is put back
+    (tmp_path / "out").rename(tmp_path / "keep")
+    old = tmp_path / f".out.old-{_dead_pid()}-abcd1234"
+    old.mkdir()
+    (tmp_path / "keep").rename(old / "x")
+    assert mio.clean_stale(tmp_path / "out") == [old]
+    assert (tmp_path / "out" / "meta.json").is_file() and not old.exists()
 
 
 @pytest.mark.slow
