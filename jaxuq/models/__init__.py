@@ -22,7 +22,7 @@ import importlib
 
 import flax.linen as nn
 
-__all__ = ["get", "load", "names", "save", "register"]
+__all__ = ["factory", "get", "load", "names", "save", "register"]
 
 # name -> "module:factory" (module relative to jaxuq.models). Imported on first get().
 _REGISTRY: dict[str, str] = {
@@ -55,6 +55,11 @@ def register(name: str, target: str) -> None:
 
 def get(name: str, **kwargs) -> nn.Module:
     """Build the model ``name`` with ``kwargs`` (the factory's keyword arguments)."""
+    return factory(name)(**kwargs)
+
+
+def factory(name: str):
+    """The factory function registered as ``name`` (its signature lists the model's arguments)."""
     try:
         target = _REGISTRY[name]
     except KeyError:
@@ -70,10 +75,9 @@ def get(name: str, **kwargs) -> nn.Module:
             f"model {name!r} is registered to {full}:{fn_name}, but {full} is not available"
         ) from e
     try:
-        fn = getattr(mod, fn_name)
+        return getattr(mod, fn_name)
     except AttributeError:
         raise ValueError(f"model {name!r}: {full} has no factory {fn_name!r}") from None
-    return fn(**kwargs)
 
 
 def load(path):
