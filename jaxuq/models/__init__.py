@@ -35,6 +35,9 @@ _REGISTRY: dict[str, str] = {
     "resnet56": "resnet_cifar:resnet56",
     "resnet110": "resnet_cifar:resnet110",
     "tiniest": "tiniest:tiniest",
+    "chenyaofo_resnet": "chenyaofo_resnet:chenyaofo_resnet",
+    **{f"cifar{c}_resnet{d}": f"chenyaofo_resnet:cifar{c}_resnet{d}"
+       for c in (10, 100) for d in (20, 32, 44, 56)},
     "packed_lenet": "packed_lenet:packed_lenet",
     "packed_resnet": "packed_resnet:packed_resnet",
 }
