@@ -208,3 +208,13 @@ def test_tutorial_ensemble_over_loopback_then_offline_cache(tmp_path, monkeypatc
         m = lenet(in_channels=1, num_classes=10)
         m.load_state_dict({k.replace("model.", ""): t for k, t in sd.items()})
         np.testing.assert_allclose(got[i], _torch_logits(m.eval(), x), atol=1e-5, rtol=0)
+
+
+def test_import_jaxuq_hub_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxuq.hub as h; assert 'load_hf' in dir(h); "
+            "print(any(k == 'torch' or k.startswith('converters') for k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
