@@ -218,3 +218,25 @@ def test_import_jaxuq_hub_does_not_import_torch():
             "print(any(k == 'torch' or k.startswith('converters') for k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_resolve_hf_reads_hub_environment_at_call_time(tmp_path, monkeypatch):
+    """HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_CACHE set after huggingface_hub was imported are honoured
+    (before, they were read once at import), and a missing file is a HubEntryNotFoundError."""
+    import huggingface_hub  # noqa: F401 - imported before the environment changes
+
+    from converters.io import HubEntryNotFoundError, resolve_hf
+
+    _tu_repo(tmp_path / "srv")
+    repo = f"torch-uncertainty/{WID}"
+    with serve_hub(tmp_path / "srv") as (endpoint, log):
+        hub_env(monkeypatch, endpoint=endpoint, hf_cache=tmp_path / "hf", jaxuq_cache=tmp_path / "jx")
+        p = resolve_hf(repo, "config.yaml")
+        assert p.read_text() == CONFIG and p.is_relative_to(tmp_path / "hf")
+        assert ("GET", f"/{repo}/resolve/main/config.yaml") in log
+        with pytest.raises(HubEntryNotFoundError, match="absent.ckpt"):
+            resolve_hf(repo, "absent.ckpt")
+    hub_env(monkeypatch, hf_cache=tmp_path / "hf", jaxuq_cache=tmp_path / "jx", offline=True)
+    assert resolve_hf(repo, "config.yaml") == p  # offline: from the cache, no request
+    with pytest.raises(HubEntryNotFoundError, match="HF_HUB_OFFLINE=1"):
+        resolve_hf(repo, f"{WID}.ckpt")  # never downloaded
