@@ -38,6 +38,9 @@ class _CifarBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
+    block = _CifarBlock  # the residual block class
+    head = "linear"  # the name of the final Linear
+
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         n = (depth - 2) // 6
@@ -47,16 +50,16 @@ class ResNetCifar(nn.Module):
         for li, planes in enumerate((16, 32, 64)):
             blocks = []
             for bi in range(n):
-                blocks.append(_CifarBlock(in_planes, planes, 2 if (li > 0 and bi == 0) else 1))
+                blocks.append(self.block(in_planes, planes, 2 if (li > 0 and bi == 0) else 1))
                 in_planes = planes
             setattr(self, f"layer{li + 1}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(64, num_classes)
+        setattr(self, self.head, nn.Linear(64, num_classes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.avg_pool2d(out, out.size()[3])
-        return self.linear(out.view(out.size(0), -1))
+        return getattr(self, self.head)(out.view(out.size(0), -1))
 
 
 class _OptionBBlock(nn.Module):
@@ -80,29 +83,17 @@ class _OptionBBlock(nn.Module):
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-class ChenyaofoResNet(nn.Module):
+class ChenyaofoResNet(ResNetCifar):
     """chenyaofo/pytorch-cifar-models ``CifarResNet`` with BasicBlocks (``cifar{10,100}_resnet{20..56}``):
-    conv1 3x3 16, bn1, relu, layer1..3 (16/32/64, stride 1/2/2), AdaptiveAvgPool2d(1), fc."""
+    conv1 3x3 16, bn1, relu, layer1..3 (16/32/64, stride 1/2/2), global average pool, ``fc``; the
+    option-B ``downsample`` shortcut. Same state-dict keys as chenyaofo's module (the pooling and ReLU
+    modules it holds have no state)."""
+
+    block = _OptionBBlock
+    head = "fc"
 
     def __init__(self, depth: int = 20, num_classes: int = 10):
-        super().__init__()
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU(inplace=True)
-        in_planes = 16
-        for li, planes in enumerate((16, 32, 64)):
-            blocks = []
-            for bi in range(n):
-                blocks.append(_OptionBBlock(in_planes, planes, 2 if (li > 0 and bi == 0) else 1))
-                in_planes = planes
-            setattr(self, f"layer{li + 1}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(64, num_classes)
-
-    def forward(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        super().__init__(depth, num_classes, 3)
 
 
 class LayerNorm2d(nn.Module):

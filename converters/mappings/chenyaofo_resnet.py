@@ -18,7 +18,7 @@ The published files (``cifar100_resnet20-23dac2f1.pt`` ...) are plain state dict
 
 from __future__ import annotations
 
-from converters.mappings import apply_table, bn_entries, conv_entries, dense_entries
+from converters.mappings import apply_table, bn_entries, conv_entries, dense_entries, resnet_cifar
 
 __all__ = ["ARCHS", "infer", "table", "torch_reference", "torch_to_flax"]
 
@@ -43,24 +43,19 @@ ARCHS = {
 
 
 def table(depth: int) -> dict:
-    n = (depth - 2) // 6
-    t = {**conv_entries("conv1", ("conv1",), False), **bn_entries("bn1", ("bn1",))}
-    for li in range(3):
-        for bi in range(n):
-            tp, fp = f"layer{li + 1}.{bi}", f"layer{li + 1}_{bi}"
-            for k in (1, 2):
-                t.update(conv_entries(f"{tp}.conv{k}", (fp, f"conv{k}"), False))
-                t.update(bn_entries(f"{tp}.bn{k}", (fp, f"bn{k}")))
-            if li > 0 and bi == 0:
-                t.update(conv_entries(f"{tp}.downsample.0", (fp, "shortcut_0"), False))
-                t.update(bn_entries(f"{tp}.downsample.1", (fp, "shortcut_1")))
+    """He et al.'s CIFAR ResNet table (:mod:`converters.mappings.resnet_cifar`) + the two ``downsample``
+    shortcuts, with the head ``fc`` instead of ``linear``."""
+    t = {k: e for k, e in resnet_cifar.table(depth).items() if not k.startswith("linear.")}
+    for li in (2, 3):
+        t.update(conv_entries(f"layer{li}.0.downsample.0", (f"layer{li}_0", "shortcut_0"), False))
+        t.update(bn_entries(f"layer{li}.0.downsample.1", (f"layer{li}_0", "shortcut_1")))
     t.update(dense_entries("fc", ("fc",)))
     return t
 
 
 def torch_to_flax(state_dict, template, source="<state_dict>"):
-    n = sum(1 for name in template["params"] if name.startswith("layer1_"))
-    return apply_table(state_dict, table(6 * n + 2), template, source)
+    depth = 6 * sum(1 for name in template["params"] if name.startswith("layer1_")) + 2
+    return apply_table(state_dict, table(depth), template, source)
 
 
 def infer(sd):
