@@ -21,6 +21,7 @@ import os
 import pickle
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "jsonable",
     "load_pickle_restricted",
     "rename_noreplace",
+    "write_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -40,8 +42,8 @@ MAX_INFLATE_RATIO = 100
 _SLACK = 1 << 20  # small files may legitimately inflate more than the ratio allows
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through ``.{name}.tmp`` in the same folder and ``os.replace``.
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on ``.{name}.tmp`` in the same folder, then ``os.replace`` it to ``path``.
 
     Creates the parent folder; on any error the temp file is removed and ``path`` is untouched.
     """
@@ -49,13 +51,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def jsonable(v):
