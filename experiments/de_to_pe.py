@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 from jaxuq import ensembles as E  # noqa: E402
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist  # noqa: E402
-from jaxuq.evaluate import classification_table  # noqa: E402
+from jaxuq.evaluation import classification_table  # noqa: E402
 from jaxuq.models.packed_lenet import packed_lenet  # noqa: E402
 from jaxuq.nn.packed import repeat_target, split_members  # noqa: E402
 from jaxuq.report import print_table  # noqa: E402

@@ -36,7 +36,7 @@ from experiments import _common
 from experiments._common import RESNET20_CKPT, load_cifar_heads, logits_of, write_json_atomic
 from jaxuq.calibration import deup_fit, deup_score
 from jaxuq.data import synthetic_shifts
-from jaxuq.evaluate import classification_table
+from jaxuq.evaluation import classification_table
 from jaxuq.metrics import aupr, auroc, count_flops, count_params, fpr95
 from jaxuq.nn.packed import torch_uniform_init
 from jaxuq.ood.criteria import deup, msp
