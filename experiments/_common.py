@@ -1,5 +1,5 @@
 """Shared preamble of the real-data experiments: the CIFAR-10 heads, the real checkpoints and
-their preprocessing, batched logits, atomic JSON output.
+their preprocessing, atomic JSON output (batched logits: ``jaxuq.evaluation.predict``).
 
 Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, see
 ``jaxuq._env``); a missing file is a ``FileNotFoundError`` naming it, never a random fallback.
@@ -8,18 +8,17 @@ Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, 
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from jaxuq._env import data_file
 from jaxuq._io import write_json_atomic  # re-exported: the experiments' JSON writer
+from jaxuq.data.pipeline import Preprocess
 
 __all__ = [
     "CIFAR_TRAIN", "CIFAR_TEST", "RESNET20_CKPT", "TINIEST_CKPT", "RESNET_MEAN", "RESNET_STD",
-    "experiment_parser", "load_cifar_heads", "load_model", "normalize", "preprocess", "logits_of",
+    "RESNET_PREPROCESS", "experiment_parser", "load_cifar_heads", "load_model", "normalize",
     "write_json_atomic",
 ]  # fmt: skip
 
@@ -30,6 +29,8 @@ TINIEST_CKPT = "checkpoints/scio_tiniest/tiniest.pt"
 # the He et al. CIFAR ResNets (resnet20/56) were trained on x/255 normalised with ImageNet's stats
 RESNET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 RESNET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: uint8 images -> the ResNet checkpoints' input (x/255, then mean/std), on device
+RESNET_PREPROCESS = Preprocess(mean=tuple(RESNET_MEAN.tolist()), std=tuple(RESNET_STD.tolist()))
 
 
 def experiment_parser(doc: str, out_default: str, checkpoint: str) -> argparse.ArgumentParser:
@@ -67,23 +68,3 @@ def load_model(name: str, checkpoint: str, data_dir=None, model_dir=None):
 def normalize(images01: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] ``[N, H, W, 3]`` -> the ResNet checkpoints' input."""
     return (np.asarray(images01, np.float32) - RESNET_MEAN) / RESNET_STD
-
-
-def preprocess(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 images ``[N, H, W, 3]`` -> the ResNet checkpoints' input (x/255, then mean/std)."""
-    return normalize(images_uint8.astype(np.float32) / 255.0)
-
-
-@functools.cache
-def _jitted_apply(module):
-    """One ``jax.jit(module.apply)`` per module configuration (flax modules hash by their fields), so
-    repeated ``logits_of`` calls on the same model reuse its traces and compilations."""
-    return jax.jit(module.apply)
-
-
-def logits_of(module, variables, images, batch_size: int = 250, pre=preprocess) -> np.ndarray:
-    """``module.apply`` over ``images`` in batches of ``batch_size`` after ``pre``: ``[N, C]``."""
-    f = _jitted_apply(module)
-    out = [np.asarray(f(variables, pre(images[i : i + batch_size])))
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)

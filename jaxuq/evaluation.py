@@ -229,12 +229,23 @@ def _progress(show: bool, total: int | None, description: str):
 
 
 # ----------------------------------------------------------------------------- forward
-def _forward(model, preprocess, compute_dtype: str, members):
+def _split_mesh(mesh):
+    """``(data mesh, member mesh)``: a mesh with a ``"members"`` axis (``jaxuq.ensembles.member_mesh``)
+    shards the ensemble members, any other one (``jaxuq.train.make_mesh``) the batch."""
+    from jaxuq.ensembles import MEMBER_AXIS
+
+    if mesh is not None and MEMBER_AXIS in mesh.axis_names:
+        return None, mesh
+    return mesh, None
+
+
+def _forward(model, preprocess, compute_dtype: str, members, mesh=None):
     """Un-jitted ``(variables, x [B, ...]) -> logits [B, C]`` (``[M, B, C]`` with ``members``), float32."""
     from jaxuq.ensembles import apply_members
     from jaxuq.train.state import _cast_floats
 
     dtype = jnp.dtype(compute_dtype)
+    member_mesh = _split_mesh(mesh)[1]
 
     def fwd(variables, x):
         if preprocess is not None:
@@ -245,15 +256,16 @@ def _forward(model, preprocess, compute_dtype: str, members):
         if members is None:
             out = model.apply(variables, x, train=False)
         else:
-            out = apply_members(model, variables, x, train=False, members=members)
+            out = apply_members(model, variables, x, train=False, members=members, mesh=member_mesh)
         return out.astype(jnp.float32)
 
     return fwd
 
 
 def _jit(fn, mesh, n_batch_args: int, n_replicated: int = 1):
-    """``jax.jit(fn)``; with a mesh, the first ``n_replicated`` args and the outputs replicated, the
-    next ``n_batch_args`` sharded on the batch axis."""
+    """``jax.jit(fn)``; with a data mesh, the first ``n_replicated`` args and the outputs replicated,
+    the next ``n_batch_args`` sharded on the batch axis."""
+    mesh = _split_mesh(mesh)[0]
     if mesh is None:
         return jax.jit(fn)
     from jaxuq.train.sharding import batch_sharding, replicated
@@ -264,7 +276,7 @@ def _jit(fn, mesh, n_batch_args: int, n_replicated: int = 1):
 
 @functools.cache
 def _jitted_forward(model, preprocess, compute_dtype: str, members, mesh):
-    return _jit(_forward(model, preprocess, compute_dtype, members), mesh, 1)
+    return _jit(_forward(model, preprocess, compute_dtype, members, mesh), mesh, 1)
 
 
 def predict(
@@ -286,14 +298,17 @@ def predict(
     ``.eval``), or None for inputs already preprocessed. The last batch is zero-padded so one
     compiled shape serves the whole set (BatchNorm uses running statistics: padding is inert);
     the jitted function is cached per (model, preprocess, dtype, members, mesh). ``mesh``: a
-    data-parallel mesh (``jaxuq.train.make_mesh``); batches are sharded over it.
+    data-parallel mesh (``jaxuq.train.make_mesh``: batches sharded over it), or a member mesh
+    (``jaxuq.ensembles.member_mesh``: members sharded, variables placed by ``shard_members``).
     """
     images = np.asarray(images)
     if images.ndim < 2 or len(images) == 0:
         raise ValueError(f"`images` must be a non-empty batch [N, ...], got shape {images.shape}")
     fn = _jitted_forward(model, preprocess, jnp.dtype(compute_dtype).name, members, mesh)
-    variables = _replicate(variables, mesh)
-    outs = (fn(variables, *_to_device(b, mesh)) for _, b in padded_batches((images,), batch_size, mesh))
+    dmesh = _split_mesh(mesh)[0]
+    variables = _replicate(variables, dmesh)
+    batches = padded_batches((images,), batch_size, dmesh)
+    outs = (fn(variables, *_to_device(b, dmesh)) for _, b in batches)
     return np.concatenate(list(_one_behind(outs)), axis=-2)[..., : len(images), :]
 
 
@@ -350,7 +365,7 @@ def _jitted_step(model, preprocess, dtype: str, members, mesh, criterion, n_vali
                  ensemble: bool):
     from jaxuq.ood.criteria import get_criterion
 
-    fwd = _forward(model, preprocess, dtype, members)
+    fwd = _forward(model, preprocess, dtype, members, mesh)
     step = _make_step(fwd, get_criterion(criterion), n_valid, ood, ensemble)
     return _jit(step, mesh, 1 if ood else 2, n_replicated=2)
 
@@ -382,7 +397,8 @@ class _Pass:
 
     def __init__(self, model, variables, preprocess, members, dtype, mesh, criterion, batch_size, bar):
         self.key = (model, preprocess, jnp.dtype(dtype).name, members, mesh, criterion)
-        self.variables, self.mesh, self.batch_size, (self.bar, self.task) = variables, mesh, batch_size, bar
+        self.variables, self.batch_size, (self.bar, self.task) = variables, batch_size, bar
+        self.mesh = _split_mesh(mesh)[0]  # the data mesh: batches sharded, states replicated
         self.ensemble = self.num_classes = self.states = None
 
     def run(self, data, ood: bool):
@@ -393,7 +409,7 @@ class _Pass:
         def outputs():
             for k, batch in batches:
                 if self.ensemble is None:  # output shape -> member count and classes, from the first batch
-                    shape = jax.eval_shape(_forward(*self.key[:4]), self.variables,
+                    shape = jax.eval_shape(_forward(*self.key[:5]), self.variables,
                                            jax.ShapeDtypeStruct(batch[0].shape, batch[0].dtype)).shape
                     self.ensemble, self.num_classes = len(shape) == 3 and shape[0] > 1, shape[-1]
                 if not ood:
@@ -454,7 +470,7 @@ def evaluate(
         ``M > 1``; probabilities are averaged over members), None for a single model.
       criterion: TU's OOD criterion name (:mod:`jaxuq.ood.criteria`) or ``f(logits) -> [N]``.
       compute_dtype: forward dtype (softmax and metrics stay float32).
-      mesh: data-parallel mesh (``jaxuq.train.make_mesh``).
+      mesh: a data-parallel or member mesh, as in :func:`predict`.
       flops, params: ``test/cplx/*``; ``params`` defaults to the count of ``variables["params"]``.
       num_bins: ECE bins; TU's table uses 15 (the only value the streaming states hold).
       smece, scod_ood_cost: as :func:`classification_table`.
@@ -472,9 +488,9 @@ def evaluate(
         _checks.check_same_len("images", data[0], "labels", data[1])
     if ood_data is not None:
         ood_data = (ood_data,) if hasattr(ood_data, "shape") else ((np.asarray(b),) for b in ood_data)
-    totals = [_num_batches(d, batch_size, mesh) for d in (data, ood_data) if d is not None]
+    totals = [_num_batches(d, batch_size, _split_mesh(mesh)[0]) for d in (data, ood_data) if d is not None]
     bar = _progress(progress, None if None in totals else sum(totals), "evaluate")
-    variables = _replicate(variables, mesh)
+    variables = _replicate(variables, _split_mesh(mesh)[0])
     run = _Pass(model, variables, preprocess, members, compute_dtype, mesh, criterion, batch_size, bar)
     with bar[0]:
         res, (conf, acc, id_score) = run.run(data, ood=False)
