@@ -13,9 +13,8 @@ float32 softmax -> the :mod:`jaxuq.metrics.streaming` states), so it never holds
 * the rank metrics need a global sort, so their :class:`~jaxuq.metrics.streaming.ListState` keeps
   per-sample float32 values on the **host**: confidence + correctness (8 bytes per ID sample) for
   aECE, SmECE and AURC/AUGRC/Cov@Risk/Risk@Cov, plus the OOD score (4 bytes per ID and per OOD
-  sample) for AUROC/AUPR/FPR95 and SCOD: **12 bytes per ID sample and 4 per OOD sample** (8 per ID
-  sample without ``ood_data``). Their ``compute`` sorts once at the end, on device
-  (transiently ~3x those bytes);
+  sample) for AUROC/AUPR/FPR95 and SCOD: **12 bytes per ID sample and 4 per OOD sample**. Their
+  ``compute`` sorts once at the end, on device (transiently a few times those bytes);
 * device memory during the pass is O(batch): each batch's per-sample values are copied to the
   host one batch behind, so the device computes the next batch meanwhile.
 
@@ -477,7 +476,7 @@ def evaluate(
       progress: a rich progress bar over the batches.
     Returns:
       ``{key: float}``: the keys and values of :func:`classification_table` on the same
-      predictions (up to float32 summation order, ~1e-7).
+      predictions, up to float32 summation order (measured <= 4e-7, SmECE the largest).
     """
     if num_bins != 15:
         raise ValueError(f"num_bins={num_bins}: the streaming ECE state holds TU's 15 bins only")
