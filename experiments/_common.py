@@ -1,5 +1,6 @@
 """Shared preamble of the real-data experiments: the CIFAR-10 heads, the real checkpoints and
-their preprocessing, batched logits, atomic JSON output.
+their preprocessing, atomic JSON output (batched logits: ``jaxuq.evaluation.predict``), and the
+TU-vs-jaxuq ensemble tables.
 
 Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, see
 ``jaxuq._env``); a missing file is a ``FileNotFoundError`` naming it, never a random fallback.
@@ -8,18 +9,17 @@ Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, 
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from jaxuq._env import data_file
 from jaxuq._io import write_json_atomic  # re-exported: the experiments' JSON writer
+from jaxuq.data.pipeline import Preprocess
 
 __all__ = [
     "CIFAR_TRAIN", "CIFAR_TEST", "RESNET20_CKPT", "TINIEST_CKPT", "RESNET_MEAN", "RESNET_STD",
-    "experiment_parser", "load_cifar_heads", "load_model", "normalize", "preprocess", "logits_of",
+    "RESNET_PREPROCESS", "experiment_parser", "load_cifar_heads", "load_model", "normalize",
     "write_json_atomic", "torchvision_root", "tu_lenet_ensemble_table", "ensemble_table",
     "compare_tables",
 ]  # fmt: skip
@@ -31,6 +31,8 @@ TINIEST_CKPT = "checkpoints/scio_tiniest/tiniest.pt"
 # the He et al. CIFAR ResNets (resnet20/56) were trained on x/255 normalised with ImageNet's stats
 RESNET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 RESNET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: uint8 images -> the ResNet checkpoints' input (x/255, then mean/std), on device
+RESNET_PREPROCESS = Preprocess(mean=tuple(RESNET_MEAN.tolist()), std=tuple(RESNET_STD.tolist()))
 
 
 def experiment_parser(doc: str, out_default: str, checkpoint: str) -> argparse.ArgumentParser:
@@ -68,26 +70,6 @@ def load_model(name: str, checkpoint: str, data_dir=None, model_dir=None):
 def normalize(images01: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] ``[N, H, W, 3]`` -> the ResNet checkpoints' input."""
     return (np.asarray(images01, np.float32) - RESNET_MEAN) / RESNET_STD
-
-
-def preprocess(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 images ``[N, H, W, 3]`` -> the ResNet checkpoints' input (x/255, then mean/std)."""
-    return normalize(images_uint8.astype(np.float32) / 255.0)
-
-
-@functools.cache
-def _jitted_apply(module):
-    """One ``jax.jit(module.apply)`` per module configuration (flax modules hash by their fields), so
-    repeated ``logits_of`` calls on the same model reuse its traces and compilations."""
-    return jax.jit(module.apply)
-
-
-def logits_of(module, variables, images, batch_size: int = 250, pre=preprocess) -> np.ndarray:
-    """``module.apply`` over ``images`` in batches of ``batch_size`` after ``pre``: ``[N, C]``."""
-    f = _jitted_apply(module)
-    out = [np.asarray(f(variables, pre(images[i : i + batch_size])))
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
 
 
 # ------------------------------------------------------------------ TU 0.13.0 as the reference table
@@ -159,32 +141,24 @@ def tu_lenet_ensemble_table(ckpt_paths, data_dir=None, ood_subset: int = 10_000,
     return res
 
 
-def ensemble_table(module, variables, images, labels, ood_images, pre, batch_size: int = 2048,
+def ensemble_table(module, variables, images, labels, ood_images, preprocess, batch_size: int = 2048,
                    members=None) -> dict[str, float]:
     """jaxuq's side of :func:`tu_lenet_ensemble_table`: a stacked ensemble (``variables`` leaves
-    ``[M, ...]``) on ``images [N, H, W, C]`` (uint8) with ``ood_images`` as OOD, ``pre`` the
-    preprocessing (uint8 -> model input), MSP criterion -> :func:`jaxuq.evaluate.classification_table`
-    with TU's complexity numbers (FLOPs of the first batch, all members; parameter count)."""
+    ``[M, ...]``) on ``images [N, H, W, C]`` (uint8) with ``ood_images`` as OOD, ``preprocess`` a
+    :class:`jaxuq.data.Preprocess`, MSP criterion -> :func:`jaxuq.evaluate` with TU's complexity
+    numbers (FLOPs of the first batch, all members; parameter count)."""
     import jax.numpy as jnp
 
-    from jaxuq.ensembles import make_eval_fn
-    from jaxuq.evaluate import classification_table
-    from jaxuq.metrics import count_flops, count_params
+    import jaxuq
+    from jaxuq.ensembles import apply_members, default_members
+    from jaxuq.metrics import count_flops
 
-    f = make_eval_fn(module, members=members)
-
-    def probs(x):  # [M, N, C]
-        out = [f(variables, pre(jnp.asarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
-        return jax.nn.softmax(jnp.concatenate(out, axis=1), axis=-1)
-
-    p_id, p_ood = probs(images), probs(ood_images)
-    msp = lambda p: -jnp.max(jnp.mean(p, 0), -1)  # noqa: E731 - TU's default "msp" criterion
-    first = pre(jnp.asarray(images[:batch_size]))
-    return classification_table(
-        probs=p_id, labels=np.asarray(labels), ood_scores=jnp.concatenate([msp(p_id), msp(p_ood)]),
-        ood_probs=p_ood, flops=count_flops(lambda x: f(variables, x), first),
-        params=count_params(variables["params"]),
-    )
+    members = members or default_members()
+    first = preprocess.eval(jnp.asarray(images[:batch_size]))
+    flops = count_flops(lambda x: apply_members(module, variables, x, members=members), first)
+    return jaxuq.evaluate(module, variables, (images, np.asarray(labels)), ood_data=ood_images,
+                          preprocess=preprocess, batch_size=batch_size, members=members, flops=flops,
+                          progress=False)
 
 
 def compare_tables(ours: dict, ref: dict, tol: float = 1e-5) -> dict:

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ if str(REPO) not in sys.path:
 
 from jaxuq import ensembles as E  # noqa: E402
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist  # noqa: E402
-from jaxuq.evaluate import classification_table  # noqa: E402
+from jaxuq.evaluation import evaluate  # noqa: E402
 from jaxuq.models.packed_lenet import packed_lenet  # noqa: E402
 from jaxuq.nn.packed import repeat_target, split_members  # noqa: E402
 from jaxuq.report import print_table  # noqa: E402
@@ -75,21 +76,19 @@ def train(module, num_members, images, labels, *, epochs, batch_size, lr, key, l
     return state
 
 
-def predict(fn, variables, images, batch_size=2048):
-    pre = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1])
-    outs = [fn(variables, pre.eval(jnp.asarray(images[i : i + batch_size])))
-            for i in range(0, images.shape[0], batch_size)]
-    return np.concatenate([np.asarray(o) for o in outs], axis=1)  # [M, N, C]
+class PackedMembers(nn.Module):
+    """A Packed-Ensemble's member-major ``[M*B, C]`` output as ``[M, B, C]`` (for ``jaxuq.evaluate``)."""
+
+    model: nn.Module
+
+    def __call__(self, x, train: bool = False):
+        return split_members(self.model(x, train), self.model.num_estimators)
 
 
-def evaluate(name, logits_id, labels, logits_ood, n_params):
-    p_id = jax.nn.softmax(jnp.asarray(logits_id), -1)
-    p_ood = jax.nn.softmax(jnp.asarray(logits_ood), -1)
-    msp = lambda p: -jnp.max(jnp.mean(p, 0), -1)  # noqa: E731  TU's default MSP criterion
-    res = classification_table(
-        probs=p_id, labels=labels, ood_scores=jnp.concatenate([msp(p_id), msp(p_ood)]), ood_probs=p_ood,
-        params=n_params,
-    )
+def report(name, model, variables, data, ood_images, n_params, members=None):
+    """TU's table of ``model`` on MNIST ``data`` with ``ood_images`` as OOD (MSP criterion), printed."""
+    res = evaluate(model, variables, data, ood_data=ood_images, preprocess=Preprocess(*MNIST_NORM),
+                   batch_size=2048, members=members, params=n_params)
     print(f"\n== {name} ==")
     print_table(res)
     return res
@@ -134,10 +133,9 @@ def main(argv=None):
     st = train(lenet, 1, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05,
                key=jax.random.fold_in(key, 1), members=args.members)
     timings["single"] = time.perf_counter() - t0
-    ev = E.make_eval_fn(lenet, members=args.members)
-    v = {"params": st.params}
-    results["single"] = evaluate("Single LeNet", predict(ev, v, xte), yte, predict(ev, v, xood),
-                                 nparams(st.params, False))
+    lowering = args.members or E.default_members()
+    results["single"] = report("Single LeNet", lenet, {"params": st.params}, (xte, yte), xood,
+                               nparams(st.params, False), lowering)
 
     # 2. deep ensemble, TU-style objective and LR x M
     m = args.de_members
@@ -145,9 +143,8 @@ def main(argv=None):
     st = train(lenet, m, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05 * m,
                key=jax.random.fold_in(key, 2), tu_gradient_scaling=True, members=args.members)
     timings["deep_ensemble"] = time.perf_counter() - t0
-    v = {"params": st.params}
-    results["deep_ensemble"] = evaluate(f"Deep ensemble of {m} LeNets", predict(ev, v, xte), yte,
-                                        predict(ev, v, xood), nparams(st.params, True))
+    results["deep_ensemble"] = report(f"Deep ensemble of {m} LeNets", lenet, {"params": st.params},
+                                      (xte, yte), xood, nparams(st.params, True), lowering)
 
     # 3. Packed-Ensemble, M = 4, alpha = 2: one model, CE on RepeatTarget(4), LR x 4
     pm = packed_lenet(1, 10, num_estimators=4, alpha=2)
@@ -159,10 +156,9 @@ def main(argv=None):
     st = train(pm, 1, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05 * 4,
                key=jax.random.fold_in(key, 3), loss_fn=packed_loss, members=args.members)
     timings["packed"] = time.perf_counter() - t0
-    pv = {"params": jax.tree.map(lambda a: a[0], st.params)}
-    pev = jax.jit(lambda v_, x: split_members(pm.apply(v_, x), 4))
-    results["packed"] = evaluate("Packed-Ensemble (M=4, alpha=2)", predict(pev, pv, xte), yte,
-                                 predict(pev, pv, xood), nparams(st.params, False))
+    pv = {"params": {"model": jax.tree.map(lambda a: a[0], st.params)}}
+    results["packed"] = report("Packed-Ensemble (M=4, alpha=2)", PackedMembers(pm), pv, (xte, yte), xood,
+                               nparams(st.params, False))
 
     keys = ["test/cls/Acc", "test/cls/NLL", "test/cal/ECE", "ood/AUROC", "ood/FPR95", "test/cplx/params"]
     print("\n| model | " + " | ".join(k.split("/")[-1] for k in keys) + " | train s |")

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import _common
-from experiments._common import RESNET20_CKPT, load_cifar_heads, logits_of, write_json_atomic
+from experiments._common import RESNET20_CKPT, RESNET_PREPROCESS, load_cifar_heads, write_json_atomic
 from jaxuq.calibration import deup_fit, deup_score
 from jaxuq.data import synthetic_shifts
-from jaxuq.evaluate import classification_table
+from jaxuq.evaluation import classification_table, predict
 from jaxuq.metrics import aupr, auroc, count_flops, count_params, fpr95
 from jaxuq.nn.packed import torch_uniform_init
 from jaxuq.ood.criteria import deup, msp
@@ -121,10 +121,10 @@ def cifar(data_dir=None, n_test: int = 1000, hidden_dim: int = 64, max_epochs: i
     images, labels = te["images"][:n_test], te["labels"][:n_test]
     half = n_test // 2
     t0 = time.perf_counter()
-    z_cal = logits_of(module, variables, images[:half], batch_size)
-    z_eval = logits_of(module, variables, images[half:], batch_size)
+    z_cal = predict(module, variables, images[:half], preprocess=RESNET_PREPROCESS, batch_size=batch_size)
+    z_eval = predict(module, variables, images[half:], preprocess=RESNET_PREPROCESS, batch_size=batch_size)
     shifted = synthetic_shifts(jax.random.key(seed), jnp.asarray(images[half:], jnp.float32) / 255.0)
-    z_oods = {k: logits_of(module, variables, np.asarray(v), batch_size, pre=_common.normalize)
+    z_oods = {k: predict(module, variables, _common.normalize(v), batch_size=batch_size)
               for k, v in shifted.items()}
     t_inf = time.perf_counter() - t0
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from jaxuq.evaluate import classification_table
+    from jaxuq.evaluation import classification_table
     from jaxuq.metrics import ece
     from jaxuq.report import print_table, write_json
 

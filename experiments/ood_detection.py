@@ -75,7 +75,7 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
 
 
 def run(args) -> dict:
-    from jaxuq.evaluate import classification_table
+    from jaxuq.evaluation import classification_table
     from jaxuq.metrics import count_flops, count_params
     from jaxuq.ood.criteria import max_logit, msp
     from jaxuq.report import print_table

@@ -26,8 +26,9 @@ import jax
 import numpy as np
 
 from experiments import _common
-from experiments._common import RESNET20_CKPT, load_cifar_heads, logits_of, write_json_atomic
+from experiments._common import RESNET20_CKPT, RESNET_PREPROCESS, load_cifar_heads, write_json_atomic
 from jaxuq.calibration import temperature_apply, temperature_fit
+from jaxuq.evaluation import predict
 from jaxuq.metrics import accuracy, ece, nll
 from jaxuq.report.plots import reliability_diagram
 
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     x_tr, y_tr = tr["images"][: args.n_train_cal], tr["labels"][: args.n_train_cal]
     x_te, y_te = te["images"][: args.n_test], te["labels"][: args.n_test]
-    z_tr = logits_of(module, variables, x_tr)
-    z_te = logits_of(module, variables, x_te)
+    z_tr = predict(module, variables, x_tr, preprocess=RESNET_PREPROCESS)
+    z_te = predict(module, variables, x_te, preprocess=RESNET_PREPROCESS)
     t_inf = time.perf_counter() - t0
     half = len(y_te) // 2
     rows = [

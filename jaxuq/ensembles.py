@@ -40,7 +40,6 @@ __all__ = [
     "default_members",
     "init_members",
     "init_train_state",
-    "make_eval_fn",
     "make_train_step",
     "member_mesh",
     "member_permutations",
@@ -244,11 +243,6 @@ def make_train_step(
     if not jit:
         return step
     return jax.jit(step, donate_argnums=(0,) if donate else ())
-
-
-def make_eval_fn(module, *, members: Lowering | None = None, mesh: Mesh | None = None):
-    """Jitted ``eval(variables, x [N, ...]) -> logits [M, N, C]`` (``train=False``)."""
-    return jax.jit(lambda v, x: apply_members(module, v, x, train=False, members=members, mesh=mesh))
 
 
 def member_permutations(key, num_members: int, n: int):

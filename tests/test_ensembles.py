@@ -277,6 +277,7 @@ _SHARD_SCRIPT = textwrap.dedent(
     assert jax.device_count() == 8, jax.devices()
     from jaxuq import ensembles as E
     from jaxuq import models as jm
+    from jaxuq.evaluation import predict
     model = jm.get("lenet", in_channels=1, num_classes=10)
     x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1)); y = jnp.arange(16) % 10
     tx = optax.sgd(0.05, momentum=0.9)
@@ -293,9 +294,9 @@ _SHARD_SCRIPT = textwrap.dedent(
         assert len(s8.params["fc1"]["kernel"].sharding.device_set) == ndev
         for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
             worst = max(worst, float(jnp.abs(a - b).max()))
-        ev1 = E.make_eval_fn(model, members=mem)({"params": s1.params}, x)
-        ev8 = E.make_eval_fn(model, members=mem, mesh=mesh)({"params": s8.params}, x)
-        worst = max(worst, float(jnp.abs(ev1 - ev8).max()))
+        ev1 = predict(model, {"params": s1.params}, x, members=mem)
+        ev8 = predict(model, {"params": s8.params}, x, members=mem, mesh=mesh)
+        worst = max(worst, float(np.abs(ev1 - ev8).max()))
     print("WORST", worst)
     assert worst <= 1e-5, worst
     """

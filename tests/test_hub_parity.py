@@ -37,7 +37,7 @@ def test_hub_lenet_ensemble_table_equals_tu_routine(tmp_path, monkeypatch):
 
     xte, yte = load_mnist("test", data_dir=data_dir)
     xood = load_fashion_mnist("train", data_dir=data_dir)[0][:OOD]
-    pre = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1]).eval
+    pre = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1])
     ours = ensemble_table(module, variables, xte, yte, xood, pre, batch_size=2048)
     ref = tu_lenet_ensemble_table([folder / f for f in FILES], data_dir, ood_subset=OOD, batch_size=2048)
 

@@ -152,7 +152,7 @@ def test_scod_metrics_function_matches_table():
     is_ood = np.r_[np.zeros(400), np.ones(200)].astype(np.int64)
     err = np.r_[probs.argmax(-1) != labels, np.zeros(200, bool)]
     got = M.scod_metrics(ood_scores, err, is_ood)
-    from jaxuq.evaluate import classification_table
+    from jaxuq.evaluation import classification_table
 
     tab = classification_table(probs, labels, ood_scores=ood_scores, smece=False)
     for k, v in got.items():

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxuq.evaluate import classification_table
+from jaxuq.evaluation import classification_table
 from tests.helpers import GOLDEN
 
 FILES = sorted(GOLDEN.glob("metrics_*.npz"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxuq import metrics as M
-from jaxuq.evaluate import classification_table
+from jaxuq.evaluation import classification_table
 from tests.helpers import require
 
 torch = require("torch")

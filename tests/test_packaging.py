@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Subpackages that exist on this branch. `evaluation` (and `jaxuq.evaluate` / `predict` /
-# `classification_table`, which resolve to it) comes from another branch.
-PRESENT = ["calibration", "data", "ensembles", "hub", "metrics", "models", "nn", "ood", "report", "train"]
+PRESENT = ["calibration", "data", "ensembles", "evaluation", "hub", "metrics", "models", "nn", "ood", "report",
+           "train"]
 
 
 def _pyproject():
@@ -80,8 +79,11 @@ def test_lazy_subpackages_and_dir():
         assert callable(jaxuq.metrics.ece) and "jaxuq.metrics" in sys.modules
         for name in {PRESENT!r}:
             assert getattr(jaxuq, name) is sys.modules["jaxuq." + name], name
+        for name in ("evaluate", "predict", "classification_table"):  # one name per meaning
+            assert getattr(jaxuq, name) is getattr(jaxuq.evaluation, name), name
+        assert callable(jaxuq.evaluate) and not hasattr(jaxuq.evaluate, "__path__")
         listed = set(dir(jaxuq))
-        want = set({PRESENT!r}) | {{"evaluation", "evaluate", "predict", "classification_table"}}
+        want = set({PRESENT!r}) | {{"evaluate", "predict", "classification_table"}}
         assert want <= listed, want - listed
         try:
             jaxuq.no_such_thing

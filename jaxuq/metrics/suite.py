@@ -3,7 +3,7 @@
 :func:`table_core` computes every jittable metric of TU's ``ClassificationRoutine.test_step``
 (``test/cls``, ``test/cal`` except SmECE, ``test/sc``, ``ood/*``, ``ens_*``) in a single XLA
 program, sharing the top-label reduction and the per-metric sorts. Inputs must be validated
-already (see :func:`jaxuq.evaluate.classification_table`).
+already (see :func:`jaxuq.evaluation.classification_table`).
 """
 
 from __future__ import annotations

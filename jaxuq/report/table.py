@@ -101,7 +101,7 @@ def print_table(results: dict, console: Console | None = None, stage: str = "tes
     """Print ``results`` exactly like TU's ``TUEvaluationLoop`` (rich tables, TU order/formats).
 
     Args:
-      results: ``{key: float}`` as returned by :func:`jaxuq.evaluate.classification_table`.
+      results: ``{key: float}`` as returned by :func:`jaxuq.evaluation.classification_table`.
       console: a ``rich.console.Console`` (default: rich's global console).
       stage: the first column reads ``f"{stage.capitalize()} metric"``.
     """
