@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in found:
         close = difflib.get_close_matches(name, list(found), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        print(f"error: unknown experiment {name!r}{hint}; available: {', '.join(found)}\n{USAGE}",
-              file=sys.stderr)
+        print(
+            f"error: unknown experiment {name!r}{hint}; available: {', '.join(found)}\n{USAGE}",
+            file=sys.stderr,
+        )
         return 2
     return launch(name, rest)
 

@@ -24,6 +24,7 @@ import difflib
 import importlib
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -96,11 +97,19 @@ def _config_help(module) -> str:
 
 def _parser(name: str, module) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog=f"python -m experiments {name}", description=module.__doc__, epilog=_config_help(module),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=f"python -m experiments {name}",
+        description=module.__doc__,
+        epilog=_config_help(module),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--small", action="store_true", help="the small CI-sized config (SMALL)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key (value parsed as JSON, else a string); repeatable")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (value parsed as JSON, else a string); repeatable",
+    )
     ap.add_argument("--out", type=Path, default=None, help=f"output folder (default: runs/{name}/)")
     return ap
 
@@ -109,8 +118,12 @@ def stamp(wall_seconds: float) -> dict:
     """Date (UTC), machine, package versions and wall-clock seconds of a run."""
     from bench._common import machine, versions  # the one metadata recipe (no jax import)
 
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "versions": versions(), "wall_seconds": wall_seconds}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "wall_seconds": wall_seconds,
+    }
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -161,8 +174,9 @@ def launch(name: str, argv: list[str], module=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((out / "table.txt").read_text())
-    print(f"{name}: config.json, results.json, table.txt and plots in {out} "
-          f"({results['wall_seconds']:.1f} s)")
+    print(
+        f"{name}: config.json, results.json, table.txt and plots in {out} ({results['wall_seconds']:.1f} s)"
+    )
     return 0
 
 
@@ -180,26 +194,27 @@ def launch_module(module_name: str, argv: list[str] | None = None) -> int:
 
 def compare_row(metric: str, jaxuq, tu=None, published=None) -> dict:
     """One comparison row ``{"metric", "published", "tu", "jaxuq", "abs_diff"}``; ``abs_diff`` is
-    ``|tu - jaxuq|`` (None when TU was not run)."""
+    ``|tu - jaxuq|`` (None when TU was not run; 0 when both are NaN, as TU's undefined values are)."""
     jaxuq = float(jaxuq)
     tu = None if tu is None else float(tu)
-    return {"metric": metric, "published": published, "tu": tu, "jaxuq": jaxuq,
-            "abs_diff": None if tu is None else abs(tu - jaxuq)}
+    diff = None if tu is None else 0.0 if math.isnan(tu) and math.isnan(jaxuq) else abs(tu - jaxuq)
+    return {"metric": metric, "published": published, "tu": tu, "jaxuq": jaxuq, "abs_diff": diff}
 
 
 def comparison_table(rows: list[dict], title: str = "published | TU 0.13.0 here | jaxuq here"):
-    """A rich ``Table`` of ``compare_row`` rows (values to 6 decimals, |Δ| in scientific notation)."""
+    """A rich ``Table`` of ``compare_row`` rows (6 significant digits; |Δ| in scientific notation)."""
     from rich.table import Table
 
-    def num(v, fmt="{:.6f}"):
+    def num(v, fmt="{:.6g}"):
         return "-" if v is None else (fmt.format(v) if isinstance(v, int | float) else str(v))
 
     t = Table(title=title)
     for c in ("metric", "published", "TU 0.13.0 here", "jaxuq here", "|Δ|"):
         t.add_column(c, justify="left" if c == "metric" else "right")
     for r in rows:
-        t.add_row(r["metric"], num(r["published"]), num(r["tu"]), num(r["jaxuq"]),
-                  num(r["abs_diff"], "{:.1e}"))
+        t.add_row(
+            r["metric"], num(r["published"]), num(r["tu"]), num(r["jaxuq"]), num(r["abs_diff"], "{:.1e}")
+        )
     return t
 
 
