@@ -201,15 +201,20 @@ def compare_row(metric: str, jaxuq, tu=None, published=None) -> dict:
     return {"metric": metric, "published": published, "tu": tu, "jaxuq": jaxuq, "abs_diff": diff}
 
 
-def comparison_table(rows: list[dict], title: str = "published | TU 0.13.0 here | jaxuq here"):
-    """A rich ``Table`` of ``compare_row`` rows (6 significant digits; |Δ| in scientific notation)."""
+def comparison_table(
+    rows: list[dict],
+    title: str = "published | TU 0.13.0 here | jaxuq here",
+    reference: str = "TU 0.13.0 here",
+):
+    """A rich ``Table`` of ``compare_row`` rows (6 significant digits; |Δ| in scientific notation);
+    ``reference`` names the ``tu`` column (scio's recorded outputs for the scio tutorial)."""
     from rich.table import Table
 
     def num(v, fmt="{:.6g}"):
         return "-" if v is None else (fmt.format(v) if isinstance(v, int | float) else str(v))
 
     t = Table(title=title)
-    for c in ("metric", "published", "TU 0.13.0 here", "jaxuq here", "|Δ|"):
+    for c in ("metric", "published", reference, "jaxuq here", "|Δ|"):
         t.add_column(c, justify="left" if c == "metric" else "right")
     for r in rows:
         t.add_row(

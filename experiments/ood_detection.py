@@ -169,55 +169,9 @@ def _jaxuq_tables(module, variables, norm, x, y, oods, config) -> tuple[dict, di
     return tables, scores, (z, z_oods)
 
 
-def _plot(scores, path):
-    """scio-style histograms + ROC curves of the criteria (confidence = -score)."""
-    from jaxuq.report.plots import summary_plot
-
-    names = list(scores)
-    oods = list(next(iter(scores.values()))[1])
-    summary_plot(
-        [-scores[c][0] for c in names], [[-scores[c][1][o] for c in names] for o in oods], names, oods, path
-    )
-
-
-def _mixed_ties(values, labels) -> bool:
-    """Whether some group of equal ``values`` holds both labels: there TU's value depends on the
-    tie order (unstable sort) and ours does not."""
-    v, lab = np.asarray(values), np.asarray(labels)
-    order = np.argsort(v, kind="stable")
-    v, lab = v[order], lab[order]
-    starts = np.r_[True, v[1:] != v[:-1]]
-    group = np.cumsum(starts) - 1
-    lo, hi = np.full(group[-1] + 1, 2), np.full(group[-1] + 1, -1)
-    np.minimum.at(lo, group, lab)
-    np.maximum.at(hi, group, lab)
-    return bool((lo != hi).any())
-
-
-def _tie_affected(scores, z, y) -> set[str]:
-    """Comparison rows whose TU value depends on tie order (README, deviations from TU): the
-    ``ood/{AUROC, AUPR, SCOD_*}`` of a criterion/OOD set whose scores, after TU's float32 per-batch
-    sigmoid, tie across ID and OOD; ``test/sc/*`` when equal ID confidences mix right and wrong."""
-    out = set()
-    for c, (s_id, s_oods) in scores.items():
-        for o, s_ood in s_oods.items():
-            s = np.concatenate([s_id, s_ood]).astype(np.float32)
-            is_ood = np.r_[np.zeros(len(s_id), int), np.ones(len(s_ood), int)]
-            sig = (1 / (1 + np.exp(-s))).astype(np.float32)
-            if _mixed_ties(sig, is_ood) or _mixed_ties(s, is_ood):
-                out |= {
-                    f"{c}/{o}: ood/{k}"
-                    for k in ("AUROC", "AUPR", "SCOD_AUGRC", "SCOD_AURC", "SCOD_Cov_5Risk", "SCOD_Risk_80Cov")
-                }
-    p = np.asarray(jax.nn.softmax(jnp.asarray(z), -1))
-    if _mixed_ties(p.max(-1), p.argmax(-1) != y):
-        out |= {f"test/sc/{k}" for k in ("AUGRC", "AURC", "Cov_5Risk", "Risk_80Cov")}
-    return out
-
-
-def _rows(jx: dict, tu: dict | None, tied: set[str]) -> list[dict]:
+def _rows(jx: dict, tu: dict | None, quirky: set[str]) -> list[dict]:
     """Comparison rows: the ID keys (``test/*``, the same for every criterion and OOD set) once,
-    then the ``ood/*`` keys per criterion and OOD set; ``tie_affected`` marks the rows of ``tied``."""
+    then the ``ood/*`` keys per criterion and OOD set; ``tu_quirk`` marks the rows of ``quirky``."""
     first = next(iter(jx))
     rows = _common.table_rows(
         None if tu is None else tu[first],
@@ -231,7 +185,7 @@ def _rows(jx: dict, tu: dict | None, tied: set[str]) -> list[dict]:
             PUBLISHED[name.split("/")[0]],
             prefix=f"{name}: ",
         )
-    return [{**r, "tie_affected": r["metric"] in tied} for r in rows]
+    return [{**r, "tu_quirk": r["metric"] in quirky} for r in rows]
 
 
 def _tu_tables(config, model, x, y, oods: dict) -> dict:
@@ -270,19 +224,6 @@ def _tu_side(config, norm, x, y, oods, logits) -> tuple[dict, dict]:
     return tu, same
 
 
-def _saturated(logits) -> dict:
-    """How many float32 max-softmax values are exactly 1 (ties MSP cannot order) per set."""
-    z, z_oods = logits
-    return {
-        name: int((np.asarray(jax.nn.softmax(jnp.asarray(v), -1)).max(-1) == 1.0).sum())
-        for name, v in {"ID": z, **z_oods}.items()
-    }
-
-
-def _max_diff(rows):
-    return max((r["abs_diff"] for r in rows if r["abs_diff"] is not None), default=None)
-
-
 def run(config: dict, out_dir) -> tuple[dict, str]:
     bad = set(config["criteria"]) - set(TU_CRITERIA)
     if bad:
@@ -308,29 +249,23 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         norm = _common.normalize
         substituted.append(f"{config['model']} checkpoint (converted) for TU's hub ResNet-18")
     jx, scores, logits = _jaxuq_tables(module, variables, norm, x, y, oods, config)
-    _plot(scores, out_dir / "ood_scores.png")
+    _common.score_plot(scores, out_dir / "ood_scores.png")
     t_jx = time.perf_counter() - t0
     tu = same = t_tu = None
     if config["compare_tu"] and not config["train"]:
         t0 = time.perf_counter()
         tu, same = _tu_side(config, norm, x, y, oods, logits)
         t_tu = time.perf_counter() - t0
-    tied = _tie_affected(scores, logits[0], y)
-    rows = _rows(jx, tu, tied)
-    same_rows = [r for r in _rows(jx, same, tied) if "/cplx/" not in r["metric"]] if same else []
-    sat = _saturated(logits)
+    quirky = _common.tu_quirk_rows(scores, logits[0], y, config["batch_size"])
+    rows = _rows(jx, tu, quirky)
+    same_rows = [r for r in _rows(jx, same, quirky) if "/cplx/" not in r["metric"]] if same else []
+    sat = _common.saturated(logits)
     texts = [_common.tables_text(f"jaxuq, criterion/OOD set {name}", t) for name, t in jx.items()]
     table = "".join(texts) + render_text(
         comparison_table(rows, "OOD detection: published | TU 0.13.0 | jaxuq")
     )
-    if same:
-        table += (
-            f"TU on jaxuq's own logits (metrics alone): max |Δ| {_max_diff(same_rows):.1e} over "
-            f"{len(same_rows)} keys. Max-softmax exactly 1.0 in float32 (MSP ties): {sat}\n"
-            f"Tie-affected rows (TU's value depends on its tie order: per-batch float32 sigmoid, unstable "
-            f"sort; see README deviations): {sorted(tied) or 'none'}; max |Δ| elsewhere "
-            f"{_max_diff([r for r in rows if not r['tie_affected']]):.1e}\n"
-        )
+    note, summary = _common.parity_summary(rows, same_rows, quirky)
+    table += note + (f"max-softmax exactly 1.0 in float32 (MSP ties) per set: {sat}\n" if tu else "")
     results = {
         "substituted": substituted,
         "n_test": len(y),
@@ -338,11 +273,8 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         "tables": {"jaxuq": jx, "tu": tu, "tu_on_jaxuq_logits": same},
         "comparison": rows,
         "comparison_same_logits": same_rows,
-        "max_abs_diff": _max_diff(rows),
-        "max_abs_diff_same_logits": _max_diff(same_rows),
+        **summary,
         "msp_saturated": sat,
-        "tie_affected": sorted(tied),
-        "max_abs_diff_tie_free": _max_diff([r for r in rows if not r["tie_affected"]]),
         "seconds": {"jaxuq": t_jx, "tu": t_tu},
     }
     return results, table

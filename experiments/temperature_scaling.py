@@ -61,16 +61,6 @@ def get_config() -> dict:
 SMALL = {"model": ["resnet20"], "batch_size": 250}
 
 
-def split(n: int, cal_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(calibration indices, evaluation indices)``: a seeded permutation of ``range(n)``, the first
-    ``round(n * cal_fraction)`` calibrate."""
-    if not 0 < cal_fraction < 1:
-        raise ValueError(f"cal_fraction must be in (0, 1); got {cal_fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
-    k = round(n * cal_fraction)
-    return perm[:k], perm[k:]
-
-
 def _jaxuq(z_cal, y_cal, z_test, y_test):
     from jaxuq.calibration import temperature_apply, temperature_fit
     from jaxuq.metrics import accuracy, ece
@@ -122,7 +112,7 @@ def _model(name, config, x, y, out_dir):
 
     module, variables = _common.load_model(name, _common.checkpoint_of(name), config["data_dir"])
     z = _common.logits_of(module, variables, x, config["batch_size"])
-    cal, test = split(len(y), config["cal_fraction"], config["seed"])
+    cal, test = _common.split(len(y), config["cal_fraction"], config["seed"])
     args = (z[cal], y[cal], z[test], y[test])
     jx, t_jx, (p_before, p_after) = _jaxuq(*args)
     tu, t_tu = _tu(*args) if config["compare_tu"] else (None, None)
