@@ -27,7 +27,9 @@ Config keys:
   model: the checkpoint ("resnet20" or "resnet56").
   n_images: real CIFAR-10 test images (<= 1000).
   cal_fraction: share of them that fits DEUP.
-  hidden_dim, max_epochs, num_folds: DEUP's settings on CIFAR (the tutorial's 64, 50, 5).
+  hidden_dim: DEUP's error-predictor width on CIFAR (the tutorial's 64).
+  max_epochs: DEUP's full-batch Adam steps per predictor (the tutorial's 50).
+  num_folds: DEUP's cross-validation folds (TU's default 5).
   batch_size: test batch (the tutorial's 256; the Complexity flops are of the first batch).
   smece: compute test/cal/SmECE.
   compare_tu: run TU 0.13.0 (and part 1).

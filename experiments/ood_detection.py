@@ -37,7 +37,10 @@ Config keys:
   smece: compute test/cal/SmECE (the slowest metric).
   compare_tu: run TU 0.13.0 on the same tensors.
   train: run the tutorial's 1-epoch ResNet-18 training instead of loading a checkpoint.
-  epochs, train_images, lr, compute_dtype: the training run's settings (train=True only).
+  epochs: training epochs (train=True only; the tutorial's 1).
+  train_images: real training images used (train=True only; at most the 5000 here).
+  lr: Adam's learning rate (train=True only; the tutorial's 1e-3).
+  compute_dtype: training compute dtype (train=True only; the tutorial's 16-mixed -> "bfloat16").
   seed: the shifts' noise key and the training seed.
   data_dir: the data folder (None: $JAXUQ_DATA_DIR).
 """
