@@ -133,6 +133,8 @@ def tu_test(
     Returns:
       ``{key: float}``: the routine's logged test metrics.
     """
+    import logging
+
     import lightning as L
     import torch
     from torch_uncertainty import TUTrainer
@@ -148,6 +150,8 @@ def tu_test(
             torch.manual_seed(seed)
             return torch_loader(*postprocess_data, batch_size=batch_size)
 
+    for name in ("lightning.pytorch", "lightning.fabric"):  # no accelerator banners and tips
+        logging.getLogger(name).setLevel(logging.ERROR)
     trainer = TUTrainer(
         accelerator="cpu",
         devices=1,
