@@ -51,28 +51,15 @@ def _lenet():
         return packed_lenet(1, 10, num_estimators=1, alpha=1)
 
 
-def train(
-    module,
-    num_members,
-    images,
-    labels,
-    *,
-    epochs,
-    batch_size,
-    lr,
-    key,
-    loss_fn=None,
-    tu_gradient_scaling=False,
-    members=None,
-):
+def train(module, num_members, images, labels, *, epochs, batch_size, lr, key, loss_fn=None,
+          tu_gradient_scaling=False, members=None):
     """Train a stacked ensemble (``num_members`` copies of ``module``) on uint8 ``images [N,28,28,1]``."""
     pre = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1], crop=28, padding=4)
     k_init, k_data = jax.random.split(key)
     tx = optax.sgd(lr)
     state = E.init_train_state(module, tx, k_init, num_members, jnp.zeros((1, 28, 28, 1)))
-    step = E.make_train_step(
-        module, tx, members=members, tu_gradient_scaling=tu_gradient_scaling, loss_fn=loss_fn
-    )
+    step = E.make_train_step(module, tx, members=members, tu_gradient_scaling=tu_gradient_scaling,
+                             loss_fn=loss_fn)
     augment = jax.jit(pre.train)
     xd, yd = jnp.asarray(images), jnp.asarray(labels)
     n = xd.shape[0]
@@ -83,19 +70,15 @@ def train(
             idx = order[b * batch_size : (b + 1) * batch_size]
             xb = augment(jax.random.fold_in(ke, b + 1), xd[idx])
             state, loss = step(state, xb, yd[idx])
-        print(
-            f"  epoch {epoch + 1}/{epochs}: loss per member {np.round(np.asarray(loss), 4).tolist()}",
-            flush=True,
-        )
+        print(f"  epoch {epoch + 1}/{epochs}: loss per member {np.round(np.asarray(loss), 4).tolist()}",
+              flush=True)
     return state
 
 
 def predict(fn, variables, images, batch_size=2048):
     pre = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1])
-    outs = [
-        fn(variables, pre.eval(jnp.asarray(images[i : i + batch_size])))
-        for i in range(0, images.shape[0], batch_size)
-    ]
+    outs = [fn(variables, pre.eval(jnp.asarray(images[i : i + batch_size])))
+            for i in range(0, images.shape[0], batch_size)]
     return np.concatenate([np.asarray(o) for o in outs], axis=1)  # [M, N, C]
 
 
@@ -104,10 +87,7 @@ def evaluate(name, logits_id, labels, logits_ood, n_params):
     p_ood = jax.nn.softmax(jnp.asarray(logits_ood), -1)
     msp = lambda p: -jnp.max(jnp.mean(p, 0), -1)  # noqa: E731  TU's default MSP criterion
     res = classification_table(
-        probs=p_id,
-        labels=labels,
-        ood_scores=jnp.concatenate([msp(p_id), msp(p_ood)]),
-        ood_probs=p_ood,
+        probs=p_id, labels=labels, ood_scores=jnp.concatenate([msp(p_id), msp(p_ood)]), ood_probs=p_ood,
         params=n_params,
     )
     print(f"\n== {name} ==")
@@ -126,12 +106,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--de-members", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--members",
-        choices=["vmap", "map", "unroll"],
-        default=None,
-        help="member lowering (default: per backend)",
-    )
+    ap.add_argument("--members", choices=["vmap", "map", "unroll"], default=None,
+                    help="member lowering (default: per backend)")
     ap.add_argument("--json", default=None, help="write the three tables to this JSON file")
     args = ap.parse_args(argv)
     if args.full:
@@ -143,63 +119,35 @@ def main(argv=None):
     xtr, ytr = xtr[: args.train_subset], ytr[: args.train_subset].astype(np.int32)
     xte, yte = xte[: args.test_subset], yte[: args.test_subset]
     xood = xood[: args.ood_subset]
-    print(
-        f"MNIST train {xtr.shape[0]} x {args.epochs} epochs, test {xte.shape[0]}, "
-        f"FashionMNIST OOD {xood.shape[0]}, backend {jax.default_backend()}"
-    )
+    print(f"MNIST train {xtr.shape[0]} x {args.epochs} epochs, test {xte.shape[0]}, "
+          f"FashionMNIST OOD {xood.shape[0]}, backend {jax.default_backend()}")
     key = jax.random.key(args.seed)
     results, timings = {}, {}
     lenet = _lenet()
 
     def nparams(variables, m_axis):
-        return int(
-            sum(np.prod(a.shape[1:]) * (a.shape[0] if m_axis else 1) for a in jax.tree.leaves(variables))
-        )
+        return int(sum(np.prod(a.shape[1:]) * (a.shape[0] if m_axis else 1)
+                       for a in jax.tree.leaves(variables)))
 
     # 1. single LeNet
     t0 = time.perf_counter()
-    st = train(
-        lenet,
-        1,
-        xtr,
-        ytr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=0.05,
-        key=jax.random.fold_in(key, 1),
-        members=args.members,
-    )
+    st = train(lenet, 1, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05,
+               key=jax.random.fold_in(key, 1), members=args.members)
     timings["single"] = time.perf_counter() - t0
     ev = E.make_eval_fn(lenet, members=args.members)
     v = {"params": st.params}
-    results["single"] = evaluate(
-        "Single LeNet", predict(ev, v, xte), yte, predict(ev, v, xood), nparams(st.params, False)
-    )
+    results["single"] = evaluate("Single LeNet", predict(ev, v, xte), yte, predict(ev, v, xood),
+                                 nparams(st.params, False))
 
     # 2. deep ensemble, TU-style objective and LR x M
     m = args.de_members
     t0 = time.perf_counter()
-    st = train(
-        lenet,
-        m,
-        xtr,
-        ytr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=0.05 * m,
-        key=jax.random.fold_in(key, 2),
-        tu_gradient_scaling=True,
-        members=args.members,
-    )
+    st = train(lenet, m, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05 * m,
+               key=jax.random.fold_in(key, 2), tu_gradient_scaling=True, members=args.members)
     timings["deep_ensemble"] = time.perf_counter() - t0
     v = {"params": st.params}
-    results["deep_ensemble"] = evaluate(
-        f"Deep ensemble of {m} LeNets",
-        predict(ev, v, xte),
-        yte,
-        predict(ev, v, xood),
-        nparams(st.params, True),
-    )
+    results["deep_ensemble"] = evaluate(f"Deep ensemble of {m} LeNets", predict(ev, v, xte), yte,
+                                        predict(ev, v, xood), nparams(st.params, True))
 
     # 3. Packed-Ensemble, M = 4, alpha = 2: one model, CE on RepeatTarget(4), LR x 4
     pm = packed_lenet(1, 10, num_estimators=4, alpha=2)
@@ -208,45 +156,24 @@ def main(argv=None):
         return optax.softmax_cross_entropy_with_integer_labels(logits, repeat_target(y, 4)).mean()
 
     t0 = time.perf_counter()
-    st = train(
-        pm,
-        1,
-        xtr,
-        ytr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=0.05 * 4,
-        key=jax.random.fold_in(key, 3),
-        loss_fn=packed_loss,
-        members=args.members,
-    )
+    st = train(pm, 1, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05 * 4,
+               key=jax.random.fold_in(key, 3), loss_fn=packed_loss, members=args.members)
     timings["packed"] = time.perf_counter() - t0
     pv = {"params": jax.tree.map(lambda a: a[0], st.params)}
     pev = jax.jit(lambda v_, x: split_members(pm.apply(v_, x), 4))
-    results["packed"] = evaluate(
-        "Packed-Ensemble (M=4, alpha=2)",
-        predict(pev, pv, xte),
-        yte,
-        predict(pev, pv, xood),
-        nparams(st.params, False),
-    )
+    results["packed"] = evaluate("Packed-Ensemble (M=4, alpha=2)", predict(pev, pv, xte), yte,
+                                 predict(pev, pv, xood), nparams(st.params, False))
 
     keys = ["test/cls/Acc", "test/cls/NLL", "test/cal/ECE", "ood/AUROC", "ood/FPR95", "test/cplx/params"]
     print("\n| model | " + " | ".join(k.split("/")[-1] for k in keys) + " | train s |")
     print("|---" * (len(keys) + 2) + "|")
     for name, res in results.items():
-        print(
-            f"| {name} | "
-            + " | ".join(
-                f"{int(res[k]):,}" if k.endswith("params") else f"{res.get(k, float('nan')):.4g}"
-                for k in keys
-            )
-            + f" | {timings[name]:.1f} |"
-        )
+        print(f"| {name} | " + " | ".join(
+            f"{int(res[k]):,}" if k.endswith("params") else f"{res.get(k, float('nan')):.4g}" for k in keys)
+              + f" | {timings[name]:.1f} |")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"args": vars(args), "results": results, "train_s": timings}, indent=2, default=float)
-        )
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "train_s": timings},
+                                              indent=2, default=float))
     return results
 
 
