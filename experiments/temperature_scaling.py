@@ -121,20 +121,17 @@ def _model(name, config, x, y, out_dir):
     args = (z[cal], y[cal], z[test], y[test])
     jx, t_jx, (p_before, p_after) = _jaxuq(*args)
     tu, t_tu = _tu(*args) if config["compare_tu"] else (None, None)
-    reliability_diagram(
-        p_before,
-        y[test],
-        out_dir / f"reliability_{name}_before.png",
-        title=f"{name}, before temperature scaling",
-        ece=jx["ECE before"],
-    )
-    reliability_diagram(
-        p_after,
-        y[test],
-        out_dir / f"reliability_{name}_after.png",
-        title=f"{name}, after (T = {jx['T']:.4f})",
-        ece=jx["ECE after"],
-    )
+    for when, probs, title in (
+        ("before", p_before, "before temperature scaling"),
+        ("after", p_after, f"after (T = {jx['T']:.4f})"),
+    ):
+        reliability_diagram(
+            probs,
+            y[test],
+            out_dir / f"reliability_{name}_{when}.png",
+            title=f"{name}, {title}",
+            ece=jx[f"ECE {when}"],
+        )
     rows = [
         compare_row(f"{name}: {k}", jx[k], None if tu is None else tu[k], PUBLISHED.get(k))
         for k in ("T", "ECE before", "ECE after")

@@ -27,10 +27,16 @@ RESNET20_PARAMS = 269_722
 RESNET18_CIFAR_PARAMS, RESNET18_CIFAR_FLOPS_PER_IMAGE = 11_173_962, 1_110_845_440  # TU-measured (docs, H)
 
 
-def _env(**extra):
+def _python_m(*args, timeout=120):
+    """``python -m *args`` from the repository root, the checkout first on the path."""
     import os
 
-    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 # ---------------------------------------------------------------- launcher
@@ -44,32 +50,16 @@ def test_list_shows_every_experiment():
     for path in (REPO / "experiments").glob("[!_]*.py"):  # discovery, not a list: every module with both
         src = path.read_text()
         assert (path.stem in found) == ("\ndef get_config(" in src and "\ndef run(" in src), path.name
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python_m("experiments")
     for name, summary in found.items():
-        assert f"{name}  " in out.stdout and summary in out.stdout
+        assert f"{name}  " in out and summary in out
 
 
 def test_module_help_shows_the_defaults():
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.temperature_scaling", "--help"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert 'model = ["resnet20", "resnet56"]  [["resnet20"]]' in out.stdout
-    assert "cal_fraction = 0.1" in out.stdout and "compare_tu = true" in out.stdout
-    assert "--small" in out.stdout and "--set KEY=VALUE" in out.stdout
+    out = _python_m("experiments.temperature_scaling", "--help")
+    assert 'model = ["resnet20", "resnet56"]  [["resnet20"]]' in out
+    assert "cal_fraction = 0.1" in out and "compare_tu = true" in out
+    assert "--small" in out and "--set KEY=VALUE" in out
 
 
 @pytest.mark.parametrize("name", TUTORIALS)
