@@ -91,7 +91,8 @@ def checkpoint_of(name: str) -> str:
     if name not in CHECKPOINTS:
         raise ValueError(
             f"model {name!r} has no checkpoint under the data folder; known: {', '.join(CHECKPOINTS)} "
-            "(the tutorial's hub models, e.g. chenyaofo's cifar100_resnet20, need a network)"
+            "(the tutorial's cifar100_resnet20 is in jaxuq.models and the converter, but its weights come "
+            "from torch.hub and its data is CIFAR-100: both need a network)"
         )
     return CHECKPOINTS[name]
 
