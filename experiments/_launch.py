@@ -194,10 +194,16 @@ def launch_module(module_name: str, argv: list[str] | None = None) -> int:
 
 def compare_row(metric: str, jaxuq, tu=None, published=None) -> dict:
     """One comparison row ``{"metric", "published", "tu", "jaxuq", "abs_diff"}``; ``abs_diff`` is
-    ``|tu - jaxuq|`` (None when TU was not run; 0 when both are NaN, as TU's undefined values are)."""
+    ``|tu - jaxuq|`` (None when TU was not run; 0 when both are NaN, as TU's undefined values are,
+    inf when only one is)."""
     jaxuq = float(jaxuq)
     tu = None if tu is None else float(tu)
-    diff = None if tu is None else 0.0 if math.isnan(tu) and math.isnan(jaxuq) else abs(tu - jaxuq)
+    if tu is None:
+        diff = None
+    elif math.isnan(tu) or math.isnan(jaxuq):  # NaN only equals NaN; a NaN against a number is inf
+        diff = 0.0 if math.isnan(tu) and math.isnan(jaxuq) else math.inf
+    else:
+        diff = abs(tu - jaxuq)
     return {"metric": metric, "published": published, "tu": tu, "jaxuq": jaxuq, "abs_diff": diff}
 
 

@@ -111,13 +111,12 @@ def _tu(z_cal, y_cal, z_test, y_test):
     return out, time.perf_counter() - t0
 
 
-def _model(name, config, x, y, out_dir):
-    """Logits of checkpoint ``name``, the split, both sides, the two diagrams."""
+def _model(name, config, x, y, cal, test, out_dir):
+    """Logits of checkpoint ``name``; both sides on the split ``cal`` / ``test``; the two diagrams."""
     from jaxuq.report.plots import reliability_diagram
 
     module, variables = _common.load_model(name, _common.checkpoint_of(name), config["data_dir"])
     z = _common.logits_of(module, variables, x, config["batch_size"])
-    cal, test = _common.split(len(y), config["cal_fraction"], config["seed"])
     args = (z[cal], y[cal], z[test], y[test])
     jx, t_jx, (p_before, p_after) = _jaxuq(*args)
     tu, t_tu = _tu(*args) if config["compare_tu"] else (None, None)
@@ -151,11 +150,12 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     n = config["n_images"]
     if not 20 <= n <= 1000:
         raise ValueError(f"n_images must be in [20, 1000]; got {n}")
+    cal, test = _common.split(n, config["cal_fraction"], config["seed"])  # checks cal_fraction first
     _, te = _common.load_cifar_heads(config["data_dir"])
     x, y = te["images"][:n], te["labels"][:n]
     per_model, rows = {}, []
     for name in names:
-        per_model[name], r = _model(name, config, x, y, out_dir)
+        per_model[name], r = _model(name, config, x, y, cal, test, out_dir)
         rows += r
     lines = [
         f"[{name}] ECE before scaling - {100 * m['jaxuq']['ECE before']:.3}%.  ECE after scaling - "

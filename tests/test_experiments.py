@@ -138,6 +138,7 @@ def test_launch_writes_four_outputs_and_parses_values(tmp_path):
     assert json.loads((tmp_path / "o" / "config.json").read_text()) == {"a": 1, "b": "not json"}
     assert (tmp_path / "o" / "table.txt").read_text() == "the table\n"
     assert compare_row("m", float("nan"), float("nan"))["abs_diff"] == 0.0  # both undefined: equal
+    assert compare_row("m", 0.5, float("nan"))["abs_diff"] == math.inf  # never hidden by max()
     assert compare_row("m", 1.5, 1.0, 2.0) == {
         "metric": "m",
         "published": 2.0,
