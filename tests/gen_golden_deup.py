@@ -4,7 +4,7 @@ TU's ``DEUP`` fitted on experiments/deup.py's synthetic walkthrough (seed 0: our
 tensors, our base-model weights copied into torch). The fixture holds TU's initial weights of its
 6 error predictors (``init{i}/{w1,b1,w2,b2}``), TU's epistemic scores ``scores`` [10] and
 likelihoods ``probs`` [10, 5] on the test samples, and ``x_test`` (to detect a change of the
-``jax.random`` stream). tests/test_calibration_deup_experiment.py checks jaxuq against it
+``jax.random`` stream). tests/test_experiments.py checks jaxuq against it
 without torch.
 """
 
@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.deup import synthetic  # noqa: E402
-from tests.test_calibration_deup_experiment import tu_deup_on  # noqa: E402
+from tests.test_experiments import tu_deup_on  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "golden" / "deup_tutorial_synthetic.npz"
 

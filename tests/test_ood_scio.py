@@ -1,18 +1,18 @@
-"""scio 1.1.0 parity of the OOD detectors and of experiments/scio_ood.py on Tiniest, real images.
+"""scio 1.1.0 parity of the OOD detectors on Tiniest, real images (experiments/scio_ood.py's own
+comparison with these outputs: tests/test_experiments.py).
 
 The reference numbers come from scio itself (tests/test_ood_scio_gen.py, run in a Python 3.12
 venv since scio-pypi needs >= 3.12) and are stored in tests/golden/ood_scio_tiniest_small.npz:
 128 calibration train images, 32 InD test images and the 3 synthetic OOD sets built from them.
 """
 
-import json
 
 import numpy as np
 import pytest
 
 from jaxuq.ood import detectors as D
-from jaxuq.ood.evaluation import partial_auc, tpr_at_fpr_conf
-from tests.helpers import GOLDEN, data_path, require
+from jaxuq.ood.evaluation import partial_auc, tpr_at_fpr
+from tests.helpers import GOLDEN, data_path
 from tests.test_ood_scio_gen import load_split, ood_sets
 
 # conformity tolerances (rtol, atol) per score, in the golden's order. Gram raises activations to
@@ -37,36 +37,11 @@ def _golden():
 @pytest.mark.realdata
 @pytest.mark.parity
 @pytest.mark.slow
-def test_scio_tutorial_experiment_matches_scio(tmp_path):
-    require("torch")  # the experiment converts the torch checkpoint ([torch] extra)
-    from experiments.scio_ood import METRICS, run
-
-    g = _golden()
-    res = run(data_path(""), tmp_path, int(g["n_calib"]), int(g["n_ind"]), quiet=True)
-    assert (tmp_path / "summary_plot.png").stat().st_size > 10_000
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["scores"][3] == "KNN(k=6, act_norm=2.0)"  # k = int(128 ** 0.4)
-    evals = np.asarray(res["evals"])
-    ipauc, itpr = METRICS.index("pAUC@0.2"), METRICS.index("TPR@5%")
-    for i, name in enumerate(g["names"][:4]):
-        rtol, atol = TOL[name]
-        confs = [res["confs_ind"][i]] + [res["confs_oods"][j][i] for j in range(3)]
-        for j, c in enumerate(confs):
-            np.testing.assert_allclose(c, g["confs"][i, j], rtol=rtol, atol=atol, err_msg=f"{name} set {j}")
-        np.testing.assert_allclose(evals[i, :, [ipauc, itpr]].T, g["evals"][i], atol=0.05 if name == "Gram" else 1e-6)
-    for det in res["timers"].values():
-        assert [e["op"] for e in det] == ["calibration"] + ["inference"] * 4
-
-
-@pytest.mark.realdata
-@pytest.mark.parity
-@pytest.mark.slow
 def test_mahalanobis_and_odin_match_scio():
-    require("torch")  # load_model converts the torch checkpoint ([torch] extra)
-    from experiments.scio_ood import load_model
+    from experiments import _common
 
     g = _golden()
-    model, variables = load_model(data_path(""))
+    model, variables = _common.load_model("tiniest", _common.TINIEST_CKPT, data_path(""))
     xc, yc, xi = load_split(data_path(""), int(g["n_calib"]), int(g["n_ind"]))
     sets = (xi, *ood_sets(xi))
     for i, det in [(4, D.Mahalanobis(["avgpool"])), (5, D.ODIN(temperature=1000.0, epsilon=0.0014))]:
@@ -76,7 +51,7 @@ def test_mahalanobis_and_odin_match_scio():
         for j, c in enumerate(confs):
             np.testing.assert_allclose(c, g["confs"][i, j], rtol=rtol, atol=atol, err_msg=f"{det} set {j}")
         for j in range(3):
-            ours = [partial_auc(confs[0], confs[j + 1], 0.2), tpr_at_fpr_conf(confs[0], confs[j + 1], 0.05)]
+            ours = [partial_auc(confs[0], confs[j + 1], 0.2), tpr_at_fpr(confs[0], confs[j + 1], 0.05)]
             np.testing.assert_allclose(ours, g["evals"][i, j], atol=1e-9, err_msg=str(det))
 
 
@@ -87,5 +62,5 @@ def test_scio_metrics_definitions_on_golden_confidences():
         confs, evals = g["confs"], g["evals"]
         for i in range(confs.shape[0]):
             for j in range(3):
-                ours = [partial_auc(confs[i, 0], confs[i, j + 1], 0.2), tpr_at_fpr_conf(confs[i, 0], confs[i, j + 1], 0.05)]
+                ours = [partial_auc(confs[i, 0], confs[i, j + 1], 0.2), tpr_at_fpr(confs[i, 0], confs[i, j + 1], 0.05)]
                 np.testing.assert_allclose(ours, evals[i, j], atol=1e-12)
