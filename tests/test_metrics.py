@@ -16,24 +16,35 @@ from jaxuq.metrics import calibration, classification, ensemble, ood, selective,
 
 # ------------------------------------------------------------------ float64 references
 def ref_selective_f64(conf, err):
-    """Stable-descending float64 AURC family + stable-ascending aECE (from TU's formulas)."""
+    """Tie-aware float64 AURC family + aECE from TU's formulas: inside a group of tied confidences
+    the cumulative error is linearly interpolated (= expectation over random tie-breaking),
+    Cov@Risk only at distinct thresholds, aECE with each sample's accuracy = its group's mean."""
     conf = np.asarray(conf, np.float32).astype(np.float64)
     err = np.asarray(err, np.float64)
     n = len(conf)
     order = np.argsort(-conf, kind="stable")
-    r = np.cumsum(err[order]) / np.arange(1, n + 1)
+    c_s, e_s = conf[order], err[order]
+    cum = np.cumsum(e_s)
+    values, first, counts = np.unique(-c_s, return_index=True, return_counts=True)
+    interp, at_thr, e_mean = np.empty(n), np.zeros(n, bool), np.empty(n)
+    for a, g in zip(first, counts):
+        before = cum[a - 1] if a else 0.0
+        interp[a : a + g] = before + (cum[a + g - 1] - before) * np.arange(1, g + 1) / g
+        e_mean[a : a + g] = (cum[a + g - 1] - before) / g
+        at_thr[a + g - 1] = True
+    r = interp / np.arange(1, n + 1)
     cov = np.arange(1, n + 1) / n
-    ok = np.nonzero(r <= 0.05)[0]
+    ok = np.nonzero((r <= 0.05) & at_thr)[0]
     out = {
         "AURC": np.trapezoid(r, cov) / (1 - 1 / n),
         "AUGRC": np.trapezoid(r * cov, cov) / (1 - 1 / n),
         "Cov_5Risk": (ok[-1] + 1) / n if len(ok) else math.nan,
         "Risk_80Cov": r[math.ceil(n * 0.8) - 1],
     }
-    asc = np.argsort(conf, kind="stable")
-    chunks_c = np.array_split(conf[asc], 15)
-    chunks_a = np.array_split(1 - err[asc], 15)
-    out["aECE"] = sum(abs(a.mean() - c.mean()) * len(c) / n for a, c in zip(chunks_a, chunks_c))
+    chunks_c = np.array_split(c_s[::-1], 15)
+    chunks_a = np.array_split(1 - e_mean[::-1], 15)
+    aece = sum(abs(a.mean() - c.mean()) * len(c) / n for a, c in zip(chunks_a, chunks_c)) if n >= 15 else math.nan
+    out["aECE"] = aece
     return out
 
 
@@ -85,13 +96,79 @@ def test_classification_and_calibration_vs_float64(seed):
     assert abs(float(M.adaptive_ece(probs, labels)) - ref["aECE"]) < 1e-6
 
 
-def test_ties_use_stable_descending_order():
+def test_ties_are_accepted_as_a_group():
     conf = np.array([0.9, 0.9, 0.9, 0.6, 0.6], np.float32)
     probs = np.stack([conf, 1 - conf], -1)
-    labels = np.array([1, 0, 0, 1, 0])  # first tied sample wrong
+    labels = np.array([1, 0, 0, 1, 0])  # one of the three tied samples wrong
     ref = ref_selective_f64(conf, probs.argmax(-1) != labels)
     assert abs(float(M.aurc(probs, labels)) - ref["AURC"]) < 1e-7
-    assert float(M.risk_at_cov(probs, labels, 0.2)) == 1.0  # stable: sample 0 comes first
+    # coverage 0.2 lies inside the tied group: expected risk 1/3 whatever the sample order
+    assert float(M.risk_at_cov(probs, labels, 0.2)) == pytest.approx(1 / 3, abs=1e-7)
+    # risk <= 0.34 is reached by no threshold below coverage 3/5 (the group's end: risk 1/3)
+    assert float(M.cov_at_risk(probs, labels, 0.34)) == pytest.approx(0.6, abs=1e-7)
+    assert math.isnan(float(M.cov_at_risk(probs, labels, 0.3)))
+
+
+def _tied_case(seed, n=5000, c=10, levels=20):
+    """Quantised confidences (heavy ties, incl. a block at exactly 1.0) with mixed errors."""
+    rng = np.random.default_rng(seed)
+    conf = np.round(rng.uniform(0.1, 1.0, n) * levels) / levels
+    conf = np.clip(conf, 1.0 / c + 0.01, 1.0).astype(np.float32)
+    conf[: n // 20] = 1.0
+    rest = ((1.0 - conf) / (c - 1)).astype(np.float32)
+    probs = np.repeat(rest[:, None], c, 1)
+    pred = rng.integers(0, c, n)
+    probs[np.arange(n), pred] = conf
+    wrong = rng.random(n) < 1.0 - conf * 0.9
+    labels = np.where(wrong, (pred + 1 + rng.integers(0, c - 1, n)) % c, pred)
+    return probs, labels
+
+
+_RANK_METRICS = {
+    "aurc": M.aurc, "augrc": M.augrc, "cov_at_risk": lambda p, y: M.cov_at_risk(p, y, 0.05),
+    "cov_at_risk_30": lambda p, y: M.cov_at_risk(p, y, 0.3), "risk_at_cov": M.risk_at_cov,
+    "adaptive_ece": M.adaptive_ece,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tied_inputs_are_order_invariant(seed):
+    """Issue 16: with tied confidences the same predictions in another order gave another AURC,
+    Cov@Risk, aECE, ... (stable sort: the storage order decided)."""
+    probs, labels = _tied_case(seed)
+    conf = probs.max(-1)
+    assert len(np.unique(conf)) < 30
+    ref = ref_selective_f64(conf, probs.argmax(-1) != labels)
+    base = {k: float(f(probs, labels)) for k, f in _RANK_METRICS.items()}
+    rng = np.random.default_rng(seed + 100)
+    for _ in range(4):
+        perm = rng.permutation(len(labels))
+        for k, f in _RANK_METRICS.items():
+            got = float(f(probs[perm], labels[perm]))
+            assert got == pytest.approx(base[k], abs=1e-7, nan_ok=True), k
+    for k, name in (("AURC", "aurc"), ("AUGRC", "augrc"), ("Cov_5Risk", "cov_at_risk"),
+                    ("Risk_80Cov", "risk_at_cov"), ("aECE", "adaptive_ece")):  # fmt: skip
+        assert base[name] == pytest.approx(ref[k], abs=1e-6, nan_ok=True), k
+
+
+def test_tied_table_and_ood_metrics_are_order_invariant():
+    from jaxuq.evaluate import classification_table
+
+    probs, labels = _tied_case(2, n=3000)
+    rng = np.random.default_rng(3)
+    n_ood = 1000
+    ood_scores = np.round(rng.normal(size=3000 + n_ood), 1).astype(np.float32)  # heavy ties
+    ood_scores[3000:] += 0.5
+    ref = classification_table(probs, labels, ood_scores=ood_scores, smece=False)
+    for _ in range(3):
+        p_id, p_ood = rng.permutation(3000), 3000 + rng.permutation(n_ood)
+        got = classification_table(probs[p_id], labels[p_id], ood_scores=ood_scores[np.r_[p_id, p_ood]], smece=False)
+        for k, v in ref.items():
+            assert got[k] == pytest.approx(v, abs=1e-7, nan_ok=True), k
+    y = np.r_[np.zeros(3000, int), np.ones(n_ood, int)]
+    perm = rng.permutation(len(y))
+    for f in (M.auroc, M.aupr, M.fpr95, lambda s, o: M.auc(s, o, 0.1), lambda s, o: M.tpr_at_fpr(s, o, 0.1)):
+        assert float(f(ood_scores[perm], y[perm])) == pytest.approx(float(f(ood_scores, y)), abs=1e-7)
 
 
 def test_aece_nan_below_15_and_mce_conf_one_slot():
@@ -197,7 +274,7 @@ def test_jit_and_eager_cores_agree():
     fns = [
         lambda: classification._brier_impl(p, y), lambda: classification._nll_impl(p, y),
         lambda: calibration._ece_impl(p, y), lambda: calibration._aece_impl(p, y),
-        lambda: selective._aurc_impl(p, y), lambda: selective._cov_at_risk_impl(p, y),
+        lambda: selective._selective_impl(p, y, "AURC"), lambda: selective._selective_impl(p, y, "Cov_5Risk"),
         lambda: ood._auroc_impl(s, o), lambda: ood._aupr_impl(s, o), lambda: ood._fpr_at_tpr_impl(s, o),
         lambda: ood._auc_impl(s, o, max_fpr=0.2), lambda: ensemble._mi_impl(mp),
     ]  # fmt: skip
@@ -242,12 +319,6 @@ def test_streaming_any_batching_equals_full_array(data):
             else:
                 s1 = m.update(s1, _PROBS[a:b], _LABELS[a:b])
         got, want = float(m.compute(m.merge(s1, s2))), float(_FULL[name](_PROBS, _LABELS))
-        if name in ("adaptive_ece", "aurc", "augrc", "cov_at_risk", "risk_at_cov"):
-            # order-dependent tie-breaking: merge(s1, s2) reorders samples, so compare in sample order
-            s = m.init()
-            for a, b in parts:
-                s = m.update(s, _PROBS[a:b], _LABELS[a:b])
-            got = float(m.compute(s))
         assert got == pytest.approx(want, abs=1e-6, nan_ok=True), name
     scores = -_PROBS.max(-1)
     for m, full in ((streaming.auroc(), M.auroc), (streaming.aupr(), M.aupr), (streaming.fpr_at_tpr(), M.fpr95)):

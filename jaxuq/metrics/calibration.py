@@ -7,8 +7,10 @@ Top-label calibration: ``conf = max_c p_c`` (float32) and ``acc = [argmax p = y]
   ``np.linspace`` in float32 by one ulp at 6 edges). ``idx = searchsorted(edges, conf, 'right') - 1``
   so bins are ``[e_k, e_{k+1})`` and ``conf == 1.0`` falls in a 16th slot of its own.
 * ``adaptive_ece``: 15 equal-mass chunks of the sorted confidences (``np.array_split`` sizes);
-  NaN when N < 15. We sort with a *stable* sort (ties keep sample order); TU's ``torch.sort`` is
-  unstable, so results can differ only when tied confidences straddle a chunk boundary.
+  NaN when N < 15. Tie-aware (deviation from TU, whose unstable ``torch.sort`` decides): each
+  sample counts with the mean accuracy of its group of tied confidences, so a tied group that
+  straddles a chunk boundary contributes pro rata to both chunks, whatever the sample order. On
+  tie-free input this is TU's value.
 * ``smooth_ece``: TU's SmECE (logit Gaussian kernel, automatic bandwidth search). This is a
   float64 numpy port; it is **not jittable** (the bandwidth search and grid sizes are data
   dependent) and runs on host.
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxuq.metrics import _checks
+from jaxuq.metrics import _checks, _ties
 
 __all__ = [
     "ECE_EDGES",
@@ -112,9 +114,16 @@ def _aece_sorted(conf_sorted: jax.Array, acc_sorted: jax.Array, num_bins: int = 
     return jnp.sum(jnp.abs(asum / cnt - csum / cnt) * (cnt / n))
 
 
+def _aece_from_sorted_desc(conf_sorted, acc_sorted, num_bins: int = NUM_BINS):
+    """Tie-aware aECE from confidences sorted descending: each sample's accuracy is its tie
+    group's mean, so a tied group straddling a chunk boundary splits pro rata."""
+    start, end = _ties.tie_groups(conf_sorted)
+    acc_mean = _ties.group_mean(acc_sorted, start, end)
+    return _aece_sorted(conf_sorted[::-1], acc_mean[::-1], num_bins)
+
+
 def _aece_from_conf_acc(conf, acc, num_bins: int = NUM_BINS):
-    order = jnp.argsort(conf, stable=True)
-    return _aece_sorted(conf[order], acc[order], num_bins)
+    return _aece_from_sorted_desc(*_ties.sort_desc(conf, acc), num_bins)
 
 
 @functools.partial(jax.jit, static_argnames=("num_bins",))
@@ -157,8 +166,9 @@ def mce(probs, labels) -> jax.Array:
 def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
     """Adaptive (equal-mass) ECE, L1 norm, TU's ``AdaptiveCalibrationError``.
 
-    Confidences are sorted ascending (stable sort) and split like ``np.array_split(., num_bins)``;
-    ``aECE = sum_b |mean acc_b - mean conf_b| * len_b / N``. NaN if ``N < num_bins``.
+    Confidences are sorted ascending and split like ``np.array_split(., num_bins)``;
+    ``aECE = sum_b |mean acc_b - mean conf_b| * len_b / N`` where tied confidences share their
+    group's mean accuracy (order-invariant; see module docstring). NaN if ``N < num_bins``.
 
     Args:
       probs: ``[N, C]`` probabilities.

@@ -1,8 +1,8 @@
 """OOD-detection metrics (TU A.4). Positive class = OOD (``is_ood == 1``); higher score = more OOD.
 
 All curves are tie-exact: there is one ROC/PR point per *distinct* score (a threshold can never
-split a group of tied scores), computed with a single stable sort plus cumulative max/min scans,
-so everything is jittable with static shapes.
+split a group of tied scores), computed with a single sort plus cumulative max/min scans
+(``jaxuq.metrics._ties``), so everything is jittable with static shapes and order-invariant.
 
 * ``auroc``: area under the ROC curve (trapezoid from (0, 0), one point per distinct score) =
   torchmetrics ``BinaryAUROC`` on raw scores = ``sklearn.metrics.roc_auc_score``.
@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxuq.metrics import _checks
+from jaxuq.metrics import _checks, _ties
 
-__all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points"]
+__all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points", "roc_points_sorted"]
 
 F32 = jnp.float32
 
 
-def roc_points(scores: jax.Array, is_ood: jax.Array):
-    """Tie-aware cumulative counts along the descending-score order. Jittable.
+def roc_points_sorted(s_sorted: jax.Array, pos_sorted: jax.Array):
+    """Tie-aware cumulative counts along scores sorted descending. Jittable.
 
     Args:
-      scores: ``[N]`` float scores (higher = more OOD).
-      is_ood: ``[N]`` 0/1 labels.
+      s_sorted: ``[N]`` float scores sorted descending (higher = more OOD).
+      pos_sorted: ``[N]`` 0/1 labels in the same order.
     Returns:
       ``(pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n_neg)``, each array
       ``[N]`` in sorted (descending) order: for the tie group of sorted position ``i``,
@@ -48,25 +47,22 @@ def roc_points(scores: jax.Array, is_ood: jax.Array):
       the counts before it; ``end_idx`` the group's last sorted index; ``is_last`` marks the
       last element of each group (one ROC point each).
     """
-    s = scores.astype(F32)
-    order = jnp.argsort(-s, stable=True)
-    s_sorted = s[order]
-    pos = is_ood[order].astype(jnp.int32)
-    n = s.shape[0]
+    pos = pos_sorted.astype(jnp.int32)
+    n = s_sorted.shape[0]
     ctp = jnp.cumsum(pos)
-    idx = jnp.arange(n, dtype=jnp.int32)
-    cfp = idx + 1 - ctp
-    is_last = jnp.concatenate([s_sorted[1:] != s_sorted[:-1], jnp.ones((1,), bool)])
-    big = jnp.int32(2**31 - 1)
-    tp_end = lax.cummin(jnp.where(is_last, ctp, big), reverse=True)
-    end_idx = lax.cummin(jnp.where(is_last, idx, big), reverse=True)
+    start, end_idx = _ties.tie_groups(s_sorted)
+    tp_end = ctp[end_idx]
+    tp_before = jnp.where(start > 0, ctp[jnp.maximum(start - 1, 0)], 0)
     fp_end = end_idx + 1 - tp_end
-    prev_last = jnp.concatenate([jnp.zeros((1,), bool), is_last[:-1]])
-    tp_before = lax.cummax(jnp.where(prev_last, jnp.concatenate([jnp.zeros((1,), jnp.int32), ctp[:-1]]), 0))
-    fp_before = lax.cummax(jnp.where(prev_last, jnp.concatenate([jnp.zeros((1,), jnp.int32), cfp[:-1]]), 0))
+    fp_before = start - tp_before
     n_pos = ctp[-1]
-    n_neg = n - n_pos
-    return pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n_neg
+    is_last = end_idx == jnp.arange(n, dtype=jnp.int32)
+    return pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n - n_pos
+
+
+def roc_points(scores: jax.Array, is_ood: jax.Array):
+    """:func:`roc_points_sorted` after one descending sort of ``scores [N]``, ``is_ood [N]``."""
+    return roc_points_sorted(*_ties.sort_desc(scores, is_ood.astype(jnp.int32)))
 
 
 def _auroc_from_points(pts):

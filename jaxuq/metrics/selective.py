@@ -7,10 +7,12 @@ Risk curve: sort samples by confidence **descending**; ``r_k = cumsum(err)_k / k
 * ``cov_at_risk(risk=0.05)`` = (largest k with r_k <= risk) / N (NaN if none): ``Cov_5Risk``
 * ``risk_at_cov(cov=0.8)``   = r[ceil(N * cov) - 1]: ``Risk_80Cov``
 
-Tie order: we use a **stable** descending sort (tied confidences keep their sample order). TU's
-``argsort(descending=True)`` is unstable on CPU, so with tied confidences and mixed errors the
-values can differ (TU 0.29375 vs stable 0.29783 in the reference doc); with tie-free
-confidences both agree.
+Ties (deviation from TU, which lets its unstable sort order decide): a group of tied
+confidences is accepted or rejected as a whole. The cumulative loss is exact at each distinct
+threshold and linearly interpolated inside a tied group (``jaxuq.metrics._ties.tied_cumsum``),
+which makes ``r`` the expectation over random tie-breaking: AURC, AUGRC and Risk@Cov (linear in
+``r``) are the expected values; Cov@Risk only considers coverages at distinct thresholds (a group
+end). The values do not depend on sample order; on tie-free input they equal TU's.
 
 SCOD (selective classification with OOD data): acceptance score ``-ood_score`` and loss
 ``(1 - c) * err`` for ID samples, ``c`` for OOD samples (``c = ood_cost = 0.5``), then the same
@@ -25,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxuq.metrics import _checks
+from jaxuq.metrics import _checks, _ties
 from jaxuq.metrics.calibration import top_label
 
 __all__ = [
@@ -34,20 +36,36 @@ __all__ = [
     "cov_at_risk",
     "risk_at_cov",
     "risk_curve",
+    "risk_curve_sorted",
     "scod_losses",
     "scod_metrics",
     "selective_from_scores",
+    "selective_from_sorted",
 ]
 
 F32 = jnp.float32
 
 
-def risk_curve(scores: jax.Array, losses: jax.Array) -> jax.Array:
-    """``r_k = cumsum(loss sorted by score descending)_k / k``, ``[N] -> [N]`` float32. Jittable."""
-    order = jnp.argsort(-scores.astype(F32), stable=True)
-    loss = losses.astype(F32)[order]
-    n = scores.shape[0]
-    return jnp.cumsum(loss) / jnp.arange(1, n + 1, dtype=F32)
+def risk_curve_sorted(keys_sorted: jax.Array, losses_sorted: jax.Array):
+    """Tie-aware selective risk along keys sorted descending. Jittable.
+
+    Args:
+      keys_sorted: ``[N]`` acceptance scores, sorted descending.
+      losses_sorted: ``[N]`` losses in the same order.
+    Returns:
+      ``(r, at_threshold)``: float32 ``r_k = L_k / k`` ``[N]`` (``L`` the tie-aware cumulative
+      loss) and bool ``[N]``, True where coverage ``k/N`` is reachable by a threshold (group end).
+    """
+    start, end = _ties.tie_groups(keys_sorted)
+    n = keys_sorted.shape[0]
+    cum = _ties.tied_cumsum(jnp.cumsum(losses_sorted.astype(F32)), start, end)
+    idx = jnp.arange(n, dtype=jnp.int32)
+    return cum / (idx + 1).astype(F32), end == idx
+
+
+def risk_curve(scores: jax.Array, losses: jax.Array):
+    """:func:`risk_curve_sorted` of ``scores [N]`` (higher = accepted first) and ``losses [N]``."""
+    return risk_curve_sorted(*_ties.sort_desc(scores, losses.astype(F32)))
 
 
 def _trapz_unit(y: jax.Array) -> jax.Array:
@@ -69,9 +87,9 @@ def _augrc_from_risk(r):
     return _trapz_unit(r * cov)
 
 
-def _cov_at_risk_from_risk(r, risk: float):
+def _cov_at_risk_from_risk(r, at_threshold, risk: float):
     n = r.shape[0]
-    ok = r <= jnp.float32(risk)
+    ok = (r <= jnp.float32(risk)) & at_threshold
     last = n - 1 - jnp.argmax(ok[::-1])
     return jnp.where(jnp.any(ok), (last + 1).astype(F32) / n, jnp.nan)
 
@@ -82,41 +100,28 @@ def _risk_at_cov_from_risk(r, cov: float):
     return r[k]
 
 
-def selective_from_scores(scores, losses, *, risk: float = 0.05, cov: float = 0.8) -> dict:
-    """All four selective metrics from one sort. Jittable. Returns a dict of float32 scalars
-    with keys ``AURC, AUGRC, Cov_5Risk, Risk_80Cov`` (the names assume the default thresholds)."""
-    r = risk_curve(scores, losses)
+def selective_from_sorted(keys_sorted, losses_sorted, *, risk: float = 0.05, cov: float = 0.8) -> dict:
+    """All four selective metrics from keys sorted descending (see :func:`risk_curve_sorted`).
+    Jittable. Returns a dict of float32 scalars keyed ``AURC, AUGRC, Cov_5Risk, Risk_80Cov`` (the
+    names assume the default thresholds)."""
+    r, at_threshold = risk_curve_sorted(keys_sorted, losses_sorted)
     return {
         "AURC": _aurc_from_risk(r),
         "AUGRC": _augrc_from_risk(r),
-        "Cov_5Risk": _cov_at_risk_from_risk(r, risk),
+        "Cov_5Risk": _cov_at_risk_from_risk(r, at_threshold, risk),
         "Risk_80Cov": _risk_at_cov_from_risk(r, cov),
     }
 
 
-def _conf_err(probs, labels):
+def selective_from_scores(scores, losses, *, risk: float = 0.05, cov: float = 0.8) -> dict:
+    """:func:`selective_from_sorted` after one descending sort of ``scores [N]``, ``losses [N]``."""
+    return selective_from_sorted(*_ties.sort_desc(scores, losses.astype(F32)), risk=risk, cov=cov)
+
+
+@functools.partial(jax.jit, static_argnames=("key", "risk", "cov"))
+def _selective_impl(probs, labels, key: str, risk: float = 0.05, cov: float = 0.8):
     conf, acc = top_label(probs, labels)
-    return conf, 1.0 - acc
-
-
-@jax.jit
-def _aurc_impl(probs, labels):
-    return _aurc_from_risk(risk_curve(*_conf_err(probs, labels)))
-
-
-@jax.jit
-def _augrc_impl(probs, labels):
-    return _augrc_from_risk(risk_curve(*_conf_err(probs, labels)))
-
-
-@functools.partial(jax.jit, static_argnames=("risk",))
-def _cov_at_risk_impl(probs, labels, risk: float = 0.05):
-    return _cov_at_risk_from_risk(risk_curve(*_conf_err(probs, labels)), risk)
-
-
-@functools.partial(jax.jit, static_argnames=("cov",))
-def _risk_at_cov_impl(probs, labels, cov: float = 0.8):
-    return _risk_at_cov_from_risk(risk_curve(*_conf_err(probs, labels)), cov)
+    return selective_from_scores(conf, 1.0 - acc, risk=risk, cov=cov)[key]
 
 
 def _probs_labels(probs, labels):
@@ -134,7 +139,7 @@ def aurc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _aurc_impl(*_probs_labels(probs, labels))
+    return _selective_impl(*_probs_labels(probs, labels), key="AURC")
 
 
 def augrc(probs, labels) -> jax.Array:
@@ -146,7 +151,7 @@ def augrc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _augrc_impl(*_probs_labels(probs, labels))
+    return _selective_impl(*_probs_labels(probs, labels), key="AUGRC")
 
 
 def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
@@ -160,7 +165,7 @@ def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
       float32 scalar.
     """
     risk = _checks.check_fraction(risk, "risk")
-    return _cov_at_risk_impl(*_probs_labels(probs, labels), risk=risk)
+    return _selective_impl(*_probs_labels(probs, labels), key="Cov_5Risk", risk=risk)
 
 
 def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
@@ -174,7 +179,7 @@ def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
       float32 scalar.
     """
     cov = _checks.check_fraction(cov, "cov", open_left=True)
-    return _risk_at_cov_impl(*_probs_labels(probs, labels), cov=cov)
+    return _selective_impl(*_probs_labels(probs, labels), key="Risk_80Cov", cov=cov)
 
 
 def scod_losses(errors: jax.Array, is_ood: jax.Array, ood_cost: float = 0.5) -> jax.Array:
