@@ -247,13 +247,13 @@ def test_errors_name_argument_and_shape():
         (lambda: M.ece(probs, labels[:5]), "`labels` has shape (5,)"),
         (lambda: M.ece(probs[:0], labels[:0]), "`probs` is empty"),
         (lambda: M.ece(np.where(np.arange(3) == 0, np.nan, probs), labels), "contains NaN"),
-        (lambda: M.ece(probs, labels + 3), "`labels` values must lie in [0, 3)"),
+        (lambda: M.ece(probs, labels + 3), "`labels` values must lie in [0, 2] (integer class indices for 3 classes)"),
         (lambda: M.ece(probs * 2, labels), "must lie in [0, 1]"),
         (lambda: M.ece(probs * 0.9, labels), "rows must sum to 1"),
-        (lambda: M.ece(probs, labels.astype(np.float32)), "integer class indices"),
+        (lambda: M.ece(probs, labels.astype(np.float32)), "`labels` must hold integer class indices for 3 classes, got dtype float32"),
         (lambda: M.auroc(np.ones(5), np.zeros(5, int)), "single class"),
         (lambda: M.auroc(np.array([0.1, np.inf]), np.array([0, 1])), "`scores` (shape (2,)) contains NaN or inf"),
-        (lambda: M.auroc(np.ones(5), np.array([0, 1, 2, 0, 1])), "only 0 and 1"),
+        (lambda: M.auroc(np.ones(5), np.array([0, 1, 2, 0, 1])), "`is_ood` values must lie in [0, 1]"),
         (lambda: M.auroc(np.ones(4), np.array([0, 1, 1])), "`is_ood` has shape (3,)"),
         (lambda: M.disagreement(probs), "`member_probs` must be 3-D"),
         (lambda: M.auc(np.arange(4.0), np.array([0, 1, 0, 1]), 0.0), "`max_fpr` must be in (0, 1]"),
@@ -262,6 +262,93 @@ def test_errors_name_argument_and_shape():
         with pytest.raises(ValueError) as e:
             fn()
         assert msg in str(e.value), (msg, str(e.value))
+
+
+def test_labels_are_never_wrapped_or_truncated():
+    """Issue 16: int64 labels >= 2**31 wrapped silently into a valid class, float labels were
+    truncated or rejected without saying which value."""
+    from jaxuq.evaluate import classification_table
+
+    probs, labels = _case(0, n=20, c=3)
+    big = labels.astype(np.int64)
+    big[7] = 2**32 + 1  # wraps to class 1 in int32
+    for fn in (lambda: M.ece(probs, big), lambda: M.aurc(probs, big),
+               lambda: classification_table(probs, big, smece=False)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"`labels` values must lie in \[0, 2\].*offending value 4294967297 at index 7"):
+            fn()
+    neg = labels.astype(np.int64)
+    neg[3] = -(2**32) + 2
+    with pytest.raises(ValueError, match="offending value -4294967294 at index 3"):
+        M.nll(probs, neg)
+    flt = labels.astype(np.float64)
+    flt[5] = 1.5
+    with pytest.raises(ValueError, match=r"`labels` must hold integer .* dtype float64 \(e.g. value 1.5 at index 5\)"):
+        M.accuracy(probs, flt)
+    with pytest.raises(ValueError, match="dtype float64"):
+        classification_table(probs, labels.astype(np.float64), smece=False)
+    is_ood = np.array([0, 1, 2**32, 1], np.int64)
+    with pytest.raises(ValueError, match="`is_ood` values must lie in \\[0, 1\\].*offending value 4294967296 at index 2"):
+        M.auroc(np.arange(4.0), is_ood)
+    with pytest.raises(ValueError, match="`ood_labels` values must lie"):
+        classification_table(probs, labels, ood_scores=np.arange(24.0), ood_labels=np.r_[np.zeros(20), 2**33, 1, 1, 1].astype(np.int64), smece=False)
+    # device int32 labels out of range are still caught (on device, one transfer)
+    with pytest.raises(ValueError, match="got range \\[0, 3\\]"):
+        M.ece(probs, jnp.asarray(labels).at[0].set(3))
+
+
+def test_bfloat16_probabilities_are_accepted():
+    """Issue 16: a bfloat16 softmax has row sums off by ~5e-3 and was always rejected."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(400, 10)) * 3, jnp.bfloat16)
+    pb = jax.nn.softmax(logits, axis=-1)
+    assert float(jnp.max(jnp.abs(jnp.sum(pb.astype(jnp.float32), -1) - 1))) > 1e-3
+    labels = rng.integers(0, 10, 400)
+    p32 = np.asarray(pb.astype(jnp.float32))
+    assert float(M.nll(pb, labels)) == pytest.approx(float(M.nll(p32 / p32.sum(-1, keepdims=True), labels)), abs=1e-2)
+    assert 0 <= float(M.ece(pb, labels)) <= 1
+    with pytest.raises(ValueError, match=r"rows must sum to 1 .* > 0.0156"):
+        M.ece(pb * 0.9, labels)
+    with pytest.raises(ValueError, match=r"> 0.001\)"):
+        M.ece(p32 * 0.995, labels)  # float32 keeps the 1e-3 tolerance
+
+
+# every public metric, with arguments built from (probs [N, C], labels [N]) or (scores, is_ood)
+_PL = {
+    "accuracy": M.accuracy, "brier_score": M.brier_score, "nll": M.nll, "ece": M.ece, "mce": M.mce,
+    "adaptive_ece": M.adaptive_ece, "aurc": M.aurc, "augrc": M.augrc, "cov_at_risk": lambda p, y: M.cov_at_risk(p, y, 0.3),
+    "risk_at_cov": M.risk_at_cov, "entropy": lambda p, y: M.entropy(p),
+    "disagreement": lambda p, y: M.disagreement(jnp.stack([p, p[::-1]])),
+    "ensemble_entropy": lambda p, y: M.ensemble_entropy(jnp.stack([p, p[::-1]])),
+    "mutual_information": lambda p, y: M.mutual_information(jnp.stack([p, p[::-1]])),
+}  # fmt: skip
+_SO = {
+    "auroc": M.auroc, "aupr": M.aupr, "fpr95": M.fpr95, "fpr_at_tpr": lambda s, o: M.fpr_at_tpr(s, o, 0.9),
+    "auc": lambda s, o: M.auc(s, o, 0.2), "tpr_at_fpr": lambda s, o: M.tpr_at_fpr(s, o, 0.1),
+    "scod_metrics": lambda s, o: M.scod_metrics(s, o, o)["SCOD_AURC"],
+}  # fmt: skip
+_DIFFERENTIABLE = ("brier_score", "nll", "ece", "mce", "adaptive_ece", "entropy", "ensemble_entropy", "mutual_information")
+
+
+def test_public_metrics_run_under_jit_vmap_and_grad():
+    """Issue 16: the host-side validation raised TracerArrayConversionError under jit/vmap/grad."""
+    probs, labels = _case(6, n=64, c=4)
+    p, y = jnp.asarray(probs), jnp.asarray(labels)
+    pb, yb = jnp.stack([p, p[::-1]]), jnp.stack([y, y[::-1]])
+    s = -p.max(-1)
+    o = jnp.asarray(np.arange(64) % 3 == 0, jnp.int32)
+    for name, f in _PL.items():
+        eager = float(f(p, y))
+        assert float(jax.jit(f)(p, y)) == pytest.approx(eager, abs=1e-6, nan_ok=True), name
+        batched = jax.vmap(f)(pb, yb)
+        assert batched.shape == (2,) and float(batched[0]) == pytest.approx(eager, abs=1e-6, nan_ok=True), name
+    for name in _DIFFERENTIABLE:
+        g = jax.grad(lambda q, f=_PL[name]: f(q, y))(p)
+        assert g.shape == p.shape and bool(jnp.all(jnp.isfinite(g))), name
+    assert float(jnp.abs(jax.grad(lambda q: M.nll(q, y))(p)).sum()) > 0
+    for name, f in _SO.items():
+        assert float(jax.jit(f)(s, o)) == pytest.approx(float(f(s, o)), abs=1e-6, nan_ok=True), name
+        batched = jax.vmap(f)(jnp.stack([s, -s]), jnp.stack([o, o]))
+        assert float(batched[0]) == pytest.approx(float(f(s, o)), abs=1e-6, nan_ok=True), name
 
 
 # ------------------------------------------------------------------ jit vs eager

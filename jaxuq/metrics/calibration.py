@@ -131,12 +131,6 @@ def _aece_impl(probs, labels, num_bins: int = NUM_BINS):
     return _aece_from_conf_acc(*top_label(probs, labels), num_bins)
 
 
-def _probs_labels(probs, labels):
-    probs = _checks.check_probs(probs, "probs", (2,))
-    labels = _checks.check_labels(labels, probs.shape[0], probs.shape[1], "labels")
-    return probs, labels
-
-
 def ece(probs, labels) -> jax.Array:
     """Expected calibration error, 15 equal-width bins + the ``conf == 1`` slot, L1 norm.
 
@@ -148,7 +142,7 @@ def ece(probs, labels) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    return _ece_impl(*_probs_labels(probs, labels))
+    return _ece_impl(*_checks.probs_labels(probs, labels))
 
 
 def mce(probs, labels) -> jax.Array:
@@ -160,7 +154,7 @@ def mce(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _mce_impl(*_probs_labels(probs, labels))
+    return _mce_impl(*_checks.probs_labels(probs, labels))
 
 
 def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
@@ -177,7 +171,7 @@ def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _aece_impl(*_probs_labels(probs, labels), num_bins=int(num_bins))
+    return _aece_impl(*_checks.probs_labels(probs, labels), num_bins=int(num_bins))
 
 
 class ReliabilityData(NamedTuple):
@@ -210,7 +204,7 @@ def reliability_diagram_data(probs, labels) -> ReliabilityData:
     Returns:
       :class:`ReliabilityData` with arrays of length 16.
     """
-    conf, acc, count = jax.device_get(_reliability_impl(*_probs_labels(probs, labels)))
+    conf, acc, count = jax.device_get(_reliability_impl(*_checks.probs_labels(probs, labels)))
     return ReliabilityData(
         np.asarray(conf), np.asarray(acc), np.asarray(count, dtype=np.int64), ECE_EDGES.copy()
     )
@@ -311,7 +305,7 @@ def smooth_ece(probs, labels, *, return_bandwidth: bool = False):
     Returns:
       Python float (and the bandwidth if asked).
     """
-    probs, labels = _probs_labels(probs, labels)
+    probs, labels = _checks.probs_labels(probs, labels)
     conf, acc = jax.device_get(jax.jit(top_label)(probs, labels))
     value, bw = _smece_conf_acc(conf, acc)
     return (value, bw) if return_bandwidth else value

@@ -137,8 +137,10 @@ def _tpr_at_fpr_impl(scores, is_ood, max_fpr: float):
 
 
 def _scores_labels(scores, is_ood):
-    scores = _checks.check_scores(scores, "scores")
-    is_ood = _checks.check_binary(is_ood, scores.shape[0], "is_ood", both_classes=True)
+    pending = []
+    scores = _checks.check_scores(scores, "scores", pending)
+    is_ood = _checks.check_binary(is_ood, scores.shape[0], "is_ood", both_classes=True, pending=pending)
+    _checks.resolve(pending)
     return scores, is_ood
 
 

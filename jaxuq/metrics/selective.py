@@ -124,12 +124,6 @@ def _selective_impl(probs, labels, key: str, risk: float = 0.05, cov: float = 0.
     return selective_from_scores(conf, 1.0 - acc, risk=risk, cov=cov)[key]
 
 
-def _probs_labels(probs, labels):
-    probs = _checks.check_probs(probs, "probs", (2,))
-    labels = _checks.check_labels(labels, probs.shape[0], probs.shape[1], "labels")
-    return probs, labels
-
-
 def aurc(probs, labels) -> jax.Array:
     """Area under the risk-coverage curve (score = max p, error = [argmax p != y]).
 
@@ -139,7 +133,7 @@ def aurc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _selective_impl(*_probs_labels(probs, labels), key="AURC")
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="AURC")
 
 
 def augrc(probs, labels) -> jax.Array:
@@ -151,7 +145,7 @@ def augrc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _selective_impl(*_probs_labels(probs, labels), key="AUGRC")
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="AUGRC")
 
 
 def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
@@ -165,7 +159,7 @@ def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
       float32 scalar.
     """
     risk = _checks.check_fraction(risk, "risk")
-    return _selective_impl(*_probs_labels(probs, labels), key="Cov_5Risk", risk=risk)
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="Cov_5Risk", risk=risk)
 
 
 def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
@@ -179,7 +173,7 @@ def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
       float32 scalar.
     """
     cov = _checks.check_fraction(cov, "cov", open_left=True)
-    return _selective_impl(*_probs_labels(probs, labels), key="Risk_80Cov", cov=cov)
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="Risk_80Cov", cov=cov)
 
 
 def scod_losses(errors: jax.Array, is_ood: jax.Array, ood_cost: float = 0.5) -> jax.Array:
@@ -205,10 +199,12 @@ def scod_metrics(ood_scores, errors, is_ood, ood_cost: float = 0.5) -> dict:
       dict of float32 scalars keyed ``SCOD_AURC``, ``SCOD_AUGRC``, ``SCOD_Cov_5Risk``,
       ``SCOD_Risk_80Cov``.
     """
-    ood_scores = _checks.check_scores(ood_scores, "ood_scores")
+    pending = []
+    ood_scores = _checks.check_scores(ood_scores, "ood_scores", pending)
     n = ood_scores.shape[0]
-    errors = _checks.check_binary(errors, n, "errors", both_classes=False)
-    is_ood = _checks.check_binary(is_ood, n, "is_ood", both_classes=False)
+    errors = _checks.check_binary(errors, n, "errors", both_classes=False, pending=pending)
+    is_ood = _checks.check_binary(is_ood, n, "is_ood", both_classes=False, pending=pending)
+    _checks.resolve(pending)
     ood_cost = _checks.check_fraction(ood_cost, "ood_cost")
     out = _scod_impl(ood_scores, errors, is_ood, ood_cost=ood_cost)
     return {f"SCOD_{k}": v for k, v in out.items()}
