@@ -114,16 +114,15 @@ def _aece_sorted(conf_sorted: jax.Array, acc_sorted: jax.Array, num_bins: int = 
     return jnp.sum(jnp.abs(asum / cnt - csum / cnt) * (cnt / n))
 
 
-def _aece_from_sorted_desc(conf_sorted, acc_sorted, num_bins: int = NUM_BINS):
-    """Tie-aware aECE from confidences sorted descending: each sample's accuracy is its tie
-    group's mean, so a tied group straddling a chunk boundary splits pro rata."""
-    start, end = _ties.tie_groups(conf_sorted)
-    acc_mean = _ties.group_mean(acc_sorted, start, end)
-    return _aece_sorted(conf_sorted[::-1], acc_mean[::-1], num_bins)
+def _aece_from_groups(g, which: int, num_bins: int = NUM_BINS):
+    """Tie-aware aECE from confidence groups (:func:`jaxuq.metrics._ties.rank_sort`, payload
+    ``which`` = accuracy): each sample's accuracy is its tie group's mean, so a tied group
+    straddling a chunk boundary splits pro rata."""
+    return _aece_sorted(g.scores[::-1], _ties.group_mean(g, which)[::-1], num_bins)
 
 
 def _aece_from_conf_acc(conf, acc, num_bins: int = NUM_BINS):
-    return _aece_from_sorted_desc(*_ties.sort_desc(conf, acc), num_bins)
+    return _aece_from_groups(_ties.rank_sort(conf, acc), 0, num_bins)
 
 
 @functools.partial(jax.jit, static_argnames=("num_bins",))

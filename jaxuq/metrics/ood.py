@@ -29,52 +29,46 @@ import jax.numpy as jnp
 
 from jaxuq.metrics import _checks, _ties
 
-__all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points", "roc_points_sorted"]
+__all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points", "roc_points_groups"]
 
 F32 = jnp.float32
 
 
-def roc_points_sorted(s_sorted: jax.Array, pos_sorted: jax.Array):
-    """Tie-aware cumulative counts along scores sorted descending. Jittable.
+def roc_points_groups(g):
+    """Tie-aware cumulative counts from :func:`jaxuq.metrics._ties.rank_sort` groups of the scores
+    (payload 0 = int32 OOD indicator). Jittable.
 
-    Args:
-      s_sorted: ``[N]`` float scores sorted descending (higher = more OOD).
-      pos_sorted: ``[N]`` 0/1 labels in the same order.
     Returns:
       ``(pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n_neg)``, each array
       ``[N]`` in sorted (descending) order: for the tie group of sorted position ``i``,
       ``tp_end``/``fp_end`` are the TP/FP counts once the whole group is accepted, ``*_before``
-      the counts before it; ``end_idx`` the group's last sorted index; ``is_last`` marks the
-      last element of each group (one ROC point each).
+      the counts before it; ``pos`` the group's mean positive rate; ``end_idx`` the group's last
+      sorted index; ``is_last`` marks the last position of each group (one ROC point each).
     """
-    pos = pos_sorted.astype(jnp.int32)
-    n = s_sorted.shape[0]
-    ctp = jnp.cumsum(pos)
-    start, end_idx = _ties.tie_groups(s_sorted)
-    tp_end = ctp[end_idx]
-    tp_before = jnp.where(start > 0, ctp[jnp.maximum(start - 1, 0)], 0)
-    fp_end = end_idx + 1 - tp_end
-    fp_before = start - tp_before
-    n_pos = ctp[-1]
-    is_last = end_idx == jnp.arange(n, dtype=jnp.int32)
-    return pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n - n_pos
+    tp_before, tp_end = g.totals[0]
+    n = g.end.shape[0]
+    n_pos = tp_end[-1]
+    pos = _ties.group_mean(g)
+    is_last = g.end == jnp.arange(n, dtype=jnp.int32)
+    return (pos, tp_end, tp_before, g.end + 1 - tp_end, g.start - tp_before, g.end, is_last, n_pos,
+            n - n_pos)  # fmt: skip
 
 
 def roc_points(scores: jax.Array, is_ood: jax.Array):
-    """:func:`roc_points_sorted` after one descending sort of ``scores [N]``, ``is_ood [N]``."""
-    return roc_points_sorted(*_ties.sort_desc(scores, is_ood.astype(jnp.int32)))
+    """:func:`roc_points_groups` of ``scores [N]`` (higher = more OOD) and ``is_ood [N]``."""
+    return roc_points_groups(_ties.rank_sort(scores, is_ood.astype(jnp.int32)))
 
 
 def _auroc_from_points(pts):
     pos, tp_end, tp_before, _, _, _, _, n_pos, n_neg = pts
     h = (tp_end + tp_before).astype(F32) / (2.0 * n_pos.astype(F32))
-    return jnp.sum(jnp.where(pos == 0, h, 0.0)) / n_neg.astype(F32)
+    return jnp.sum((1.0 - pos) * h) / n_neg.astype(F32)  # pos: the group's share of positives
 
 
 def _aupr_from_points(pts):
     pos, tp_end, _, _, _, end_idx, _, n_pos, _ = pts
     prec = tp_end.astype(F32) / (end_idx + 1).astype(F32)
-    return jnp.sum(jnp.where(pos == 1, prec, 0.0)) / n_pos.astype(F32)
+    return jnp.sum(pos * prec) / n_pos.astype(F32)
 
 
 def _fpr_at_tpr_from_points(pts, tpr: float):

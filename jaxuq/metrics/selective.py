@@ -9,7 +9,7 @@ Risk curve: sort samples by confidence **descending**; ``r_k = cumsum(err)_k / k
 
 Ties (deviation from TU, which lets its unstable sort order decide): a group of tied
 confidences is accepted or rejected as a whole. The cumulative loss is exact at each distinct
-threshold and linearly interpolated inside a tied group (``jaxuq.metrics._ties.tied_cumsum``),
+threshold and linearly interpolated inside a tied group (``jaxuq.metrics._ties``),
 which makes ``r`` the expectation over random tie-breaking: AURC, AUGRC and Risk@Cov (linear in
 ``r``) are the expected values; Cov@Risk only considers coverages at distinct thresholds (a group
 end). The values do not depend on sample order; on tie-free input they equal TU's.
@@ -36,36 +36,31 @@ __all__ = [
     "cov_at_risk",
     "risk_at_cov",
     "risk_curve",
-    "risk_curve_sorted",
+    "risk_curve_groups",
     "scod_losses",
     "scod_metrics",
     "selective_from_scores",
-    "selective_from_sorted",
+    "selective_from_groups",
 ]
 
 F32 = jnp.float32
 
 
-def risk_curve_sorted(keys_sorted: jax.Array, losses_sorted: jax.Array):
-    """Tie-aware selective risk along keys sorted descending. Jittable.
+def risk_curve_groups(g: _ties.Groups, which: int = 0):
+    """Tie-aware selective risk from :func:`jaxuq.metrics._ties.rank_sort` (payload ``which`` =
+    loss).
 
-    Args:
-      keys_sorted: ``[N]`` acceptance scores, sorted descending.
-      losses_sorted: ``[N]`` losses in the same order.
-    Returns:
-      ``(r, at_threshold)``: float32 ``r_k = L_k / k`` ``[N]`` (``L`` the tie-aware cumulative
-      loss) and bool ``[N]``, True where coverage ``k/N`` is reachable by a threshold (group end).
+    Returns ``(r, at_threshold)``: float32 ``r_k = L_k / k`` ``[N]`` (``L`` the tie-aware
+    cumulative loss, acceptance by descending score) and bool ``[N]``, True where coverage ``k/N``
+    is reachable by a threshold (a group end). Jittable.
     """
-    start, end = _ties.tie_groups(keys_sorted)
-    n = keys_sorted.shape[0]
-    cum = _ties.tied_cumsum(jnp.cumsum(losses_sorted.astype(F32)), start, end)
-    idx = jnp.arange(n, dtype=jnp.int32)
-    return cum / (idx + 1).astype(F32), end == idx
+    idx = jnp.arange(g.end.shape[0], dtype=jnp.int32)
+    return _ties.tied_cumsum(g, which) / (idx + 1).astype(F32), g.end == idx
 
 
 def risk_curve(scores: jax.Array, losses: jax.Array):
-    """:func:`risk_curve_sorted` of ``scores [N]`` (higher = accepted first) and ``losses [N]``."""
-    return risk_curve_sorted(*_ties.sort_desc(scores, losses.astype(F32)))
+    """:func:`risk_curve_groups` of ``scores [N]`` (higher = accepted first) and ``losses [N]``."""
+    return risk_curve_groups(_ties.rank_sort(scores, losses.astype(F32)))
 
 
 def _trapz_unit(y: jax.Array) -> jax.Array:
@@ -100,11 +95,11 @@ def _risk_at_cov_from_risk(r, cov: float):
     return r[k]
 
 
-def selective_from_sorted(keys_sorted, losses_sorted, *, risk: float = 0.05, cov: float = 0.8) -> dict:
-    """All four selective metrics from keys sorted descending (see :func:`risk_curve_sorted`).
-    Jittable. Returns a dict of float32 scalars keyed ``AURC, AUGRC, Cov_5Risk, Risk_80Cov`` (the
-    names assume the default thresholds)."""
-    r, at_threshold = risk_curve_sorted(keys_sorted, losses_sorted)
+def selective_from_groups(g: _ties.Groups, which: int = 0, *, risk: float = 0.05, cov: float = 0.8) -> dict:
+    """All four selective metrics from :func:`jaxuq.metrics._ties.rank_sort` groups (payload
+    ``which`` = loss). Jittable. Returns a dict of float32 scalars keyed ``AURC, AUGRC,
+    Cov_5Risk, Risk_80Cov`` (the names assume the default thresholds)."""
+    r, at_threshold = risk_curve_groups(g, which)
     return {
         "AURC": _aurc_from_risk(r),
         "AUGRC": _augrc_from_risk(r),
@@ -114,8 +109,8 @@ def selective_from_sorted(keys_sorted, losses_sorted, *, risk: float = 0.05, cov
 
 
 def selective_from_scores(scores, losses, *, risk: float = 0.05, cov: float = 0.8) -> dict:
-    """:func:`selective_from_sorted` after one descending sort of ``scores [N]``, ``losses [N]``."""
-    return selective_from_sorted(*_ties.sort_desc(scores, losses.astype(F32)), risk=risk, cov=cov)
+    """:func:`selective_from_groups` of ``scores [N]`` (higher = accepted first), ``losses [N]``."""
+    return selective_from_groups(_ties.rank_sort(scores, losses.astype(F32)), risk=risk, cov=cov)
 
 
 @functools.partial(jax.jit, static_argnames=("key", "risk", "cov"))

@@ -72,23 +72,23 @@ def table_core(
     out["test/cal/ECE"] = _cal._ece_from_sums(*sums)
     out["test/cal/MCE"] = _cal._mce_from_sums(*sums)
     # one sort of the confidences serves the AURC family and aECE (both tie-aware)
-    conf_s, acc_s = _ties.sort_desc(conf, acc)
-    for k, v in _sel.selective_from_sorted(conf_s, 1.0 - acc_s).items():
+    g = _ties.rank_sort(conf, 1.0 - acc, acc)
+    for k, v in _sel.selective_from_groups(g).items():
         out[f"test/sc/{k}"] = v
-    out["test/cal/aECE"] = _cal._aece_from_sorted_desc(conf_s, acc_s)
+    out["test/cal/aECE"] = _cal._aece_from_groups(g, 1)
     if member_probs is not None:
         out.update(_ens_block(member_probs, "test/ens_"))
     if ood_scores is not None:
-        # one sort of the OOD scores serves ROC/PR and SCOD (acceptance -score: reversed order)
+        # one sort of the OOD scores serves ROC/PR and SCOD (acceptance -score: reversed groups)
         n_tot = ood_scores.shape[0]
         errors = jnp.concatenate([1.0 - acc, jnp.zeros((n_tot - n,), F32)])
         losses = _sel.scod_losses(errors, is_ood, ood_cost)
-        s_s, pos_s, loss_s = _ties.sort_desc(ood_scores, is_ood.astype(jnp.int32), losses)
-        pts = _ood.roc_points_sorted(s_s, pos_s)
+        g = _ties.rank_sort(ood_scores, is_ood.astype(jnp.int32), losses)
+        pts = _ood.roc_points_groups(g)
         out["ood/AUROC"] = _ood._auroc_from_points(pts)
         out["ood/AUPR"] = _ood._aupr_from_points(pts)
         out["ood/FPR95"] = _ood._fpr_at_tpr_from_points(pts, 0.95)
-        for k, v in _sel.selective_from_sorted(-s_s[::-1], loss_s[::-1]).items():
+        for k, v in _sel.selective_from_groups(_ties.reverse(g), 1).items():
             out[f"ood/SCOD_{k}"] = v
         if ood_probs is not None:
             out["ood/Entropy"] = jnp.sum(_cls.entropy_per_sample(ood_probs)) / ood_probs.shape[0]
