@@ -75,10 +75,10 @@ def as_array(x, name: str, ndims: tuple[int, ...], *, floating: bool = True) -> 
 
 @functools.partial(jax.jit, static_argnames=("check_sum",))
 def _float_stats(x, check_sum: bool):
+    # min/max propagate NaN and expose +-inf: finite iff both are (one pass, no isfinite mask)
     x = x.astype(jnp.float32)
-    finite = jnp.all(jnp.isfinite(x))
-    lo = jnp.min(jnp.where(jnp.isfinite(x), x, jnp.inf))
-    hi = jnp.max(jnp.where(jnp.isfinite(x), x, -jnp.inf))
+    lo, hi = jnp.min(x), jnp.max(x)
+    finite = jnp.isfinite(lo) & jnp.isfinite(hi)
     dev = jnp.max(jnp.abs(jnp.sum(x, axis=-1) - 1.0)) if check_sum else jnp.float32(0)
     return jnp.stack([finite.astype(jnp.float32), lo, hi, dev])
 
