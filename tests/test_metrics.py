@@ -222,6 +222,25 @@ def test_ood_vs_sklearn(seed, rounding):
     assert abs(float(M.fpr95(s, y)) - fpr[k]) < 1e-6
 
 
+def test_signed_zero_and_extreme_scores_rank_like_floats():
+    """rank_sort sorts an int32 image of the scores: -0.0 ties with 0.0, negatives and huge
+    magnitudes keep their float order."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    s = np.array([0.0, -0.0, -0.0, 0.0, -3e38, 3e38, -1e-30, 1e-30, -2.5, 2.5, 0.0, -0.0], np.float32)
+    y = np.array([1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 0])
+    assert float(M.auroc(s, y)) == pytest.approx(roc_auc_score(y, s), abs=1e-7)
+    assert float(M.aupr(s, y)) == pytest.approx(average_precision_score(y, s), abs=1e-7)
+    flipped = np.where(s == 0, -s, s)  # swap the signs of the zeros: same ranking, same values
+    assert float(M.auroc(flipped, y)) == float(M.auroc(s, y))
+    losses = np.where(y == 1, 0.5, 0.25)
+    g = selective._ties.rank_sort(jnp.asarray(s), jnp.asarray(losses, jnp.float32))
+    r = selective._ties.reverse(g)
+    g_neg = selective._ties.rank_sort(-jnp.asarray(s), jnp.asarray(losses, jnp.float32))
+    for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(g_neg)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_scod_metrics_function_matches_table():
     probs, labels = _case(4, n=400)
     scores = -probs.max(-1)
