@@ -440,6 +440,17 @@ def test_streaming_any_batching_equals_full_array(data):
         assert float(m.compute(s)) == pytest.approx(float(full(_MP)), abs=1e-6)
 
 
+def test_streaming_tied_inputs_equal_full_array_in_any_order():
+    probs, labels = _tied_case(4, n=600)
+    perm = np.random.default_rng(0).permutation(600)
+    for name in ("aurc", "augrc", "cov_at_risk", "risk_at_cov", "adaptive_ece"):
+        m = _STREAM[name]()
+        states = [m.update(m.init(), probs[perm[a : a + 200]], labels[perm[a : a + 200]]) for a in (0, 200, 400)]
+        got = float(m.compute(m.merge(states[2], m.merge(states[0], states[1]))))
+        want = float(_FULL[name](probs, labels))
+        assert got == pytest.approx(want, abs=1e-7, nan_ok=True), name
+
+
 def test_streaming_smece_and_reliability():
     m = streaming.smooth_ece()
     s = m.init()
