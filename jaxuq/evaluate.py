@@ -97,9 +97,9 @@ def classification_table(
     scod_ood_cost = _checks.check_fraction(scod_ood_cost, "scod_ood_cost")
     _checks.resolve(pending)
     out, conf, acc = table_core(p, y, ood_cost=scod_ood_cost, **kw)
-    out, conf, acc = jax.device_get((out, conf, acc))
-    res = {k: float(v) for k, v in out.items()}
+    res = {k: float(v) for k, v in jax.device_get(out).items()}
     if smece:
+        conf, acc = jax.device_get((conf, acc))
         res["test/cal/SmECE"] = _smece_conf_acc(np.asarray(conf), np.asarray(acc))[0]
     if flops is not None:
         res["test/cplx/flops"] = int(flops)
