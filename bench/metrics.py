@@ -6,7 +6,9 @@ TU's table (cls, cal, sc, ood incl. SCOD, ood/Entropy); SmECE is timed separatel
 port vs TU's torch code) and reported both inside and outside the total. jaxuq is timed twice:
 the fused core on device arrays (``table_without_smece``) and the public
 ``classification_table(..., smece=False)`` from host numpy inputs, validation and the
-device->host transfer of the results included (``validated_table_without_smece``).
+device->host transfer of the results included (``validated_table_without_smece``). On a GPU
+machine the script runs unchanged: jaxuq on the default JAX backend, TU's metrics on CUDA tensors
+(synchronised before each timing ends).
 
     python bench/metrics.py [--repeats 7] [--n-id 10000 --n-ood 26032] [--allow-load]
 Writes bench/results/metrics.json and bench/results/metrics.md (through bench/_common.py: load
@@ -88,11 +90,12 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
     from torchmetrics.classification import Accuracy, BinaryAUROC, BinaryAveragePrecision
 
     n_id, n_ood = len(labels), len(scores) - len(labels)
-    p, y = torch.as_tensor(probs), torch.as_tensor(labels)
-    s = torch.as_tensor(scores)
-    is_ood = torch.cat([torch.zeros(n_id, dtype=torch.long), torch.ones(n_ood, dtype=torch.long)])
-    errs = torch.cat([p.argmax(-1) != y, torch.zeros(n_ood, dtype=torch.bool)])
-    op = torch.as_tensor(ood_probs)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU row compares GPU with GPU
+    p, y = torch.as_tensor(probs, device=dev), torch.as_tensor(labels, device=dev)
+    s = torch.as_tensor(scores, device=dev)
+    is_ood = torch.cat([torch.zeros(n_id, dtype=torch.long), torch.ones(n_ood, dtype=torch.long)]).to(dev)
+    errs = torch.cat([p.argmax(-1).cpu() != y.cpu(), torch.zeros(n_ood, dtype=torch.bool)]).to(dev)
+    op = torch.as_tensor(ood_probs, device=dev)
 
     def groups():
         return {
@@ -132,14 +135,17 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
         for m in ms:
             m.reset()
         upd(ms)
-        return [m.compute() for m in ms]
+        out = [m.compute() for m in ms]
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     with torch.no_grad():
         times = {}
         for name, (mk, up) in groups().items():
-            ms = mk()
+            ms = [m.to(dev) for m in mk()]
             times[name] = _ms(timeit(lambda ms=ms, up=up: run(ms, up), repeats=repeats))
-        sm_ms = [SmoothCalibrationError()]
+        sm_ms = [SmoothCalibrationError().to(dev)]
         sm = lambda: run(sm_ms, lambda ms: [m.update(p, y) for m in ms])
         times["SmECE"] = _ms(timeit(sm, repeats=max(3, repeats // 2)))
     times["table_without_smece"] = sum(v for k, v in times.items() if k != "SmECE")
