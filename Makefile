@@ -4,8 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA    ?= $(if $(JAXUQ_DATA_DIR),$(JAXUQ_DATA_DIR),../shared/data)
 PYTEST_ARGS ?=
+LATEST  ?= .venv-latest
 
-.PHONY: run test venv install-run install-test lint bench clean
+.PHONY: run test venv install-run install-test lint bench clean docs test-latest
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +30,20 @@ test: install-test
 	$(BIN)/ruff check .
 	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
+# API reference from the docstrings (pdoc) into docs/api; fails if a module does not import.
+docs: install-test
+	rm -rf docs/api
+	$(BIN)/python -m pdoc -o docs/api jaxuq converters
+
+# The torch-free suite (goldens, real data; parity tests skip) against the newest jax, flax,
+# optax, orbax and numpy that the package index offers, in a separate venv ($(LATEST)).
+test-latest:
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q -U --upgrade-strategy eager ".[examples]" pytest hypothesis
+	@$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|numpy|scipy|rich|matplotlib) '
+	JAXUQ_DATA_DIR=$(DATA) $(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
 lint: $(BIN)/python
 	$(BIN)/ruff check .
 
@@ -45,4 +60,4 @@ bench: install-test
 	done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache docs/api

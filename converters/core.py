@@ -145,9 +145,28 @@ def verify_with_torch(arch: str, kwargs: dict, module, variables_list: list, sta
     return results
 
 
-def _check_output(output: Path, force: bool) -> None:
-    if output.exists() and not force:
-        raise ConvertError(f"output {output} exists; pass --force to replace it")
+def _check_output(output: Path, force: bool, sources: Sequence) -> None:
+    """Refuse, before any work, an output that could not or must not be written: not UTF-8, an input
+    file or a folder holding one, an existing output without ``force``, or with ``force`` anything but a
+    previous jaxuq checkpoint (:func:`jaxuq.models.io.check_replaceable`); check the folder is writable."""
+    from jaxuq.models.io import check_path, check_replaceable  # noqa: PLC0415
+
+    try:
+        check_path(output)
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
+    target = output.resolve()
+    for s in sources:
+        src = Path(s).resolve() if not str(s).startswith("hf://") else None
+        if src is not None and (src == target or target in src.parents):
+            raise ConvertError(f"output {output} is the input {s} or a folder holding it; choose another -o")
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise ConvertError(f"output {output} exists; pass --force to replace it")
+        try:
+            check_replaceable(output)
+        except ValueError as e:
+            raise ConvertError(str(e)) from None
     parent = output.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +196,7 @@ def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwarg
         raise ConvertError("no checkpoint given")
     out_path = Path(output) if output is not None else None
     if out_path is not None:
-        _check_output(out_path, force)
+        _check_output(out_path, force, sources)
     sds, infos, names = [], [], []
     for s in sources:
         try:
@@ -204,8 +223,8 @@ def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwarg
         for n, r in zip(names, vres, strict=True):
             log(f"verify {n}: max|logits torch - flax| = {r['max_abs_diff']:.3g} "
                 f"(max|logits| {r['max_abs']:.3g})")
-        bad = [(n, r) for n, r in zip(names, vres, strict=True)
-               if r["max_abs_diff"] > verify_tol * max(1.0, r["max_abs"])]
+        bad = [(n, r) for n, r in zip(names, vres, strict=True)  # `not <=`: a NaN difference fails
+               if not r["max_abs_diff"] <= verify_tol * max(1.0, r["max_abs"])]
         if bad:
             raise ConvertError(
                 f"--verify failed: torch and Flax logits differ by {bad[0][1]['max_abs_diff']:.3g} on "
@@ -230,8 +249,8 @@ def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwarg
 
         try:
             save(out_path, variables, meta, force=force)
-        except FileExistsError as e:
-            raise ConvertError(str(e)) from None
+        except (FileExistsError, ValueError) as e:  # appeared meanwhile / not replaceable / not UTF-8
+            raise ConvertError(f"output {out_path} not written: {e}") from None
         except OSError as e:
             raise ConvertError(f"cannot write the output {out_path}: {type(e).__name__}: {e}") from None
         log(f"wrote {out_path}")

@@ -3,10 +3,13 @@
 :func:`read_state_dict` returns ``(state_dict, info)`` with ``state_dict: {key: numpy array}`` (prefix
 stripped) and ``info: {"path", "sha256", "bytes", "format", "stripped_prefixes", ...}``.
 
-- ``.pt / .pth / .th / .bin / .ckpt`` (anything not ``.safetensors``): ``torch.load(weights_only=True,
+- torch zip or legacy pickle (``.pt / .pth / .th / .bin / .ckpt``): ``torch.load(weights_only=True,
   map_location="cpu")`` — never arbitrary unpickling. A pickle holding anything else than tensors,
   containers and numbers is refused (:class:`CheckpointError`).
 - ``.safetensors``: ``safetensors`` (numpy; torch for bfloat16).
+- The format is recognised from the file's content, not its suffix (a safetensors file named ``.pt``
+  is read as safetensors); a zip's declared sizes are checked before inflating (zip bombs), and
+  float64 values beyond float32's range are refused (they would become inf).
 - Nesting: ``{"state_dict": {...}}`` (Lightning, akamaster's ``.th``), ``{"model_state_dict": ...}``,
   ``{"model": ...}``, ``{"module": ...}`` are unwrapped; then a prefix shared by *all* keys among
   ``module.`` (DataParallel), ``model.`` (Lightning routine), ``_orig_mod.`` (torch.compile) is removed
@@ -30,7 +33,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointError", "read_state_dict", "resolve_hf", "resolve_source", "sha256_file", "unwrap"]
+__all__ = [
+    "CheckpointError", "HubEntryNotFoundError", "read_state_dict", "resolve_hf", "resolve_source",
+    "sha256_file", "sniff_format", "unwrap",
+]
 
 _NEST_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -38,6 +44,10 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (missing, empty, truncated, not a checkpoint...)."""
+
+
+class HubEntryNotFoundError(CheckpointError):
+    """The Hub repo (or, offline, its cache) has no such file: the case TU's ``load_hf`` falls back on."""
 
 
 def sha256_file(path) -> str:
@@ -53,19 +63,28 @@ def resolve_hf(repo_id: str, filename: str, revision: str | None = None, cache_d
     if Path(repo_id).is_dir():
         p = Path(repo_id) / filename
         if not p.is_file():
-            raise CheckpointError(f"{p}: no such file in the local folder {repo_id}")
+            raise HubEntryNotFoundError(f"{p}: no such file in the local folder {repo_id}")
         return p
     try:
         from huggingface_hub import hf_hub_download  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover - dependency of the [torch] extra
         raise CheckpointError("reading from the Hugging Face Hub needs `pip install huggingface_hub`") from e
+    from huggingface_hub.errors import EntryNotFoundError  # noqa: PLC0415
+
+    # HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_CACHE are read now, not only when huggingface_hub was imported
+    env = os.environ
+    kw = {"endpoint": env["HF_ENDPOINT"].rstrip("/")} if env.get("HF_ENDPOINT") else {}
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
+        kw["local_files_only"] = True
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        return Path(hf_hub_download(repo_id, filename, revision=revision,
+                                    cache_dir=cache_dir or env.get("HF_HUB_CACHE") or None, **kw))
     except Exception as e:  # noqa: BLE001 - the hub raises many types (offline, 404, network)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
+        err = HubEntryNotFoundError if isinstance(e, EntryNotFoundError) else CheckpointError
+        raise err(
             f"hf://{repo_id}/{filename}: cannot get it from the Hugging Face Hub "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {type(e).__name__}: {msg}"
+            f"(HF_HUB_OFFLINE={env.get('HF_HUB_OFFLINE', '0')}): {type(e).__name__}: {msg}"
         ) from None
 
 
@@ -187,8 +206,39 @@ def _safetensors_load(path: Path) -> dict:
         ) from None
 
 
+def sniff_format(path: Path) -> str:
+    """The container format from the file's first bytes, not its suffix: ``"zip"`` (torch >= 1.6),
+    ``"safetensors"`` (8-byte little-endian header length, then ``{``), else ``"pickle"``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return "pickle"
+
+
+def _check_float32_range(v: np.ndarray, key: str, path) -> None:
+    """Refuse finite wide floats (float64) that would become inf when stored as float32."""
+    if not (np.issubdtype(v.dtype, np.floating) and v.dtype.itemsize > 4 and v.size):
+        return
+    big = np.isfinite(v) & (np.abs(v) > np.finfo(np.float32).max)
+    if big.any():
+        raise CheckpointError(
+            f"{path}: tensor {key!r} {v.dtype} {tuple(v.shape)} holds {int(big.sum())} value(s) beyond "
+            f"float32's range (e.g. {v[big].flat[0]:.6g}; max {np.finfo(np.float32).max:.4g}): they would "
+            "become inf in the float32 model; fix or rescale the checkpoint"
+        )
+
+
 def read_state_dict(source) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a checkpoint (path or ``hf://``) -> ``({key: numpy array}, info)``."""
+    """Read a checkpoint (path or ``hf://``) -> ``({key: numpy array}, info)``.
+
+    The format is detected from the content (:func:`sniff_format`); a torch zip's declared sizes are
+    checked before torch inflates it (:func:`jaxuq._io.check_zip_sizes`).
+    """
+    from jaxuq._io import check_zip_sizes  # noqa: PLC0415
+
     path = resolve_source(source)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -197,17 +247,29 @@ def read_state_dict(source) -> tuple[dict[str, np.ndarray], dict]:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
-    if path.suffix == ".safetensors":
+    kind = sniff_format(path)
+    notes = [] if (kind == "safetensors") == (path.suffix == ".safetensors") else \
+        [f"read as {kind} (detected from the content; the suffix {path.suffix or '(none)'} says otherwise)"]
+    if kind == "safetensors":
         obj, fmt = _safetensors_load(path), "safetensors"
     else:
+        if kind == "zip":
+            try:
+                check_zip_sizes(path)
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
+            except zipfile.BadZipFile as e:
+                raise CheckpointError(f"{path}: truncated or corrupt file (BadZipFile: {e})") from None
         obj = _torch_load(path)
         fmt = "lightning" if path.suffix == ".ckpt" else "torch"
-    sd, notes = unwrap(obj, path)
+    sd, unwrap_notes = unwrap(obj, path)
+    notes += unwrap_notes
     out = {}
     for k, v in sd.items():
         if not isinstance(k, str):
             raise CheckpointError(f"{path}: key {k!r} is not a string")
         out[k] = _to_numpy(v, k, path)
+        _check_float32_range(out[k], k, path)
     info = {"path": str(source), "resolved": str(path), "sha256": sha256_file(path), "bytes": size,
             "format": fmt, "notes": notes}
     return out, info

@@ -16,13 +16,11 @@ TU's ``MNISTDataModule`` (from a temporary, decompressed copy of ``MNIST/raw``).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxuq._env import data_dir as _data_dir
 from jaxuq._io import write_text_atomic
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
 from jaxuq.train import evaluate, fit, torch_sgd
@@ -92,17 +89,6 @@ def run_jaxuq(seed, epochs, batch_size, lr, train, test, quiet=True):
         "model": model_name,
         "final_train_loss": res.history[-1]["train_loss"],
     }
-
-
-def _mnist_root_for_torchvision(data_dir) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix="jaxuq_mnist_"))
-    raw = tmp / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    src = Path(_data_dir(data_dir)) / "MNIST" / "raw"
-    for f in src.glob("*.gz"):
-        with gzip.open(f, "rb") as fi, open(raw / f.name[:-3], "wb") as fo:
-            shutil.copyfileobj(fi, fo)
-    return tmp
 
 
 def run_tu(seed, epochs, batch_size, lr, train_subset, root):
@@ -229,7 +215,11 @@ def main(argv=None) -> dict:
             if hasattr(torch_uncertainty, "__version__")
             else "0.13.0",
         )
-        root = _mnist_root_for_torchvision(args.data_dir)
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from experiments._common import torchvision_root
+
+        root = torchvision_root(args.data_dir, ("MNIST",))
         try:
             tu = []
             for s in args.seeds:

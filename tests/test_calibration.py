@@ -33,7 +33,7 @@ def _tu_fit(cls, z, y, **kw):
 @pytest.mark.parity
 @pytest.mark.parametrize("scale,seed", [(1.0, 0), (2.0, 1), (0.5, 2)])
 def test_temperature_matches_tu(scale, seed):
-    from torch_uncertainty.post_processing import TemperatureScaler
+    TemperatureScaler = require("torch_uncertainty.post_processing").TemperatureScaler
 
     z, y = _data(scale, seed=seed)
     t_tu = _tu_fit(TemperatureScaler, z, y).temperature[0].item()
@@ -43,7 +43,7 @@ def test_temperature_matches_tu(scale, seed):
 
 @pytest.mark.parity
 def test_temperature_init_and_max_iter_match_tu():
-    from torch_uncertainty.post_processing import TemperatureScaler
+    TemperatureScaler = require("torch_uncertainty.post_processing").TemperatureScaler
 
     z, y = _data(1.5, seed=3)
     t_tu = _tu_fit(TemperatureScaler, z, y, init_temperature=2.0, max_iter=10).temperature[0].item()
@@ -67,7 +67,7 @@ def test_vector_and_matrix_losses_match_tu():
 
 @pytest.mark.parity
 def test_binary_logits_match_tu():
-    from torch_uncertainty.post_processing import TemperatureScaler
+    TemperatureScaler = require("torch_uncertainty.post_processing").TemperatureScaler
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 500)

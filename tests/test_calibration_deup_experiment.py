@@ -84,6 +84,7 @@ def test_synthetic_walkthrough_matches_tu_golden():
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_deup_experiment_cifar(tmp_path, capsys):
+    require("torch")  # the experiment converts the torch checkpoint ([torch] extra)
     from experiments.deup import main
 
     data = data_path("")

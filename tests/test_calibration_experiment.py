@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from tests.helpers import data_path
+from tests.helpers import data_path, require
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_temperature_scaling_experiment(tmp_path, capsys):
+    require("torch")  # the experiment converts the torch checkpoint ([torch] extra)
     from experiments.temperature_scaling import main
 
     data = data_path("")

@@ -65,4 +65,28 @@ def test_signs_higher_is_more_ood():
     for name in ["mutual_information", "variation_ratio"]:
         assert float(K.score(name, disagree)[0]) > float(K.score(name, agree)[0]), name
     # MI is clamped per sample, never negative
-    assert float(K.mutual_information(agree).min()) >= 0.0
+    assert float(K.mutual_information_score(agree).min()) >= 0.0
+
+
+def test_one_name_per_meaning():
+    """The criteria are ``*_score`` (per-sample [N]); ``entropy`` / ``mutual_information`` are the
+    metrics' names only, and ``tpr_at_fpr`` exists once, as the metric on ``(scores, is_ood)``."""
+    import jaxuq.metrics as M
+    import jaxuq.ood as ood
+    from jaxuq.ood import evaluation as E
+
+    for gone in ["entropy", "mutual_information", "tpr_at_fpr"]:
+        assert not hasattr(ood, gone) and not hasattr(K, gone) and not hasattr(E, gone), gone
+    for gone in ["auroc", "aupr", "fpr_at_tpr"]:  # the (conf_ind, conf_ood) wrappers are *_conf
+        assert not hasattr(E, gone), gone
+    z = _logits(3, n=50)
+    assert K.CRITERIA["entropy"] is K.entropy_score is ood.entropy_score
+    assert K.CRITERIA["mutual_information"] is K.mutual_information_score is ood.mutual_information_score
+    assert K.entropy_score(z).shape == (50,) and K.mutual_information_score(z).shape == (50,)
+    # tpr_at_fpr_conf(conf_ind, conf_ood) is the metric on score = -confidence, OOD positive
+    rng = np.random.default_rng(1)
+    ci, co = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    scores, is_ood = -np.r_[ci, co].astype(np.float32), np.r_[np.zeros(300, int), np.ones(200, int)]
+    for f in [0.0, 0.05, 0.3, 1.0]:
+        assert E.tpr_at_fpr_conf(ci, co, f) == float(M.tpr_at_fpr(scores, is_ood, f)), f
+    assert E.auroc_conf(ci, co) == float(M.auroc(scores, is_ood)) > 0.7

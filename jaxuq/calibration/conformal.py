@@ -29,6 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxuq._validate import class_labels, finite_logits
 from jaxuq.calibration.scaling import temperature_apply, temperature_fit
 
 __all__ = [
@@ -214,7 +215,7 @@ def conformal_fit(
 ) -> dict:
     """Fit TU's ``ConformalCls{THR,APS,RAPS}`` on calibration logits [N, C] and labels [N].
 
-    Returns a dict with ``q_hat``, the method settings and, with ``enable_ts``, the fitted
+    Returns a dict with ``q_hat``, ``num_classes``, the method settings and, with ``enable_ts``, the fitted
     ``temperature`` params (TU fits TS on the same calibration data first).
     """
     method = method.lower()
@@ -227,12 +228,10 @@ def conformal_fit(
         if not (isinstance(regularization_rank, int) and regularization_rank >= 1):
             raise ValueError(f"regularization_rank should be a positive integer. Got {regularization_rank=}.")
     ts = _DEFAULT_TS[method] if enable_ts is None else enable_ts
-    logits = jnp.asarray(logits, jnp.float32)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be [N, C]; got {logits.shape}")
-    if not bool(jnp.all(jnp.isfinite(logits))):
-        raise ValueError("logits contain NaN or inf")
+    logits = finite_logits(logits)
+    labels = class_labels(labels, logits.shape[0], logits.shape[1])
     params = {
+        "num_classes": int(logits.shape[1]),
         "method": method,
         "alpha": alpha,
         "correction": correction,
@@ -259,8 +258,9 @@ def conformal_fit(
 
 def conformal_predict(params: dict, logits, *, key=None, noise=None, normalize: bool = False):
     """Prediction sets for logits [N, C]: bool [N, C] (``normalize=True``: TU's output,
-    the indicator divided by the set size)."""
-    logits = jnp.asarray(logits, jnp.float32)
+    the indicator divided by the set size). Raises ``ValueError`` for logits that are not [N, C] with
+    the fitted class count, or hold NaN/inf."""
+    logits = finite_logits(logits, num_classes=params.get("num_classes"))
     if params["temperature"] is not None:
         logits = temperature_apply(params["temperature"], logits)
     probs = jax.nn.softmax(logits, -1)

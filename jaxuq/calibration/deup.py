@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxuq._validate import class_labels
+
 __all__ = ["deup_features", "deup_errors", "init_mlp", "mlp_apply", "deup_fit", "deup_score"]
 
 
@@ -43,7 +45,8 @@ def deup_features(outputs) -> jax.Array:
 
 
 def deup_errors(outputs, labels, task: str = "classification") -> jax.Array:
-    """Per-sample errors: cross-entropy (classification) or squared error (regression)."""
+    """Per-sample errors: cross-entropy (classification; integer labels in [0, C), checked) or
+    squared error (regression)."""
     out = jnp.asarray(outputs, jnp.float32)
     if task == "regression":
         pred = out.reshape(out.shape[0])
@@ -52,7 +55,8 @@ def deup_errors(outputs, labels, task: str = "classification") -> jax.Array:
         s = jax.nn.sigmoid(out.reshape(-1))
         out = jnp.stack([1 - s, s], -1)  # TU feeds these probabilities to cross_entropy as logits
     logp = jax.nn.log_softmax(out, -1)
-    return -jnp.take_along_axis(logp, jnp.asarray(labels).astype(jnp.int32)[:, None], -1)[:, 0]
+    y = class_labels(labels, logp.shape[0], logp.shape[1])  # no silent wrap / truncation
+    return -jnp.take_along_axis(logp, y[:, None], -1)[:, 0]
 
 
 def init_mlp(key, in_features: int, hidden_dim: int) -> dict:

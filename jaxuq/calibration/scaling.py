@@ -13,19 +13,25 @@ converge fully (TU's doc: T = 5.7311 where the CE optimum is 5.7421 on a 2000-sa
 (strong-Wolfe) line search: use it when you want the maximum-likelihood temperature rather
 than TU's number.
 
+Temperatures stay positive: when TU's fit ends at ``1/T <= 0`` (logits worse than chance, where a
+negative T would reverse every prediction) the fit is redone on ``log(1/T)`` with a ``RuntimeWarning``
+(a deviation from TU, which returns the negative T). Labels are checked before any cast (float labels,
+int64 beyond int32 are refused); the apply functions refuse NaN logits and a different class count.
+
 Binary inputs (logits ``[N]`` or ``[N, 1]``) become the 2-class logits
 ``log[1 - sigmoid(z), sigmoid(z)]`` with the probability clamped to ``[eps, 1 - eps]``, as in TU.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jaxuq._validate import class_labels, finite_logits
 from jaxuq.calibration.lbfgs import lbfgs_torch
 
 __all__ = [
@@ -51,26 +57,17 @@ def prepare_logits(logits, labels, eps: float = 1e-8) -> tuple[jax.Array, jax.Ar
     """Validate and convert inputs like TU's ``Scaler._extract_data``.
 
     Returns float32 logits [N, C] (binary -> 2-class log-probabilities) and int32 labels [N].
+    Labels must be integers in ``[0, C)`` (checked before any cast: float labels and int64 values
+    beyond int32 are refused, never truncated or wrapped; :func:`jaxuq._validate.class_labels`).
     """
     logits = jnp.asarray(logits, jnp.float32)
-    labels = jnp.asarray(labels)
     if logits.ndim == 2 and logits.shape[1] == 1:
         logits = logits[:, 0]
     if logits.ndim == 1:
         p = jnp.clip(jax.nn.sigmoid(logits), eps, 1 - eps)
         logits = jnp.log(jnp.stack([1 - p, p], axis=-1))
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be [N, C] (or [N] / [N, 1] binary); got shape {logits.shape}")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits; got {labels.shape}")
-    if not bool(jnp.all(jnp.isfinite(logits))):
-        raise ValueError("logits contain NaN or inf; the scaler cannot be fitted on them")
-    lab = np.asarray(labels)
-    if lab.size and (lab.min() < 0 or lab.max() >= logits.shape[1]):
-        raise ValueError(
-            f"labels must lie in [0, {logits.shape[1] - 1}]; got range [{lab.min()}, {lab.max()}]"
-        )
-    return logits, labels.astype(jnp.int32)
+    logits = finite_logits(logits, "logits")
+    return logits, class_labels(labels, logits.shape[0], logits.shape[1])
 
 
 def minimize_exact(fun, x0, *, max_steps: int = 500, tol: float = 1e-6) -> jax.Array:
@@ -109,8 +106,12 @@ def _fit_flat(scale, logits, labels, x0, method, lr, max_iter):
     return _minimize(lambda x: cross_entropy(scale(x, logits), labels), x0, method, lr, max_iter)
 
 
-def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: int, method: str, eps: float):
+def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: int, method: str, eps: float,
+         positive: bool = False):
     """The fit shared by the three scalers: validate, convert, start from ``init_of(C)`` [P], minimise.
+
+    ``positive``: the parameters are inverse temperatures and must stay > 0; a TU-exact fit that ends
+    at <= 0 (worse-than-chance logits) is redone on ``log`` of them, with a ``RuntimeWarning``.
 
     Returns the fitted flat parameters [P] and the number of classes C.
     """
@@ -121,12 +122,26 @@ def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: in
     if max_iter <= 0:
         raise ValueError(f"Max iterations must be strictly positive. Got {max_iter}.")
     z, y = prepare_logits(logits, labels, eps)
-    return _fit_flat(scale, z, y, init_of(z.shape[1]), method, float(lr), int(max_iter)), z.shape[1]
+    x0 = init_of(z.shape[1])
+    x = _fit_flat(scale, z, y, x0, method, float(lr), int(max_iter))
+    if positive and not bool(jnp.all(x > 0)):
+        warnings.warn(
+            f"the {method!r} fit gave inverse temperature(s) <= 0 (min {float(x.min()):.4g}): the logits are "
+            "worse than chance and a negative temperature would reverse every prediction. Refitting "
+            "1/T = exp(s) so that T > 0 (jaxuq deviation from torch-uncertainty, which keeps T < 0).",
+            RuntimeWarning, stacklevel=3,
+        )
+        x = jnp.exp(_fit_flat(_scale_log, z, y, jnp.log(x0), method, float(lr), int(max_iter)))
+    return x, z.shape[1]
 
 
 # ----------------------------------------------------------------------------- temperature / vector
 def _scale_flat(x, z):  # temperature: x [1]; vector: x [C]; broadcasts over z [N, C]
     return z * x
+
+
+def _scale_log(s, z):  # the same with inv_T = exp(s) > 0
+    return z * jnp.exp(s)
 
 
 def temperature_fit(
@@ -148,13 +163,18 @@ def temperature_fit(
       method: "tu" (torch-LBFGS port, parity with TU) or "exact" (converged optimum).
     """
     inv, _ = _fit(_scale_flat, lambda c: jnp.full((1,), 1.0 / init_temperature, jnp.float32), logits, labels,
-               init=init_temperature, lr=lr, max_iter=max_iter, method=method, eps=eps)
+               init=init_temperature, lr=lr, max_iter=max_iter, method=method, eps=eps, positive=True)
     return {"inv_temperature": inv, "temperature": 1.0 / inv}
 
 
 def temperature_apply(params: dict, logits: jax.Array) -> jax.Array:
-    """Scaled logits ``inv_T * z``: [..., C] -> [..., C] (``inv_T`` [1], or [C] for vector scaling)."""
-    return params["inv_temperature"] * jnp.asarray(logits, jnp.float32)
+    """Scaled logits ``inv_T * z``: [..., C] -> [..., C] (``inv_T`` [1], or [C] for vector scaling).
+
+    Raises ``ValueError`` for NaN/inf logits (when not traced) or a class count other than ``inv_T``'s.
+    """
+    inv = jnp.asarray(params["inv_temperature"], jnp.float32)
+    c = None if inv.size == 1 else inv.shape[-1]
+    return inv * finite_logits(logits, num_classes=c, ndims=None)
 
 
 def vector_fit(
@@ -172,7 +192,7 @@ def vector_fit(
     Same arguments as :func:`temperature_fit`; TU's default ``max_iter`` is 200 here.
     """
     inv, _ = _fit(_scale_flat, lambda c: jnp.full((c,), 1.0 / init_temperature, jnp.float32), logits, labels,
-               init=init_temperature, lr=lr, max_iter=max_iter, method=method, eps=eps)
+               init=init_temperature, lr=lr, max_iter=max_iter, method=method, eps=eps, positive=True)
     return {"inv_temperature": inv, "temperature": 1.0 / inv}
 
 
@@ -217,5 +237,6 @@ def matrix_fit(
 
 
 def matrix_apply(params: dict, logits: jax.Array) -> jax.Array:
-    """Affine logits ``z @ W.T + b``: [..., C] -> [..., C]."""
-    return _matrix_out(params["weight"], params["bias"], jnp.asarray(logits, jnp.float32))
+    """Affine logits ``z @ W.T + b``: [..., C] -> [..., C] (validated like :func:`temperature_apply`)."""
+    w = params["weight"]
+    return _matrix_out(w, params["bias"], finite_logits(logits, num_classes=w.shape[-1], ndims=None))

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from jaxuq._progress import progress_bar
 from jaxuq.data.readers import SVHN_MD5, DataFileError
 
 __all__ = [
@@ -53,9 +54,11 @@ CIFAR100_URL = (
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 
 
-def download_url(url: str, dest: str | os.PathLike, md5: str | None = None, timeout: float = 60.0) -> Path:
+def download_url(url: str, dest: str | os.PathLike, md5: str | None = None, timeout: float = 60.0,
+                 *, quiet: bool = False) -> Path:
     """Download ``url`` to ``dest`` atomically; verify ``md5`` before the file appears.
 
+    A progress bar shows the bytes received (process 0 only; none with ``quiet=True``).
     An existing ``dest`` whose md5 matches is kept (no network access). Raises
     ``DataFileError`` on a checksum mismatch (the partial file is removed) and ``OSError``
     naming the URL on network errors.
@@ -72,9 +75,13 @@ def download_url(url: str, dest: str | os.PathLike, md5: str | None = None, time
         req = urllib.request.Request(url, headers={"User-Agent": "jaxuq"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
-                while block := resp.read(1 << 20):
-                    h.update(block)
-                    out.write(block)
+                size = resp.headers.get("Content-Length")
+                total = int(size) if size and size.isdigit() else None
+                with progress_bar(dest.name, total, quiet=quiet, unit="bytes") as advance:
+                    while block := resp.read(1 << 20):
+                        h.update(block)
+                        out.write(block)
+                        advance(len(block))
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             raise OSError(f"download of {url} failed: {e}") from e
         if md5 is not None and h.hexdigest() != md5:

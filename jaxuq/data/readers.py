@@ -20,16 +20,16 @@ expected. A missing file raises ``FileNotFoundError`` naming the path.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import math
 import os
-import pickle
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from jaxuq._env import data_dir as _data_dir
+from jaxuq._io import check_zip_sizes, gunzip_capped, load_pickle_restricted
 
 __all__ = [
     "DataFileError",
@@ -108,18 +108,38 @@ def _root(data_dir) -> Path:
     return _data_dir(data_dir)
 
 
-def _read_maybe_gz(path: Path) -> bytes:
+def _idx_header(data: bytes, path: Path) -> tuple[np.dtype, int, tuple[int, ...], int]:
+    """``(dtype, header bytes, dims, total bytes)`` declared by the start of an idx file."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataFileError(
+            f"{path}: wrong magic number {data[:4].hex() or '(empty file)'}; "
+            "expected 0x0000 + dtype code (0x08 uint8 ...) + ndim (an idx file)"
+        )
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    header = 4 + 4 * data[3]
+    if len(data) < header:
+        raise DataFileError(f"{path}: truncated header ({len(data)} bytes, expected >= {header})")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3]))
+    return dtype, header, dims, header + math.prod(dims) * dtype.itemsize
+
+
+def _read_idx_bytes(path: Path) -> bytes:
+    """The uncompressed bytes of an idx file; a ``.gz`` is inflated only up to the size its idx header
+    declares (a gzip bomb fails before it fills memory)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise FileNotFoundError(f"cannot read data file {path}: {e}") from e
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataFileError(f"{path}: corrupt or truncated gzip stream ({e})") from e
-    return raw
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        head = zlib.decompressobj(wbits=31).decompress(raw, 4 + 4 * 255)
+        return gunzip_capped(raw, path, limit=_idx_header(head, path)[3])
+    except (EOFError, zlib.error) as e:
+        raise DataFileError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+    except ValueError as e:  # gunzip_capped: inflates beyond the declared size
+        raise DataFileError(f"{e}") from None
 
 
 def read_idx(path: str | os.PathLike, expected_md5: str | None = None) -> np.ndarray:
@@ -129,19 +149,8 @@ def read_idx(path: str | os.PathLike, expected_md5: str | None = None) -> np.nda
     header dimensions, and (if given) the md5 of the uncompressed bytes.
     """
     path = Path(path)
-    data = _read_maybe_gz(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataFileError(
-            f"{path}: wrong magic number {data[:4].hex() or '(empty file)'}; "
-            "expected 0x0000 + dtype code (0x08 uint8 ...) + ndim (an idx file)"
-        )
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataFileError(f"{path}: truncated header ({len(data)} bytes, expected >= {header})")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    data = _read_idx_bytes(path)
+    dtype, header, dims, expected = _idx_header(data, path)
     if len(data) != expected:
         raise DataFileError(
             f"{path}: wrong size: header says shape {dims} ({expected} bytes uncompressed), "
@@ -208,8 +217,7 @@ def load_cifar_batch(
         if got != expected_md5:
             raise DataFileError(f"{path}: checksum mismatch: md5 {got}, expected {expected_md5}")
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = load_pickle_restricted(path)
     except Exception as e:  # truncated pickles raise EOFError/UnpicklingError/...
         raise DataFileError(
             f"{path}: not a readable CIFAR python batch (pickle): {type(e).__name__}: {e}"
@@ -291,9 +299,11 @@ def load_svhn(split: str = "test", data_dir=None, verify: bool = True) -> tuple[
 def load_npz(
     path: str | os.PathLike, images_key: str = "images", labels_key: str = "labels", data_dir=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An ``.npz`` with uint8 ``images`` ``[N, H, W, C]`` and integer ``labels`` ``[N]``.
+    """An ``.npz`` with uint8 ``images`` ``[N, H, W, C]`` (C in 1, 3, 4; ``[N, H, W]`` is read as C = 1)
+    and non-negative integer ``labels`` ``[N]``.
 
     A relative ``path`` is taken under the data folder (e.g. ``cifar10_heads/test_first1000.npz``).
+    The zip's declared sizes are checked before anything is inflated (:func:`jaxuq._io.check_zip_sizes`).
     """
     path = Path(path)
     if not path.is_absolute():
@@ -301,6 +311,7 @@ def load_npz(
     if not path.exists():
         raise FileNotFoundError(f"missing data file {path}")
     try:
+        check_zip_sizes(path)
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in (images_key, labels_key) if k not in z.files]
             if missing:
@@ -312,12 +323,28 @@ def load_npz(
         raise DataFileError(f"{path}: not a readable .npz: {type(e).__name__}: {e}") from e
     if images.ndim == 3:
         images = images[..., None]
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise DataFileError(
-            f"{path}: '{images_key}' must be uint8 [N, H, W, C], got {images.dtype} {images.shape}"
-        )
+    _check_nhwc(images, path, images_key)
     if labels.shape != (images.shape[0],):
         raise DataFileError(
             f"{path}: '{labels_key}' must have shape ({images.shape[0]},), got {labels.shape}"
         )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(
+            f"{path}: '{labels_key}' must hold integer class indices, got dtype {labels.dtype}; "
+            "store them with labels.astype(np.int64) after checking they are whole numbers"
+        )
+    if labels.size and int(labels.min()) < 0:
+        raise DataFileError(f"{path}: '{labels_key}' must be >= 0 (class indices), got min {labels.min()}")
     return images, labels.astype(np.int64)
+
+
+def _check_nhwc(images: np.ndarray, path: Path, key: str) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DataFileError(f"{path}: '{key}' must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if images.shape[-1] not in (1, 3, 4):
+        hint = ("; it looks channels-first [N, C, H, W]: store images.transpose(0, 2, 3, 1)"
+                if images.shape[1] in (1, 3, 4) else "")
+        raise DataFileError(
+            f"{path}: '{key}' must be channels-last [N, H, W, C] with C in (1, 3, 4), got shape "
+            f"{images.shape}{hint}"
+        )

@@ -16,6 +16,11 @@ name                   score                                       restriction
 ``deup``               the DEUP predictor's output, unchanged
 =====================  ==========================================  ===================
 
+The string names are TU's. The functions behind ``entropy`` and ``mutual_information`` are
+:func:`entropy_score` and :func:`mutual_information_score` (TU's ``EntropyCriterion`` and
+``MutualInformationCriterion``): per-sample scores ``[N]``, not the dataset-level metrics
+``jaxuq.metrics.entropy`` / ``jaxuq.metrics.mutual_information``.
+
 As in TU, a single-only criterion on an ensemble raises ``NotImplementedError`` and an
 ensemble-only criterion on a single model raises ``ValueError``.
 """
@@ -32,8 +37,8 @@ __all__ = [
     "msp",
     "max_logit",
     "energy",
-    "entropy",
-    "mutual_information",
+    "entropy_score",
+    "mutual_information_score",
     "variation_ratio",
     "deup",
     "get_criterion",
@@ -93,14 +98,15 @@ def energy(logits) -> jax.Array:
     return -jax.nn.logsumexp(z.mean(0), axis=-1)
 
 
-def entropy(logits) -> jax.Array:
-    """Mean member entropy ``mean_m H(p_m)`` (equals H(p) for one model)."""
+def entropy_score(logits) -> jax.Array:
+    """TU ``EntropyCriterion``: mean member entropy ``mean_m H(p_m)`` (equals H(p) for one model)."""
     p = jax.nn.softmax(_as_members(logits), axis=-1)
     return _entr(p).sum(-1).mean(0)
 
 
-def mutual_information(logits) -> jax.Array:
-    """``H(p_bar) - mean_m H(p_m)``, clamped at 0 per sample; ensembles only."""
+def mutual_information_score(logits) -> jax.Array:
+    """TU ``MutualInformationCriterion``: ``H(p_bar) - mean_m H(p_m)`` [N], clamped at 0 per sample;
+    ensembles only."""
     z = _as_members(logits)
     _ensemble_only("mutual_information", z)
     p = jax.nn.softmax(z, axis=-1)
@@ -131,8 +137,8 @@ CRITERIA = {
     "logit": max_logit,
     "max_logit": max_logit,
     "energy": energy,
-    "entropy": entropy,
-    "mutual_information": mutual_information,
+    "entropy": entropy_score,
+    "mutual_information": mutual_information_score,
     "variation_ratio": variation_ratio,
     "deup": deup,
 }

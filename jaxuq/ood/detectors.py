@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxuq._progress import track
 from jaxuq.ood.recorder import RecordedNet, check_finite
 
 __all__ = [
@@ -141,13 +142,16 @@ class Detector:
       layers: layer specs to record (see :class:`~jaxuq.ood.recorder.RecordedNet`).
       batch_size: samples per jitted batch for fitting and scoring.
       act_norm: if set, recorded activations are normalised per sample with this norm.
+      quiet: no progress bar while fitting (bars are drawn on process 0 only).
     """
 
     needs_layers = False
     default_act_norm: float | None = None
 
-    def __init__(self, layers: Sequence[str] = (), *, batch_size: int = 256, act_norm="default"):
+    def __init__(self, layers: Sequence[str] = (), *, batch_size: int = 256, act_norm="default",
+                 quiet: bool = False):
         self.layers = tuple(layers)
+        self.quiet = bool(quiet)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -232,7 +236,9 @@ class Detector:
     def _record_all(self, x, fn):
         """Run ``fn(logits, acts)`` (jitted) over batches of ``x``; concatenate results on the host."""
         jfn = jax.jit(lambda xb: fn(*self.net._forward(self.net.variables, xb)))
-        res = [jax.tree.map(np.asarray, jfn(jnp.asarray(x[sl]))) for sl in _batches(len(x), self.batch_size)]
+        batches = track(_batches(len(x), self.batch_size), f"{type(self).__name__}: fit",
+                        total=-(-len(x) // self.batch_size), quiet=self.quiet)
+        res = [jax.tree.map(np.asarray, jfn(jnp.asarray(x[sl]))) for sl in batches]
         return jax.tree.map(lambda *a: np.concatenate(a), *res)
 
 

@@ -1,16 +1,18 @@
-"""Discriminative power of OOD scores, with scio's conventions (``scio.eval``).
+"""Discriminative power of OOD confidences, with scio's conventions (``scio.eval``).
 
 Inputs are *confidences* (higher = more in-distribution): ``conf_ind [N]`` and ``conf_ood [M]``.
 OOD is the positive class and is detected by a *low* confidence (threshold ``conf <= tau``), as
-in scio. For TU-style scores (higher = more OOD) pass ``-score``.
+in scio. The ``*_conf`` functions take ``(conf_ind, conf_ood)``; the library's metrics of the
+same stem in :mod:`jaxuq.metrics` take ``(scores, is_ood)`` with higher score = more OOD, and the
+``*_conf`` wrappers call them on ``score = -confidence``.
 
 - ``partial_auc(conf_ind, conf_ood, max_fpr)``: scio ``AUC(max_fpr)`` with the default
   "pessimistic" interpolation (step function), normalised by the FPR interval width
-  (``max_fpr - min_fpr``), **not** McClish-standardised like sklearn's ``max_fpr``.
-- ``tpr_at_fpr(conf_ind, conf_ood, max_fpr)``: scio ``TPR(max_fpr)``, pessimistic.
-- ``auroc``, ``aupr``, ``fpr_at_tpr``: :mod:`jaxuq.metrics` (TU's definitions) applied to
-  ``-confidence``. Note ``jaxuq.metrics.auc(max_fpr)`` is sklearn's McClish-standardised partial
-  AUC, a different number from scio's ``AUC(max_fpr)`` computed here.
+  (``max_fpr - min_fpr``), **not** McClish-standardised like sklearn's ``max_fpr``
+  (``jaxuq.metrics.auc(max_fpr)`` is the McClish one, a different number).
+- ``tpr_at_fpr_conf``: scio ``TPR(max_fpr)`` (pessimistic) = ``jaxuq.metrics.tpr_at_fpr``.
+- ``auroc_conf``, ``aupr_conf``, ``fpr_at_tpr_conf``: ``jaxuq.metrics.auroc`` / ``aupr`` /
+  ``fpr_at_tpr`` (TU's definitions).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import jaxuq.metrics as M
 __all__ = [
     "roc_pareto",
     "partial_auc",
-    "tpr_at_fpr",
-    "auroc",
-    "aupr",
-    "fpr_at_tpr",
+    "tpr_at_fpr_conf",
+    "auroc_conf",
+    "aupr_conf",
+    "fpr_at_tpr_conf",
     "METRICS",
     "evaluate_confidences",
 ]
@@ -73,14 +75,6 @@ def partial_auc(conf_ind, conf_ood, max_fpr: float = 1.0, min_fpr: float = 0.0) 
     return float(ptpr[:-1] @ np.diff(pfpr) / (max_fpr - min_fpr))
 
 
-def tpr_at_fpr(conf_ind, conf_ood, max_fpr: float = 0.05) -> float:
-    """scio ``TPR(max_fpr, kind="pessimistic")``: best TPR with FPR <= max_fpr."""
-    if not 0 <= max_fpr <= 1:
-        raise ValueError(f"max_fpr must lie in [0, 1]; got {max_fpr}")
-    fpr, tpr = roc_pareto(conf_ind, conf_ood)
-    return float(tpr[np.searchsorted(fpr, max_fpr, "right") - 1])
-
-
 def _tu(fn, conf_ind, conf_ood, **kw) -> float:
     a, b = _check(conf_ind, conf_ood)
     scores = -np.concatenate([a, b]).astype(np.float32)
@@ -88,27 +82,35 @@ def _tu(fn, conf_ind, conf_ood, **kw) -> float:
     return float(fn(scores, is_ood, **kw))
 
 
-def auroc(conf_ind, conf_ood) -> float:
+def auroc_conf(conf_ind, conf_ood) -> float:
     """``jaxuq.metrics.auroc`` (TU) with OOD positive and score ``-confidence``."""
     return _tu(M.auroc, conf_ind, conf_ood)
 
 
-def aupr(conf_ind, conf_ood) -> float:
+def aupr_conf(conf_ind, conf_ood) -> float:
     """``jaxuq.metrics.aupr`` (TU average precision) with OOD positive, score ``-confidence``."""
     return _tu(M.aupr, conf_ind, conf_ood)
 
 
-def fpr_at_tpr(conf_ind, conf_ood, tpr: float = 0.95) -> float:
+def fpr_at_tpr_conf(conf_ind, conf_ood, tpr: float = 0.95) -> float:
     """``jaxuq.metrics.fpr_at_tpr`` (TU ``FPRx``) with OOD positive, score ``-confidence``."""
     return _tu(M.fpr_at_tpr, conf_ind, conf_ood, tpr=tpr)
 
 
+def tpr_at_fpr_conf(conf_ind, conf_ood, max_fpr: float = 0.05) -> float:
+    """scio ``TPR(max_fpr, kind="pessimistic")``: the best TPR with FPR <= ``max_fpr``.
+
+    ``jaxuq.metrics.tpr_at_fpr`` with OOD positive and score ``-confidence``.
+    """
+    return _tu(M.tpr_at_fpr, conf_ind, conf_ood, max_fpr=max_fpr)
+
+
 METRICS = {
-    "AUROC": auroc,
-    "AUPR": aupr,
-    "FPR95": lambda a, b: fpr_at_tpr(a, b, 0.95),
+    "AUROC": auroc_conf,
+    "AUPR": aupr_conf,
+    "FPR95": lambda a, b: fpr_at_tpr_conf(a, b, 0.95),
     "pAUC@0.2": lambda a, b: partial_auc(a, b, 0.2),
-    "TPR@5%": lambda a, b: tpr_at_fpr(a, b, 0.05),
+    "TPR@5%": lambda a, b: tpr_at_fpr_conf(a, b, 0.05),
 }
 
 

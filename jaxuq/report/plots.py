@@ -1,4 +1,4 @@
-"""Plots (matplotlib, Agg backend; PNG or PDF by the file suffix) and scio's summary table.
+"""Plots (matplotlib figures; PNG or PDF by the file suffix) and scio's summary table.
 
 - :func:`reliability_diagram` — TU's 15-bin top-label binning (+ the conf == 1.0 slot).
 - :func:`risk_coverage_curve` — selective risk vs coverage (score = max p).
@@ -7,23 +7,24 @@
 - :func:`summary_plot` — scio's ``summary_plot``: histograms row over ROC row.
 - :func:`summary_table` — scio's ``summary_table``: scores x OOD sets x metrics, printed with rich.
 
+Every plot builds a :class:`matplotlib.figure.Figure` without pyplot: no global figure state and
+no backend change, so importing this module in a notebook leaves its backend alone. Pass ``ax=``
+(a sequence of Axes for the multi-panel plots) to draw into your own figure. Each function returns
+the figure and writes it only when ``path`` is given, to a temporary file renamed into place, so no
+half-written figure is left. matplotlib is the ``[plots]`` extra: ``pip install jaxuq[plots]``.
+
 Confidences follow scio (higher = more in-distribution); pass ``-score`` for TU-style scores.
-Every writer saves to a temporary file and renames it, so no half-written figure is left.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxuq.metrics import reliability_diagram_data  # noqa: E402
+from jaxuq._io import write_atomic
+from jaxuq.metrics import reliability_diagram_data
 
 __all__ = [
     "reliability_diagram",
@@ -36,24 +37,51 @@ __all__ = [
 ]
 
 
-def _save(fig, path) -> Path:
+def _figure(figsize):
+    """A new pyplot-free ``Figure``; a clear error when matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("jaxuq.report.plots needs matplotlib: pip install 'jaxuq[plots]'") from e
+    return Figure(figsize=figsize)
+
+
+def _axes(ax, shape: tuple[int, int], figsize):
+    """``(figure, axes [rows, cols])``: new subplots, or the caller's ``ax`` checked against ``shape``."""
+    if ax is None:
+        fig = _figure(figsize)
+        return fig, fig.subplots(*shape, squeeze=False)
+    axes = np.asarray(ax, dtype=object)
+    if axes.size != shape[0] * shape[1]:
+        raise ValueError(f"ax: need {shape[0] * shape[1]} Axes (a {shape[0]} x {shape[1]} grid); "
+                         f"got {axes.size}")
+    return axes.flat[0].figure, axes.reshape(shape)
+
+
+def _finish(fig, path):
+    """Save ``fig`` to ``path`` (``.png`` / ``.pdf``) atomically when a path is given; return ``fig``."""
+    if path is None:
+        return fig
     path = Path(path)
-    if path.suffix.lower() not in (".png", ".pdf"):
+    fmt = path.suffix.lower()[1:]
+    if fmt not in ("png", "pdf"):
         raise ValueError(f"plot path must end in .png or .pdf; got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
+    return fig
 
 
-def reliability_diagram(probs, labels, path, *, title: str = "Reliability diagram", ece: float | None = None):
-    """Bar plot of per-bin accuracy vs confidence with the gap to the diagonal.
+def reliability_diagram(probs, labels, path=None, *, ax=None, title: str = "Reliability diagram",
+                        ece: float | None = None):
+    """Bar plot of per-bin accuracy vs confidence with the gap to the diagonal, over a histogram
+    of the confidences.
 
     Args:
       probs: [N, C] probabilities. labels: [N] int.
-      ece: optional value to print in the legend (e.g. ``jaxuq.metrics.ece(probs, labels)``).
+      path: ``.png`` / ``.pdf`` to write (atomically); ``None`` writes nothing.
+      ax: an Axes to draw the accuracy bars into (the confidence histogram is then left out).
+      ece: optional value to print in the title (e.g. ``jaxuq.metrics.ece(probs, labels)``).
+    Returns:
+      the ``matplotlib.figure.Figure``.
     """
     d = reliability_diagram_data(probs, labels)
     edges = np.append(d.edges.astype(np.float64), 1.0)[:16]
@@ -64,7 +92,15 @@ def reliability_diagram(probs, labels, path, *, title: str = "Reliability diagra
         acc[14] = (acc[14] * n14 + d.acc[15] * n15) / (n14 + n15)
         conf[14] = (conf[14] * n14 + d.conf[15] * n15) / (n14 + n15)
         cnt[14] += n15
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    if ax is None:
+        fig = _figure((5, 6))
+        ax, axh = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+        axh.bar(left, cnt / max(cnt.sum(), 1), width, align="edge", edgecolor="k", color="tab:gray")
+        axh.set_xlabel("confidence (max p)")
+        axh.set_ylabel("fraction")
+    else:
+        fig = _axes(ax, (1, 1), None)[0]
+        ax.set_xlabel("confidence (max p)")
     nz = cnt > 0
     ax.bar(left[nz], acc[nz], width[nz], align="edge", edgecolor="k", color="tab:blue", label="accuracy")
     ax.bar(left[nz], conf[nz] - acc[nz], width[nz], bottom=acc[nz], align="edge", color="tab:red",
@@ -75,19 +111,21 @@ def reliability_diagram(probs, labels, path, *, title: str = "Reliability diagra
     ax.set_ylim(0, 1)
     ax.set_title(title + (f"  (ECE {100 * ece:.2f}%)" if ece is not None else ""))
     ax.legend(loc="upper left")
-    axh.bar(left, cnt / max(cnt.sum(), 1), width, align="edge", edgecolor="k", color="tab:gray")
-    axh.set_xlabel("confidence (max p)")
-    axh.set_ylabel("fraction")
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
-def risk_coverage_curve(curves: dict, path, *, title: str = "Risk-coverage"):
+def risk_coverage_curve(curves: dict, path=None, *, ax=None, title: str = "Risk-coverage"):
     """Selective risk vs coverage for one or more models.
 
     Args:
       curves: ``{name: (probs [N, C], labels [N])}``; samples sorted by max p descending.
+      path: ``.png`` / ``.pdf`` to write (atomically); ``None`` writes nothing.
+      ax: an Axes to draw into (default: a new figure).
+    Returns:
+      the ``matplotlib.figure.Figure``.
     """
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, axes = _axes(ax, (1, 1), (5, 4))
+    ax = axes[0, 0]
     for name, (probs, labels) in curves.items():
         probs, labels = np.asarray(probs, np.float32), np.asarray(labels)
         conf = probs.max(1)
@@ -103,7 +141,7 @@ def risk_coverage_curve(curves: dict, path, *, title: str = "Risk-coverage"):
     ax.set_xlim(0, 1)
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 def roc_curve_points(conf_ind, conf_ood) -> tuple[np.ndarray, np.ndarray]:
@@ -131,14 +169,17 @@ def _hist_panel(ax, confs: Sequence[np.ndarray], labels: Sequence[str], title: s
     ax.set_xlabel("confidence (higher = InD)", fontsize=8)
 
 
-def score_histograms(confs_ind, confs_oods, score_names, ood_titles, path):
-    """One panel per score; histograms of InD and each OOD set (scio's first row)."""
+def score_histograms(confs_ind, confs_oods, score_names, ood_titles, path=None, *, ax=None):
+    """One panel per score; histograms of InD and each OOD set (scio's first row).
+
+    ``ax``: one Axes per score (default: a new figure). Returns the figure; writes it if ``path``.
+    """
     n = len(score_names)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3), squeeze=False)
+    fig, axes = _axes(ax, (1, n), (3.6 * n, 3))
     for i, name in enumerate(score_names):
         _hist_panel(axes[0, i], [confs_ind[i]] + [co[i] for co in confs_oods], ["InD", *ood_titles], name)
     axes[0, 0].legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 def _roc_panel(ax, confs_ind, confs_ood_set, score_names, title):
@@ -151,25 +192,32 @@ def _roc_panel(ax, confs_ind, confs_ood_set, score_names, title):
     ax.set_ylabel("TPR (OOD detected)", fontsize=8)
 
 
-def roc_curves(confs_ind, confs_oods, score_names, ood_titles, path):
-    """One panel per OOD set, one ROC per score (scio's second row)."""
+def roc_curves(confs_ind, confs_oods, score_names, ood_titles, path=None, *, ax=None):
+    """One panel per OOD set, one ROC per score (scio's second row).
+
+    ``ax``: one Axes per OOD set (default: a new figure). Returns the figure; writes it if ``path``.
+    """
     n = len(ood_titles)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.3), squeeze=False)
+    fig, axes = _axes(ax, (1, n), (3.6 * n, 3.3))
     for j, t in enumerate(ood_titles):
         _roc_panel(axes[0, j], confs_ind, confs_oods[j], score_names, f"InD vs {t}")
     axes[0, 0].legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
-def summary_plot(confs_ind, confs_oods, score_names, ood_titles, path):
+def summary_plot(confs_ind, confs_oods, score_names, ood_titles, path=None, *, ax=None):
     """scio's ``summary_plot``: histograms per score (top row), ROC per OOD set (bottom row).
 
     Args:
       confs_ind: per score, InD confidences [N] (``[S, N]``).
       confs_oods: per OOD set, per score, confidences (``[O][S, M]``).
+      path: ``.png`` / ``.pdf`` to write (atomically); ``None`` writes nothing.
+      ax: a ``2 x max(S, O)`` grid of Axes (default: a new figure).
+    Returns:
+      the ``matplotlib.figure.Figure``.
     """
     ncol = max(len(score_names), len(ood_titles))
-    fig, axes = plt.subplots(2, ncol, figsize=(3.6 * ncol, 6.6), squeeze=False)
+    fig, axes = _axes(ax, (2, ncol), (3.6 * ncol, 6.6))
     for i, name in enumerate(score_names):
         _hist_panel(axes[0, i], [confs_ind[i]] + [co[i] for co in confs_oods], ["InD", *ood_titles], name)
     for j, t in enumerate(ood_titles):
@@ -181,8 +229,9 @@ def summary_plot(confs_ind, confs_oods, score_names, ood_titles, path):
         axes[1, -1].legend(*axes[1, 0].get_legend_handles_labels(), loc="center", fontsize=8, title="scores")
     else:
         axes[1, 0].legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
+    if ax is None:
+        fig.tight_layout()
+    return _finish(fig, path)
 
 
 def summary_table(evals, score_names, ood_titles, metric_names, *, layers=None, print_it: bool = True,
