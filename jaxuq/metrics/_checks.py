@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxuq._validate import is_traced  # the one tracer test (shared with the calibration checks)
+
 #: absolute tolerance on |sum_c p_c - 1| for float32/float64 probabilities; lower-precision inputs
 #: (bfloat16, float16) get ``2 * eps`` of their dtype (see :func:`prob_sum_atol`).
 PROB_SUM_ATOL = 1e-3
@@ -30,11 +32,6 @@ Pending = list  # [(device stats, report(host stats) -> None)], resolved by `res
 def prob_sum_atol(dtype) -> float:
     """Tolerance on row sums: ``max(1e-3, 2 * eps(dtype))`` (bfloat16: 0.0156, float16: 0.002)."""
     return max(PROB_SUM_ATOL, 2.0 * float(jnp.finfo(dtype).eps))
-
-
-def is_traced(x) -> bool:
-    """True for an abstract value (inside jit/vmap/grad): value checks must be skipped."""
-    return isinstance(x, jax.core.Tracer)
 
 
 def _shape(x) -> tuple[int, ...]:
