@@ -47,8 +47,17 @@ test-latest:
 lint: $(BIN)/python
 	$(BIN)/ruff check .
 
+# Every CPU bench at its CPU-sized defaults, through bench/_common.py: each records the load average
+# and thread settings first and refuses a loaded machine (pass BENCH_ARGS=--allow-load to flag instead).
+BENCHES := metrics convert ood ood_memory scaler_gap train ensembles xla_cpu eval_memory
+BENCH_ARGS ?=
+
 bench: install-test
-	JAXUQ_DATA_DIR=$(DATA) $(BIN)/python bench/metrics.py
+	@set -e; for b in $(BENCHES); do \
+	  test -f bench/$$b.py || { echo "make bench: bench/$$b.py is missing"; exit 1; }; \
+	  echo "== bench/$$b.py"; \
+	  JAXUQ_DATA_DIR=$(DATA) $(BIN)/python bench/$$b.py $(BENCH_ARGS); \
+	done
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache docs/api

@@ -9,18 +9,12 @@ For each model a random-init TU ``resnet`` (CIFAR style for 18, ImageNet style w
 Each is repeated (``--repeats``) and the median and minimum are reported. Writes bench/results/convert.json
 and .md. CPU-only work (the converter never touches an accelerator); the JAX backend is reported.
 
-Usage: ``python bench/convert.py [--repeats 5]``.
+Usage: ``python bench/convert.py [--repeats 5] [--allow-load]`` (harness: bench/_common.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -29,32 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import bench_parser, markdown_header, start, timeit, write_results  # noqa: E402
+
 MODELS = {
     "resnet18_cifar_c10": {"in_channels": 3, "num_classes": 10, "arch": 18, "style": "cifar"},
     "resnet50_imagenet_c1000": {"in_channels": 3, "num_classes": 1000, "arch": 50, "style": "imagenet"},
 }
 
 
-def _versions():
-    from importlib.metadata import version
-
-    import flax
-    import jax
-    import orbax.checkpoint
-    import torch
-
-    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-            "orbax-checkpoint": orbax.checkpoint.__version__, "torch": torch.__version__,
-            "torch_uncertainty": version("torch-uncertainty"), "jax_backend": jax.default_backend()}
-
-
 def _times(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(out), "min_s": min(out), "all_s": [round(t, 4) for t in out]}
+    t = timeit(fn, repeats=repeats, warmup=0)  # the first call is measured separately
+    return {"median_s": t["median_s"], "min_s": t["min_s"], "all_s": [round(x, 4) for x in t["times_s"]]}
 
 
 def _imports():
@@ -110,12 +89,9 @@ def _bench_one(name: str, kw: dict, tmp: Path, repeats: int) -> dict:
 
 
 def main(argv=None):
-    from jaxuq._io import write_text_atomic
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap = bench_parser(__doc__)
     a = ap.parse_args(argv)
+    meta = start(a, torch=True)
 
     _imports()
     rows = []
@@ -126,23 +102,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count()},
-        "versions": _versions(),
-        "repeats": a.repeats,
-        "rows": rows,
-    }
-    outdir = Path(a.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "convert.json", json.dumps(result, indent=2) + "\n")
-    lines = [
-        "# jaxuq-convert timings (CPU, imports excluded)",
-        "",
-        f"{result['date']} · {result['machine']['platform']} · {result['machine']['cpu_count']} CPUs · "
-        + " · ".join(f"{k} {v}" for k, v in result["versions"].items()),
-        "",
+    lines = markdown_header("jaxuq-convert timings (CPU, imports excluded)", meta) + [
         f"Median of {a.repeats} runs (min in brackets), seconds. `convert` = read + strict conversion + "
         "atomic orbax/JSON write; torch anchor = `torch.load` + `load_state_dict` into TU's model.",
         "",
@@ -157,7 +117,7 @@ def main(argv=None):
         lines.append(f"| {r['model']} | {r['params']:,} | {r['file_bytes'] / 1e6:.1f} | {f(r['convert'])} | "
                      f"{r['convert_first_call_s']:.2f} | {f(r['read'])} | {f(r['table'])} | "
                      f"{f(r['write'])} | {f(r['jaxuq_load'])} | {f(r['torch_anchor_load'])} |")
-    write_text_atomic(outdir / "convert.md", "\n".join(lines) + "\n")
+    write_results("convert", meta, {"repeats": a.repeats, "rows": rows}, lines, a.out_dir)
     print("\n".join(lines))
 
 

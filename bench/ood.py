@@ -1,6 +1,6 @@
 """Memory proxy for the batched OOD detectors: peak host RSS vs number of calibration samples.
 
-    python bench/ood.py [--sizes 1000 4000 16000] [--batch-size 256]
+    python bench/ood.py [--sizes 1000 4000 16000] [--batch-size 256] [--allow-load]
 
 Each size runs in a fresh subprocess: build N random CIFAR-shaped inputs, fit KNN (on the pooled
 features) and Gram (on a 32x32x64 feature map, the pooled features and the logits) of a small CNN
@@ -11,19 +11,22 @@ grows with the inputs and the detectors' state (KNN keeps N x 64 features; Gram 
 statistics for its quantiles), not with the activations. On an accelerator the same code keeps
 one batch of activations on the device (``jax.devices()[0].memory_stats()`` is reported when
 the backend provides it). Writes bench/results/ood_rss.{json,md} (bench/ood_memory.py accounts
-the compiled per-batch programs for 50,000 samples).
+the compiled per-batch programs for 50,000 samples). Harness: bench/_common.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench._common import bench_parser, markdown_header, start, write_results  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -63,18 +66,16 @@ print(json.dumps(out))
 """
 
 
-def main() -> int:
-    from jaxuq._io import write_text_atomic
-
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    ap = bench_parser(__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     ap.add_argument("--batch-size", type=int, default=256)
-    args = ap.parse_args()
-    repo = Path(__file__).resolve().parent.parent
+    args = ap.parse_args(argv)
+    meta = start(args)
     rows = []
     for n in args.sizes:
-        r = subprocess.run([sys.executable, "-c", CHILD, str(n), str(args.batch_size)], cwd=repo,
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+        r = subprocess.run([sys.executable, "-c", CHILD, str(n), str(args.batch_size)], cwd=REPO,
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         if r.returncode:
             print(r.stderr, file=sys.stderr)
             return 1
@@ -82,26 +83,15 @@ def main() -> int:
         row["activations_if_unbatched_mib"] = n * 32 * 32 * 64 * 4 / 2**20
         rows.append(row)
         print(row)
-    import flax
-    import jax
-
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "flax": flax.__version__,
-            "backend": jax.default_backend()}
-    out = repo / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "ood_rss.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# OOD detectors: peak memory vs calibration size ({meta['date']}, {meta['platform']}, "
-             f"{meta['cpu_count']} CPUs, jax {meta['jax']}, backend {meta['backend']})", "",
-             "| N calib | batch | RSS after data (MiB) | peak RSS (MiB) "
-             "| 32x32x64 activations if unbatched (MiB) | KNN fit (s) | Gram fit (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = markdown_header("OOD detectors: peak memory vs calibration size", meta) + [
+        "| N calib | batch | RSS after data (MiB) | peak RSS (MiB) "
+        "| 32x32x64 activations if unbatched (MiB) | KNN fit (s) | Gram fit (s) |",
+        "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['n']} | {r['batch_size']} | {r['rss_after_data_mib']:.0f} "
                      f"| {r['peak_rss_mib']:.0f} | {r['activations_if_unbatched_mib']:.0f} "
                      f"| {r['KNN_fit_s']:.1f} | {r['Gram_fit_s']:.1f} |")
-    write_text_atomic(out / "ood_rss.md", "\n".join(lines) + "\n")
+    write_results("ood_rss", meta, {"rows": rows}, lines, args.out_dir)
     print("\n".join(lines))
     return 0
 

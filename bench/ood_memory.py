@@ -1,7 +1,7 @@
 """Memory of the batched OOD detectors and the scalers for a 50,000-sample calibration set.
 
     python bench/ood_memory.py [--n-calib 50000] [--batch-size 256] [--models resnet20 tiniest]
-                               [--run | --no-run]
+                               [--run | --no-run] [--allow-load]
 
 For each model (ResNet-20 and scio's Tiniest, the architectures of our tests; weights from
 ``init``: memory depends on shapes only) and each detector (GradNorm, Gram, KNN, Mahalanobis,
@@ -26,17 +26,14 @@ ODIN with the scio tutorial's layers), and for the three scalers on ``[N, 10]`` 
   real, each in a fresh process, and report ``jax.devices()[0].memory_stats()["peak_bytes_in_use"]``
   (GPU) and the peak host RSS. Slow on CPU (GradNorm: one per-sample gradient per input).
 
-Writes bench/results/ood_memory.{json,md}. No torch needed (no anchor: TU has no batched
-detectors; scio's need Python >= 3.12).
+Writes bench/results/ood_memory.{json,md} (harness: bench/_common.py). No torch needed (no
+anchor: TU has no batched detectors; scio's need Python >= 3.12).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxuq._io import write_json_atomic, write_text_atomic  # noqa: E402
+from bench._common import bench_parser, markdown_header, start, write_results  # noqa: E402
 
 # model -> (block feature map, pooled features, logits), as in the scio tutorial for Tiniest
 LAYERS = {"tiniest": ("l3", "avgpool", "fc"), "resnet20": ("layer3_2", "linear:input", "linear")}
@@ -182,10 +179,10 @@ def _mib(b) -> str:
     return "-" if b is None else f"{b / MIB:.2f}"
 
 
-def markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [f"# OOD detectors and scalers: memory for N = {meta['n_calib']} calibration samples",
-             "", f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} CPUs, backend {meta['backend']} "
-             f"({meta['device']}), jax {meta['jax']}, flax {meta['flax']}, batch {meta['batch_size']}.", "",
+def markdown(meta: dict, setting: dict, rows: list[dict]) -> list[str]:
+    lines = markdown_header(f"OOD detectors and scalers: memory for N = {setting['n_calib']} "
+                            "calibration samples", meta) + [
+             f"Device {setting['device']}, batch {setting['batch_size']}.", "",
              "XLA `compiled.memory_analysis()` of the per-batch programs (argument + output + temp, MiB); "
              "model/state: closed-over arrays on the device; fit host: per-sample results `fit` gathers "
              "on the host; bound = model + state + larger program (vs 16 GiB = 16384 MiB).", "",
@@ -205,21 +202,21 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                  _mib(r["device_bytes_bound"]), _mib(run.get("device_peak_bytes")),
                  "-" if rss is None else f"{rss:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = bench_parser(__doc__)
     ap.add_argument("--n-calib", type=int, default=50_000)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--models", nargs="+", default=list(LAYERS), choices=list(LAYERS))
     ap.add_argument("--run", action=argparse.BooleanOptionalAction, default=None,
                     help="fit/score for real on N inputs (default: only on a GPU)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
     if args.n_calib < 2 * args.batch_size or args.batch_size < 1:
         ap.error(f"need --batch-size >= 1 and --n-calib >= 2 * batch size; "
                  f"got {args.n_calib}, {args.batch_size}")
+    meta = start(args)
     do_run = jax.default_backend() == "gpu" if args.run is None else args.run
     rows = []
     for model in args.models:
@@ -233,15 +230,11 @@ def main(argv=None) -> int:
     for name in SCALERS:
         rows.append(scaler_row(name, args.n_calib))
         print(json.dumps(rows[-1]), flush=True)
-    import flax
-
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "device": str(jax.devices()[0]),
-            "jax": jax.__version__, "flax": flax.__version__, "n_calib": args.n_calib,
-            "batch_size": args.batch_size, "run": do_run}
-    write_json_atomic(args.out / "ood_memory.json", {"meta": meta, "rows": rows}, indent=2)
-    write_text_atomic(args.out / "ood_memory.md", markdown(meta, rows))
-    print(markdown(meta, rows))
+    setting = {"device": str(jax.devices()[0]), "n_calib": args.n_calib, "batch_size": args.batch_size,
+               "run": do_run}
+    lines = markdown(meta, setting, rows)
+    write_results("ood_memory", meta, {"setting": setting, "rows": rows}, lines, args.out_dir)
+    print("\n".join(lines))
     return 0
 
 

@@ -1,22 +1,19 @@
 """Vector/matrix scaling: jaxuq vs torch-uncertainty 0.13.0 losses on the real CIFAR-10 logits.
 
-    JAXUQ_DATA_DIR=/work/shared/data python bench/scaler_gap.py [--n 500] [--perms 5]
+    JAXUQ_DATA_DIR=/work/shared/data python bench/scaler_gap.py [--n 500] [--perms 5] [--allow-load]
 
 For each checkpoint's reference logits (first ``n`` test images): the calibration loss (mean CE,
 evaluated in float64 from the float32 scaled logits) of TU's fitted scaler and of ours, in float32
 (TU's setting) and in float64 (same algorithm, no float32 rounding), and TU's own spread when the
 same samples are fed in ``perms`` other orders (the same loss, other float32 summation orders).
-Writes bench/results/scaler_gap.{json,md}. Needs torch + torch-uncertainty.
+Writes bench/results/scaler_gap.{json,md} (harness: bench/_common.py). Needs torch +
+torch-uncertainty.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import logging
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -31,8 +28,8 @@ jax.config.update("jax_enable_x64", True)  # float64 runs below; float32 ones pa
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench._common import bench_parser, markdown_header, start, write_results  # noqa: E402
 from jaxuq._env import data_file  # noqa: E402
-from jaxuq._io import write_json_atomic, write_text_atomic  # noqa: E402
 from jaxuq.calibration import scaling as S  # noqa: E402
 from jaxuq.calibration.lbfgs import lbfgs_torch  # noqa: E402
 
@@ -87,11 +84,11 @@ def ours_loss64(kind: str, z, y) -> float:
 def main(argv=None) -> int:
     import torch
 
-    ap = argparse.ArgumentParser()
+    ap = bench_parser(__doc__)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--perms", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
+    meta = start(args, torch=True)
     ref = np.load(data_file("checkpoints/reference_logits_first1000.npz"))
     rows = []
     for model in MODELS:
@@ -110,18 +107,10 @@ def main(argv=None) -> int:
             row["lower_f32"] = "ours" if row["ours_f32"] < row["tu_f32"] else "TU"
             rows.append(row)
             print(json.dumps(row), flush=True)
-    import torch_uncertainty
-
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-            "torch_uncertainty": getattr(torch_uncertainty, "__version__", "0.13.0"), "n": args.n,
-            "perms": args.perms}
-    lines = [f"# Vector/matrix scaling: jaxuq vs TU losses on real CIFAR-10 logits "
-             f"(first {args.n} test images)",
-             "", f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} CPUs, jax {meta['jax']}, "
-             f"torch {meta['torch']}, TU {meta['torch_uncertainty']}. Mean CE after the fit (float64 "
-             f"evaluation); spread = max - min over the original and {args.perms} permuted sample "
-             "orders.", "",
+    lines = markdown_header(f"Vector/matrix scaling: jaxuq vs TU losses on real CIFAR-10 logits "
+                            f"(first {args.n} test images)", meta) + [
+             "Mean CE after the fit (float64 evaluation); spread = max - min over the original and "
+             f"{args.perms} permuted sample orders.", "",
              "| model | scaler | TU f32 | ours f32 | gap f32 | TU spread (orders) | ours spread | lower "
              "| TU f64 | ours f64 | gap f64 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -129,8 +118,7 @@ def main(argv=None) -> int:
                      f"| {r['gap_f32']:.1e} | {r['tu_spread_over_orders']:.1e} "
                      f"| {r['ours_spread_over_orders']:.1e} | {r['lower_f32']} "
                      f"| {r['tu_f64']:.9f} | {r['ours_f64']:.9f} | {r['gap_f64']:.1e} |")
-    write_json_atomic(args.out / "scaler_gap.json", {"meta": meta, "rows": rows}, indent=2)
-    write_text_atomic(args.out / "scaler_gap.md", "\n".join(lines) + "\n")
+    write_results("scaler_gap", meta, {"n": args.n, "perms": args.perms, "rows": rows}, lines, args.out_dir)
     print("\n".join(lines))
     return 0
 

@@ -46,9 +46,9 @@ from jaxuq.metrics.suite import table_core
 __all__ = ["classification_table", "evaluate", "padded_batches", "predict"]
 
 
-def _split_members(x, name: str):
+def _split_members(x, name: str, pending):
     """``[N, C]`` -> (probs, None); ``[M, N, C]`` -> (mean over members, members if M > 1)."""
-    arr = _checks.check_probs(x, name, (2, 3))
+    arr = _checks.check_probs(x, name, (2, 3), pending)
     if arr.ndim == 2:
         return arr.astype(jnp.float32), None
     arr = arr.astype(jnp.float32)
@@ -95,14 +95,15 @@ def classification_table(
     if logits is not None:
         lg = _checks.as_array(logits, "logits", (2, 3))
         probs = jax.nn.softmax(lg.astype(jnp.float32), axis=-1)
-    p, members = _split_members(probs, "probs")
+    pending = []  # every value check is fetched in one device->host transfer
+    p, members = _split_members(probs, "probs", pending)
     n, c = p.shape
-    y = _checks.check_labels(labels, n, c, "labels")
+    y = _checks.check_labels(labels, n, c, "labels", pending)
     kw = {}
     if members is not None:
         kw["member_probs"] = members
     if ood_scores is not None:
-        s = _checks.check_scores(ood_scores, "ood_scores")
+        s = _checks.check_scores(ood_scores, "ood_scores", pending)
         if s.shape[0] <= n and ood_labels is None:
             raise ValueError(
                 f"`ood_scores` has shape {s.shape}: expected N + N_ood > N = {n} scores (ID first)"
@@ -110,10 +111,10 @@ def classification_table(
         if ood_labels is None:
             is_ood = jnp.concatenate([jnp.zeros((n,), jnp.int32), jnp.ones((s.shape[0] - n,), jnp.int32)])
         else:
-            is_ood = _checks.check_binary(ood_labels, s.shape[0], "ood_labels", both_classes=True)
+            is_ood = _checks.check_binary(ood_labels, s.shape[0], "ood_labels", pending=pending)
         kw.update(ood_scores=s, is_ood=is_ood)
         if ood_probs is not None:
-            op, om = _split_members(ood_probs, "ood_probs")
+            op, om = _split_members(ood_probs, "ood_probs", pending)
             if op.shape[1] != c:
                 raise ValueError(f"`ood_probs` has {op.shape[1]} classes, `probs` has {c}")
             kw["ood_probs"] = op
@@ -122,10 +123,11 @@ def classification_table(
     elif ood_labels is not None or ood_probs is not None:
         raise ValueError("`ood_labels` / `ood_probs` need `ood_scores`")
     scod_ood_cost = _checks.check_fraction(scod_ood_cost, "scod_ood_cost")
+    _checks.resolve(pending)
     out, conf, acc = table_core(p, y, ood_cost=scod_ood_cost, **kw)
-    out, conf, acc = jax.device_get((out, conf, acc))
-    res = {k: float(v) for k, v in out.items()}
+    res = {k: float(v) for k, v in jax.device_get(out).items()}
     if smece:
+        conf, acc = jax.device_get((conf, acc))
         res["test/cal/SmECE"] = _smece_conf_acc(np.asarray(conf), np.asarray(acc))[0]
     if flops is not None:
         res["test/cplx/flops"] = int(flops)

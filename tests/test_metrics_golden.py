@@ -10,8 +10,9 @@ from jaxuq.evaluation import classification_table
 from tests.helpers import GOLDEN
 
 FILES = sorted(GOLDEN.glob("metrics_*.npz"))
-# tie-order dependent metrics: TU's unstable torch sort vs our stable sort (documented deviation);
-# these cases have tied confidences (edges: 7 copies of each confidence; saturated: conf == 1.0)
+# tie-order dependent in TU (its unstable torch sort decides) vs our tie-aware values (documented
+# deviation); these cases have tied confidences (edges: 7 copies of each confidence; saturated:
+# conf == 1.0). They are pinned to a tie-aware float64 reference in test_metrics_parity.py.
 TIE_DEPENDENT = ("test/sc/", "test/cal/aECE")
 TIED_CASES = ("metrics_edges", "metrics_saturated")
 

@@ -69,7 +69,7 @@ def test_edge_cases(name):
     tied = len(np.unique(conf)) < len(conf)
     for k, v in ref.items():
         if tied and (k.startswith("test/sc/") or k == "test/cal/aECE"):
-            continue  # tie-order dependent in TU: pinned below against a stable float64 reference
+            continue  # tie-order dependent in TU: pinned below against a tie-aware float64 reference
         _close(ours[k], v, k)
     ref64 = ref_selective_f64(conf, probs.argmax(-1) != labels)
     for k in ("AURC", "AUGRC", "Cov_5Risk", "Risk_80Cov"):

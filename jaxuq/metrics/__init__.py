@@ -2,8 +2,11 @@
 
 Every public function validates its inputs (shapes, NaN/inf, label ranges, probabilities summing to
 one) with one device->host check and raises ``ValueError`` naming the argument, then calls a
-jitted float32 core. Streaming (batch/device mergeable) forms live in
-:mod:`jaxuq.metrics.streaming`; the fused whole-table core in :mod:`jaxuq.metrics.suite`.
+jitted float32 core. Under ``jax.jit`` / ``vmap`` / ``grad`` the value checks are skipped (the
+inputs are tracers); shapes and dtypes are still checked. Rank-based metrics (AURC family, aECE,
+ROC/PR, SCOD) are tie-aware and independent of sample order (:mod:`jaxuq.metrics._ties`).
+Streaming (batch/device mergeable) forms live in :mod:`jaxuq.metrics.streaming`; the fused
+whole-table core in :mod:`jaxuq.metrics.suite`.
 
 Shapes: ``probs [N, C]``, ``labels [N]``, ensembles ``member_probs [M, N, C]`` (members on axis 0),
 OOD ``scores [N]`` (higher = more OOD) with ``is_ood [N]`` (OOD = positive class).

@@ -1,32 +1,64 @@
 """Input validation shared by the public metric wrappers.
 
-Every public metric validates its (concrete) inputs once, then calls a jitted core. Value checks
-(NaN/inf, ranges, probabilities summing to one, label ranges) are reduced on device by one small
-jitted function and fetched with a single device->host transfer, so validation costs one sync,
-never a per-element Python loop.
+Every public metric validates its inputs, then calls a jitted core. Value checks (NaN/inf,
+ranges, probabilities summing to one, label ranges) are reduced on device by small jitted
+functions; the results of all the checks of one call are fetched together with a single
+device->host transfer (pass a ``pending`` list and call :func:`resolve` once), never a
+per-element Python loop. Host (numpy) integer labels are range-checked on host *before* they are
+converted, so int64 values >= 2**31 cannot wrap silently into a valid int32 class.
+
+Under ``jax.jit`` / ``vmap`` / ``grad`` the inputs are tracers: the shape and dtype checks still
+run, the value checks are skipped (they need concrete values).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: absolute tolerance on |sum_c p_c - 1| for probability inputs.
+from jaxuq._validate import is_traced  # the one tracer test (shared with the calibration checks)
+
+#: absolute tolerance on |sum_c p_c - 1| for float32/float64 probabilities; lower-precision inputs
+#: (bfloat16, float16) get ``2 * eps`` of their dtype (see :func:`prob_sum_atol`).
 PROB_SUM_ATOL = 1e-3
+
+Pending = list  # [(device stats, report(host stats) -> None)], resolved by `resolve`
+
+
+def prob_sum_atol(dtype) -> float:
+    """Tolerance on row sums: ``max(1e-3, 2 * eps(dtype))`` (bfloat16: 0.0156, float16: 0.002)."""
+    return max(PROB_SUM_ATOL, 2.0 * float(jnp.finfo(dtype).eps))
 
 
 def _shape(x) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
 
+def resolve(pending: Pending) -> None:
+    """Fetch every deferred check's statistics in one transfer and raise the first failure."""
+    if pending:
+        host = jax.device_get([stats for stats, _ in pending])
+        for h, (_, report) in zip(host, pending):
+            report(np.asarray(h))
+        pending.clear()
+
+
+def _defer(pending: Pending | None, stats, report: Callable) -> None:
+    if pending is None:
+        resolve([(stats, report)])
+    else:
+        pending.append((stats, report))
+
+
 def as_array(x, name: str, ndims: tuple[int, ...], *, floating: bool = True) -> jax.Array:
     """Convert ``x`` to a jax array and check its rank and that it is not empty."""
     if x is None:
         raise ValueError(f"`{name}` is required, got None")
-    arr = jnp.asarray(x)
+    arr = x if isinstance(x, jax.Array) else jnp.asarray(x)
     if arr.ndim not in ndims:
         want = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"`{name}` must be {want}, got shape {arr.shape} ({arr.ndim}-D)")
@@ -40,10 +72,10 @@ def as_array(x, name: str, ndims: tuple[int, ...], *, floating: bool = True) -> 
 
 @functools.partial(jax.jit, static_argnames=("check_sum",))
 def _float_stats(x, check_sum: bool):
+    # min/max propagate NaN and expose +-inf: finite iff both are (one pass, no isfinite mask)
     x = x.astype(jnp.float32)
-    finite = jnp.all(jnp.isfinite(x))
-    lo = jnp.min(jnp.where(jnp.isfinite(x), x, jnp.inf))
-    hi = jnp.max(jnp.where(jnp.isfinite(x), x, -jnp.inf))
+    lo, hi = jnp.min(x), jnp.max(x)
+    finite = jnp.isfinite(lo) & jnp.isfinite(hi)
     dev = jnp.max(jnp.abs(jnp.sum(x, axis=-1) - 1.0)) if check_sum else jnp.float32(0)
     return jnp.stack([finite.astype(jnp.float32), lo, hi, dev])
 
@@ -53,71 +85,142 @@ def _int_stats(x):
     return jnp.stack([jnp.min(x), jnp.max(x)])
 
 
-def check_probs(probs, name: str = "probs", ndims: tuple[int, ...] = (2,)) -> jax.Array:
-    """Validate probabilities ``[..., C]``: finite, in [0, 1], rows summing to 1 (atol 1e-3)."""
+def check_probs(probs, name: str = "probs", ndims: tuple[int, ...] = (2,), pending: Pending | None = None):
+    """Validate probabilities ``[..., C]``: finite, in [0, 1], rows summing to 1 (atol
+    :func:`prob_sum_atol` of the dtype)."""
     arr = as_array(probs, name, ndims)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise ValueError(f"`{name}` must be floating point probabilities, got dtype {arr.dtype}")
-    finite, lo, hi, dev = np.asarray(_float_stats(arr, True))
-    if finite < 1:
-        raise ValueError(f"`{name}` (shape {arr.shape}) contains NaN or inf")
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"`{name}` (shape {arr.shape}) must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
-            "pass probabilities, not logits"
-        )
-    if dev > PROB_SUM_ATOL:
-        raise ValueError(
-            f"`{name}` (shape {arr.shape}) rows must sum to 1 along the last axis "
-            f"(max |sum - 1| = {dev:.3g} > {PROB_SUM_ATOL})"
-        )
+    if is_traced(arr):
+        return arr
+    atol = prob_sum_atol(arr.dtype)
+
+    def report(stats):
+        finite, lo, hi, dev = stats
+        if finite < 1:
+            raise ValueError(f"`{name}` (shape {arr.shape}) contains NaN or inf")
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"`{name}` (shape {arr.shape}) must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
+                "pass probabilities, not logits"
+            )
+        if dev > atol:
+            raise ValueError(
+                f"`{name}` (shape {arr.shape}, {arr.dtype}) rows must sum to 1 along the last axis "
+                f"(max |sum - 1| = {dev:.3g} > {atol:.3g})"
+            )
+
+    _defer(pending, _float_stats(arr, True), report)
     return arr
 
 
-def check_scores(scores, name: str = "scores") -> jax.Array:
+def check_scores(scores, name: str = "scores", pending: Pending | None = None) -> jax.Array:
     """Validate a finite 1-D score vector ``[N]``."""
     arr = as_array(scores, name, (1,))
     if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
         raise ValueError(f"`{name}` must be numeric, got dtype {arr.dtype}")
-    finite = np.asarray(_float_stats(arr, False))[0]
-    if finite < 1:
-        raise ValueError(f"`{name}` (shape {arr.shape}) contains NaN or inf")
+    if is_traced(arr):
+        return arr
+
+    def report(stats):
+        if stats[0] < 1:
+            raise ValueError(f"`{name}` (shape {arr.shape}) contains NaN or inf")
+
+    _defer(pending, _float_stats(arr, False), report)
     return arr
 
 
-def check_labels(labels, n: int, num_classes: int, name: str = "labels") -> jax.Array:
-    """Validate integer class labels ``[N]`` in ``[0, num_classes)``."""
-    arr = as_array(labels, name, (1,), floating=False)
-    if not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise ValueError(f"`{name}` must hold integer class indices, got dtype {arr.dtype}")
+def _integer_array(x, name: str, n: int, what: str, lo_ok: int, hi_ok: int):
+    """``x`` as an int32 jax array ``[n]``; host inputs are dtype- and range-checked on host first.
+
+    Returns ``(arr, host_range)``: ``host_range`` is ``(min, max)`` for host inputs (already
+    range-checked, naming the offending value), None for device arrays."""
+    if x is None:
+        raise ValueError(f"`{name}` is required, got None")
+    if isinstance(x, jax.Array):
+        host = None
+        dtype = x.dtype
+    else:
+        host = np.asarray(x)
+        dtype = host.dtype
+    if jnp.issubdtype(dtype, jnp.floating):
+        vals = np.ravel(host) if host is not None else None
+        where = ""
+        if vals is not None and vals.size:
+            bad = np.nonzero(vals != np.round(vals))[0]
+            i = int(bad[0]) if bad.size else 0
+            where = f" (e.g. value {vals[i].item()!r} at index {i})"
+        raise ValueError(
+            f"`{name}` must hold {what}, got dtype {dtype}{where}: floats are not truncated, "
+            "cast them yourself (e.g. `labels.astype(int)`)"
+        )
+    if dtype != np.bool_ and not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"`{name}` must hold {what}, got dtype {dtype}")
+    arr = as_array(x if host is None else host, name, (1,), floating=False)
     if arr.shape[0] != n:
         raise ValueError(f"`{name}` has shape {arr.shape}, expected ({n},) to match the predictions")
-    lo, hi = (int(v) for v in np.asarray(_int_stats(arr)))
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"`{name}` values must lie in [0, {num_classes}) for {num_classes} classes, "
-            f"got range [{lo}, {hi}]"
-        )
+    if host is None:
+        return arr.astype(jnp.int32) if arr.dtype == jnp.bool_ else arr, None
+    host = np.ravel(host)
+    lo, hi = int(host.min()), int(host.max())
+    _range_error(name, what, lo, hi, lo_ok, hi_ok, host)
+    return jnp.asarray(host.astype(np.int32)), (lo, hi)
+
+
+def _range_error(name, what, lo, hi, lo_ok, hi_ok, host=None):
+    if lo >= lo_ok and hi <= hi_ok:
+        return
+    where = ""
+    if host is not None:
+        i = int(np.argmax((host < lo_ok) | (host > hi_ok)))
+        where = f"; offending value {int(host[i])} at index {i} (dtype {host.dtype})"
+    raise ValueError(
+        f"`{name}` values must lie in [{lo_ok}, {hi_ok}] ({what}), got range [{lo}, {hi}]{where}"
+    )
+
+
+def _int_report(name: str, what: str, lo_ok: int, hi_ok: int, both_classes: bool = False):
+    def report(stats):
+        lo, hi = int(stats[0]), int(stats[1])
+        _range_error(name, what, lo, hi, lo_ok, hi_ok)
+        if both_classes and lo == hi:
+            which = "OOD/positive (1)" if lo == 0 else "ID/negative (0)"
+            raise ValueError(f"`{name}` contains a single class: no {which} samples")
+
+    return report
+
+
+def _check_integers(x, name, n, what, lo_ok, hi_ok, pending, both_classes=False) -> jax.Array:
+    arr, host_range = _integer_array(x, name, n, what, lo_ok, hi_ok)
+    report = _int_report(name, what, lo_ok, hi_ok, both_classes)
+    if host_range is not None:
+        report(host_range)
+    elif not is_traced(arr):
+        _defer(pending, _int_stats(arr), report)
     return arr
 
 
-def check_binary(is_pos, n: int, name: str = "is_ood", *, both_classes: bool = True) -> jax.Array:
-    """Validate a 0/1 (or bool) label vector ``[N]``; optionally require both classes present."""
-    arr = as_array(is_pos, name, (1,), floating=False)
-    if arr.shape[0] != n:
-        raise ValueError(f"`{name}` has shape {arr.shape}, expected ({n},) to match the scores")
-    if arr.dtype == jnp.bool_:
-        arr = arr.astype(jnp.int32)
-    elif jnp.issubdtype(arr.dtype, jnp.floating):
-        raise ValueError(f"`{name}` must be bool or integer 0/1, got dtype {arr.dtype}")
-    stats = np.asarray(_int_stats(arr))
-    lo, hi = int(stats[0]), int(stats[1])
-    if lo < 0 or hi > 1:
-        raise ValueError(f"`{name}` must contain only 0 and 1, got range [{lo}, {hi}]")
-    if both_classes and lo == hi:
-        which = "OOD/positive (1)" if lo == 0 else "ID/negative (0)"
-        raise ValueError(f"`{name}` (shape {arr.shape}) contains a single class: no {which} samples")
-    return arr
+def check_labels(labels, n: int, num_classes: int, name: str = "labels", pending: Pending | None = None):
+    """Validate integer class labels ``[N]`` in ``[0, num_classes)``; returns int32 ``[N]``."""
+    what = f"integer class indices for {num_classes} classes"
+    return _check_integers(labels, name, n, what, 0, num_classes - 1, pending)
+
+
+def check_binary(
+    is_pos, n: int, name: str = "is_ood", *, both_classes: bool = True, pending: Pending | None = None
+):
+    """Validate a 0/1 (or bool) label vector ``[N]``; optionally require both classes present.
+    Returns int32 ``[N]``."""
+    return _check_integers(is_pos, name, n, "values 0 and 1 (bool or integer)", 0, 1, pending, both_classes)
+
+
+def probs_labels(probs, labels) -> tuple[jax.Array, jax.Array]:
+    """Validate ``probs [N, C]`` and ``labels [N]`` together (one device->host transfer)."""
+    pending: Pending = []
+    probs = check_probs(probs, "probs", (2,), pending)
+    labels = check_labels(labels, probs.shape[0], probs.shape[1], "labels", pending)
+    resolve(pending)
+    return probs, labels
 
 
 def check_same_len(name_a: str, a, name_b: str, b) -> None:

@@ -7,8 +7,10 @@ Top-label calibration: ``conf = max_c p_c`` (float32) and ``acc = [argmax p = y]
   ``np.linspace`` in float32 by one ulp at 6 edges). ``idx = searchsorted(edges, conf, 'right') - 1``
   so bins are ``[e_k, e_{k+1})`` and ``conf == 1.0`` falls in a 16th slot of its own.
 * ``adaptive_ece``: 15 equal-mass chunks of the sorted confidences (``np.array_split`` sizes);
-  NaN when N < 15. We sort with a *stable* sort (ties keep sample order); TU's ``torch.sort`` is
-  unstable, so results can differ only when tied confidences straddle a chunk boundary.
+  NaN when N < 15. Tie-aware (deviation from TU, whose unstable ``torch.sort`` decides): each
+  sample counts with the mean accuracy of its group of tied confidences, so a tied group that
+  straddles a chunk boundary contributes pro rata to both chunks, whatever the sample order. On
+  tie-free input this is TU's value.
 * ``smooth_ece``: TU's SmECE (logit Gaussian kernel, automatic bandwidth search). This is a
   float64 numpy port; it is **not jittable** (the bandwidth search and grid sizes are data
   dependent) and runs on host.
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxuq.metrics import _checks
+from jaxuq.metrics import _checks, _ties
 
 __all__ = [
     "ECE_EDGES",
@@ -112,20 +114,20 @@ def _aece_sorted(conf_sorted: jax.Array, acc_sorted: jax.Array, num_bins: int = 
     return jnp.sum(jnp.abs(asum / cnt - csum / cnt) * (cnt / n))
 
 
+def _aece_from_groups(g, which: int, num_bins: int = NUM_BINS):
+    """Tie-aware aECE from confidence groups (:func:`jaxuq.metrics._ties.rank_sort`, payload
+    ``which`` = accuracy): each sample's accuracy is its tie group's mean, so a tied group
+    straddling a chunk boundary splits pro rata."""
+    return _aece_sorted(g.scores[::-1], _ties.group_mean(g, which)[::-1], num_bins)
+
+
 def _aece_from_conf_acc(conf, acc, num_bins: int = NUM_BINS):
-    order = jnp.argsort(conf, stable=True)
-    return _aece_sorted(conf[order], acc[order], num_bins)
+    return _aece_from_groups(_ties.rank_sort(conf, acc), 0, num_bins)
 
 
 @functools.partial(jax.jit, static_argnames=("num_bins",))
 def _aece_impl(probs, labels, num_bins: int = NUM_BINS):
     return _aece_from_conf_acc(*top_label(probs, labels), num_bins)
-
-
-def _probs_labels(probs, labels):
-    probs = _checks.check_probs(probs, "probs", (2,))
-    labels = _checks.check_labels(labels, probs.shape[0], probs.shape[1], "labels")
-    return probs, labels
 
 
 def ece(probs, labels) -> jax.Array:
@@ -139,7 +141,7 @@ def ece(probs, labels) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    return _ece_impl(*_probs_labels(probs, labels))
+    return _ece_impl(*_checks.probs_labels(probs, labels))
 
 
 def mce(probs, labels) -> jax.Array:
@@ -151,14 +153,15 @@ def mce(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _mce_impl(*_probs_labels(probs, labels))
+    return _mce_impl(*_checks.probs_labels(probs, labels))
 
 
 def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
     """Adaptive (equal-mass) ECE, L1 norm, TU's ``AdaptiveCalibrationError``.
 
-    Confidences are sorted ascending (stable sort) and split like ``np.array_split(., num_bins)``;
-    ``aECE = sum_b |mean acc_b - mean conf_b| * len_b / N``. NaN if ``N < num_bins``.
+    Confidences are sorted ascending and split like ``np.array_split(., num_bins)``;
+    ``aECE = sum_b |mean acc_b - mean conf_b| * len_b / N`` where tied confidences share their
+    group's mean accuracy (order-invariant; see module docstring). NaN if ``N < num_bins``.
 
     Args:
       probs: ``[N, C]`` probabilities.
@@ -167,7 +170,7 @@ def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _aece_impl(*_probs_labels(probs, labels), num_bins=int(num_bins))
+    return _aece_impl(*_checks.probs_labels(probs, labels), num_bins=int(num_bins))
 
 
 class ReliabilityData(NamedTuple):
@@ -200,7 +203,7 @@ def reliability_diagram_data(probs, labels) -> ReliabilityData:
     Returns:
       :class:`ReliabilityData` with arrays of length 16.
     """
-    conf, acc, count = jax.device_get(_reliability_impl(*_probs_labels(probs, labels)))
+    conf, acc, count = jax.device_get(_reliability_impl(*_checks.probs_labels(probs, labels)))
     return ReliabilityData(
         np.asarray(conf), np.asarray(acc), np.asarray(count, dtype=np.int64), ECE_EDGES.copy()
     )
@@ -301,7 +304,7 @@ def smooth_ece(probs, labels, *, return_bandwidth: bool = False):
     Returns:
       Python float (and the bandwidth if asked).
     """
-    probs, labels = _probs_labels(probs, labels)
+    probs, labels = _checks.probs_labels(probs, labels)
     conf, acc = jax.device_get(jax.jit(top_label)(probs, labels))
     value, bw = _smece_conf_acc(conf, acc)
     return (value, bw) if return_bandwidth else value

@@ -59,12 +59,6 @@ def _entropy_impl(probs):
     return jnp.sum(entropy_per_sample(probs)) / probs.shape[0]
 
 
-def _probs_labels(probs, labels):
-    probs = _checks.check_probs(probs, "probs", (2,))
-    labels = _checks.check_labels(labels, probs.shape[0], probs.shape[1], "labels")
-    return probs, labels
-
-
 def accuracy(probs, labels) -> jax.Array:
     """Top-1 accuracy ``mean[argmax p = y]`` (torchmetrics MulticlassAccuracy, micro).
 
@@ -74,7 +68,7 @@ def accuracy(probs, labels) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    return _accuracy_impl(*_probs_labels(probs, labels))
+    return _accuracy_impl(*_checks.probs_labels(probs, labels))
 
 
 def brier_score(probs, labels) -> jax.Array:
@@ -86,7 +80,7 @@ def brier_score(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _brier_impl(*_probs_labels(probs, labels))
+    return _brier_impl(*_checks.probs_labels(probs, labels))
 
 
 def nll(probs, labels) -> jax.Array:
@@ -101,7 +95,7 @@ def nll(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _nll_impl(*_probs_labels(probs, labels))
+    return _nll_impl(*_checks.probs_labels(probs, labels))
 
 
 def entropy(probs) -> jax.Array:

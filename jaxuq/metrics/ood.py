@@ -1,8 +1,8 @@
 """OOD-detection metrics (TU A.4). Positive class = OOD (``is_ood == 1``); higher score = more OOD.
 
 All curves are tie-exact: there is one ROC/PR point per *distinct* score (a threshold can never
-split a group of tied scores), computed with a single stable sort plus cumulative max/min scans,
-so everything is jittable with static shapes.
+split a group of tied scores), computed with a single sort plus cumulative max/min scans
+(``jaxuq.metrics._ties``), so everything is jittable with static shapes and order-invariant.
 
 * ``auroc``: area under the ROC curve (trapezoid from (0, 0), one point per distinct score) =
   torchmetrics ``BinaryAUROC`` on raw scores = ``sklearn.metrics.roc_auc_score``.
@@ -26,59 +26,49 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxuq.metrics import _checks
+from jaxuq.metrics import _checks, _ties
 
-__all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points"]
+__all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points", "roc_points_groups"]
 
 F32 = jnp.float32
 
 
-def roc_points(scores: jax.Array, is_ood: jax.Array):
-    """Tie-aware cumulative counts along the descending-score order. Jittable.
+def roc_points_groups(g):
+    """Tie-aware cumulative counts from :func:`jaxuq.metrics._ties.rank_sort` groups of the scores
+    (payload 0 = int32 OOD indicator). Jittable.
 
-    Args:
-      scores: ``[N]`` float scores (higher = more OOD).
-      is_ood: ``[N]`` 0/1 labels.
     Returns:
       ``(pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n_neg)``, each array
       ``[N]`` in sorted (descending) order: for the tie group of sorted position ``i``,
       ``tp_end``/``fp_end`` are the TP/FP counts once the whole group is accepted, ``*_before``
-      the counts before it; ``end_idx`` the group's last sorted index; ``is_last`` marks the
-      last element of each group (one ROC point each).
+      the counts before it; ``pos`` the group's mean positive rate; ``end_idx`` the group's last
+      sorted index; ``is_last`` marks the last position of each group (one ROC point each).
     """
-    s = scores.astype(F32)
-    order = jnp.argsort(-s, stable=True)
-    s_sorted = s[order]
-    pos = is_ood[order].astype(jnp.int32)
-    n = s.shape[0]
-    ctp = jnp.cumsum(pos)
-    idx = jnp.arange(n, dtype=jnp.int32)
-    cfp = idx + 1 - ctp
-    is_last = jnp.concatenate([s_sorted[1:] != s_sorted[:-1], jnp.ones((1,), bool)])
-    big = jnp.int32(2**31 - 1)
-    tp_end = lax.cummin(jnp.where(is_last, ctp, big), reverse=True)
-    end_idx = lax.cummin(jnp.where(is_last, idx, big), reverse=True)
-    fp_end = end_idx + 1 - tp_end
-    prev_last = jnp.concatenate([jnp.zeros((1,), bool), is_last[:-1]])
-    tp_before = lax.cummax(jnp.where(prev_last, jnp.concatenate([jnp.zeros((1,), jnp.int32), ctp[:-1]]), 0))
-    fp_before = lax.cummax(jnp.where(prev_last, jnp.concatenate([jnp.zeros((1,), jnp.int32), cfp[:-1]]), 0))
-    n_pos = ctp[-1]
-    n_neg = n - n_pos
-    return pos, tp_end, tp_before, fp_end, fp_before, end_idx, is_last, n_pos, n_neg
+    tp_before, tp_end = g.totals[0]
+    n = g.end.shape[0]
+    n_pos = tp_end[-1]
+    pos = _ties.group_mean(g)
+    is_last = g.end == jnp.arange(n, dtype=jnp.int32)
+    return (pos, tp_end, tp_before, g.end + 1 - tp_end, g.start - tp_before, g.end, is_last, n_pos,
+            n - n_pos)  # fmt: skip
+
+
+def roc_points(scores: jax.Array, is_ood: jax.Array):
+    """:func:`roc_points_groups` of ``scores [N]`` (higher = more OOD) and ``is_ood [N]``."""
+    return roc_points_groups(_ties.rank_sort(scores, is_ood.astype(jnp.int32)))
 
 
 def _auroc_from_points(pts):
     pos, tp_end, tp_before, _, _, _, _, n_pos, n_neg = pts
     h = (tp_end + tp_before).astype(F32) / (2.0 * n_pos.astype(F32))
-    return jnp.sum(jnp.where(pos == 0, h, 0.0)) / n_neg.astype(F32)
+    return jnp.sum((1.0 - pos) * h) / n_neg.astype(F32)  # pos: the group's share of positives
 
 
 def _aupr_from_points(pts):
     pos, tp_end, _, _, _, end_idx, _, n_pos, _ = pts
     prec = tp_end.astype(F32) / (end_idx + 1).astype(F32)
-    return jnp.sum(jnp.where(pos == 1, prec, 0.0)) / n_pos.astype(F32)
+    return jnp.sum(pos * prec) / n_pos.astype(F32)
 
 
 def _fpr_at_tpr_from_points(pts, tpr: float):
@@ -141,8 +131,10 @@ def _tpr_at_fpr_impl(scores, is_ood, max_fpr: float):
 
 
 def _scores_labels(scores, is_ood):
-    scores = _checks.check_scores(scores, "scores")
-    is_ood = _checks.check_binary(is_ood, scores.shape[0], "is_ood", both_classes=True)
+    pending = []
+    scores = _checks.check_scores(scores, "scores", pending)
+    is_ood = _checks.check_binary(is_ood, scores.shape[0], "is_ood", both_classes=True, pending=pending)
+    _checks.resolve(pending)
     return scores, is_ood
 
 

@@ -7,10 +7,12 @@ Risk curve: sort samples by confidence **descending**; ``r_k = cumsum(err)_k / k
 * ``cov_at_risk(risk=0.05)`` = (largest k with r_k <= risk) / N (NaN if none): ``Cov_5Risk``
 * ``risk_at_cov(cov=0.8)``   = r[ceil(N * cov) - 1]: ``Risk_80Cov``
 
-Tie order: we use a **stable** descending sort (tied confidences keep their sample order). TU's
-``argsort(descending=True)`` is unstable on CPU, so with tied confidences and mixed errors the
-values can differ (TU 0.29375 vs stable 0.29783 in the reference doc); with tie-free
-confidences both agree.
+Ties (deviation from TU, which lets its unstable sort order decide): a group of tied
+confidences is accepted or rejected as a whole. The cumulative loss is exact at each distinct
+threshold and linearly interpolated inside a tied group (``jaxuq.metrics._ties``),
+which makes ``r`` the expectation over random tie-breaking: AURC, AUGRC and Risk@Cov (linear in
+``r``) are the expected values; Cov@Risk only considers coverages at distinct thresholds (a group
+end). The values do not depend on sample order; on tie-free input they equal TU's.
 
 SCOD (selective classification with OOD data): acceptance score ``-ood_score`` and loss
 ``(1 - c) * err`` for ID samples, ``c`` for OOD samples (``c = ood_cost = 0.5``), then the same
@@ -25,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxuq.metrics import _checks
+from jaxuq.metrics import _checks, _ties
 from jaxuq.metrics.calibration import top_label
 
 __all__ = [
@@ -34,20 +36,31 @@ __all__ = [
     "cov_at_risk",
     "risk_at_cov",
     "risk_curve",
+    "risk_curve_groups",
     "scod_losses",
     "scod_metrics",
     "selective_from_scores",
+    "selective_from_groups",
 ]
 
 F32 = jnp.float32
 
 
-def risk_curve(scores: jax.Array, losses: jax.Array) -> jax.Array:
-    """``r_k = cumsum(loss sorted by score descending)_k / k``, ``[N] -> [N]`` float32. Jittable."""
-    order = jnp.argsort(-scores.astype(F32), stable=True)
-    loss = losses.astype(F32)[order]
-    n = scores.shape[0]
-    return jnp.cumsum(loss) / jnp.arange(1, n + 1, dtype=F32)
+def risk_curve_groups(g: _ties.Groups, which: int = 0):
+    """Tie-aware selective risk from :func:`jaxuq.metrics._ties.rank_sort` (payload ``which`` =
+    loss).
+
+    Returns ``(r, at_threshold)``: float32 ``r_k = L_k / k`` ``[N]`` (``L`` the tie-aware
+    cumulative loss, acceptance by descending score) and bool ``[N]``, True where coverage ``k/N``
+    is reachable by a threshold (a group end). Jittable.
+    """
+    idx = jnp.arange(g.end.shape[0], dtype=jnp.int32)
+    return _ties.tied_cumsum(g, which) / (idx + 1).astype(F32), g.end == idx
+
+
+def risk_curve(scores: jax.Array, losses: jax.Array):
+    """:func:`risk_curve_groups` of ``scores [N]`` (higher = accepted first) and ``losses [N]``."""
+    return risk_curve_groups(_ties.rank_sort(scores, losses.astype(F32)))
 
 
 def _trapz_unit(y: jax.Array) -> jax.Array:
@@ -69,9 +82,9 @@ def _augrc_from_risk(r):
     return _trapz_unit(r * cov)
 
 
-def _cov_at_risk_from_risk(r, risk: float):
+def _cov_at_risk_from_risk(r, at_threshold, risk: float):
     n = r.shape[0]
-    ok = r <= jnp.float32(risk)
+    ok = (r <= jnp.float32(risk)) & at_threshold
     last = n - 1 - jnp.argmax(ok[::-1])
     return jnp.where(jnp.any(ok), (last + 1).astype(F32) / n, jnp.nan)
 
@@ -82,47 +95,28 @@ def _risk_at_cov_from_risk(r, cov: float):
     return r[k]
 
 
-def selective_from_scores(scores, losses, *, risk: float = 0.05, cov: float = 0.8) -> dict:
-    """All four selective metrics from one sort. Jittable. Returns a dict of float32 scalars
-    with keys ``AURC, AUGRC, Cov_5Risk, Risk_80Cov`` (the names assume the default thresholds)."""
-    r = risk_curve(scores, losses)
+def selective_from_groups(g: _ties.Groups, which: int = 0, *, risk: float = 0.05, cov: float = 0.8) -> dict:
+    """All four selective metrics from :func:`jaxuq.metrics._ties.rank_sort` groups (payload
+    ``which`` = loss). Jittable. Returns a dict of float32 scalars keyed ``AURC, AUGRC,
+    Cov_5Risk, Risk_80Cov`` (the names assume the default thresholds)."""
+    r, at_threshold = risk_curve_groups(g, which)
     return {
         "AURC": _aurc_from_risk(r),
         "AUGRC": _augrc_from_risk(r),
-        "Cov_5Risk": _cov_at_risk_from_risk(r, risk),
+        "Cov_5Risk": _cov_at_risk_from_risk(r, at_threshold, risk),
         "Risk_80Cov": _risk_at_cov_from_risk(r, cov),
     }
 
 
-def _conf_err(probs, labels):
+def selective_from_scores(scores, losses, *, risk: float = 0.05, cov: float = 0.8) -> dict:
+    """:func:`selective_from_groups` of ``scores [N]`` (higher = accepted first), ``losses [N]``."""
+    return selective_from_groups(_ties.rank_sort(scores, losses.astype(F32)), risk=risk, cov=cov)
+
+
+@functools.partial(jax.jit, static_argnames=("key", "risk", "cov"))
+def _selective_impl(probs, labels, key: str, risk: float = 0.05, cov: float = 0.8):
     conf, acc = top_label(probs, labels)
-    return conf, 1.0 - acc
-
-
-@jax.jit
-def _aurc_impl(probs, labels):
-    return _aurc_from_risk(risk_curve(*_conf_err(probs, labels)))
-
-
-@jax.jit
-def _augrc_impl(probs, labels):
-    return _augrc_from_risk(risk_curve(*_conf_err(probs, labels)))
-
-
-@functools.partial(jax.jit, static_argnames=("risk",))
-def _cov_at_risk_impl(probs, labels, risk: float = 0.05):
-    return _cov_at_risk_from_risk(risk_curve(*_conf_err(probs, labels)), risk)
-
-
-@functools.partial(jax.jit, static_argnames=("cov",))
-def _risk_at_cov_impl(probs, labels, cov: float = 0.8):
-    return _risk_at_cov_from_risk(risk_curve(*_conf_err(probs, labels)), cov)
-
-
-def _probs_labels(probs, labels):
-    probs = _checks.check_probs(probs, "probs", (2,))
-    labels = _checks.check_labels(labels, probs.shape[0], probs.shape[1], "labels")
-    return probs, labels
+    return selective_from_scores(conf, 1.0 - acc, risk=risk, cov=cov)[key]
 
 
 def aurc(probs, labels) -> jax.Array:
@@ -134,7 +128,7 @@ def aurc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _aurc_impl(*_probs_labels(probs, labels))
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="AURC")
 
 
 def augrc(probs, labels) -> jax.Array:
@@ -146,7 +140,7 @@ def augrc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _augrc_impl(*_probs_labels(probs, labels))
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="AUGRC")
 
 
 def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
@@ -160,7 +154,7 @@ def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
       float32 scalar.
     """
     risk = _checks.check_fraction(risk, "risk")
-    return _cov_at_risk_impl(*_probs_labels(probs, labels), risk=risk)
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="Cov_5Risk", risk=risk)
 
 
 def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
@@ -174,7 +168,7 @@ def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
       float32 scalar.
     """
     cov = _checks.check_fraction(cov, "cov", open_left=True)
-    return _risk_at_cov_impl(*_probs_labels(probs, labels), cov=cov)
+    return _selective_impl(*_checks.probs_labels(probs, labels), key="Risk_80Cov", cov=cov)
 
 
 def scod_losses(errors: jax.Array, is_ood: jax.Array, ood_cost: float = 0.5) -> jax.Array:
@@ -200,10 +194,12 @@ def scod_metrics(ood_scores, errors, is_ood, ood_cost: float = 0.5) -> dict:
       dict of float32 scalars keyed ``SCOD_AURC``, ``SCOD_AUGRC``, ``SCOD_Cov_5Risk``,
       ``SCOD_Risk_80Cov``.
     """
-    ood_scores = _checks.check_scores(ood_scores, "ood_scores")
+    pending = []
+    ood_scores = _checks.check_scores(ood_scores, "ood_scores", pending)
     n = ood_scores.shape[0]
-    errors = _checks.check_binary(errors, n, "errors", both_classes=False)
-    is_ood = _checks.check_binary(is_ood, n, "is_ood", both_classes=False)
+    errors = _checks.check_binary(errors, n, "errors", both_classes=False, pending=pending)
+    is_ood = _checks.check_binary(is_ood, n, "is_ood", both_classes=False, pending=pending)
+    _checks.resolve(pending)
     ood_cost = _checks.check_fraction(ood_cost, "ood_cost")
     out = _scod_impl(ood_scores, errors, is_ood, ood_cost=ood_cost)
     return {f"SCOD_{k}": v for k, v in out.items()}

@@ -13,7 +13,9 @@ per-device states) gives the full-array answer whatever the batching:
 * **list type** (aECE, SmECE, AURC family, AUROC, AUPR, FPR@TPR, partial AUC, TPR@FPR): these
   need a global sort, so :class:`ListState` keeps the concatenated per-sample arrays (confidence
   and error, or score and OOD label; O(N) memory, like torchmetrics' list states) and ``compute``
-  runs the full-array metric once. ``update`` is cheap (one top-label reduction per batch).
+  runs the full-array metric once. ``update`` is cheap (one top-label reduction per batch). These
+  metrics are tie-aware, hence independent of sample order: merging states in any order gives the
+  full-array value.
 
 ``update`` checks shapes (free) but not values: value validation would force a device->host sync
 per batch; validate once on the full arrays with the public functions if needed.
@@ -309,20 +311,20 @@ def smooth_ece() -> StreamingMetric:
 @functools.cache
 def aurc() -> StreamingMetric:
     """Streaming AURC; ``update(state, probs [B, C], labels [B])``."""
-    return _conf_acc_metric(lambda c, a: _sel._aurc_from_risk(_sel.risk_curve(c, 1.0 - a)))
+    return _conf_acc_metric(lambda c, a: _sel.selective_from_scores(c, 1.0 - a)["AURC"])
 
 
 @functools.cache
 def augrc() -> StreamingMetric:
     """Streaming AUGRC; ``update(state, probs [B, C], labels [B])``."""
-    return _conf_acc_metric(lambda c, a: _sel._augrc_from_risk(_sel.risk_curve(c, 1.0 - a)))
+    return _conf_acc_metric(lambda c, a: _sel.selective_from_scores(c, 1.0 - a)["AUGRC"])
 
 
 @functools.cache
 def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
     """Streaming coverage at risk; ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(
-        lambda c, a: _sel._cov_at_risk_from_risk(_sel.risk_curve(c, 1.0 - a), float(risk))
+        lambda c, a: _sel.selective_from_scores(c, 1.0 - a, risk=float(risk))["Cov_5Risk"]
     )
 
 
@@ -330,7 +332,7 @@ def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
 def risk_at_cov(cov: float = 0.8) -> StreamingMetric:
     """Streaming risk at coverage; ``update(state, probs [B, C], labels [B])``."""
     return _conf_acc_metric(
-        lambda c, a: _sel._risk_at_cov_from_risk(_sel.risk_curve(c, 1.0 - a), float(cov))
+        lambda c, a: _sel.selective_from_scores(c, 1.0 - a, cov=float(cov))["Risk_80Cov"]
     )
 
 

@@ -2,8 +2,8 @@
 
 :func:`table_core` computes every jittable metric of TU's ``ClassificationRoutine.test_step``
 (``test/cls``, ``test/cal`` except SmECE, ``test/sc``, ``ood/*``, ``ens_*``) in a single XLA
-program, sharing the top-label reduction and the per-metric sorts. Inputs must be validated
-already (see :func:`jaxuq.evaluation.classification_table`).
+program, sharing the top-label reduction and one sort per score (confidence, OOD score). Inputs
+must be validated already (see :func:`jaxuq.evaluation.classification_table`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxuq.metrics import _ties
 from jaxuq.metrics import calibration as _cal
 from jaxuq.metrics import classification as _cls
 from jaxuq.metrics import ensemble as _ens
@@ -61,7 +62,6 @@ def table_core(
     """
     n = probs.shape[0]
     conf, acc = _cal.top_label(probs, labels)
-    err = 1.0 - acc
     out = {
         "test/cls/Acc": jnp.mean(acc),
         "test/cls/Brier": jnp.sum(_cls._brier_per_sample(probs, labels)) / n,
@@ -71,25 +71,24 @@ def table_core(
     sums = _cal._binned_sums(conf, acc)
     out["test/cal/ECE"] = _cal._ece_from_sums(*sums)
     out["test/cal/MCE"] = _cal._mce_from_sums(*sums)
-    # one descending stable sort serves the AURC family; aECE needs the ascending stable order
-    order_desc = jnp.argsort(-conf, stable=True)
-    r = jnp.cumsum(err[order_desc]) / jnp.arange(1, n + 1, dtype=F32)
-    out["test/sc/AURC"] = _sel._aurc_from_risk(r)
-    out["test/sc/AUGRC"] = _sel._augrc_from_risk(r)
-    out["test/sc/Cov_5Risk"] = _sel._cov_at_risk_from_risk(r, 0.05)
-    out["test/sc/Risk_80Cov"] = _sel._risk_at_cov_from_risk(r, 0.8)
-    out["test/cal/aECE"] = _cal._aece_from_conf_acc(conf, acc)
+    # one sort of the confidences serves the AURC family and aECE (both tie-aware)
+    g = _ties.rank_sort(conf, 1.0 - acc, acc)
+    for k, v in _sel.selective_from_groups(g).items():
+        out[f"test/sc/{k}"] = v
+    out["test/cal/aECE"] = _cal._aece_from_groups(g, 1)
     if member_probs is not None:
         out.update(_ens_block(member_probs, "test/ens_"))
     if ood_scores is not None:
-        pts = _ood.roc_points(ood_scores, is_ood)
+        # one sort of the OOD scores serves ROC/PR and SCOD (acceptance -score: reversed groups)
+        n_tot = ood_scores.shape[0]
+        errors = jnp.concatenate([1.0 - acc, jnp.zeros((n_tot - n,), F32)])
+        losses = _sel.scod_losses(errors, is_ood, ood_cost)
+        g = _ties.rank_sort(ood_scores, is_ood.astype(jnp.int32), losses)
+        pts = _ood.roc_points_groups(g)
         out["ood/AUROC"] = _ood._auroc_from_points(pts)
         out["ood/AUPR"] = _ood._aupr_from_points(pts)
         out["ood/FPR95"] = _ood._fpr_at_tpr_from_points(pts, 0.95)
-        n_tot = ood_scores.shape[0]
-        errors = jnp.concatenate([err, jnp.zeros((n_tot - n,), F32)])
-        losses = _sel.scod_losses(errors, is_ood, ood_cost)
-        for k, v in _sel.selective_from_scores(-ood_scores.astype(F32), losses).items():
+        for k, v in _sel.selective_from_groups(_ties.reverse(g), 1).items():
             out[f"ood/SCOD_{k}"] = v
         if ood_probs is not None:
             out["ood/Entropy"] = jnp.sum(_cls.entropy_per_sample(ood_probs)) / ood_probs.shape[0]

@@ -1,0 +1,96 @@
+"""Sorting and tie groups shared by every rank-based metric (AURC family, aECE, ROC/PR, SCOD).
+
+A *tie group* is a maximal run of equal scores in sorted order. Rank-based metrics are made
+order-invariant by treating a tie group as one threshold: a cumulative sum along the sorted order
+is known exactly at group ends, and inside a group it is linearly interpolated between the value
+before the group and the value at its end. For a linear functional of the curve (AURC, AUGRC,
+Risk@Cov) this is exactly the expectation over uniformly random tie-breaking; on tie-free input
+it is the plain cumulative sum.
+
+Speed: a multi-operand sort (keys + payloads, or ``argsort`` + gathers) is several times slower
+on CPU than a single-operand integer sort. :func:`rank_sort` therefore sorts only an
+order-preserving int32 image of the scores, finds each sample's group by a binary search into the
+sorted keys, and accumulates every payload per group with one ``segment_sum``: group totals are
+all a tie-aware metric needs, so no payload is ever permuted. Everything is jittable with static
+shapes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["Groups", "group_mean", "rank_sort", "reverse", "tied_cumsum"]
+
+F32 = jnp.float32
+_MAG = 0x7FFFFFFF
+
+
+class Groups(NamedTuple):
+    """Scores sorted descending and, per sorted position ``i``, its tie group ``[start, end]``.
+
+    ``totals`` holds, per payload, ``(before, at_end)`` ``[N]``: the payload summed over all
+    samples of higher score than the group, and through the group's end."""
+
+    scores: jax.Array  # [N] float32, descending
+    start: jax.Array  # [N] int32
+    end: jax.Array  # [N] int32
+    totals: tuple  # ((before [N], at_end [N]), ...) one pair per payload
+
+
+def _order_key(x: jax.Array) -> jax.Array:
+    """int32 key with ``key(a) < key(b)`` iff ``a < b`` for finite float32 (``-0.0 == 0.0``)."""
+    i = lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x.astype(F32)), jnp.int32)
+    return jnp.where(i < 0, i ^ _MAG, i)
+
+
+def _from_key(k: jax.Array) -> jax.Array:
+    return lax.bitcast_convert_type(jnp.where(k < 0, k ^ _MAG, k), F32)
+
+
+def rank_sort(scores: jax.Array, *payloads: jax.Array) -> Groups:
+    """Sort ``scores [N]`` descending and total each payload ``[N]`` per tie group.
+
+    Integer payloads give exact integer totals; float32 totals are exact for payloads that are
+    small multiples of a power of two (0/1 errors, SCOD losses).
+    """
+    n = scores.shape[0]
+    keys = ~_order_key(scores)  # ascending ~key = descending score
+    ks = jnp.sort(keys)
+    rank = jnp.searchsorted(ks, keys, side="left", method="scan_unrolled")  # group start
+    idx = jnp.arange(n, dtype=jnp.int32)
+    change = ks[1:] != ks[:-1]
+    start = lax.cummax(jnp.where(jnp.concatenate([jnp.ones((1,), bool), change]), idx, 0))
+    end = lax.cummin(jnp.where(jnp.concatenate([change, jnp.ones((1,), bool)]), idx, n - 1), reverse=True)
+    totals = []
+    for p in payloads:
+        at_end = jnp.cumsum(jax.ops.segment_sum(p, rank, num_segments=n))
+        before = jnp.where(start > 0, at_end[jnp.maximum(start - 1, 0)], jnp.zeros((), at_end.dtype))
+        totals.append((before, at_end))
+    return Groups(_from_key(~ks), start, end, tuple(totals))
+
+
+def reverse(g: Groups) -> Groups:
+    """The same groups for the opposite order (acceptance score ``-scores``), without a sort."""
+    n = g.scores.shape[0]
+    totals = tuple((at_end[-1] - at_end[::-1], at_end[-1] - before[::-1]) for before, at_end in g.totals)
+    return Groups(-g.scores[::-1], n - 1 - g.end[::-1], n - 1 - g.start[::-1], totals)
+
+
+def tied_cumsum(g: Groups, which: int = 0) -> jax.Array:
+    """Tie-aware cumulative sum ``[N]`` of payload ``which`` along the sorted order: exact at group
+    ends, linearly interpolated inside a group. Equal to the plain cumulative sum without ties."""
+    before, at_end = (t.astype(F32) for t in g.totals[which])
+    size = (g.end - g.start + 1).astype(F32)
+    remaining = (g.end - jnp.arange(g.end.shape[0], dtype=jnp.int32)).astype(F32)
+    return at_end - remaining * (at_end - before) / size
+
+
+def group_mean(g: Groups, which: int = 0) -> jax.Array:
+    """``[N]``: the mean of payload ``which`` over each position's tie group (the payload itself
+    where there are no ties, exactly for integer-valued payloads such as 0/1 correctness)."""
+    before, at_end = (t.astype(F32) for t in g.totals[which])
+    return (at_end - before) / (g.end - g.start + 1).astype(F32)
