@@ -45,8 +45,8 @@ def _ms(t: dict) -> float:
 
 def bench_jaxuq(probs, labels, scores, ood_probs, repeats):
     import jax.numpy as jnp
-    from jaxuq.evaluate import classification_table
 
+    from jaxuq.evaluation import classification_table
     from jaxuq.metrics.calibration import _smece_conf_acc
     from jaxuq.metrics.suite import table_core
 

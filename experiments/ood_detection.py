@@ -11,7 +11,7 @@ is reachable here, so (substitutions, also recorded in results.json):
   resnet_cifar`` stands in for the hub ResNet-18. TU's side runs its torch twin
   (``converters.torch_refs``) through ``ClassificationRoutine.test_step`` / ``on_test_epoch_end``
   (``TUTrainer.test`` on a small LightningDataModule), jaxuq's side the converted Flax model
-  through ``jaxuq.evaluate.classification_table``, on the same tensors;
+  through ``jaxuq.evaluation.classification_table``, on the same tensors;
 - ID set: the first ``n_test`` of the 1000 real CIFAR-10 test images (x/255, ImageNet mean/std);
 - OOD set: ``ood="shifts"``: scio's synthetic shifts of those images (vertical flip, darker x0.5,
   uniform noise from ``jax.random.key(seed)``; ``jaxuq.data.synthetic_shifts``), one table per

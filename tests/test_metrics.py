@@ -152,7 +152,7 @@ def test_tied_inputs_are_order_invariant(seed):
 
 
 def test_tied_table_and_ood_metrics_are_order_invariant():
-    from jaxuq.evaluate import classification_table
+    from jaxuq.evaluation import classification_table
 
     probs, labels = _tied_case(2, n=3000)
     rng = np.random.default_rng(3)
@@ -286,7 +286,7 @@ def test_errors_name_argument_and_shape():
 def test_labels_are_never_wrapped_or_truncated():
     """Issue 16: int64 labels >= 2**31 wrapped silently into a valid class, float labels were
     truncated or rejected without saying which value."""
-    from jaxuq.evaluate import classification_table
+    from jaxuq.evaluation import classification_table
 
     probs, labels = _case(0, n=20, c=3)
     big = labels.astype(np.int64)
