@@ -1,48 +1,21 @@
 """Host-side input validation shared by the calibration fits/applies (and usable by any public API).
 
 Same conventions as :mod:`jaxuq.metrics._checks` (messages name the argument, its shape and what was
-expected), but the label check runs on the *original* numpy dtype, before any cast to JAX's default
-int32: int64 labels >= 2**31 would otherwise wrap silently, float labels be truncated.
+expected); labels go through :func:`jaxuq.metrics._checks.check_labels`, which checks them in their
+original dtype, before any cast to int32.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-__all__ = ["class_labels", "finite_logits", "is_traced"]
+__all__ = ["finite_logits", "is_traced"]
 
 
 def is_traced(x) -> bool:
     """True inside ``jit``/``vmap``/``grad``: values are unknown, only shapes can be checked."""
     return isinstance(x, jax.core.Tracer)
-
-
-def class_labels(labels, n: int, num_classes: int, name: str = "labels") -> jax.Array:
-    """Integer class indices ``[N]`` in ``[0, num_classes)`` -> int32 ``[N]``; ``ValueError`` otherwise.
-
-    Checked before any cast: floats (even whole-number ones), bools, out-of-range and int64 values
-    beyond int32 are refused instead of truncated or wrapped.
-    """
-    if is_traced(labels):
-        if labels.shape != (n,) or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(f"`{name}` must be integer [{n}], got {labels.dtype} {labels.shape}")
-        return labels.astype(jnp.int32)
-    arr = np.asarray(labels)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"`{name}` must hold integer class indices, got dtype {arr.dtype} (shape {arr.shape}); "
-            "convert with labels.astype(np.int64) after checking the values are whole numbers"
-        )
-    if arr.shape != (n,):
-        raise ValueError(f"`{name}` has shape {arr.shape}, expected ({n},) to match the logits")
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise ValueError(
-            f"`{name}` values must lie in [0, {num_classes}) for {num_classes} classes, "
-            f"got range [{arr.min()}, {arr.max()}]"
-        )
-    return jnp.asarray(arr.astype(np.int32))
 
 
 def finite_logits(logits, name: str = "logits", *, num_classes: int | None = None,

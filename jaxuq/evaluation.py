@@ -383,16 +383,6 @@ def _finish(states: dict, ood: bool, ensemble: bool) -> dict:
     return out
 
 
-def _check_labels(num_classes: int):
-    def check(y):
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"labels must be integers [N], got {y.dtype} {y.shape}")
-        if len(y) and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
-
-    return check
-
-
 class _Pass:
     """One streaming pass of a model over the ID set, then the OOD set, with one progress bar."""
 
@@ -414,7 +404,7 @@ class _Pass:
                                            jax.ShapeDtypeStruct(batch[0].shape, batch[0].dtype)).shape
                     self.ensemble, self.num_classes = len(shape) == 3 and shape[0] > 1, shape[-1]
                 if not ood:
-                    _check_labels(self.num_classes)(batch[1][:k])
+                    _checks.check_labels(np.asarray(batch[1][:k]), k, self.num_classes)
                 if self.states is None:
                     self.states = _replicate(_init_states(ood, self.ensemble), self.mesh)
                 step = _jitted_step(*self.key, k, ood, self.ensemble)

@@ -138,7 +138,7 @@ def test_padded_batches_shapes():
 
 def test_evaluate_bad_inputs(small):
     model, v, x, y, xo = small
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"labels` values must lie in \[0, 4\] \(integer class indices for 5 classes\)"):
         evaluate(model, v, (x, np.full(203, 7)), progress=False)
     with pytest.raises(ValueError, match="labels"):
         evaluate(model, v, (x, y[:-1]), progress=False)

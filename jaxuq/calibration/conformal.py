@@ -29,8 +29,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxuq._validate import class_labels, finite_logits
+from jaxuq._validate import finite_logits
 from jaxuq.calibration.scaling import temperature_apply, temperature_fit
+from jaxuq.metrics._checks import check_labels
 
 __all__ = [
     "temperature_apply",
@@ -229,7 +230,7 @@ def conformal_fit(
             raise ValueError(f"regularization_rank should be a positive integer. Got {regularization_rank=}.")
     ts = _DEFAULT_TS[method] if enable_ts is None else enable_ts
     logits = finite_logits(logits)
-    labels = class_labels(labels, logits.shape[0], logits.shape[1])
+    labels = check_labels(labels, logits.shape[0], logits.shape[1])
     params = {
         "num_classes": int(logits.shape[1]),
         "method": method,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxuq._validate import class_labels
+from jaxuq.metrics._checks import check_labels
 
 __all__ = ["deup_features", "deup_errors", "init_mlp", "mlp_apply", "deup_fit", "deup_score"]
 
@@ -55,7 +55,7 @@ def deup_errors(outputs, labels, task: str = "classification") -> jax.Array:
         s = jax.nn.sigmoid(out.reshape(-1))
         out = jnp.stack([1 - s, s], -1)  # TU feeds these probabilities to cross_entropy as logits
     logp = jax.nn.log_softmax(out, -1)
-    y = class_labels(labels, logp.shape[0], logp.shape[1])  # no silent wrap / truncation
+    y = check_labels(labels, logp.shape[0], logp.shape[1])  # no silent wrap / truncation
     return -jnp.take_along_axis(logp, y[:, None], -1)[:, 0]
 
 

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxuq._validate import class_labels, finite_logits
+from jaxuq._validate import finite_logits
 from jaxuq.calibration.lbfgs import lbfgs_torch
+from jaxuq.metrics._checks import check_labels
 
 __all__ = [
     "cross_entropy",
@@ -58,7 +59,7 @@ def prepare_logits(logits, labels, eps: float = 1e-8) -> tuple[jax.Array, jax.Ar
 
     Returns float32 logits [N, C] (binary -> 2-class log-probabilities) and int32 labels [N].
     Labels must be integers in ``[0, C)`` (checked before any cast: float labels and int64 values
-    beyond int32 are refused, never truncated or wrapped; :func:`jaxuq._validate.class_labels`).
+    beyond int32 are refused, never truncated or wrapped; :func:`jaxuq.metrics._checks.check_labels`).
     """
     logits = jnp.asarray(logits, jnp.float32)
     if logits.ndim == 2 and logits.shape[1] == 1:
@@ -67,7 +68,7 @@ def prepare_logits(logits, labels, eps: float = 1e-8) -> tuple[jax.Array, jax.Ar
         p = jnp.clip(jax.nn.sigmoid(logits), eps, 1 - eps)
         logits = jnp.log(jnp.stack([1 - p, p], axis=-1))
     logits = finite_logits(logits, "logits")
-    return logits, class_labels(labels, logits.shape[0], logits.shape[1])
+    return logits, check_labels(labels, logits.shape[0], logits.shape[1])
 
 
 def minimize_exact(fun, x0, *, max_steps: int = 500, tol: float = 1e-6) -> jax.Array:
