@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jaxuq.ood import detectors as D
-from jaxuq.ood.evaluation import partial_auc, tpr_at_fpr
-from tests.helpers import GOLDEN, data_path
+from jaxuq.ood.evaluation import partial_auc, tpr_at_fpr_conf
+from tests.helpers import GOLDEN, data_path, require
 from tests.test_ood_scio_gen import load_split, ood_sets
 
 # conformity tolerances (rtol, atol) per score, in the golden's order. Gram raises activations to
@@ -38,6 +38,7 @@ def _golden():
 @pytest.mark.parity
 @pytest.mark.slow
 def test_mahalanobis_and_odin_match_scio():
+    require("torch")  # load_model converts the torch checkpoint ([torch] extra)
     from experiments import _common
 
     g = _golden()
@@ -51,7 +52,7 @@ def test_mahalanobis_and_odin_match_scio():
         for j, c in enumerate(confs):
             np.testing.assert_allclose(c, g["confs"][i, j], rtol=rtol, atol=atol, err_msg=f"{det} set {j}")
         for j in range(3):
-            ours = [partial_auc(confs[0], confs[j + 1], 0.2), tpr_at_fpr(confs[0], confs[j + 1], 0.05)]
+            ours = [partial_auc(confs[0], confs[j + 1], 0.2), tpr_at_fpr_conf(confs[0], confs[j + 1], 0.05)]
             np.testing.assert_allclose(ours, g["evals"][i, j], atol=1e-9, err_msg=str(det))
 
 
@@ -62,5 +63,5 @@ def test_scio_metrics_definitions_on_golden_confidences():
         confs, evals = g["confs"], g["evals"]
         for i in range(confs.shape[0]):
             for j in range(3):
-                ours = [partial_auc(confs[i, 0], confs[i, j + 1], 0.2), tpr_at_fpr(confs[i, 0], confs[i, j + 1], 0.05)]
+                ours = [partial_auc(confs[i, 0], confs[i, j + 1], 0.2), tpr_at_fpr_conf(confs[i, 0], confs[i, j + 1], 0.05)]
                 np.testing.assert_allclose(ours, evals[i, j], atol=1e-12)
