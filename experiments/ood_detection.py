@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -39,7 +40,8 @@ sys.path.insert(0, str(REPO))
 from experiments._common import write_json_atomic  # noqa: E402
 from jaxuq.data import svhn_ood, synthetic_shifts  # noqa: E402
 from jaxuq.data.registry import default_preprocess, load_dataset  # noqa: E402
-from jaxuq.train import fit, predict, torch_adam  # noqa: E402
+from jaxuq.train import fit, torch_adam  # noqa: E402
+from jaxuq.train.loop import _predict  # noqa: E402  stand-in: replaced by jaxuq.evaluation.predict at merge
 
 
 def resnet18():
@@ -109,23 +111,20 @@ def run(args) -> dict:
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cache: dict = {}  # one compiled eval step for the ID and every OOD set
     test_bs = min(args.batch_size, len(x_te))
-    logits = predict(res.state, x_te, pre, test_bs, dtype, _cache=cache)
+    variables = res.state.variables()
+    predict = partial(_predict, model, variables, preprocess=pre, batch_size=test_bs, compute_dtype=dtype)
+    logits = predict(x_te)
     if x_ood is not None:
-        scenarios = {"SVHN": predict(res.state, x_ood, pre, test_bs, dtype, _cache=cache)}
+        scenarios = {"SVHN": predict(x_ood)}
     else:
         shifted = synthetic_shifts(jax.random.key(args.seed), jnp.asarray(x_te, jnp.float32) / 255.0)
         scenarios = {
-            k: predict(
-                res.state, np.asarray(jnp.round(v * 255)).astype(np.uint8), pre, test_bs, dtype, _cache=cache
-            )
-            for k, v in shifted.items()
+            k: predict(np.asarray(jnp.round(v * 255)).astype(np.uint8)) for k, v in shifted.items()
         }
     predict_s = time.perf_counter() - t0
 
     # TU: params of the model, FLOPs of one forward of the first test batch (2 x MAC, conv/matmul)
-    variables = res.state.variables()
     flops = count_flops(
         lambda x: model.apply(variables, x, train=False),
         jax.ShapeDtypeStruct((test_bs,) + x_te.shape[1:], jnp.float32),

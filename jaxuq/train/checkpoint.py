@@ -50,11 +50,16 @@ def _leaf_sig(a) -> tuple:
     return tuple(a.shape), np.dtype(a.dtype)
 
 
+def _path(keys) -> str:
+    """``opt_state/1/0/trace/conv1/kernel``: the same for a NamedTuple field and the dict orbax stores."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
 def _check_like(template, restored, where: str) -> None:
     """Raise ValueError naming every leaf whose path, shape or dtype differs from the template
     (leaves: arrays, ``jax.ShapeDtypeStruct`` or orbax ``ArrayMetadata``)."""
-    t_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(template)[0]}
-    r_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    t_flat = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(template)[0]}
+    r_flat = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
     problems = [f"missing {k}" for k in t_flat if k not in r_flat]
     problems += [f"unexpected {k}" for k in r_flat if k not in t_flat]
     for k in t_flat.keys() & r_flat.keys():
@@ -83,6 +88,7 @@ class Checkpointer:
         self.async_save = jax.default_backend() != "cpu" if async_save is None else async_save
         self.manager = ocp.CheckpointManager(
             self.directory,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, enable_async_checkpointing=self.async_save
             ),
@@ -94,8 +100,8 @@ class Checkpointer:
     def save(self, state, metadata: dict | None = None) -> None:
         """Save ``state`` under its step (the first member's for a stacked ensemble)."""
         step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-        if step in self.manager.all_steps():
-            return
+        if step in self.manager.all_steps():  # a step skipped as corrupt on restore is written again
+            self.manager.delete(step)
         try:
             self.manager.save(
                 step,
@@ -115,7 +121,7 @@ class Checkpointer:
             md = self.manager.item_metadata(step)["state"]
             stored = getattr(md, "tree", md)
         except Exception as e:  # noqa: BLE001 - unreadable metadata: a corrupt step
-            raise _Corrupt(f"{where}: unreadable metadata ({type(e).__name__}: {e})") from e
+            raise _Corrupt(f"{where}: unreadable metadata ({type(e).__name__}: {str(e)[:200]})") from e
         if stored is None:
             raise _Corrupt(f"{where}: no state metadata")
         _check_like(target, stored, where)  # a different model: a clear error, no fallback
@@ -125,7 +131,7 @@ class Checkpointer:
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
             )
         except Exception as e:  # noqa: BLE001 - metadata fine but data unreadable: corrupt
-            raise _Corrupt(f"{where}: unreadable data ({type(e).__name__}: {str(e)[:300]})") from e
+            raise _Corrupt(f"{where}: unreadable data ({type(e).__name__}: {str(e)[:200]})") from e
         _check_like(target, out["state"], where)
         return out
 

@@ -15,6 +15,8 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
+
 from jaxuq.data.pipeline import Preprocess
 
 __all__ = ["TrainConfig"]
@@ -61,6 +63,7 @@ class TrainConfig:
     quiet: bool = _f(False, "Trainer(enable_progress_bar=False)")
 
     def __post_init__(self):
+        object.__setattr__(self, "compute_dtype", jnp.dtype(self.compute_dtype).name)  # jnp.bfloat16 too
         if self.epochs < 0 or self.batch_size <= 0:
             raise ValueError(f"epochs must be >= 0 and batch_size > 0, got {self.epochs}, {self.batch_size}")
         if self.num_members is not None and self.num_members < 1:

@@ -211,8 +211,8 @@ def _validate(images, labels, name: str, num_classes: int | None = None):
         raise ValueError(f"{name} labels must have shape ({images.shape[0]},), got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name} labels must be integers (class indices), got dtype {labels.dtype}")
-    bad = np.flatnonzero((labels < 0) | (labels >= (num_classes or np.iinfo(np.int64).max)))
-    if bad.size:
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes)) if num_classes is not None else ()
+    if len(bad):
         i = int(bad[0])
         raise ValueError(
             f"{name} labels must be in [0, {num_classes}) (the model's output width), got {labels[i]} at "

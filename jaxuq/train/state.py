@@ -153,7 +153,7 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     if settings.grad_scale != 1.0:
         grads = jax.tree.map(lambda g: g * settings.grad_scale, grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     keep = lambda new_t, old_t: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_t, old_t)  # noqa: E731
     new = new.replace(
