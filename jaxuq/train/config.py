@@ -48,7 +48,7 @@ class TrainConfig:
     drop_last: bool = _f(False, "DataLoader(drop_last)")
     # ensembles
     num_members: int | None = _f(None, "deep_ensembles(num_estimators); None: one model, no member axis")
-    members: str | None = _f(None, "(none) member lowering 'vmap'|'map'|'unroll'; None: per backend")
+    members: str | None = _f(None, "(none) member lowering vmap / map / unroll; None: per backend")
     member_shuffle: bool = _f(
         True, "(none) per-member data orders; TU deep_ensembles: one shared order (False)"
     )
