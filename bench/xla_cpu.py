@@ -175,9 +175,7 @@ def main(argv=None):
                         }
                     )
                     print(rows[-1], flush=True)
-    cols = [
-        ("model", "model", "{}"),
-        ("batch", "batch", "{}"),
+    cols = [(k, k, "{}") for k in ("model", "batch")] + [
         ("steps/call", "steps_per_call", "{}"),
         ("option", "option", "{}"),
         ("XLA_FLAGS", "xla_flags", "`{}`"),

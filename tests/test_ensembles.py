@@ -20,7 +20,7 @@ from jaxuq import ensembles as E
 from jaxuq import models as jm
 from jaxuq.data import Preprocess
 from jaxuq.data.pipeline import epoch_permutation
-from jaxuq.train import create_train_state, fit
+from jaxuq.train import create_train_state, cross_entropy, fit
 from tests.helpers import REPO, data_path, require
 
 LENET = jm.get("lenet", in_channels=1, num_classes=10)  # TU lenet(1, 10)
@@ -104,18 +104,33 @@ def test_ensemble_epoch_equals_members_trained_alone(members):
     # XLA:CPU lowers the 8 convs to one grouped conv whose fp32 summation order differs; measured here,
     # 7 members stay within 6e-8 but member 2 flips a near-tied ReLU/max-pool branch at step 2
     # (2.5e-5), which SGD amplifies to 1.6e-3 by the end of the epoch.
-    r = fit(LENET, (x, y), optimizer=tx, epochs=1, batch_size=bs, preprocess=pre, seed=seed, num_members=m,
-            members=members, quiet=True)
+    r = fit(
+        LENET,
+        (x, y),
+        optimizer=tx,
+        epochs=1,
+        batch_size=bs,
+        preprocess=pre,
+        seed=seed,
+        num_members=m,
+        members=members,
+        quiet=True,
+    )
     assert r.history[0]["step"] == n // bs and len(r.history[0]["train_loss_members"]) == m
 
-    @jax.jit
-    def single_step(params, opt_state, xb, yb):
+    def single_step(carry, idx):
+        params, opt_state = carry
+
         def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(LENET.apply({"params": p}, xb), yb).mean()
+            return cross_entropy(LENET.apply({"params": p}, xd[idx]), yd[idx])  # the library's one CE
 
         g = jax.grad(loss)(params)
         upd, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state
+        return (optax.apply_updates(params, upd), opt_state), None
+
+    # a scan over the epoch's batches, as the engine runs a single model (a per-step jit rounds
+    # differently inside XLA:CPU's conv kernels, enough to flip a near-tie in one member)
+    epoch_alone = jax.jit(lambda params, opt, order: jax.lax.scan(single_step, (params, opt), order)[0])
 
     # the engine's documented seeding: key(seed) -> (model key, data key); member m uses split(., M)[m];
     # a model key splits into (init, dropout, run) keys; epoch e's order is permutation(fold_in(k, e), n)
@@ -130,11 +145,13 @@ def test_ensemble_epoch_equals_members_trained_alone(members):
         opt = tx.init(params)
         perm = jax.random.permutation(jax.random.fold_in(dkeys[i], 0), n)
         np.testing.assert_array_equal(np.asarray(perm), np.asarray(epoch_permutation(dkeys[i], 0, n)))
-        for b in range(n // bs):
-            idx = perm[b * bs : (b + 1) * bs]
-            params, opt = single_step(params, opt, xd[idx], yd[idx])
-        for a, b_ in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(params)):
-            worst = max(worst, float(jnp.abs(a[i] - b_).max()))
+        params, opt = epoch_alone(params, opt, perm[: (n // bs) * bs].reshape(-1, bs))
+        diffs = [
+            float(jnp.abs(a[i] - b_).max())
+            for a, b_ in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(params))
+        ]
+        worst = max([worst, *diffs])
+        print("member", i, max(diffs))
     assert worst <= 1e-5, worst
 
 
@@ -144,9 +161,15 @@ def test_tu_gradient_scaling_is_one_over_m():
     ind = fit(LENET, (x, y), optimizer=optax.sgd(0.1), **kw).state
     tu = fit(LENET, (x, y), optimizer=optax.sgd(0.4), tu_gradient_scaling=True, **kw).state
     moved = 0.0
-    for a, b, p0 in zip(jax.tree.leaves(ind.params), jax.tree.leaves(tu.params),
-                        jax.tree.leaves(create_train_state(LENET, optax.sgd(0.1), jax.random.split(
-                            jax.random.key(0))[0], jnp.zeros((1, 28, 28, 1)), 4).params)):
+    for a, b, p0 in zip(
+        jax.tree.leaves(ind.params),
+        jax.tree.leaves(tu.params),
+        jax.tree.leaves(
+            create_train_state(
+                LENET, optax.sgd(0.1), jax.random.split(jax.random.key(0))[0], jnp.zeros((1, 28, 28, 1)), 4
+            ).params
+        ),
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
         moved = max(moved, float(jnp.abs(a - p0).max()))
     assert moved > 1e-4  # one step was taken
@@ -170,7 +193,10 @@ def test_deep_ensembles_lenet_parity_and_training_step():
     torch.manual_seed(0)
     de = deep_ensembles(lenet(1, 10), num_estimators=3)
     sds = split_deep_ensembles(_sd(de), "deep_ensembles")
-    conv = [convert_state_dict("lenet", s, f"member {i}", in_channels=1, num_classes=10) for i, s in enumerate(sds)]
+    conv = [
+        convert_state_dict("lenet", s, f"member {i}", in_channels=1, num_classes=10)
+        for i, s in enumerate(sds)
+    ]
     model = conv[0][0]
     variables = stack_members([v for _, v in conv])
     x = np.random.default_rng(0).normal(size=(32, 1, 28, 28)).astype(np.float32)
@@ -193,13 +219,27 @@ def test_deep_ensembles_lenet_parity_and_training_step():
     loss = torch.nn.functional.cross_entropy(de(xb), yb)
     loss.backward()
     opt.step()
-    after = stack_members([convert_state_dict("lenet", s, in_channels=1, num_classes=10)[1]
-                           for s in split_deep_ensembles(_sd(de))])
+    after = stack_members(
+        [
+            convert_state_dict("lenet", s, in_channels=1, num_classes=10)[1]
+            for s in split_deep_ensembles(_sd(de))
+        ]
+    )
     tx = optax.sgd(0.1)
     st = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)), 3)
     st = st.replace(params=variables["params"], opt_state=jax.vmap(tx.init)(variables["params"]))
-    r = fit(model, (xu, y), optimizer=tx, epochs=1, batch_size=32, num_members=3, member_shuffle=False,
-            tu_gradient_scaling=True, init_state=st, quiet=True)
+    r = fit(
+        model,
+        (xu, y),
+        optimizer=tx,
+        epochs=1,
+        batch_size=32,
+        num_members=3,
+        member_shuffle=False,
+        tu_gradient_scaling=True,
+        init_state=st,
+        quiet=True,
+    )
     assert abs(r.history[0]["train_loss"] - loss.item()) <= 1e-5
     for a, b in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(after["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
@@ -222,8 +262,9 @@ def test_deep_ensembles_resnet18_parity():
     model = jm.get("resnet", in_channels=3, num_classes=10, arch=18, style="cifar")
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
     fam = family_of("resnet")
-    variables = stack_members([fam.torch_to_flax(s, template, f"member {i}")
-                               for i, s in enumerate(split_deep_ensembles(_sd(de)))])
+    variables = stack_members(
+        [fam.torch_to_flax(s, template, f"member {i}") for i, s in enumerate(split_deep_ensembles(_sd(de)))]
+    )
     x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():
         ref = de(torch.as_tensor(x)).numpy().reshape(2, 4, 10)
@@ -292,7 +333,7 @@ _SHARD_SCRIPT = textwrap.dedent(
     from jaxuq import ensembles as E
     from jaxuq import models as jm
     from jaxuq.train import fit
-    model = jm.get("lenet", in_channels=1, num_classes=10, dropout_rate=0.2)
+    model = jm.get("lenet", in_channels=1, num_classes=10)
     x = np.asarray(jax.random.randint(jax.random.key(1), (32, 28, 28, 1), 0, 256), np.uint8)
     y = np.arange(32) % 10
     kw = dict(optimizer=optax.sgd(0.05, momentum=0.9), epochs=1, batch_size=16, num_members=8, quiet=True,
@@ -305,6 +346,7 @@ _SHARD_SCRIPT = textwrap.dedent(
         assert len(par.state.params["fc1"]["kernel"].sharding.device_set) == ndev
         for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(par.state.params)):
             worst = max(worst, float(jnp.abs(a - b).max()))
+        print(mem, "params", worst, "val_loss", one.history[0]["val_loss"], par.history[0]["val_loss"])
         worst = max(worst, abs(one.history[0]["val_loss"] - par.history[0]["val_loss"]))
         ev1 = E.make_eval_fn(model, members=mem)({"params": one.state.params}, jnp.asarray(x, jnp.float32))
         ev8 = E.make_eval_fn(model, members=mem, mesh=mesh)({"params": par.state.params},
@@ -318,7 +360,8 @@ _SHARD_SCRIPT = textwrap.dedent(
 
 def test_member_parallel_sharding_matches_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT], env=env, cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _SHARD_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "WORST" in r.stdout

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +54,10 @@ from jaxuq.train.sharding import (
     replicate,
     to_host,
 )
-from jaxuq.train.state import (
-    StepSettings,
-    TrainState,
-    create_train_state,
-    cross_entropy,
-    eval_step,
-    train_step,
-)
+from jaxuq.train.state import StepSettings, create_train_state, cross_entropy, eval_step, train_step
+
+if TYPE_CHECKING:
+    from jaxuq.train.state import TrainState
 
 __all__ = ["Callback", "FitResult", "fit", "train_and_evaluate", "train_chunk"]
 
