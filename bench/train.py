@@ -2,18 +2,20 @@
 
 Workloads: LeNet on MNIST (real, 28x28x1) and ResNet-18 (TU ``style="cifar"``) on the 5000 real
 CIFAR-10 training images of ``cifar10_heads``; fp32 and bf16; batch 128 and 512. Each side trains
-``--steps`` optimisation steps after its warm-up, ``--repeats`` times (the best repeat is
-reported; for TU the median step interval) (compilation for jaxuq/torch.compile, the first
-steps for torch and Lightning), SGD(lr 0.05, momentum 0.9), cross-entropy.
+``--steps`` optimisation steps after its warm-up (compilation for jaxuq/torch.compile, the first
+steps for torch and Lightning), ``--repeats`` times (the median is reported; for TU the median step
+interval), SGD(lr 0.05, momentum 0.9), cross-entropy.
 
 - jaxuq: uint8 data on device, one jitted ``lax.scan`` over the steps (gather + RandomCrop(pad 4)
-  + normalise + forward/backward + update), state donated; the compiled program is timed alone.
+  + normalise + forward/backward + update), state donated: the engine's ``train_chunk``, as ``fit``
+  runs it; the compiled program is timed alone.
 - torch: a plain loop over pre-normalised tensors already on the device (no augmentation), bf16 via
   ``torch.autocast``; on GPU ``--torch-compile`` adds channels_last + ``torch.compile``.
 - TU: ``ClassificationRoutine`` + ``TUTrainer`` (Lightning; ``precision="bf16-mixed"`` for bf16) on a
   DataLoader over the same tensors; timed from the end of the warm-up batches to the last batch.
 
-Writes bench/results/train.json and train.md (date, machine, versions, backend).
+Timing: ``bench._common.timeit`` (median of ``--repeats`` after a warm-up that compiles). Writes
+bench/results/train.json and train.md through ``bench._common.write_results``.
 
     python bench/train.py                                  # CPU defaults (small step counts)
     python bench/train.py --models lenet --steps 50        # one workload
@@ -22,25 +24,20 @@ Writes bench/results/train.json and train.md (date, machine, versions, backend).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxuq._io import write_text_atomic  # noqa: E402
-from jaxuq.data import CIFAR10_NORM, MNIST_NORM, Preprocess, load_mnist, load_npz  # noqa: E402
-from jaxuq.train import create_train_state, make_train_step, torch_sgd  # noqa: E402
+from bench._common import bench_parser, markdown_header, markdown_table, start, timeit, write_results
+from jaxuq.data import CIFAR10_NORM, MNIST_NORM, Preprocess, load_mnist, load_npz
+from jaxuq.train import StepSettings, create_train_state, torch_sgd, train_chunk
 
 LR, MOMENTUM = 0.05, 0.9
 
@@ -56,38 +53,24 @@ def jax_model(name):
 
 
 def bench_jaxuq(name, images, labels, pre, batch, steps, dtype, repeats):
+    """The engine's hot path: ``train_chunk`` (gather + augment + ``lax.scan`` of ``train_step``, state
+    donated) on the uint8 set on device, exactly as ``fit`` runs it."""
     model, desc = jax_model(name)
-    tx = torch_sgd(LR, MOMENTUM)
-    state = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1,) + images.shape[1:], jnp.float32))
-    step = make_train_step(pre, compute_dtype=dtype)
-
-    @partial(jax.jit, donate_argnums=0)
-    def run(s, X, Y, idx):
-        return jax.lax.scan(lambda c, i: step(c, X[i], Y[i]), s, idx)
-
+    state = create_train_state(model, torch_sgd(LR, MOMENTUM), jax.random.key(0),
+                               jnp.zeros((1,) + images.shape[1:], jnp.float32))
+    settings = StepSettings(pre, compute_dtype=jnp.dtype(dtype).name)
     X, Y = jax.device_put(images), jax.device_put(labels.astype(np.int32))
-    rng = np.random.default_rng(0)
-    idx = jnp.asarray(rng.integers(0, len(images), (steps, batch)))
-    t0 = time.perf_counter()
-    compiled = run.lower(state, X, Y, idx).compile()
-    compile_s = time.perf_counter() - t0
-    state, m = compiled(state, X, Y, idx)  # warm-up run (first execution)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, m = compiled(state, X, Y, idx)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    dt = min(times)
-    return {
-        "images_per_s": steps * batch / dt,
-        "seconds": dt,
-        "all_seconds": times,
-        "compile_s": compile_s,
-        "model": desc,
-        "final_loss": float(m["loss"][-1]),
-    }
+    idx = jnp.asarray(np.random.default_rng(0).integers(0, len(images), (steps, batch)))
+    held = {"state": state}
+
+    def run():
+        held["state"], m = train_chunk(held["state"], X, Y, idx, settings)
+        return m
+
+    t = timeit(run, repeats=repeats)
+    return {"images_per_s": steps * batch / t["median_s"], "seconds": t["median_s"],
+            "all_seconds": t["times_s"], "compile_s": t["first_s"], "model": desc,
+            "final_loss": float(run()["loss"][-1])}
 
 
 def _torch_data(images, labels, mean, std, device):
@@ -133,24 +116,15 @@ def bench_torch(name, x, y, batch, steps, bf16, device, compile_, repeats):
 
     for _ in range(warm):
         one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def run():
         for _ in range(steps):
             loss = one()
-        float(loss)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    dt = min(times)
-    return {
-        "images_per_s": steps * batch / dt,
-        "seconds": dt,
-        "all_seconds": times,
-        "final_loss": float(loss),
-    }
+        return loss.detach()
+
+    t = timeit(run, repeats=repeats, warmup=0)
+    return {"images_per_s": steps * batch / t["median_s"], "seconds": t["median_s"],
+            "all_seconds": t["times_s"], "final_loss": float(run())}
 
 
 def bench_tu(name, x, y, batch, steps, bf16, device, repeats):
@@ -201,25 +175,33 @@ def bench_tu(name, x, y, batch, steps, bf16, device, repeats):
     return {"images_per_s": batch / dt, "seconds_per_step_median": dt, "steps": len(intervals)}
 
 
+def _markdown(meta, rows, sides):
+    table = []
+    for r in rows:
+        row = {k: r[k] for k in ("model", "dtype", "batch", "steps")}
+        row.update({s: r[s]["images_per_s"] for s in sides if s in r})
+        if "jaxuq" in r and "torch" in r:
+            row["ratio"] = r["jaxuq"]["images_per_s"] / r["torch"]["images_per_s"]
+        table.append(row)
+    cols = [(k, k, "{}") for k in ("model", "dtype", "batch", "steps")]
+    cols += [(s, s, "{:,.0f}") for s in sides] + [("jaxuq / torch", "ratio", "{:.2f}")]
+    return markdown_header("Training throughput (images/s)", meta) + markdown_table(table, cols)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
+    p.set_defaults(repeats=3)
     p.add_argument("--models", nargs="+", default=["lenet", "resnet18"], choices=["lenet", "resnet18"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="timed steps per side (default: CPU 20 LeNet / 1 ResNet-18, GPU 50)",
-    )
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per side (default: CPU 20 LeNet / 1 ResNet-18, GPU 50)")
     p.add_argument("--sides", nargs="+", default=["jaxuq", "torch", "tu"], choices=["jaxuq", "torch", "tu"])
-    p.add_argument(
-        "--repeats", type=int, default=3, help="timed repeats; the best is reported (TU: median step)"
-    )
     p.add_argument("--torch-compile", action="store_true", help="channels_last + torch.compile (GPU)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=str(REPO / "bench/results/train"))
+    p.add_argument("--images", type=int, default=10000, help="LeNet: first k MNIST training images")
     args = p.parse_args(argv)
+    meta = start(args, torch=True)
 
     backend = jax.default_backend()
     import torch
@@ -229,59 +211,13 @@ def main(argv=None):
     data = {}
     if "lenet" in args.models:
         x, y = load_mnist("train", args.data_dir)
-        data["lenet"] = (x[:10000], y[:10000], Preprocess(*MNIST_NORM, crop=28, padding=4), MNIST_NORM)
+        n = args.images
+        data["lenet"] = (x[:n], y[:n], Preprocess(*MNIST_NORM, crop=28, padding=4), MNIST_NORM)
     if "resnet18" in args.models:
         x, y = load_npz("cifar10_heads/train_first1000x5.npz", data_dir=args.data_dir)
         data["resnet18"] = (x, y, Preprocess(*CIFAR10_NORM, crop=32, padding=4, flip=True), CIFAR10_NORM)
-
-    def write():
-        import flax
-        import torch_uncertainty  # noqa: F401
-
-        meta = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "jax_backend": backend,
-            "jax_devices": [str(d) for d in jax.devices()],
-            "torch_device": str(device),
-            "torch_compile": args.torch_compile,
-            "versions": {
-                "jax": jax.__version__,
-                "flax": flax.__version__,
-                "torch": torch.__version__,
-                "torch_uncertainty": "0.13.0",
-                "lightning": __import__("lightning").__version__,
-            },
-            "load_average": os.getloadavg(),
-        }
-        out = Path(args.out)
-        write_text_atomic(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
-        sides = [s for s in ("jaxuq", "torch", "tu") if s in args.sides]
-        lines = [
-            f"# Training throughput (images/s) — {meta['date']}",
-            "",
-            f"Machine: {meta['platform']}, {meta['cpus']} CPUs, JAX backend {backend}, torch device {device}"
-            f"; load average {tuple(round(v, 1) for v in meta['load_average'])}.",
-            f"Versions: {meta['versions']}.",
-            "",
-            "| model | dtype | batch | steps | " + " | ".join(sides) + " | jaxuq / torch |",
-            "|---|---|---|---|" + "---|" * len(sides) + "---|",
-        ]
-        for r in rows:
-            vals = [f"{r[s]['images_per_s']:,.0f}" for s in sides]
-            ratio = (
-                f"{r['jaxuq']['images_per_s'] / r['torch']['images_per_s']:.2f}"
-                if "jaxuq" in r and "torch" in r
-                else ""
-            )
-            lines.append(
-                f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
-                + " | ".join(vals)
-                + f" | {ratio} |"
-            )
-        write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
-        return lines
+    sides = [s for s in ("jaxuq", "torch", "tu") if s in args.sides]
+    meta["torch_compile"] = args.torch_compile
 
     rows = []
     for name in args.models:
@@ -292,29 +228,20 @@ def main(argv=None):
             bf16 = dtype == "bfloat16"
             for batch in args.batch_sizes:
                 row = {"model": name, "dtype": dtype, "batch": batch, "steps": steps}
-                if "jaxuq" in args.sides:
-                    row["jaxuq"] = bench_jaxuq(
-                        name, images, labels, pre, batch, steps, jnp.dtype(dtype), args.repeats
-                    )
-                if "torch" in args.sides:
+                if "jaxuq" in sides:
+                    row["jaxuq"] = bench_jaxuq(name, images, labels, pre, batch, steps, dtype, args.repeats)
+                if "torch" in sides:
                     row["torch"] = bench_torch(
                         name, tx, ty, batch, steps, bf16, device, args.torch_compile, args.repeats
                     )
-                if "tu" in args.sides:
+                if "tu" in sides:
                     row["tu"] = bench_tu(name, tx, ty, batch, steps, bf16, device, args.repeats)
-                print(
-                    json.dumps(
-                        {
-                            k: (v if not isinstance(v, dict) else round(v["images_per_s"], 1))
-                            for k, v in row.items()
-                        }
-                    ),
-                    flush=True,
-                )
+                print(json.dumps({k: (v if not isinstance(v, dict) else round(v["images_per_s"], 1))
+                                  for k, v in row.items()}), flush=True)
                 rows.append(row)
-                write()  # partial results survive an interrupted run
-
-    print("\n".join(write()))
+                # partial results survive an interrupted run
+                write_results("train", meta, {"rows": rows}, _markdown(meta, rows, sides), args.out_dir)
+    print("\n".join(_markdown(meta, rows, sides)))
 
 
 if __name__ == "__main__":

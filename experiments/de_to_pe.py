@@ -7,7 +7,9 @@ first FashionMNIST images as OOD (MSP criterion), printing TU's tables:
 1. a single LeNet;
 2. a deep ensemble of ``--de-members`` LeNets, trained like TU (CE over the ``(m b)`` rows against
    ``RepeatTarget`` -> ``tu_gradient_scaling=True``, LR x M), all members in one jitted step;
-3. a Packed-Ensemble ``packed_lenet(M=4, alpha=2)`` trained with CE on ``repeat_target`` (LR x 4).
+3. a Packed-Ensemble ``packed_lenet(M=4, alpha=2)`` trained with CE on ``RepeatTarget(4)`` (LR x 4).
+
+All three are trained by the one engine, ``jaxuq.train.fit``.
 
 The default size is CPU-bounded (20,000 training images, 2 epochs); ``--full`` runs the tutorial's
 60,000 images x 3 epochs. Real data only (``JAXUQ_DATA_DIR`` or ``--data-dir``).
@@ -24,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,12 +35,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from jaxuq import ensembles as E  # noqa: E402
+from jaxuq.evaluate import classification_table  # noqa: E402
+
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist  # noqa: E402
-from jaxuq.evaluation import evaluate  # noqa: E402
+from jaxuq.ensembles import default_members  # noqa: E402
+from jaxuq.evaluation import predict
 from jaxuq.models.packed_lenet import packed_lenet  # noqa: E402
-from jaxuq.nn.packed import repeat_target, split_members  # noqa: E402
 from jaxuq.report import print_table  # noqa: E402
+from jaxuq.train import RepeatTarget, TrainConfig, fit  # noqa: E402
+
+PRE = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1], crop=28, padding=4)
 
 
 def _lenet():
@@ -52,43 +57,28 @@ def _lenet():
         return packed_lenet(1, 10, num_estimators=1, alpha=1)
 
 
-def train(module, num_members, images, labels, *, epochs, batch_size, lr, key, loss_fn=None,
-          tu_gradient_scaling=False, members=None):
-    """Train a stacked ensemble (``num_members`` copies of ``module``) on uint8 ``images [N,28,28,1]``."""
-    pre = Preprocess(mean=MNIST_NORM[0], std=MNIST_NORM[1], crop=28, padding=4)
-    k_init, k_data = jax.random.split(key)
-    tx = optax.sgd(lr)
-    state = E.init_train_state(module, tx, k_init, num_members, jnp.zeros((1, 28, 28, 1)))
-    step = E.make_train_step(module, tx, members=members, tu_gradient_scaling=tu_gradient_scaling,
-                             loss_fn=loss_fn)
-    augment = jax.jit(pre.train)
-    xd, yd = jnp.asarray(images), jnp.asarray(labels)
-    n = xd.shape[0]
-    for epoch in range(epochs):
-        ke = jax.random.fold_in(k_data, epoch)
-        order = jax.random.permutation(ke, n)
-        for b in range(-(-n // batch_size)):  # torch DataLoader keeps the last partial batch
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            xb = augment(jax.random.fold_in(ke, b + 1), xd[idx])
-            state, loss = step(state, xb, yd[idx])
-        print(f"  epoch {epoch + 1}/{epochs}: loss per member {np.round(np.asarray(loss), 4).tolist()}",
-              flush=True)
-    return state
+def train(module, images, labels, *, epochs, batch_size, lr, seed, members=None, **config):
+    """Train with ``jaxuq.train.fit`` (TU's tutorial recipe) on uint8 ``images [N,28,28,1]``;
+    ``config``: more TrainConfig keys (``num_members``, ``tu_gradient_scaling``, ``format_batch``)."""
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optax.sgd(lr), seed=seed,
+                      preprocess=PRE, members=members, member_shuffle=False, **config)
+    return fit(module, (images, labels), cfg).state
 
 
-class PackedMembers(nn.Module):
-    """A Packed-Ensemble's member-major ``[M*B, C]`` output as ``[M, B, C]`` (for ``jaxuq.evaluate``)."""
-
-    model: nn.Module
-
-    def __call__(self, x, train: bool = False):
-        return split_members(self.model(x, train), self.model.num_estimators)
+def _logits(module, state, images, members=None):
+    """Logits ``[M, N, C]`` (one model: M = 1; Packed: its M members)."""
+    out = predict(module, state.variables(), images, preprocess=PRE, batch_size=2048, members=members)
+    return out if out.ndim == 3 else out[None]
 
 
-def report(name, model, variables, data, ood_images, n_params, members=None):
-    """TU's table of ``model`` on MNIST ``data`` with ``ood_images`` as OOD (MSP criterion), printed."""
-    res = evaluate(model, variables, data, ood_data=ood_images, preprocess=Preprocess(*MNIST_NORM),
-                   batch_size=2048, members=members, params=n_params)
+def evaluate(name, logits_id, labels, logits_ood, n_params):
+    p_id = jax.nn.softmax(jnp.asarray(logits_id), -1)
+    p_ood = jax.nn.softmax(jnp.asarray(logits_ood), -1)
+    msp = lambda p: -jnp.max(jnp.mean(p, 0), -1)  # noqa: E731  TU's default MSP criterion
+    res = classification_table(
+        probs=p_id, labels=labels, ood_scores=jnp.concatenate([msp(p_id), msp(p_ood)]), ood_probs=p_ood,
+        params=n_params,
+    )
     print(f"\n== {name} ==")
     print_table(res)
     return res
@@ -120,45 +110,38 @@ def main(argv=None):
     xood = xood[: args.ood_subset]
     print(f"MNIST train {xtr.shape[0]} x {args.epochs} epochs, test {xte.shape[0]}, "
           f"FashionMNIST OOD {xood.shape[0]}, backend {jax.default_backend()}")
-    key = jax.random.key(args.seed)
     results, timings = {}, {}
     lenet = _lenet()
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, members=args.members)
 
-    def nparams(variables, m_axis):
-        return int(sum(np.prod(a.shape[1:]) * (a.shape[0] if m_axis else 1)
-                       for a in jax.tree.leaves(variables)))
+    def nparams(state):
+        return int(sum(a.size for a in jax.tree.leaves(state.params)))
 
     # 1. single LeNet
     t0 = time.perf_counter()
-    st = train(lenet, 1, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05,
-               key=jax.random.fold_in(key, 1), members=args.members)
+    st = train(lenet, xtr, ytr, lr=0.05, seed=10 * args.seed + 1, **kw)
     timings["single"] = time.perf_counter() - t0
-    lowering = args.members or E.default_members()
-    results["single"] = report("Single LeNet", lenet, {"params": st.params}, (xte, yte), xood,
-                               nparams(st.params, False), lowering)
+    results["single"] = evaluate("Single LeNet", _logits(lenet, st, xte), yte, _logits(lenet, st, xood),
+                                 nparams(st))
 
-    # 2. deep ensemble, TU-style objective and LR x M
+    # 2. deep ensemble, TU-style objective (CE over the (m b) rows of one shared batch) and LR x M
     m = args.de_members
+    lowering = args.members or default_members()
     t0 = time.perf_counter()
-    st = train(lenet, m, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05 * m,
-               key=jax.random.fold_in(key, 2), tu_gradient_scaling=True, members=args.members)
+    st = train(lenet, xtr, ytr, lr=0.05 * m, seed=10 * args.seed + 2, num_members=m, tu_gradient_scaling=True,
+               **kw)
     timings["deep_ensemble"] = time.perf_counter() - t0
-    results["deep_ensemble"] = report(f"Deep ensemble of {m} LeNets", lenet, {"params": st.params},
-                                      (xte, yte), xood, nparams(st.params, True), lowering)
+    logits_id, logits_ood = _logits(lenet, st, xte, lowering), _logits(lenet, st, xood, lowering)
+    name = f"Deep ensemble of {m} LeNets"
+    results["deep_ensemble"] = evaluate(name, logits_id, yte, logits_ood, nparams(st))
 
     # 3. Packed-Ensemble, M = 4, alpha = 2: one model, CE on RepeatTarget(4), LR x 4
     pm = packed_lenet(1, 10, num_estimators=4, alpha=2)
-
-    def packed_loss(logits, y):
-        return optax.softmax_cross_entropy_with_integer_labels(logits, repeat_target(y, 4)).mean()
-
     t0 = time.perf_counter()
-    st = train(pm, 1, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=0.05 * 4,
-               key=jax.random.fold_in(key, 3), loss_fn=packed_loss, members=args.members)
+    st = train(pm, xtr, ytr, lr=0.05 * 4, seed=10 * args.seed + 3, format_batch=RepeatTarget(4), **kw)
     timings["packed"] = time.perf_counter() - t0
-    pv = {"params": {"model": jax.tree.map(lambda a: a[0], st.params)}}
-    results["packed"] = report("Packed-Ensemble (M=4, alpha=2)", PackedMembers(pm), pv, (xte, yte), xood,
-                               nparams(st.params, False))
+    results["packed"] = evaluate("Packed-Ensemble (M=4, alpha=2)", _logits(pm, st, xte), yte,
+                                 _logits(pm, st, xood), nparams(st))
 
     keys = ["test/cls/Acc", "test/cls/NLL", "test/cal/ECE", "ood/AUROC", "ood/FPR95", "test/cplx/params"]
     print("\n| model | " + " | ".join(k.split("/")[-1] for k in keys) + " | train s |")

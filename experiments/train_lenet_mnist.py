@@ -30,7 +30,8 @@ import numpy as np
 
 from jaxuq._io import write_text_atomic
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
-from jaxuq.train import evaluate, fit, torch_sgd
+from jaxuq.evaluation import predict
+from jaxuq.train import TrainConfig, cross_entropy, fit, torch_sgd
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,20 +66,13 @@ def run_jaxuq(seed, epochs, batch_size, lr, train, test, quiet=True):
     state = state.replace(params=params, opt_state=tx.init(params))
     pre = Preprocess(*MNIST_NORM, crop=28, padding=4)
     t0 = time.perf_counter()
-    res = fit(
-        model,
-        train,
-        optimizer=tx,
-        epochs=epochs,
-        batch_size=batch_size,
-        preprocess=pre,
-        seed=seed,
-        init_state=state,
-        quiet=quiet,
-        steps_per_call=10_000,
-    )
+    cfg = TrainConfig(optimizer=tx, epochs=epochs, batch_size=batch_size, preprocess=pre, seed=seed,
+                      quiet=quiet, steps_per_call=10_000)
+    res = fit(model, train, cfg, init_state=state)
     train_s = time.perf_counter() - t0
-    ev = evaluate(res.state, *test, pre, batch_size=2048)
+    logits = predict(model, res.state.variables(), test[0], preprocess=pre, batch_size=2048)
+    ev = {"accuracy": float((logits.argmax(-1) == np.asarray(test[1])).mean()),
+          "loss": float(cross_entropy(jnp.asarray(logits), jnp.asarray(test[1])))}
     n_img = epochs * len(train[0])
     return {
         "seed": seed,

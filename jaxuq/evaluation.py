@@ -293,7 +293,8 @@ def predict(
 ) -> np.ndarray:
     """Eval-mode logits of ``model`` over ``images [N, ...]`` in batches: float32 ``[N, C]``, or
     ``[M, N, C]`` when ``members`` is a lowering (``"vmap"``/``"map"``/``"unroll"``, see
-    :func:`jaxuq.ensembles.apply_members`) of stacked ``variables``.
+    :func:`jaxuq.ensembles.apply_members`) of stacked ``variables``, or when ``model`` is a
+    Packed-Ensemble whose output is ``[(M B), C]`` (TU's layout, split per batch into ``[M, B, C]``).
 
     ``preprocess``: a :class:`jaxuq.data.Preprocess` applied on device to uint8 images (its
     ``.eval``), or None for inputs already preprocessed. The last batch is zero-padded so one
@@ -309,8 +310,15 @@ def predict(
     dmesh = _split_mesh(mesh)[0]
     variables = _replicate(variables, dmesh)
     batches = padded_batches((images,), batch_size, dmesh)
-    outs = (fn(variables, *_to_device(b, dmesh)) for _, b in batches)
+    outs = (_split_packed(fn(variables, *_to_device(b, dmesh)), len(b[0])) for _, b in batches)
     return np.concatenate(list(_one_behind(outs)), axis=-2)[..., : len(images), :]
+
+
+def _split_packed(logits, rows: int):
+    """A Packed-Ensemble's ``[(M B), C]`` output (members first) -> ``[M, B, C]``; else unchanged."""
+    if logits.ndim == 2 and logits.shape[0] != rows:
+        return logits.reshape(-1, rows, logits.shape[-1])
+    return logits
 
 
 # ----------------------------------------------------------------------------- evaluate

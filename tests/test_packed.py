@@ -262,37 +262,38 @@ def test_packed_resnet50_imagenet_gamma2_parity():
 
 @pytest.mark.parity
 def test_packed_lenet_training_step_matches_tu():
-    """One SGD step of CE(logits [(m b), C], RepeatTarget(4)) in TU == jaxuq with ``repeat_target``."""
+    """One SGD step of CE(logits [(m b), C], RepeatTarget(4)) in TU == ``jaxuq.train.fit`` with
+    ``format_batch=RepeatTarget(4)`` (the engine's batch-formatting hook, TU's ``format_batch_fn``)."""
     torch = require("torch")
     import optax
     from torch_uncertainty.models.classification.lenet import packed_lenet as tu_packed_lenet
-    from torch_uncertainty.transforms import RepeatTarget
+    from torch_uncertainty.transforms import RepeatTarget as TURepeatTarget
 
     from converters.mappings.packed import build
+    from jaxuq.train import RepeatTarget, create_train_state, fit
 
     torch.manual_seed(3)
     tm = tu_packed_lenet(1, 10, num_estimators=4, alpha=2)
     kw = dict(in_channels=1, num_classes=10, num_estimators=4, alpha=2)
     module, variables = build("packed_lenet", _sd(tm), **kw)
-    x = np.random.default_rng(3).normal(size=(8, 1, 28, 28)).astype(np.float32)
+    xu = np.random.default_rng(3).integers(0, 256, (8, 28, 28, 1)).astype(np.uint8)
+    x = xu.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # the engine's default Preprocess(): x / 255
     y = np.random.default_rng(4).integers(0, 10, 8)
     opt = torch.optim.SGD(tm.parameters(), lr=0.2)
-    xb, yb = RepeatTarget(4)((torch.as_tensor(x), torch.as_tensor(y)))
+    xb, yb = TURepeatTarget(4)((torch.as_tensor(x), torch.as_tensor(y)))
     loss = torch.nn.functional.cross_entropy(tm(xb), yb)
     loss.backward()
     opt.step()
     _, after = build("packed_lenet", _sd(tm), **kw)
 
-    def loss_fn(p):
-        logits = module.apply({"params": p}, jnp.asarray(x.transpose(0, 2, 3, 1)))
-        return optax.softmax_cross_entropy_with_integer_labels(logits, repeat_target(jnp.asarray(y), 4)).mean()
-
-    lj, g = jax.value_and_grad(loss_fn)(variables["params"])
     tx = optax.sgd(0.2)
-    upd, _ = tx.update(g, tx.init(variables["params"]))
-    new = optax.apply_updates(variables["params"], upd)
-    assert abs(float(lj) - loss.item()) <= 1e-5
-    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(after["params"])):
+    st = create_train_state(module, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    st = st.replace(params=variables["params"], opt_state=tx.init(variables["params"]))
+    r = fit(module, (xu, y), optimizer=tx, epochs=1, batch_size=8, format_batch=RepeatTarget(4), init_state=st,
+            quiet=True)
+    assert r.history[0]["step"] == 1
+    assert abs(r.history[0]["train_loss"] - loss.item()) <= 1e-5
+    for a, b in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(after["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 

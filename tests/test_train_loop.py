@@ -1,5 +1,6 @@
 """The training loop: learning on real MNIST, streaming == on-device, bf16 compute, JSONL log,
-checkpoint/resume after SIGKILL (bitwise), data-parallel over 8 CPU devices, clear errors."""
+checkpoint/resume after SIGKILL (bitwise; one model and an 8-member LeNet ensemble), data-parallel
+over 8 CPU devices, clear errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,15 @@ import numpy as np
 import pytest
 
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
-from jaxuq.train import Checkpointer, create_train_state, fit, make_train_step, torch_adam, torch_sgd
+from jaxuq.train import (
+    Checkpointer,
+    StepSettings,
+    create_train_state,
+    fit,
+    torch_adam,
+    torch_sgd,
+    train_step,
+)
 from jaxuq.train.testing import TinyCNN
 from tests.helpers import REPO, data_path
 
@@ -63,7 +73,7 @@ def test_bf16_compute_keeps_fp32_state():
     state = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     x = jnp.zeros((8, 28, 28, 1), jnp.uint8)
     y = jnp.zeros((8,), jnp.int32)
-    step = make_train_step(PRE, compute_dtype=jnp.bfloat16)
+    step = partial(train_step, settings=StepSettings(PRE, compute_dtype="bfloat16"))
     jaxpr = str(jax.make_jaxpr(step)(state, x, y))
     convs = [ln for ln in jaxpr.splitlines() if "conv_general_dilated" in ln]
     assert convs and all("bf16" in ln for ln in convs)  # forward and backward convs run in bf16
@@ -71,7 +81,7 @@ def test_bf16_compute_keeps_fp32_state():
     for leaf in jax.tree.leaves((new.params, new.batch_stats, new.opt_state)):
         assert leaf.dtype == jnp.float32
     assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
-    f32 = str(jax.make_jaxpr(make_train_step(PRE))(state, x, y))
+    f32 = str(jax.make_jaxpr(partial(train_step, settings=StepSettings(PRE)))(state, x, y))
     assert "bf16" not in f32
 
 
@@ -116,22 +126,28 @@ _TRAIN_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     import jax, numpy as np
+    from jaxuq import models
     from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
-    from jaxuq.train import fit, torch_sgd
+    from jaxuq.train import Callback, fit, torch_sgd
     from jaxuq.train.testing import TinyCNN
 
-    mode, ckdir, out = sys.argv[1:4]
+    mode, ckdir, out, kind = sys.argv[1:5]
     x, y = load_mnist("train")
     x, y = x[:600], y[:600]
 
-    def hook(step):
-        print(f"CKPT {step}", flush=True)
-        if mode == "slow":
-            time.sleep(1.0)
+    class Hook(Callback):
+        def on_checkpoint(self, step):
+            print(f"CKPT {step}", flush=True)
+            if mode == "slow":
+                time.sleep(1.0)
 
-    r = fit(TinyCNN(), (x, y), optimizer=torch_sgd(0.05, 0.9, 5e-4, True), epochs=2, batch_size=64,
+    model, extra = TinyCNN(), {}
+    if kind == "ensemble":  # 8 LeNets, per-member shuffles, members lowered by lax.map
+        model = models.get("lenet", in_channels=1, num_classes=10, dropout_rate=0.1)
+        extra = dict(num_members=8, members="map")
+    r = fit(model, (x, y), optimizer=torch_sgd(0.05, 0.9, 5e-4, True), epochs=2, batch_size=64,
             preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4, flip=True), seed=3, checkpoint_dir=ckdir,
-            checkpoint_every=3, quiet=True, on_checkpoint=hook)
+            checkpoint_every=3, quiet=True, callbacks=[Hook()], **extra)
     leaves = jax.tree.leaves((r.state.params, r.state.batch_stats, r.state.opt_state))
     np.savez(out, *[np.asarray(a) for a in leaves], step=np.asarray(r.state.step))
     print("DONE resumed_from", r.resumed_from, flush=True)
@@ -141,13 +157,14 @@ _TRAIN_SCRIPT = textwrap.dedent(
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_sigkill_resume_is_bitwise_equal(tmp_path):
+@pytest.mark.parametrize("kind", ["single", "ensemble"])
+def test_sigkill_resume_is_bitwise_equal(tmp_path, kind):
     data_path("MNIST/raw/train-images-idx3-ubyte.gz")
     script = tmp_path / "train.py"
     script.write_text(_TRAIN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     ref = subprocess.run(
-        [sys.executable, str(script), "fast", str(tmp_path / "ck_ref"), str(tmp_path / "ref.npz")],
+        [sys.executable, str(script), "fast", str(tmp_path / "ck_ref"), str(tmp_path / "ref.npz"), kind],
         env=env,
         capture_output=True,
         text=True,
@@ -155,7 +172,7 @@ def test_sigkill_resume_is_bitwise_equal(tmp_path):
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
     proc = subprocess.Popen(
-        [sys.executable, str(script), "slow", str(tmp_path / "ck"), str(tmp_path / "res.npz")],
+        [sys.executable, str(script), "slow", str(tmp_path / "ck"), str(tmp_path / "res.npz"), kind],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -171,7 +188,7 @@ def test_sigkill_resume_is_bitwise_equal(tmp_path):
     assert proc.returncode == -signal.SIGKILL, (seen, proc.stderr.read()[-3000:])
     assert not (tmp_path / "res.npz").exists()
     res = subprocess.run(
-        [sys.executable, str(script), "fast", str(tmp_path / "ck"), str(tmp_path / "res.npz")],
+        [sys.executable, str(script), "fast", str(tmp_path / "ck"), str(tmp_path / "res.npz"), kind],
         env=env,
         capture_output=True,
         text=True,
@@ -180,7 +197,9 @@ def test_sigkill_resume_is_bitwise_equal(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DONE resumed_from 13" in res.stdout, res.stdout
     a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "res.npz")
-    assert int(a["step"]) == int(b["step"]) == 20
+    assert np.all(a["step"] == 20) and np.all(b["step"] == 20)
+    if kind == "ensemble":  # members on axis 0, and they differ (own init, order, dropout)
+        assert a["arr_0"].shape[0] == 8 and not np.array_equal(a["arr_0"][0], a["arr_0"][1])
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:
         assert np.array_equal(a[k], b[k]), k  # bitwise
