@@ -1,5 +1,6 @@
 """Shared preamble of the real-data experiments: the CIFAR-10 heads, the real checkpoints and
-their preprocessing, batched logits, atomic JSON output.
+their preprocessing, batched logits, the torch twin of a checkpoint and TU 0.13.0's test routine
+driven on the same tensors (``tu_test``), and the TU-vs-jaxuq comparison of two metric tables.
 
 Everything is read from the data folder (``--data-dir`` or ``$JAXUQ_DATA_DIR``, see
 ``jaxuq._env``); a missing file is a ``FileNotFoundError`` naming it, never a random fallback.
@@ -18,15 +19,20 @@ from jaxuq._env import data_file
 from jaxuq._io import write_json_atomic  # re-exported: the experiments' JSON writer
 
 __all__ = [
-    "CIFAR_TRAIN", "CIFAR_TEST", "RESNET20_CKPT", "TINIEST_CKPT", "RESNET_MEAN", "RESNET_STD",
-    "experiment_parser", "load_cifar_heads", "load_model", "normalize", "preprocess", "logits_of",
-    "write_json_atomic",
+    "CHECKPOINTS", "CIFAR_TRAIN", "CIFAR_TEST", "RESNET20_CKPT", "TINIEST_CKPT", "RESNET_MEAN", "RESNET_STD",
+    "checkpoint_of", "experiment_parser", "load_cifar_heads", "load_model", "normalize", "preprocess",
+    "logits_of", "table_rows", "tables_text", "torch_model_of", "tu_test", "write_json_atomic",
 ]  # fmt: skip
 
 CIFAR_TRAIN = "cifar10_heads/train_first1000x5.npz"  # 5000 real training images + labels
 CIFAR_TEST = "cifar10_heads/test_first1000.npz"  # the first 1000 real test images + labels
 RESNET20_CKPT = "checkpoints/resnet_cifar/resnet20-12fca82f.th"
 TINIEST_CKPT = "checkpoints/scio_tiniest/tiniest.pt"
+CHECKPOINTS = {
+    "resnet20": RESNET20_CKPT,
+    "resnet56": "checkpoints/resnet_cifar/resnet56-4bfd9763.th",
+    "tiniest": TINIEST_CKPT,
+}  # model name -> torch checkpoint under the data folder
 # the He et al. CIFAR ResNets (resnet20/56) were trained on x/255 normalised with ImageNet's stats
 RESNET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 RESNET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -39,8 +45,11 @@ def experiment_parser(doc: str, out_default: str, checkpoint: str) -> argparse.A
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
     ap.add_argument("--out", default=out_default, help="output folder (results.json, plots)")
-    ap.add_argument("--model", default=None,
-                    help=f"a jaxuq-convert output folder (default: convert {Path(checkpoint).name})")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help=f"a jaxuq-convert output folder (default: convert {Path(checkpoint).name})",
+    )
     return ap
 
 
@@ -84,6 +93,95 @@ def _jitted_apply(module):
 def logits_of(module, variables, images, batch_size: int = 250, pre=preprocess) -> np.ndarray:
     """``module.apply`` over ``images`` in batches of ``batch_size`` after ``pre``: ``[N, C]``."""
     f = _jitted_apply(module)
-    out = [np.asarray(f(variables, pre(images[i : i + batch_size])))
-           for i in range(0, len(images), batch_size)]
+    out = [
+        np.asarray(f(variables, pre(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out)
+
+
+def checkpoint_of(name: str) -> str:
+    """The data-folder path of model ``name``'s torch checkpoint; ValueError listing the known ones."""
+    if name not in CHECKPOINTS:
+        raise ValueError(
+            f"model {name!r} has no checkpoint under the data folder; known: {', '.join(CHECKPOINTS)} "
+            "(the tutorial's hub models, e.g. chenyaofo's cifar100_resnet20, need a network)"
+        )
+    return CHECKPOINTS[name]
+
+
+def torch_model_of(name: str, data_dir=None):
+    """The torch twin of model ``name`` (``converters.torch_refs``) with its checkpoint's weights, in
+    eval mode: what TU's side of an experiment runs."""
+    import torch
+
+    from converters.io import read_state_dict
+    from converters.torch_refs import torch_model
+
+    sd, _ = read_state_dict(data_file(checkpoint_of(name), data_dir))
+    model = torch_model(name)
+    model.load_state_dict({k.removeprefix("module."): torch.from_numpy(v) for k, v in sd.items()})
+    return model.eval()
+
+
+def _loader(*arrays, batch_size: int):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return DataLoader(TensorDataset(*(torch.as_tensor(a) for a in arrays)), batch_size=batch_size)
+
+
+def tu_test(routine, id_data, ood_images=None, postprocess_data=None, batch_size: int = 512) -> dict:
+    """TU 0.13.0's ``TUTrainer.test`` (CPU, fp32, quiet) of ``routine`` on numpy NCHW tensors.
+
+    Args:
+      routine: a ``ClassificationRoutine``.
+      id_data: ``(images [N, 3, H, W] float32, labels [N])``: test dataloader 0.
+      ood_images: ``[N_ood, 3, H, W]`` (dataloader 1, labels -1), when ``routine.eval_ood``.
+      postprocess_data: ``(images, labels)`` served by ``postprocess_dataloader()`` (what TU fits a
+        routine's ``post_processing`` on at ``on_test_start``).
+    Returns:
+      ``{key: float}``: the routine's logged test metrics.
+    """
+    import lightning as L
+    import numpy as np
+    from torch_uncertainty import TUTrainer
+
+    class _Data(L.LightningDataModule):
+        def test_dataloader(self):
+            loaders = [_loader(*id_data, batch_size=batch_size)]
+            if ood_images is not None:
+                loaders.append(_loader(ood_images, np.full(len(ood_images), -1), batch_size=batch_size))
+            return loaders
+
+        def postprocess_dataloader(self):
+            return _loader(*postprocess_data, batch_size=batch_size)
+
+    trainer = TUTrainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    out = trainer.test(routine, datamodule=_Data(), verbose=False)
+    return {k.split("/dataloader_idx")[0]: float(v) for k, v in out[0].items()}
+
+
+def table_rows(tu: dict | None, jx: dict, published: dict | None = None, prefix: str = "") -> list[dict]:
+    """Comparison rows (``experiments._launch.compare_row``) of two TU-style metric tables, in
+    ``jx``'s key order; ``tu=None`` (TU not run) gives rows without a TU value."""
+    from experiments._launch import compare_row
+
+    published = published or {}
+    return [
+        compare_row(prefix + k, v, None if tu is None else tu[k], published.get(k)) for k, v in jx.items()
+    ]
+
+
+def tables_text(title: str, table: dict) -> str:
+    """TU's printed tables of ``table`` (``jaxuq.report``) as text under ``title``."""
+    from experiments._launch import render_text
+    from jaxuq.report.table import build_tables
+
+    return render_text(title, *build_tables(table))

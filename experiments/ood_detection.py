@@ -1,211 +1,352 @@
-"""TU's OOD-detection tutorial flow in jaxuq: ResNet-18 (cifar style) on CIFAR-10, MSP / MaxLogit.
+"""TU's OOD-detection tutorial: MSP and MaxLogit tables of a CIFAR-10 ResNet, TU 0.13.0 beside jaxuq.
 
-Tutorial recipe: ``resnet(arch=18, style="cifar", conv_bias=False)``, ``Adam(lr=1e-3)``, no
-scheduler, 1 epoch, 16-mixed (here: bf16 compute, fp32 params/optimizer/metrics; ``--fp32`` for fp32),
-batch 512, RandomCrop(32, 4) + flip + Normalize; OOD set SVHN test (``test_32x32.mat`` under the
-data folder; a clear error naming the file if absent). The tutorial then loads TU's hub checkpoint;
-that needs a network, so here the reported model is the one trained by this script.
+    python -m experiments ood_detection [--small] [--set key=value ...] [--out DIR]
 
-Without SVHN, ``--ood shifts`` uses scio's synthetic shifts (vertical flip, darker x0.5, uniform
-noise) of the ID test images instead. ``--dataset cifar10_heads`` trains on the 5000 real CIFAR-10
-training images of the shared data folder (the tutorial: 50,000) and tests on its 1000 test images
-(accuracy standard error about 0.9 points: printed).
+The tutorial evaluates TU's hub ResNet-18 (``torch-uncertainty/resnet18_c10``) on CIFAR-10 with
+SVHN as the OOD set, through ``ClassificationRoutine(eval_ood=True)``, once with
+``MaxSoftmaxCriterion`` and once with ``MaxLogitCriterion``. Neither the hub checkpoint nor SVHN
+is reachable here, so (substitutions, also recorded in results.json):
 
-Output: TU's test table (Classification, Calibration, OOD Detection, Selective Classification,
-Complexity; TU 0.13.0 keys ``test/cls/Acc``, ``ood/AUROC``, ...) per criterion and OOD set, and
-with ``--json`` a JSON file (written atomically) with the tables, the config and the timings.
+- model: the real He et al. ResNet-20 (or ResNet-56) checkpoint under ``$JAXUQ_DATA_DIR/checkpoints/
+  resnet_cifar`` stands in for the hub ResNet-18. TU's side runs its torch twin
+  (``converters.torch_refs``) through ``ClassificationRoutine.test_step`` / ``on_test_epoch_end``
+  (``TUTrainer.test`` on a small LightningDataModule), jaxuq's side the converted Flax model
+  through ``jaxuq.evaluate.classification_table``, on the same tensors;
+- ID set: the first ``n_test`` of the 1000 real CIFAR-10 test images (x/255, ImageNet mean/std);
+- OOD set: ``ood="shifts"``: scio's synthetic shifts of those images (vertical flip, darker x0.5,
+  uniform noise from ``jax.random.key(seed)``; ``jaxuq.data.synthetic_shifts``), one table per
+  shift; ``ood="svhn"``: SVHN's ``test_32x32.mat`` under the data folder (an error naming it if
+  absent).
 
-    python experiments/ood_detection.py --dataset cifar10 --ood svhn          # the tutorial
-    python experiments/ood_detection.py --dataset cifar10_heads --ood shifts --train-subset 2000
+Every key of TU's table is compared (|Δ| ≤ 1e-4 expected); the "published" column holds the
+tutorial's printed ResNet-18/SVHN values (a different model and OOD set: context, not a target).
+
+``train=True`` runs the tutorial's own training instead: ``resnet(arch=18, style="cifar",
+conv_bias=False)``, Adam 1e-3, batch ``batch_size``, ``epochs`` epoch(s), bf16 compute
+(``compute_dtype``), RandomCrop(32, 4) + flip + CIFAR-10 normalisation, on the
+``train_images`` real training images (at most 5000 here; the tutorial's 50,000), with
+``jaxuq.train.fit``; TU is not run then (no torch twin of the trained weights), so the TU column
+is empty.
+
+Config keys:
+  model: "resnet20" | "resnet56" (the checkpoint evaluated; ignored when train=True).
+  n_test: ID test images (<= 1000).
+  ood: "shifts" | "svhn".
+  criteria: OOD criteria, a list of "msp" / "max_logit" (the tutorial's two).
+  batch_size: test batch (TU's 512; the Complexity flops are those of the first batch).
+  smece: compute test/cal/SmECE (the slowest metric).
+  compare_tu: run TU 0.13.0 on the same tensors.
+  train: run the tutorial's 1-epoch ResNet-18 training instead of loading a checkpoint.
+  epochs, train_images, lr, compute_dtype: the training run's settings (train=True only).
+  seed: the shifts' noise key and the training seed.
+  data_dir: the data folder (None: $JAXUQ_DATA_DIR).
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from experiments import _common
+from experiments._launch import comparison_table, launch_module, render_text
 
-from experiments._common import write_json_atomic  # noqa: E402
-from jaxuq.data import svhn_ood, synthetic_shifts  # noqa: E402
-from jaxuq.data.registry import default_preprocess, load_dataset  # noqa: E402
-from jaxuq.train import fit, predict, torch_adam  # noqa: E402
+# the tutorial's printed tables (TU's hub ResNet-18, CIFAR-10 vs SVHN)
+_ID = {"test/cls/Acc": 0.9339, "test/cls/Brier": 0.10812, "test/cls/Entropy": 0.08849,
+       "test/cls/NLL": 0.26408, "test/cal/ECE": 0.03556, "test/cal/aECE": 0.03489,
+       "test/sc/AUGRC": 0.00779, "test/sc/AURC": 0.0096, "test/sc/Cov_5Risk": 0.9652,
+       "test/sc/Risk_80Cov": 0.012, "test/cplx/flops": 568.75e9, "test/cplx/params": 11.17e6}  # fmt: skip
+PUBLISHED = {
+    "msp": {**_ID, "ood/AUPR": 0.90244, "ood/AUROC": 0.82968, "ood/FPR95": 0.5606},
+    "max_logit": {**_ID, "ood/AUPR": 0.85144, "ood/AUROC": 0.73895, "ood/FPR95": 0.7962},
+}
+TU_CRITERIA = {"msp": "MaxSoftmaxCriterion", "max_logit": "MaxLogitCriterion"}
 
 
-def resnet18():
+def get_config() -> dict:
+    return {
+        "model": "resnet20",
+        "n_test": 1000,
+        "ood": "shifts",
+        "criteria": ["msp", "max_logit"],
+        "batch_size": 512,
+        "smece": True,
+        "compare_tu": True,
+        "train": False,
+        "epochs": 1,
+        "train_images": 5000,
+        "lr": 1e-3,
+        "compute_dtype": "bfloat16",
+        "seed": 0,
+        "data_dir": None,
+    }
+
+
+SMALL = {"n_test": 100, "batch_size": 50, "smece": False, "train_images": 64, "epochs": 1}
+
+
+def _train(config, x_tr, y_tr):
+    """The tutorial's training run (``jaxuq.train.fit``): ``(module, variables, normalise01)``."""
     from jaxuq import models
+    from jaxuq.data.pipeline import CIFAR10_NORM
+    from jaxuq.data.registry import default_preprocess
+    from jaxuq.train import fit, torch_adam
 
-    return models.get("resnet", arch=18, style="cifar", num_classes=10, in_channels=3, conv_bias=False)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="data folder (default: $JAXUQ_DATA_DIR)")
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar10_heads"])
-    p.add_argument("--ood", default="svhn", choices=["svhn", "shifts"])
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=512, help="train and test batch (TU: both 512)")
-    p.add_argument("--fp32", action="store_true", help="fp32 compute instead of bf16")
-    p.add_argument("--train-subset", type=int, default=0, help="first k training images (0: all)")
-    p.add_argument("--test-subset", type=int, default=0, help="first k test images (0: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-smece", action="store_true", help="skip test/cal/SmECE (host float64, slowest)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", default=None, help="write the tables, config and timings here")
-    return p
-
-
-def _check_args(p: argparse.ArgumentParser, args) -> None:
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("train_subset", "test_subset"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    module = models.get("resnet", arch=18, style="cifar", num_classes=10, in_channels=3, conv_bias=False)
+    res = fit(
+        module,
+        (x_tr, y_tr),
+        optimizer=torch_adam(config["lr"]),
+        epochs=config["epochs"],
+        batch_size=min(config["batch_size"], len(x_tr)),
+        preprocess=default_preprocess("cifar10"),
+        seed=config["seed"],
+        compute_dtype=jnp.dtype(config["compute_dtype"]),
+        quiet=True,
+    )
+    mean, std = (np.array(v, np.float32) for v in CIFAR10_NORM)
+    return module, res.state.variables(), lambda x: (np.asarray(x, np.float32) - mean) / std
 
 
-def run(args) -> dict:
+def _data(config):
+    """``(id images [N, 32, 32, 3] in [0, 1], labels [N], {ood name: images in [0, 1]})``."""
+    from jaxuq.data import svhn_ood
+
+    n = config["n_test"]
+    if not 10 <= n <= 1000:
+        raise ValueError(f"n_test must be in [10, 1000]; got {n}")
+    _, te = _common.load_cifar_heads(config["data_dir"])
+    x = te["images"][:n].astype(np.float32) / 255.0
+    if config["ood"] == "svhn":
+        oods = {"SVHN": svhn_ood(config["data_dir"])[0].astype(np.float32) / 255.0}
+    elif config["ood"] == "shifts":
+        oods = {k: np.asarray(v) for k, v in _shifts(config["seed"], x).items()}
+    else:
+        raise ValueError(f"ood must be 'shifts' or 'svhn'; got {config['ood']!r}")
+    return x, te["labels"][:n], oods
+
+
+def _shifts(seed, x):
+    from jaxuq.data import synthetic_shifts
+
+    return synthetic_shifts(jax.random.key(seed), jnp.asarray(x))
+
+
+def _jaxuq_tables(module, variables, norm, x, y, oods, config) -> tuple[dict, dict, tuple]:
+    """jaxuq's table per ``criterion/ood set`` (``jaxuq.evaluate.classification_table``), the
+    scores ``{criterion: (id [N], {ood set: [N_ood]})}`` (higher = more OOD) and the logits
+    ``(id [N, 10], {ood set: [N_ood, 10]})``."""
     from jaxuq.evaluate import classification_table
     from jaxuq.metrics import count_flops, count_params
     from jaxuq.ood.criteria import max_logit, msp
-    from jaxuq.report import print_table
 
-    t_start = time.perf_counter()
-    x_te, y_te = load_dataset(args.dataset, "test", args.data_dir)
-    x_ood = None
-    if args.ood == "svhn":
-        x_ood, _ = svhn_ood(args.data_dir)  # FileNotFoundError naming the file when absent
-    x_tr, y_tr = load_dataset(args.dataset, "train", args.data_dir)
-    if args.train_subset:
-        x_tr, y_tr = x_tr[: args.train_subset], y_tr[: args.train_subset]
-    if args.test_subset:
-        x_te, y_te = x_te[: args.test_subset], y_te[: args.test_subset]
-    pre = default_preprocess(args.dataset)
-    dtype = jnp.float32 if args.fp32 else jnp.bfloat16
-    model = resnet18()
-
-    t0 = time.perf_counter()
-    res = fit(
-        model,
-        (x_tr, y_tr),
-        optimizer=torch_adam(1e-3),
-        epochs=args.epochs,
-        batch_size=min(args.batch_size, len(x_tr)),
-        preprocess=pre,
-        seed=args.seed,
-        compute_dtype=dtype,
-        quiet=args.quiet,
-    )
-    train_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    cache: dict = {}  # one compiled eval step for the ID and every OOD set
-    test_bs = min(args.batch_size, len(x_te))
-    logits = predict(res.state, x_te, pre, test_bs, dtype, _cache=cache)
-    if x_ood is not None:
-        scenarios = {"SVHN": predict(res.state, x_ood, pre, test_bs, dtype, _cache=cache)}
-    else:
-        shifted = synthetic_shifts(jax.random.key(args.seed), jnp.asarray(x_te, jnp.float32) / 255.0)
-        scenarios = {
-            k: predict(
-                res.state, np.asarray(jnp.round(v * 255)).astype(np.uint8), pre, test_bs, dtype, _cache=cache
-            )
-            for k, v in shifted.items()
-        }
-    predict_s = time.perf_counter() - t0
-
-    # TU: params of the model, FLOPs of one forward of the first test batch (2 x MAC, conv/matmul)
-    variables = res.state.variables()
-    flops = count_flops(
-        lambda x: model.apply(variables, x, train=False),
-        jax.ShapeDtypeStruct((test_bs,) + x_te.shape[1:], jnp.float32),
-    )
-    params = count_params(res.state.params)
-
-    t0 = time.perf_counter()
-    tables: dict[str, dict] = {}
-    n = len(y_te)
-    for crit_name, crit in (("msp", msp), ("max_logit", max_logit)):
-        for ood_name, ood_logits in scenarios.items():
-            scores = jnp.concatenate([crit(jnp.asarray(logits)), crit(jnp.asarray(ood_logits))])
-            table = classification_table(
-                logits=logits,
-                labels=y_te,
-                ood_scores=scores,
-                ood_probs=jax.nn.softmax(jnp.asarray(ood_logits), -1),
-                flops=flops,
-                params=params,
-                smece=not args.no_smece,
-            )
-            acc = table["test/cls/Acc"]
-            print(f"\n== criterion {crit_name}, OOD set {ood_name} ==")
-            print(
-                f"trained on {len(x_tr)} images, {args.epochs} epoch(s), {jnp.dtype(dtype).name} compute; "
-                f"test on {n} ID images: Acc {acc:.2%} +- {math.sqrt(acc * (1 - acc) / n):.2%} (std. error)"
-            )
-            print_table(table)
-            tables[f"{crit_name}/{ood_name}"] = {k: float(v) for k, v in table.items()}
-    metrics_s = time.perf_counter() - t0
-
-    out = {
-        "config": {
-            "dataset": args.dataset,
-            "ood": args.ood,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "compute_dtype": jnp.dtype(dtype).name,
-            "seed": args.seed,
-            "n_train": len(x_tr),
-            "n_test": n,
-            "n_ood": {k: len(v) for k, v in scenarios.items()},
-        },
-        "history": res.history,
-        "timings_s": {
-            "train": train_s,
-            "predict": predict_s,
-            "metrics": metrics_s,
-            "total": time.perf_counter() - t_start,
-        },
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]),
-            "jax": jax.__version__,
-        },
-        "tables": tables,
+    bs = config["batch_size"]
+    z = _common.logits_of(module, variables, x, bs, pre=norm)
+    z_oods = {k: _common.logits_of(module, variables, v, bs, pre=norm) for k, v in oods.items()}
+    cplx = {
+        "flops": count_flops(lambda t: module.apply(variables, t), norm(x[:bs])),
+        "params": count_params(variables["params"]),
     }
-    print(
-        f"\ntimings: train {train_s:.1f} s ({res.history[-1]['images_per_s']:.0f} img/s last epoch), "
-        f"predict {predict_s:.1f} s, metrics {metrics_s:.1f} s, total {out['timings_s']['total']:.1f} s"
+    fns = {"msp": msp, "max_logit": max_logit}
+    scores = {
+        c: (np.asarray(fns[c](z)), {o: np.asarray(fns[c](zo)) for o, zo in z_oods.items()})
+        for c in config["criteria"]
+    }
+    tables = {
+        f"{c}/{o}": classification_table(
+            logits=z,
+            labels=y,
+            ood_scores=np.concatenate([scores[c][0], scores[c][1][o]]),
+            ood_probs=jax.nn.softmax(jnp.asarray(zo), -1),
+            smece=config["smece"],
+            **cplx,
+        )
+        for c in config["criteria"]
+        for o, zo in z_oods.items()
+    }
+    return tables, scores, (z, z_oods)
+
+
+def _plot(scores, path):
+    """scio-style histograms + ROC curves of the criteria (confidence = -score)."""
+    from jaxuq.report.plots import summary_plot
+
+    names = list(scores)
+    oods = list(next(iter(scores.values()))[1])
+    summary_plot(
+        [-scores[c][0] for c in names], [[-scores[c][1][o] for c in names] for o in oods], names, oods, path
     )
-    if args.json:
-        write_json_atomic(args.json, out, indent=2)
+
+
+def _mixed_ties(values, labels) -> bool:
+    """Whether some group of equal ``values`` holds both labels: there TU's value depends on the
+    tie order (unstable sort) and ours does not."""
+    v, lab = np.asarray(values), np.asarray(labels)
+    order = np.argsort(v, kind="stable")
+    v, lab = v[order], lab[order]
+    starts = np.r_[True, v[1:] != v[:-1]]
+    group = np.cumsum(starts) - 1
+    lo, hi = np.full(group[-1] + 1, 2), np.full(group[-1] + 1, -1)
+    np.minimum.at(lo, group, lab)
+    np.maximum.at(hi, group, lab)
+    return bool((lo != hi).any())
+
+
+def _tie_affected(scores, z, y) -> set[str]:
+    """Comparison rows whose TU value depends on tie order (README, deviations from TU): the
+    ``ood/{AUROC, AUPR, SCOD_*}`` of a criterion/OOD set whose scores, after TU's float32 per-batch
+    sigmoid, tie across ID and OOD; ``test/sc/*`` when equal ID confidences mix right and wrong."""
+    out = set()
+    for c, (s_id, s_oods) in scores.items():
+        for o, s_ood in s_oods.items():
+            s = np.concatenate([s_id, s_ood]).astype(np.float32)
+            is_ood = np.r_[np.zeros(len(s_id), int), np.ones(len(s_ood), int)]
+            sig = (1 / (1 + np.exp(-s))).astype(np.float32)
+            if _mixed_ties(sig, is_ood) or _mixed_ties(s, is_ood):
+                out |= {
+                    f"{c}/{o}: ood/{k}"
+                    for k in ("AUROC", "AUPR", "SCOD_AUGRC", "SCOD_AURC", "SCOD_Cov_5Risk", "SCOD_Risk_80Cov")
+                }
+    p = np.asarray(jax.nn.softmax(jnp.asarray(z), -1))
+    if _mixed_ties(p.max(-1), p.argmax(-1) != y):
+        out |= {f"test/sc/{k}" for k in ("AUGRC", "AURC", "Cov_5Risk", "Risk_80Cov")}
     return out
 
 
-def main(argv=None) -> int:
-    """CLI: 0 on success; 2 (message on stderr, no JSON written) for missing/corrupt data files."""
-    p = _parser()
-    args = p.parse_args(argv)
-    _check_args(p, args)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def _rows(jx: dict, tu: dict | None, tied: set[str]) -> list[dict]:
+    """Comparison rows: the ID keys (``test/*``, the same for every criterion and OOD set) once,
+    then the ``ood/*`` keys per criterion and OOD set; ``tie_affected`` marks the rows of ``tied``."""
+    first = next(iter(jx))
+    rows = _common.table_rows(
+        None if tu is None else tu[first],
+        {k: v for k, v in jx[first].items() if not k.startswith("ood/")},
+        PUBLISHED["msp"],
+    )
+    for name, t in jx.items():
+        rows += _common.table_rows(
+            None if tu is None else tu[name],
+            {k: v for k, v in t.items() if k.startswith("ood/")},
+            PUBLISHED[name.split("/")[0]],
+            prefix=f"{name}: ",
+        )
+    return [{**r, "tie_affected": r["metric"] in tied} for r in rows]
+
+
+def _tu_tables(config, model, x, y, oods: dict) -> dict:
+    """TU's ``ClassificationRoutine(eval_ood=True)`` of torch ``model`` per ``criterion/ood set`` on
+    inputs ``x`` / ``oods`` (NCHW images, or logits with ``nn.Identity``); the criterion is switched
+    on the same routine, as the tutorial does."""
+    import torch
+    from torch_uncertainty import ood_criteria
+    from torch_uncertainty.routines.classification import ClassificationRoutine
+
+    routine = ClassificationRoutine(
+        model=model, num_classes=10, loss=torch.nn.CrossEntropyLoss(), eval_ood=True
+    )
+    out = {}
+    for c in config["criteria"]:
+        routine.ood_criterion = getattr(ood_criteria, TU_CRITERIA[c])()
+        for o, xo in oods.items():
+            tu = _common.tu_test(routine, (x, y), xo, batch_size=config["batch_size"])
+            if not config["smece"]:
+                tu.pop("test/cal/SmECE", None)
+            out[f"{c}/{o}"] = tu
+    return out
+
+
+def _tu_side(config, norm, x, y, oods, logits) -> tuple[dict, dict]:
+    """TU end to end (the torch twin on the same images) and TU on jaxuq's own logits
+    (``nn.Identity`` as the model: the metrics alone, on identical inputs)."""
+    import torch
+
+    def nchw(a):
+        return np.ascontiguousarray(norm(a).transpose(0, 3, 1, 2))
+
+    model = _common.torch_model_of(config["model"], config["data_dir"])
+    tu = _tu_tables(config, model, nchw(x), y, {o: nchw(v) for o, v in oods.items()})
+    same = _tu_tables(config, torch.nn.Identity(), logits[0], y, logits[1])
+    return tu, same
+
+
+def _saturated(logits) -> dict:
+    """How many float32 max-softmax values are exactly 1 (ties MSP cannot order) per set."""
+    z, z_oods = logits
+    return {
+        name: int((np.asarray(jax.nn.softmax(jnp.asarray(v), -1)).max(-1) == 1.0).sum())
+        for name, v in {"ID": z, **z_oods}.items()
+    }
+
+
+def _max_diff(rows):
+    return max((r["abs_diff"] for r in rows if r["abs_diff"] is not None), default=None)
+
+
+def run(config: dict, out_dir) -> tuple[dict, str]:
+    bad = set(config["criteria"]) - set(TU_CRITERIA)
+    if bad:
+        raise ValueError(f"unknown criteria {sorted(bad)}; valid: {list(TU_CRITERIA)}")
+    x, y, oods = _data(config)
+    substituted = [
+        f"{len(x)} real CIFAR-10 test images for the 10,000",
+        f"OOD: {', '.join(oods)} for SVHN" if config["ood"] == "shifts" else "OOD: SVHN",
+    ]
+    t0 = time.perf_counter()
+    if config["train"]:
+        tr, _ = _common.load_cifar_heads(config["data_dir"])
+        k = min(config["train_images"], len(tr["labels"]))
+        module, variables, norm = _train(config, tr["images"][:k], tr["labels"][:k])
+        substituted.append(
+            f"ResNet-18 trained here ({config['epochs']} epoch(s), {k} real training images) "
+            "for the hub ResNet-18; TU not run on it"
+        )
+    else:
+        module, variables = _common.load_model(
+            config["model"], _common.checkpoint_of(config["model"]), config["data_dir"]
+        )
+        norm = _common.normalize
+        substituted.append(f"{config['model']} checkpoint (converted) for TU's hub ResNet-18")
+    jx, scores, logits = _jaxuq_tables(module, variables, norm, x, y, oods, config)
+    _plot(scores, out_dir / "ood_scores.png")
+    t_jx = time.perf_counter() - t0
+    tu = same = t_tu = None
+    if config["compare_tu"] and not config["train"]:
+        t0 = time.perf_counter()
+        tu, same = _tu_side(config, norm, x, y, oods, logits)
+        t_tu = time.perf_counter() - t0
+    tied = _tie_affected(scores, logits[0], y)
+    rows = _rows(jx, tu, tied)
+    same_rows = [r for r in _rows(jx, same, tied) if "/cplx/" not in r["metric"]] if same else []
+    sat = _saturated(logits)
+    texts = [_common.tables_text(f"jaxuq, criterion/OOD set {name}", t) for name, t in jx.items()]
+    table = "".join(texts) + render_text(
+        comparison_table(rows, "OOD detection: published | TU 0.13.0 | jaxuq")
+    )
+    if same:
+        table += (
+            f"TU on jaxuq's own logits (metrics alone): max |Δ| {_max_diff(same_rows):.1e} over "
+            f"{len(same_rows)} keys. Max-softmax exactly 1.0 in float32 (MSP ties): {sat}\n"
+            f"Tie-affected rows (TU's value depends on its tie order: per-batch float32 sigmoid, unstable "
+            f"sort; see README deviations): {sorted(tied) or 'none'}; max |Δ| elsewhere "
+            f"{_max_diff([r for r in rows if not r['tie_affected']]):.1e}\n"
+        )
+    results = {
+        "substituted": substituted,
+        "n_test": len(y),
+        "ood_sets": list(oods),
+        "tables": {"jaxuq": jx, "tu": tu, "tu_on_jaxuq_logits": same},
+        "comparison": rows,
+        "comparison_same_logits": same_rows,
+        "max_abs_diff": _max_diff(rows),
+        "max_abs_diff_same_logits": _max_diff(same_rows),
+        "msp_saturated": sat,
+        "tie_affected": sorted(tied),
+        "max_abs_diff_tie_free": _max_diff([r for r in rows if not r["tie_affected"]]),
+        "seconds": {"jaxuq": t_jx, "tu": t_tu},
+    }
+    return results, table
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(launch_module(__name__))
