@@ -1,7 +1,9 @@
-"""jaxuq.train: TrainState, jitted steps, torch-equivalent optimisers, orbax checkpoints, data parallel."""
+"""jaxuq.train: the one training engine (``fit``), TrainState and steps, torch-equivalent optimisers,
+orbax checkpoints, data- and member-parallel sharding."""
 
 from jaxuq.train.checkpoint import Checkpointer, check_writable
-from jaxuq.train.loop import FitResult, evaluate, fit, predict, train_and_evaluate
+from jaxuq.train.config import TrainConfig
+from jaxuq.train.loop import Callback, FitResult, fit, train_and_evaluate, train_chunk
 from jaxuq.train.optim import RECIPES, cosine_lr, multistep_lr, recipe, torch_adam, torch_adamw, torch_sgd
 from jaxuq.train.sharding import (
     batch_sharding,
@@ -14,28 +16,37 @@ from jaxuq.train.sharding import (
     replicated,
     to_host,
 )
-from jaxuq.train.state import TrainState, create_train_state, cross_entropy, make_eval_step, make_train_step
+from jaxuq.train.state import (
+    RepeatTarget,
+    StepSettings,
+    TrainState,
+    create_train_state,
+    cross_entropy,
+    eval_step,
+    train_step,
+)
 
 __all__ = [
+    "Callback",
     "Checkpointer",
     "FitResult",
     "RECIPES",
+    "RepeatTarget",
+    "StepSettings",
+    "TrainConfig",
     "TrainState",
     "batch_sharding",
     "check_writable",
     "cosine_lr",
     "create_train_state",
     "cross_entropy",
-    "evaluate",
+    "eval_step",
     "fit",
     "global_batch",
     "initialize_distributed",
     "is_multiprocess",
-    "make_eval_step",
     "make_mesh",
-    "make_train_step",
     "multistep_lr",
-    "predict",
     "process_batch_slice",
     "recipe",
     "replicate",
@@ -45,4 +56,6 @@ __all__ = [
     "torch_sgd",
     "to_host",
     "train_and_evaluate",
+    "train_chunk",
+    "train_step",
 ]

@@ -5,13 +5,15 @@ What is saved: ``step``, ``params``, ``batch_stats``, ``opt_state`` and the raw 
 metadata (epoch, position in the epoch, config). Data order needs nothing more: the order of epoch
 ``e`` is ``permutation(fold_in(data_key, e))`` and the step's key is ``fold_in(key, step)``.
 orbax writes into a temporary folder and renames it when complete, so a process killed during a
-save leaves the previous checkpoint as the latest valid one.
+save leaves the previous checkpoint as the latest valid one; a checkpoint damaged afterwards (a
+truncated file) is skipped on restore with a warning, and the newest intact one is used.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import jax
@@ -44,38 +46,54 @@ def _to_saveable(state) -> dict:
     }
 
 
+def _leaf_sig(a) -> tuple:
+    return tuple(a.shape), np.dtype(a.dtype)
+
+
 def _check_like(template, restored, where: str) -> None:
-    """Raise ValueError naming every leaf whose path, shape or dtype differs from the template."""
+    """Raise ValueError naming every leaf whose path, shape or dtype differs from the template
+    (leaves: arrays, ``jax.ShapeDtypeStruct`` or orbax ``ArrayMetadata``)."""
     t_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(template)[0]}
     r_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
     problems = [f"missing {k}" for k in t_flat if k not in r_flat]
     problems += [f"unexpected {k}" for k in r_flat if k not in t_flat]
     for k in t_flat.keys() & r_flat.keys():
-        a, b = t_flat[k], r_flat[k]
-        if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
-            problems.append(
-                f"{k}: expected {np.asarray(a).dtype}{list(np.shape(a))}, "
-                f"found {np.asarray(b).dtype}{list(np.shape(b))}"
-            )
+        (ts, td), (rs, rd) = _leaf_sig(t_flat[k]), _leaf_sig(r_flat[k])
+        if ts != rs or td != rd:
+            problems.append(f"{k}: expected {td}{list(ts)}, found {rd}{list(rs)}")
     if problems:
         raise ValueError(f"{where} does not match this model/optimizer: " + "; ".join(sorted(problems)[:10]))
 
 
-class Checkpointer:
-    """Thin wrapper over ``orbax.checkpoint.CheckpointManager`` (synchronous saves)."""
+def _abstract(tree):
+    """Arrays -> ``jax.ShapeDtypeStruct`` with their shardings (orbax restores straight into them)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
-    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+
+class Checkpointer:
+    """Thin wrapper over ``orbax.checkpoint.CheckpointManager``.
+
+    Saves are asynchronous where an accelerator is present (orbax copies the arrays to host before
+    ``save`` returns, then writes in a thread) and synchronous on CPU, where there is nothing to overlap
+    and a SIGKILL right after ``save`` must find the checkpoint on disk. ``close`` waits for the writes.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2, async_save: bool | None = None):
         self.directory = check_writable(directory)
+        self.async_save = jax.default_backend() != "cpu" if async_save is None else async_save
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=self.async_save
+            ),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state, metadata: dict | None = None, force: bool = True) -> None:
-        step = int(jax.device_get(state.step))
+    def save(self, state, metadata: dict | None = None) -> None:
+        """Save ``state`` under its step (the first member's for a stacked ensemble)."""
+        step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
         if step in self.manager.all_steps():
             return
         try:
@@ -84,41 +102,64 @@ class Checkpointer:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(_to_saveable(state)), meta=ocp.args.JsonSave(metadata or {})
                 ),
-                force=force,
+                force=True,
             )
-            self.manager.wait_until_finished()
+            if not self.async_save:
+                self.manager.wait_until_finished()
         except OSError as e:
             raise PermissionError(f"could not write checkpoint {step} under {self.directory}: {e}") from e
 
-    def restore(self, state, step: int | None = None):
-        """Restore into the structure of ``state`` (a freshly created TrainState). Returns
-        ``(state, metadata)``; ``(state, None)`` when there is no checkpoint."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return state, None
-        target = jax.tree.map(
-            lambda a: np.zeros(a.shape, a.dtype) if hasattr(a, "shape") else a, _to_saveable(state)
-        )
+    def _restore_step(self, step: int, target):
+        where = f"checkpoint {step} under {self.directory}"
+        try:
+            md = self.manager.item_metadata(step)["state"]
+            stored = getattr(md, "tree", md)
+        except Exception as e:  # noqa: BLE001 - unreadable metadata: a corrupt step
+            raise _Corrupt(f"{where}: unreadable metadata ({type(e).__name__}: {e})") from e
+        if stored is None:
+            raise _Corrupt(f"{where}: no state metadata")
+        _check_like(target, stored, where)  # a different model: a clear error, no fallback
         try:
             out = self.manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
             )
-        except Exception as e:
-            raise ValueError(
-                f"checkpoint {step} under {self.directory} does not match this model/optimizer: {e}"
-            ) from e
-        s = out["state"]
-        _check_like(target, s, f"checkpoint {step} under {self.directory}")
-        key_impl = jax.random.key_impl(state.key)
-        restored = state.replace(
-            step=jax.numpy.asarray(s["step"]),
-            params=s["params"],
-            batch_stats=s["batch_stats"],
-            opt_state=s["opt_state"],
-            key=jax.random.wrap_key_data(s["key"], impl=key_impl),
-        )
-        return restored, dict(out["meta"] or {})
+        except Exception as e:  # noqa: BLE001 - metadata fine but data unreadable: corrupt
+            raise _Corrupt(f"{where}: unreadable data ({type(e).__name__}: {str(e)[:300]})") from e
+        _check_like(target, out["state"], where)
+        return out
+
+    def restore(self, state, step: int | None = None):
+        """Restore into the structure and shardings of ``state`` (a freshly created TrainState).
+
+        Returns ``(state, metadata)``; ``(state, None)`` when there is no checkpoint. Without ``step``
+        the newest intact checkpoint is used: a corrupt newer one is skipped with a warning naming it.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+        target = _abstract(_to_saveable(state))
+        for i, s in enumerate(steps):
+            try:
+                out = self._restore_step(s, target)
+            except _Corrupt as e:
+                if i + 1 == len(steps):
+                    raise ValueError(f"{e}; no intact checkpoint left under {self.directory}") from e
+                warnings.warn(f"{e}; resuming from the previous step {steps[i + 1]} instead", stacklevel=2)
+                continue
+            r = out["state"]
+            restored = state.replace(
+                step=r["step"],
+                params=r["params"],
+                batch_stats=r["batch_stats"],
+                opt_state=r["opt_state"],
+                key=jax.random.wrap_key_data(r["key"], impl=jax.random.key_impl(state.key)),
+            )
+            return restored, dict(out["meta"] or {})
+        return state, None
 
     def close(self):
+        self.manager.wait_until_finished()
         self.manager.close()
+
+
+class _Corrupt(Exception):
+    pass
