@@ -63,16 +63,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments import _tu_mnist
+from experiments._launch import compare_row, render_text
 from jaxuq import ensembles as E
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist
 from jaxuq.evaluate import classification_table
 from jaxuq.models.lenet import lenet
 from jaxuq.models.packed_lenet import packed_lenet
-from jaxuq.nn.packed import repeat_target, split_members
-from jaxuq.train import torch_sgd
+from jaxuq.nn.packed import split_members
+from jaxuq.train import RepeatTarget, TrainConfig, fit, torch_sgd
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_NAMES = {"single": "LeNet", "de": "Deep Ensemble", "packed": "Packed-Ensemble"}
@@ -151,48 +151,48 @@ def load_data(config: dict) -> dict:
 # ----------------------------------------------------------------------------- jaxuq side
 
 
-def _spec(name: str, config: dict):
-    """``(module, num_members, lr, loss_fn, tu_gradient_scaling, member_split)`` of model ``name``."""
-    torch_init = config["init"] == "torch"
+def train_config(name: str, config: dict, seed: int) -> TrainConfig:
+    """The engine settings of model ``name`` (TU's routine for it, see the module docstring)."""
     if config["init"] not in ("torch", "flax"):
         raise ValueError(f"init must be 'torch' or 'flax', got {config['init']!r}")
-    lr = config["lr"]
+    base = TrainConfig(
+        epochs=config["epochs"], batch_size=config["batch_size"], seed=seed,
+        optimizer=torch_sgd(config["lr"]),
+        preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), eval_batch_size=config["eval_batch_size"],
+        members=config["members"], quiet=False,
+    )
     if name == "single":
-        return lenet(1, 10, torch_init=torch_init), 1, lr, None, False, None
-    if name == "de":
+        return base
+    if name == "de":  # deep_ensembles + RepeatTarget(M): one shared order, CE over (m b) rows, LR x M
         m = config["de_members"]
-        return lenet(1, 10, torch_init=torch_init), m, lr * m, None, True, None
-    if name == "packed":
+        return base.replace(num_members=m, member_shuffle=False, tu_gradient_scaling=True,
+                            optimizer=torch_sgd(config["lr"] * m))
+    if name == "packed":  # one model whose output is [(M B), C]: CE on RepeatTarget(M), LR x M
         m = config["packed_members"]
-        module = packed_lenet(1, 10, num_estimators=m, alpha=config["alpha"], gamma=config["gamma"])
-
-        def loss(logits, y):  # TU: CE over the (m b) rows against RepeatTarget(M)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, repeat_target(y, m)).mean()
-
-        return module, 1, lr * m, loss, False, m
+        return base.replace(format_batch=RepeatTarget(m), optimizer=torch_sgd(config["lr"] * m))
     raise ValueError(f"unknown model {name!r}; known: {sorted(MODEL_NAMES)}")
 
 
+def make_model(name: str, config: dict):
+    """The Flax module of model ``name`` (for ``de``: one member)."""
+    if name == "packed":
+        return packed_lenet(1, 10, num_estimators=config["packed_members"], alpha=config["alpha"],
+                            gamma=config["gamma"])  # torch-default initialisation (jaxuq.nn.packed)
+    return lenet(1, 10, torch_init=config["init"] == "torch")
+
+
 def train_jaxuq(name: str, config: dict, data: dict, seed: int):
-    """Train model ``name`` -> ``(module, params [M, ...], member_split, seconds)``."""
-    module, m, lr, loss_fn, tu_scaling, split = _spec(name, config)
-    tx = torch_sgd(lr)
-    key = jax.random.key(seed)
-    k_init, k_data = jax.random.split(key)
-    state = E.init_train_state(module, tx, k_init, m, jnp.zeros((1, 28, 28, 1)))
-    step = E.make_train_step(module, tx, members=config["members"], tu_gradient_scaling=tu_scaling,
-                             loss_fn=loss_fn)
-    pre = Preprocess(*MNIST_NORM, crop=28, padding=4)
-    augment = jax.jit(pre.train)
-    x, y = (jax.device_put(a) for a in data["train"])
+    """Train model ``name`` with ``jaxuq.train.fit`` -> ``(module, params [M, ...], member_split, seconds)``
+    (``member_split``: the packed M, else None; a single model gets a member axis of 1)."""
+    module = make_model(name, config)
+    cfg = train_config(name, config, seed)
     t0 = time.perf_counter()
-    for epoch in range(config["epochs"]):
-        ke = jax.random.fold_in(k_data, epoch)
-        order = jax.random.permutation(ke, x.shape[0])
-        state, loss = E.train_epoch(lambda s, xb, yb, r: step(s, augment(r, xb), yb), state, x, y,
-                                    batch_size=config["batch_size"], order=order, rng=ke)
-    jax.block_until_ready(state.params)
-    return module, state.params, split, time.perf_counter() - t0
+    state = fit(module, data["train"], cfg).state
+    params = jax.block_until_ready(state.params)
+    seconds = time.perf_counter() - t0
+    if cfg.num_members is None:
+        params = jax.tree.map(lambda a: a[None], params)
+    return module, params, config["packed_members"] if name == "packed" else None, seconds
 
 
 def member_logits(module, params, split, images, batch_size: int) -> np.ndarray:
@@ -275,12 +275,11 @@ def comparison_rows(jx: dict, tu: dict | None) -> list[dict]:
         for short, key in KEYS.items():
             j = summ[key]
             t = (tu or {}).get(model, {}).get(key)
-            row = {"metric": f"{model}/{short}", "published": PUBLISHED.get(model, {}).get(short),
-                   "tu": t["mean"] if t else None, "tu_sd": t["sd"] if t else None,
-                   "jaxuq": j["mean"], "jaxuq_sd": j["sd"], "abs_diff": None, "pooled_sd": None,
-                   "within_2_pooled_sd": None}
+            row = compare_row(f"{model}/{short}", j["mean"], t["mean"] if t else None,
+                              PUBLISHED.get(model, {}).get(short))
+            row |= {"tu_sd": t["sd"] if t else None, "jaxuq_sd": j["sd"], "pooled_sd": None,
+                    "within_2_pooled_sd": None}
             if t:
-                row["abs_diff"] = abs(j["mean"] - t["mean"])
                 row["pooled_sd"] = math.sqrt((j["sd"] ** 2 + t["sd"] ** 2) / 2)
                 row["within_2_pooled_sd"] = bool(row["abs_diff"] <= 2 * row["pooled_sd"])
             rows.append(row)
@@ -315,18 +314,16 @@ def _pm(mean, sd, short: str) -> str:
 
 def render(jx_runs: dict, rows: list[dict], hub: dict | None, reference: str) -> str:
     """TU-style tables of the first seed of every jaxuq model, the hub ensemble's, and the comparison."""
-    from rich.console import Console
     from rich.table import Table
 
-    from jaxuq.report import print_table
+    from jaxuq.report.table import build_tables
 
-    con = Console(record=True, width=120)
+    parts = []
     for model, runs in jx_runs.items():
-        con.print(f"\n[bold]{MODEL_NAMES[model]}[/bold] (jaxuq, seed {runs[0]['seed']})")
-        print_table(runs[0]["table"], con)
+        parts += [f"\n[bold]{MODEL_NAMES[model]}[/bold] (jaxuq, seed {runs[0]['seed']})",
+                  *build_tables(runs[0]["table"])]
     if hub and "jaxuq" in hub:
-        con.print("\n[bold]8 hub LeNets as one ensemble[/bold] (jaxuq)")
-        print_table(hub["jaxuq"], con)
+        parts += ["\n[bold]8 hub LeNets as one ensemble[/bold] (jaxuq)", *build_tables(hub["jaxuq"])]
     t = Table(title=f"jaxuq vs {reference} (mean ± sd over seeds)")
     for c in ("metric", "published", "TU 0.13.0", "jaxuq", "|diff|", "≤ 2 pooled sd"):
         t.add_column(c, justify="left" if c == "metric" else "right")
@@ -335,11 +332,13 @@ def render(jx_runs: dict, rows: list[dict], hub: dict | None, reference: str) ->
         ok = {None: "-", True: "yes", False: "NO"}[r["within_2_pooled_sd"]]
         t.add_row(r["metric"], _fmt(r["published"], short), _pm(r["tu"], r["tu_sd"], short),
                   _pm(r["jaxuq"], r["jaxuq_sd"], short), _fmt(r["abs_diff"], short), ok)
-    con.print(t)
+    parts.append(t)
     if hub and "max_abs_diff" in hub:
-        con.print(f"hub ensemble: jaxuq vs TU routine, max |diff| over {len(hub['diff'])} keys = "
-                  f"{hub['max_abs_diff']:.2e} ({hub['worst_key']})")
-    return con.export_text()
+        parts.append(f"hub ensemble: jaxuq vs TU routine, max |diff| over {len(hub['diff'])} keys = "
+                     f"{hub['max_abs_diff']:.2e} ({hub['worst_key']})")
+    elif hub and "skipped" in hub:
+        parts.append(f"hub ensemble skipped: {hub['skipped']}")
+    return render_text(*parts)
 
 
 def plots(jx_runs: dict, labels, out_dir: Path) -> list[str]:

@@ -50,7 +50,7 @@ def test_lenet_torch_init_same_bounds_as_torch():
     torch.manual_seed(0)
     sd = tu_lenet(in_channels=1, num_classes=10).state_dict()
     for layer, fan_in in FAN_IN.items():
-        for leaf, tkey in (("kernel", "weight"), ("bias", "bias")):
+        for tkey in ("weight", "bias"):
             t = sd[f"{layer}.{tkey}"].numpy()
             _check_uniform(t, 1 / math.sqrt(fan_in), f"torch {layer}.{tkey}")  # the law we copy
 
