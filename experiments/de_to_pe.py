@@ -27,7 +27,7 @@ TU's routine on the same 8 checkpoints (max |diff| over every key).
 TU side (``compare_tu``): ``TUTrainer`` + ``ClassificationRoutine`` + TU's ``MNISTDataModule`` on a
 temporary decompressed copy of ``MNIST``/``FashionMNIST`` (torchvision layout), CPU, TU's ``lenet`` /
 ``deep_ensembles`` / ``packed_lenet`` (the tutorial's ``LeNet``/``PackedLeNet`` graphs). Without
-``compare_tu`` the reference column is the TU run committed in ``experiments/results/de_to_pe*.json``
+``compare_tu`` the reference column is the TU run committed in ``experiments/results/*.json``
 whose recipe equals this config's, if any.
 
 Config keys (defaults = the tutorial):
@@ -287,11 +287,11 @@ def comparison_rows(jx: dict, tu: dict | None) -> list[dict]:
 
 
 def committed_tu(config: dict) -> tuple[dict | None, str | None]:
-    """The TU summary of a committed ``experiments/results/de_to_pe*.json`` with this config's recipe."""
+    """The TU summary of a committed ``experiments/results/*.json`` run with this config's recipe."""
     import json
 
     want = {k: config[k] for k in RECIPE_KEYS}
-    for path in sorted(RESULTS.glob("de_to_pe*.json")):
+    for path in sorted(RESULTS.glob("*.json")):
         res = json.loads(path.read_text())
         got = res.get("recipe", {})
         if {k: got.get(k) for k in RECIPE_KEYS} == want and res.get("tu"):
