@@ -5,7 +5,8 @@ Usage::
     jaxuq-convert archs
     jaxuq-convert inspect FILE
     jaxuq-convert convert FILE [FILE ...] [--arch NAME] [-k KEY=VALUE ...] -o OUT [--force] [--verify]
-    jaxuq-convert convert --hf-repo ORG/NAME --hf-file PATH [--revision REV] --arch NAME -o OUT
+    jaxuq-convert convert --hf-repo ORG/NAME --hf-file PATH [--hf-file PATH ...] [--revision REV] -o OUT
+    jaxuq-convert convert --hf-id WEIGHT_ID [--hf-version N] -o OUT     # TU's load_hf naming + config.yaml
 
 FILE: ``.pt/.pth/.th/.bin`` (torch state dict, read with ``weights_only=True``), Lightning ``.ckpt``,
 ``.safetensors`` or ``hf://ORG/NAME/path[@REV]``. Several FILEs -> one stacked ensemble (``[M, ...]``).
@@ -49,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--verify", action="store_true", help="compare logits with the torch model")
     pc.add_argument("--verify-tol", type=float, default=1e-4)
     pc.add_argument("--hf-repo", help="Hugging Face Hub repo id (or a local folder)")
-    pc.add_argument("--hf-file", help="file in --hf-repo")
+    pc.add_argument("--hf-file", action="append", default=[],
+                    help="file in --hf-repo; repeat it for a stacked ensemble (e.g. version_0.ckpt ...)")
+    pc.add_argument("--hf-id", help="torch-uncertainty hub model, as TU's load_hf(WEIGHT_ID): repo "
+                    "torch-uncertainty/WEIGHT_ID, WEIGHT_ID[_N].ckpt or WEIGHT_ID_N.safetensors, config.yaml")
+    pc.add_argument("--hf-version", type=int, default=0, help="version N for --hf-id (default 0)")
     pc.add_argument("--revision", help="Hub revision")
     return p
 
@@ -78,19 +83,34 @@ def _inspect(source: str) -> int:
     return 0
 
 
-def _convert(a) -> int:
-    from converters.core import ConvertError, convert  # noqa: PLC0415
+def _hub_sources(a) -> tuple[list[str], dict]:
+    """Local paths of the ``--hf-*`` sources and the model kwargs of ``--hf-id``'s config.yaml."""
+    from converters.core import ConvertError  # noqa: PLC0415
 
-    sources = list(a.sources)
+    if a.hf_id is not None:
+        if a.hf_repo or a.hf_file:
+            raise ConvertError("--hf-id names the repo and file itself; do not add --hf-repo/--hf-file")
+        from converters.hub import model_kwargs, tu_source  # noqa: PLC0415
+
+        path, _, cfg_kwargs = tu_source(a.hf_id, a.hf_version, a.revision)
+        return [str(path)], model_kwargs(path, a.arch, cfg_kwargs)[0]
     if a.hf_repo or a.hf_file:
         if not (a.hf_repo and a.hf_file):
             raise ConvertError("--hf-repo and --hf-file go together")
         from converters.io import resolve_hf  # noqa: PLC0415
 
-        sources.append(str(resolve_hf(a.hf_repo, a.hf_file, revision=a.revision)))
+        return [str(resolve_hf(a.hf_repo, f, revision=a.revision)) for f in a.hf_file], {}
+    return [], {}
+
+
+def _convert(a) -> int:
+    from converters.core import ConvertError, convert  # noqa: PLC0415
+
+    sources, kwargs = _hub_sources(a)
+    sources = list(a.sources) + sources
     if not sources:
-        raise ConvertError("no checkpoint given (FILE ... or --hf-repo/--hf-file)")
-    kwargs = dict(a.kwargs or {})
+        raise ConvertError("no checkpoint given (FILE ..., --hf-repo/--hf-file or --hf-id)")
+    kwargs.update(a.kwargs or {})
     kwargs.update(dict(a.kw))
     t0 = time.perf_counter()
     res = convert(sources, arch=a.arch, kwargs=kwargs or None, output=a.output, force=a.force,

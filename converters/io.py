@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointError", "read_state_dict", "resolve_hf", "resolve_source", "sha256_file", "unwrap"]
+__all__ = [
+    "CheckpointError", "HubEntryNotFoundError", "read_state_dict", "resolve_hf", "resolve_source",
+    "sha256_file", "unwrap",
+]
 
 _NEST_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -38,6 +41,10 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (missing, empty, truncated, not a checkpoint...)."""
+
+
+class HubEntryNotFoundError(CheckpointError):
+    """The Hub repo (or, offline, its cache) has no such file: the case TU's ``load_hf`` falls back on."""
 
 
 def sha256_file(path) -> str:
@@ -53,19 +60,28 @@ def resolve_hf(repo_id: str, filename: str, revision: str | None = None, cache_d
     if Path(repo_id).is_dir():
         p = Path(repo_id) / filename
         if not p.is_file():
-            raise CheckpointError(f"{p}: no such file in the local folder {repo_id}")
+            raise HubEntryNotFoundError(f"{p}: no such file in the local folder {repo_id}")
         return p
     try:
         from huggingface_hub import hf_hub_download  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover - dependency of the [torch] extra
         raise CheckpointError("reading from the Hugging Face Hub needs `pip install huggingface_hub`") from e
+    from huggingface_hub.errors import EntryNotFoundError  # noqa: PLC0415
+
+    # HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_CACHE are read now, not only when huggingface_hub was imported
+    env = os.environ
+    kw = {"endpoint": env["HF_ENDPOINT"].rstrip("/")} if env.get("HF_ENDPOINT") else {}
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
+        kw["local_files_only"] = True
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        return Path(hf_hub_download(repo_id, filename, revision=revision,
+                                    cache_dir=cache_dir or env.get("HF_HUB_CACHE") or None, **kw))
     except Exception as e:  # noqa: BLE001 - the hub raises many types (offline, 404, network)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
+        err = HubEntryNotFoundError if isinstance(e, EntryNotFoundError) else CheckpointError
+        raise err(
             f"hf://{repo_id}/{filename}: cannot get it from the Hugging Face Hub "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {type(e).__name__}: {msg}"
+            f"(HF_HUB_OFFLINE={env.get('HF_HUB_OFFLINE', '0')}): {type(e).__name__}: {msg}"
         ) from None
 
 

@@ -3,6 +3,8 @@
 - :class:`ResNetCifar` — He et al. CIFAR ResNet (akamaster/pytorch_resnet_cifar10 layout: option-A
   shortcut ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``); its state-dict keys
   are those of ``resnet20-12fca82f.th`` without ``module.``.
+- :class:`ChenyaofoResNet` — chenyaofo/pytorch-cifar-models' CIFAR ResNet (option-B ``downsample``
+  shortcut, ``fc`` head), the temperature-scaling tutorial's ``cifar100_resnet20``.
 - :class:`Tiniest` — scio's Tiniest (keys of ``tiniest.pt``), written from its ARCHITECTURE.md.
 - :func:`torch_model` — a torch module for any converter architecture name: TU 0.13.0's own ``lenet``,
   ``resnet``, ``packed_lenet``, ``packed_resnet``, or the two classes here.
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ResNetCifar", "Tiniest", "torch_model"]
+__all__ = ["ChenyaofoResNet", "ResNetCifar", "Tiniest", "torch_model"]
 
 
 class _CifarBlock(nn.Module):
@@ -36,6 +38,9 @@ class _CifarBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
+    block = _CifarBlock  # the residual block class
+    head = "linear"  # the name of the final Linear
+
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         n = (depth - 2) // 6
@@ -45,16 +50,50 @@ class ResNetCifar(nn.Module):
         for li, planes in enumerate((16, 32, 64)):
             blocks = []
             for bi in range(n):
-                blocks.append(_CifarBlock(in_planes, planes, 2 if (li > 0 and bi == 0) else 1))
+                blocks.append(self.block(in_planes, planes, 2 if (li > 0 and bi == 0) else 1))
                 in_planes = planes
             setattr(self, f"layer{li + 1}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(64, num_classes)
+        setattr(self, self.head, nn.Linear(64, num_classes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.avg_pool2d(out, out.size()[3])
-        return self.linear(out.view(out.size(0), -1))
+        return getattr(self, self.head)(out.view(out.size(0), -1))
+
+
+class _OptionBBlock(nn.Module):
+    """chenyaofo's BasicBlock: conv3x3(s)-bn-relu-conv3x3-bn, + ``downsample`` (1x1 conv(s) + BN)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ChenyaofoResNet(ResNetCifar):
+    """chenyaofo/pytorch-cifar-models ``CifarResNet`` with BasicBlocks (``cifar{10,100}_resnet{20..56}``):
+    conv1 3x3 16, bn1, relu, layer1..3 (16/32/64, stride 1/2/2), global average pool, ``fc``; the
+    option-B ``downsample`` shortcut. Same state-dict keys as chenyaofo's module (the pooling and ReLU
+    modules it holds have no state)."""
+
+    block = _OptionBBlock
+    head = "fc"
+
+    def __init__(self, depth: int = 20, num_classes: int = 10):
+        super().__init__(depth, num_classes, 3)
 
 
 class LayerNorm2d(nn.Module):

@@ -7,17 +7,11 @@ torch is imported inside the functions only: importing this module needs no torc
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import shutil
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
-import numpy as np
-
-from jaxuq._env import data_dir as _data_dir
+from experiments._common import torchvision_root
 
 SCHEDULER_NOTE = (
     "The tutorial's optim_recipe returns {'optimizer': SGD, 'scheduler': CosineAnnealingLR(T_max=10)}; "
@@ -34,25 +28,6 @@ SUBSTITUTED = [
     "no per-epoch validation on the test set (it does not change training)",
     "hub: a local stand-in of ENSTA-U2IS/tutorial-models trained by TU 0.13.0 here (see the data README)",
 ]
-HUB_REPO = "ENSTA-U2IS/tutorial-models"
-
-
-@contextlib.contextmanager
-def torchvision_root(data_dir=None, kinds=("MNIST", "FashionMNIST")):
-    """A temporary folder with ``<kind>/raw/*`` decompressed from the data folder (torchvision wants
-    the raw idx files); removed on exit."""
-    tmp = Path(tempfile.mkdtemp(prefix="jaxuq_tv_"))
-    try:
-        for kind in kinds:
-            src = Path(_data_dir(data_dir)) / kind / "raw"
-            raw = tmp / kind / "raw"
-            raw.mkdir(parents=True)
-            for f in src.glob("*.gz"):
-                with gzip.open(f, "rb") as fi, open(raw / f.name[:-3], "wb") as fo:
-                    shutil.copyfileobj(fi, fo)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _datamodule(root, config: dict, eval_ood: bool):
@@ -144,7 +119,8 @@ def run_tu(name: str, config: dict, seed: int, root, eval_ood: bool = True) -> d
 def run_tu_models(config: dict, seeds: list[int], eval_ood: bool = True) -> dict:
     """``{model: [run_tu(...) for seed]}`` for ``config["models"]``; progress printed per run."""
     out = {}
-    with torchvision_root(config["data_dir"]) as root:
+    root = torchvision_root(config["data_dir"])
+    try:
         for name in config["models"]:
             out[name] = []
             for s in seeds:
@@ -152,58 +128,6 @@ def run_tu_models(config: dict, seeds: list[int], eval_ood: bool = True) -> dict
                 print(f"TU {name} seed {s}: acc {100 * r['table']['test/cls/Acc']:.2f} % "
                       f"({r['train_s']:.0f} s)", flush=True)
                 out[name].append(r)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return out
-
-
-def hub_paths(data_dir=None) -> list[Path]:
-    """The 8 tutorial checkpoints: ``$JAXUQ_DATA_DIR/hub/ENSTA-U2IS/tutorial-models/version_{i}.ckpt``,
-    else from the Hugging Face hub (network). FileNotFoundError naming what is missing."""
-    names = [f"version_{i}.ckpt" for i in range(8)]
-    try:
-        local = Path(_data_dir(data_dir)) / "hub" / HUB_REPO
-    except FileNotFoundError:
-        local = None
-    if local is not None and all((local / n).exists() for n in names):
-        return [local / n for n in names]
-    from converters.io import resolve_hf
-
-    try:
-        return [Path(resolve_hf(HUB_REPO, n)) for n in names]
-    except Exception as e:  # noqa: BLE001 - offline, no huggingface_hub, ...
-        raise FileNotFoundError(
-            f"the 8 hub LeNets are neither under {local} nor downloadable from {HUB_REPO} ({e})"
-        ) from None
-
-
-def tu_hub_table(paths: list[Path], config: dict) -> dict:
-    """TU's routine on the 8 checkpoints as one deep ensemble (the tutorial's section 3)."""
-    import torch
-    from torch import nn
-    from torch_uncertainty.methods import deep_ensembles  # 0.13.0 (the tutorial: .models)
-    from torch_uncertainty.models.classification import lenet
-    from torch_uncertainty.routines import ClassificationRoutine
-    from torch_uncertainty.transforms import RepeatTarget
-
-    models = []
-    for p in paths:
-        sd = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
-        model = lenet(in_channels=1, num_classes=10)
-        model.load_state_dict({k.replace("model.", ""): v for k, v in sd.items()})
-        models.append(model)
-    ensemble = deep_ensembles(models, num_estimators=None, task="classification", reset_model_parameters=True)
-    routine = ClassificationRoutine(
-        is_ensemble=True, num_classes=10, model=ensemble, loss=nn.CrossEntropyLoss(),
-        format_batch_fn=RepeatTarget(len(models)), optim_recipe=None, eval_ood=True,
-    )
-    with torchvision_root(config["data_dir"]) as root:
-        return _test(_trainer(1), routine, _datamodule(root, config, True))
-
-
-def max_diff(a: dict, b: dict) -> tuple[dict, float, str]:
-    """Per common key ``|a - b|`` (NaN on both sides counts as 0), the max and its key."""
-    diff = {}
-    for k in sorted(set(a) & set(b)):
-        x, y = a[k], b[k]
-        diff[k] = 0.0 if (np.isnan(x) and np.isnan(y)) else abs(x - y)
-    worst = max(diff, key=lambda k: diff[k] if not np.isnan(diff[k]) else np.inf)
-    return diff, diff[worst], worst

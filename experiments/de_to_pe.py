@@ -67,6 +67,7 @@ import numpy as np
 from experiments import _tu_mnist
 from experiments._launch import compare_row, render_text
 from jaxuq import ensembles as E
+from jaxuq._env import data_dir as _data_dir
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist
 from jaxuq.evaluate import classification_table
 from jaxuq.models.lenet import lenet
@@ -75,6 +76,8 @@ from jaxuq.nn.packed import split_members
 from jaxuq.train import RepeatTarget, TrainConfig, fit, torch_sgd
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HUB_REPO = "ENSTA-U2IS/tutorial-models"
+HUB_FILES = [f"version_{i}.ckpt" for i in range(8)]
 MODEL_NAMES = {"single": "LeNet", "de": "Deep Ensemble", "packed": "Packed-Ensemble"}
 # the tutorial's printed tables (sphinx-gallery run, GPU) for the three trained models
 PUBLISHED = {
@@ -232,26 +235,46 @@ def run_jaxuq(name: str, config: dict, data: dict, seed: int) -> dict:
             "probs": np.asarray(jax.nn.softmax(jnp.asarray(lid), -1).mean(0))}
 
 
-def hub_ensemble(config: dict, data: dict) -> dict:
-    """The 8 hub LeNets as one ensemble: jaxuq's table, and TU's routine beside it with ``compare_tu``
-    (``diff``: per-key |jaxuq - TU|). ``{"skipped": why}`` when there is no hub or no torch to read it."""
-    from converters import ConvertError, convert
-
+def hub_source(data_dir=None) -> str:
+    """The local mirror ``$JAXUQ_DATA_DIR/hub/ENSTA-U2IS/tutorial-models`` when it holds the 8 files,
+    else the Hub repo id (network)."""
     try:
-        paths = _tu_mnist.hub_paths(config["data_dir"])
-        conv = convert([str(p) for p in paths], arch="lenet", kwargs={"in_channels": 1, "num_classes": 10})
-    except (FileNotFoundError, ConvertError) as e:
+        local = _data_dir(data_dir) / "hub" / HUB_REPO
+    except FileNotFoundError:
+        return HUB_REPO
+    return str(local) if all((local / f).exists() for f in HUB_FILES) else HUB_REPO
+
+
+def hub_ensemble(config: dict, data: dict) -> dict:
+    """The 8 hub LeNets as one ensemble (``jaxuq.hub.load_ensemble``, MSP): jaxuq's table, and with
+    ``compare_tu`` TU's routine on the same 8 checkpoints beside it (``compare_tables``, tolerance
+    1e-5). ``{"skipped": why}`` when there is no hub or no torch to read the checkpoints."""
+    from converters import ConvertError
+    from converters.io import CheckpointError
+    from experiments._common import compare_tables, ensemble_table, tu_lenet_ensemble_table
+    from jaxuq import hub
+
+    source = hub_source(config["data_dir"])
+    try:
+        module, variables, meta = hub.load_ensemble(source, HUB_FILES)
+    except (FileNotFoundError, ConvertError, CheckpointError, ImportError) as e:
         print(f"hub ensemble skipped: {e}", flush=True)
-        return {"skipped": str(e)}
-    params = conv["variables"]["params"]
-    bs = config["eval_batch_size"]
-    lid = member_logits(conv["module"], params, None, data["test"][0], bs)
-    lood = member_logits(conv["module"], params, None, data["ood"], bs)
-    n_params = int(sum(a.size for a in jax.tree.leaves(params)))
-    out = {"checkpoints": [str(p) for p in paths], "jaxuq": table_of(lid, data["test"][1], lood, n_params)}
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    pre = Preprocess(*MNIST_NORM).eval
+    (xte, yte), xood = data["test"], data["ood"]
+    out = {"source": source, "cache": meta.get("cache"),
+           "jaxuq": ensemble_table(module, variables, xte, yte, xood, pre, config["eval_batch_size"])}
     if config["compare_tu"]:
-        out["tu"] = _tu_mnist.tu_hub_table(paths, config)
-        out["diff"], out["max_abs_diff"], out["worst_key"] = _tu_mnist.max_diff(out["jaxuq"], out["tu"])
+        paths = [Path(source) / f for f in HUB_FILES] if Path(source).is_dir() else None
+        if paths is None:
+            from converters.io import resolve_hf
+
+            paths = [resolve_hf(HUB_REPO, f) for f in HUB_FILES]
+        out["tu"] = tu_lenet_ensemble_table(paths, config["data_dir"], ood_subset=len(xood),
+                                            batch_size=config["eval_batch_size"], test_subset=len(xte))
+        cmp = compare_tables(out["jaxuq"], out["tu"], tol=1e-5)
+        out["diff"] = {k: d for k, (_, _, d) in cmp["diffs"].items()}
+        out |= {"max_abs_diff": cmp["max_abs_diff"], "over_1e-5": cmp["bad"], "missing_keys": cmp["missing"]}
     return out
 
 
@@ -335,7 +358,7 @@ def render(jx_runs: dict, rows: list[dict], hub: dict | None, reference: str) ->
     parts.append(t)
     if hub and "max_abs_diff" in hub:
         parts.append(f"hub ensemble: jaxuq vs TU routine, max |diff| over {len(hub['diff'])} keys = "
-                     f"{hub['max_abs_diff']:.2e} ({hub['worst_key']})")
+                     f"{hub['max_abs_diff']:.2e}; keys over 1e-5: {hub['over_1e-5'] or 'none'}")
     elif hub and "skipped" in hub:
         parts.append(f"hub ensemble skipped: {hub['skipped']}")
     return render_text(*parts)

@@ -22,7 +22,7 @@ import importlib
 
 import flax.linen as nn
 
-__all__ = ["get", "load", "names", "save", "register"]
+__all__ = ["factory", "get", "load", "names", "save", "register"]
 
 # name -> "module:factory" (module relative to jaxuq.models). Imported on first get().
 _REGISTRY: dict[str, str] = {
@@ -35,6 +35,9 @@ _REGISTRY: dict[str, str] = {
     "resnet56": "resnet_cifar:resnet56",
     "resnet110": "resnet_cifar:resnet110",
     "tiniest": "tiniest:tiniest",
+    "chenyaofo_resnet": "chenyaofo_resnet:chenyaofo_resnet",
+    **{f"cifar{c}_resnet{d}": f"chenyaofo_resnet:cifar{c}_resnet{d}"
+       for c in (10, 100) for d in (20, 32, 44, 56)},
     "packed_lenet": "packed_lenet:packed_lenet",
     "packed_resnet": "packed_resnet:packed_resnet",
 }
@@ -55,6 +58,11 @@ def register(name: str, target: str) -> None:
 
 def get(name: str, **kwargs) -> nn.Module:
     """Build the model ``name`` with ``kwargs`` (the factory's keyword arguments)."""
+    return factory(name)(**kwargs)
+
+
+def factory(name: str):
+    """The factory function registered as ``name`` (its signature lists the model's arguments)."""
     try:
         target = _REGISTRY[name]
     except KeyError:
@@ -70,10 +78,9 @@ def get(name: str, **kwargs) -> nn.Module:
             f"model {name!r} is registered to {full}:{fn_name}, but {full} is not available"
         ) from e
     try:
-        fn = getattr(mod, fn_name)
+        return getattr(mod, fn_name)
     except AttributeError:
         raise ValueError(f"model {name!r}: {full} has no factory {fn_name!r}") from None
-    return fn(**kwargs)
 
 
 def load(path):

@@ -1,0 +1,219 @@
+"""Hugging Face Hub loading (``jaxuq.hub``): torch checkpoints on the Hub -> jaxuq models, cached.
+
+    from jaxuq import hub
+    module, variables, meta = hub.load_hf("resnet18_c10")                        # TU's load_hf naming
+    module, variables, meta = hub.load_repo("ORG/NAME", "weights.ckpt")          # any repo and file
+    module, variables, meta = hub.load_ensemble(                                 # [M, ...] stacked
+        "ENSTA-U2IS/tutorial-models", [f"version_{i}.ckpt" for i in range(8)])
+
+Each returns what :func:`jaxuq.models.load` returns: ``(module, variables, meta)``; an ensemble has
+``meta["num_members"] = M`` and every leaf a leading ``[M]`` axis. ``meta["cache"]`` says where the
+converted model lives and whether it was a hit.
+
+- Files come through ``huggingface_hub.hf_hub_download`` (:func:`converters.io.resolve_hf`): its cache,
+  ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_HUB_CACHE`` (read at call time); a ``repo_id`` that is a local
+  folder reads from it. torch files are read with ``torch.load(weights_only=True)``.
+- :func:`load_hf` follows TU 0.13.0's ``torch_uncertainty.utils.hub.load_hf``: repo
+  ``torch-uncertainty/{weight_id}``, file ``{weight_id}.ckpt`` (version 0) or ``{weight_id}_{version}.ckpt``,
+  falling back to ``{weight_id}_{version}.safetensors`` when the ``.ckpt`` is not there; the
+  ``state_dict`` entry is unwrapped; the model arguments come from the repo's ``config.yaml`` (its
+  ``model:`` section, or that section's ``init_args``, or the top level), keeping the keys the jaxuq model
+  takes (the others are listed in ``meta["hub"]["ignored_config_keys"]``). The architecture is recognised
+  from the state-dict keys unless ``arch`` is given.
+- Conversions are cached under ``$JAXUQ_CACHE/hub`` (default ``~/.cache/jaxuq/hub``), one
+  :func:`jaxuq.models.io.save` directory per key = sha256 of (the sources' sha256, arch, kwargs). A second
+  load reads that directory and converts nothing. An entry that does not load, whose sources' sha256
+  differ, or whose arrays do not have the model's shapes is rebuilt, not trusted. Writes are atomic.
+
+Errors: :class:`converters.io.CheckpointError` (missing repo/file, bad checkpoint) and
+:class:`converters.core.ConvertError` (architecture mismatch), both ``ValueError`` naming the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from converters.core import convert
+from converters.io import CheckpointError, HubEntryNotFoundError, read_state_dict, resolve_hf, sha256_file
+
+__all__ = [
+    "TU_ORG", "cache_dir", "load_ensemble", "load_hf", "load_repo", "model_kwargs", "read_config",
+    "tu_filenames", "tu_source",
+]
+
+TU_ORG = "torch-uncertainty"
+CACHE_ENV = "JAXUQ_CACHE"
+_CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """``$JAXUQ_CACHE/hub`` or ``~/.cache/jaxuq/hub``: where converted hub models are kept."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "jaxuq"
+    return Path(root).expanduser() / "hub"
+
+
+def tu_filenames(weight_id: str, version: int | None = 0) -> tuple[str, str]:
+    """TU's ``(checkpoint, safetensors fallback)`` file names for ``weight_id`` and ``version``."""
+    ckpt = f"{weight_id}.ckpt" if not version else f"{weight_id}_{version}.ckpt"
+    return ckpt, f"{weight_id}_{version}.safetensors"
+
+
+def read_config(repo_id: str, filename: str = "config.yaml", revision: str | None = None) -> dict:
+    """The repo's YAML config as a dict (CheckpointError when it is missing or not a YAML mapping)."""
+    import yaml  # noqa: PLC0415
+
+    path = resolve_hf(repo_id, filename, revision=revision)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"hf://{repo_id}/{filename}: not valid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"hf://{repo_id}/{filename}: expected a YAML mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def _config_kwargs(cfg: dict) -> dict:
+    """Model arguments in a TU/LightningCLI config: ``model.init_args``, ``model``, or the top level."""
+    model = cfg.get("model", cfg)
+    if isinstance(model, dict) and isinstance(model.get("init_args"), dict):
+        model = model["init_args"]
+    return dict(model) if isinstance(model, dict) else {}
+
+
+def _accepted(arch: str, kwargs: dict) -> tuple[dict, list[str]]:
+    """``(kwargs the jaxuq model `arch` takes, ignored keys)``."""
+    from jaxuq import models  # noqa: PLC0415
+
+    params = inspect.signature(models.factory(arch)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs), []
+    keep = {k: v for k, v in kwargs.items() if k in params}
+    return keep, sorted(set(kwargs) - set(keep))
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _cache_key(shas: list[str], arch: str | None, kwargs: dict) -> str:
+    blob = json.dumps({"format": _CACHE_FORMAT, "sources": shas, "arch": arch, "kwargs": _jsonable(kwargs)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _cached(entry: Path, shas: list[str]):
+    """``(module, variables, meta)`` from a valid cache entry, else ``None`` (missing or corrupt)."""
+    import jax  # noqa: PLC0415
+
+    from converters import mappings  # noqa: PLC0415
+    from jaxuq.models.io import load  # noqa: PLC0415
+
+    if not entry.is_dir():
+        return None
+    try:
+        module, variables, meta = load(entry)
+        if [s["sha256"] for s in meta["sources"]] != shas:
+            return None
+        _, template, _ = mappings.build_template(meta["arch"], **meta["kwargs"])
+        m = meta.get("num_members")
+        want = jax.tree.map(lambda t: ((m,) if m else ()) + tuple(t.shape), template)
+        got = jax.tree.map(lambda a: tuple(a.shape), variables)
+        if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+            return None
+    except Exception:  # noqa: BLE001 - a corrupt entry fails in many ways (JSON, orbax, shapes): rebuild it
+        return None
+    return module, variables, meta
+
+
+def model_kwargs(path, arch: str | None, kwargs: dict) -> tuple[dict, list[str]]:
+    """``(kwargs, ignored keys)``: the ``kwargs`` (e.g. from a config) that the jaxuq model of the
+    checkpoint ``path`` takes — ``arch``, or the architecture recognised from its keys."""
+    from converters import mappings  # noqa: PLC0415
+    from converters.core import _split_members  # noqa: PLC0415
+
+    if arch is None:
+        sd, _ = read_state_dict(path)
+        guess = mappings.infer(_split_members(sd, str(path))[0])
+        if guess is None:
+            return dict(kwargs), []  # convert() reports the unrecognised architecture
+        arch = guess[0]
+    return _accepted(arch, kwargs)
+
+
+def _load_paths(paths: Sequence[Path], *, arch: str | None, kwargs: dict, hub_meta: dict, cache: bool,
+                filter_kwargs: bool = False):
+    """Convert local checkpoint ``paths`` (several = a stacked ensemble) through the cache."""
+    from jaxuq.models.io import save  # noqa: PLC0415
+
+    shas = [sha256_file(p) for p in paths]
+    entry = cache_dir() / _cache_key(shas, arch, kwargs)
+    hit = _cached(entry, shas) if cache else None
+    if hit is not None:
+        module, variables, meta = hit
+        meta["cache"] = {"path": str(entry), "hit": True}
+        return module, variables, meta
+    if filter_kwargs:
+        kwargs, ignored = model_kwargs(paths[0], arch, kwargs)
+        hub_meta = {**hub_meta, "ignored_config_keys": ignored}
+    res = convert([str(p) for p in paths], arch=arch, kwargs=kwargs or None)
+    meta = {**res["meta"], "hub": _jsonable(hub_meta)}
+    if cache:
+        save(entry, res["variables"], meta, force=True)
+    meta["cache"] = {"path": str(entry) if cache else None, "hit": False}
+    return res["module"], res["variables"], meta
+
+
+def load_repo(repo_id: str, filename: str, *, revision: str | None = None, arch: str | None = None,
+              kwargs: dict | None = None, cache: bool = True):
+    """``(module, variables, meta)`` of the torch checkpoint ``filename`` in the Hub repo ``repo_id``."""
+    path = resolve_hf(repo_id, filename, revision=revision)
+    hub_meta = {"repo_id": repo_id, "filenames": [filename], "revision": revision}
+    return _load_paths([path], arch=arch, kwargs=dict(kwargs or {}), hub_meta=hub_meta, cache=cache)
+
+
+def load_ensemble(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
+                  arch: str | None = None, kwargs: dict | None = None, cache: bool = True):
+    """One stacked ensemble (members on axis 0, in ``filenames`` order) from several files of one repo,
+    e.g. ``load_ensemble("ENSTA-U2IS/tutorial-models", [f"version_{i}.ckpt" for i in range(8)])``."""
+    filenames = list(filenames)
+    if len(filenames) < 2:
+        raise CheckpointError(f"load_ensemble({repo_id!r}): give at least two files, got {filenames}")
+    paths = [resolve_hf(repo_id, f, revision=revision) for f in filenames]
+    hub_meta = {"repo_id": repo_id, "filenames": filenames, "revision": revision}
+    return _load_paths(paths, arch=arch, kwargs=dict(kwargs or {}), hub_meta=hub_meta, cache=cache)
+
+
+def tu_source(weight_id: str, version: int | None = 0, revision: str | None = None):
+    """TU's ``load_hf`` lookup: ``(local checkpoint path, hub meta, config kwargs)``.
+
+    Repo ``torch-uncertainty/{weight_id}``; ``{weight_id}.ckpt`` / ``{weight_id}_{version}.ckpt``, else
+    ``{weight_id}_{version}.safetensors``; then ``config.yaml`` (required, as in TU)."""
+    repo_id = f"{TU_ORG}/{weight_id}"
+    ckpt, safetensors = tu_filenames(weight_id, version)
+    try:
+        path, used = resolve_hf(repo_id, ckpt, revision=revision), ckpt
+    except HubEntryNotFoundError:
+        try:
+            path, used = resolve_hf(repo_id, safetensors, revision=revision), safetensors
+        except HubEntryNotFoundError as e:
+            raise CheckpointError(
+                f"model {weight_id}_{version} not found in hf://{repo_id}: neither {ckpt} nor {safetensors} "
+                f"({e})"
+            ) from None
+    cfg = read_config(repo_id, revision=revision)
+    hub_meta = {"repo_id": repo_id, "filenames": [used], "revision": revision, "config": cfg}
+    return path, hub_meta, _config_kwargs(cfg)
+
+
+def load_hf(weight_id: str, version: int | None = 0, *, revision: str | None = None, arch: str | None = None,
+            kwargs: dict | None = None, cache: bool = True):
+    """TU's ``load_hf(weight_id, version)`` as a jaxuq model: ``(module, variables, meta)`` (see
+    :func:`tu_source`); ``kwargs`` override the config's model arguments."""
+    path, hub_meta, cfg_kwargs = tu_source(weight_id, version, revision)
+    kw = {**cfg_kwargs, **(kwargs or {})}
+    return _load_paths([path], arch=arch, kwargs=kw, hub_meta=hub_meta, cache=cache, filter_kwargs=True)
