@@ -309,17 +309,26 @@ def comparison_rows(jx: dict, tu: dict | None) -> list[dict]:
     return rows
 
 
-def committed_tu(config: dict) -> tuple[dict | None, str | None]:
-    """The TU summary of a committed ``experiments/results/*.json`` run with this config's recipe."""
+def committed_tu(config: dict) -> tuple[dict | None, str | None, list[str]]:
+    """The TU summary of a committed ``experiments/results/*.json`` run: ``(tu, file, differs)``.
+    A run with this config's recipe (``differs == []``) if there is one, else the tutorial-recipe run
+    of ``de_to_pe.json`` with the recipe keys that differ (``"epochs: 3 here 1"``), else Nones."""
     import json
 
     want = {k: config[k] for k in RECIPE_KEYS}
+    fallback = (None, None, [])
     for path in sorted(RESULTS.glob("*.json")):
         res = json.loads(path.read_text())
-        got = res.get("recipe", {})
-        if {k: got.get(k) for k in RECIPE_KEYS} == want and res.get("tu"):
-            return res["tu"], str(path.relative_to(RESULTS.parent.parent))
-    return None, None
+        got = {k: res.get("recipe", {}).get(k) for k in RECIPE_KEYS}
+        if not res.get("tu") or not set(config["models"]) <= set(res["tu"]):
+            continue
+        src = str(path.relative_to(RESULTS.parent.parent))
+        if got == want:
+            return res["tu"], src, []
+        if path.name == "de_to_pe.json":
+            fallback = (res["tu"], src, [f"{k}: {got[k]} there, {want[k]} here" for k in RECIPE_KEYS
+                                         if got[k] != want[k]])
+    return fallback
 
 
 # ----------------------------------------------------------------------------- report
@@ -401,7 +410,7 @@ def run(config: dict, out_dir: Path) -> tuple[dict, str]:
                "jaxuq": jx, "jaxuq_runs": {m: [{k: r[k] for k in ("seed", "train_s", "table")} for r in runs]
                                            for m, runs in jx_runs.items()},
                "timings_s": {"jaxuq": jx_s}}
-    tu = None
+    tu, differs = None, []
     if config["compare_tu"]:
         t0 = time.perf_counter()
         tu_runs = _tu_mnist.run_tu_models(config, seeds)
@@ -410,14 +419,19 @@ def run(config: dict, out_dir: Path) -> tuple[dict, str]:
         results["tu"], results["tu_runs"] = tu, tu_runs
         reference = "TU 0.13.0 (run here)"
     else:
-        tu, src = committed_tu(config)
-        reference = f"TU 0.13.0 (committed: {src})" if src else "TU 0.13.0 (none committed for this recipe)"
-        results["tu_reference"] = src
+        tu, src, differs = committed_tu(config)
+        reference = f"TU 0.13.0 (committed: {src})" if src else "TU 0.13.0 (none committed)"
+        if differs:
+            reference += f", another recipe ({'; '.join(differs)}): no |diff|"
+        results["tu_reference"] = {"file": src, "recipe_differs": differs}
     results["reference"] = reference
     hub = hub_ensemble(config, data) if config["hub"] else None
     if hub is not None:
         results["hub"] = hub
     results["comparison"] = comparison_rows(jx, tu)
+    if not config["compare_tu"] and differs:  # context only: different recipes are not compared
+        for row in results["comparison"]:
+            row |= {"abs_diff": None, "pooled_sd": None, "within_2_pooled_sd": None}
     results["plots"] = plots(jx_runs, data["test"][1], out_dir)
     return results, render(jx_runs, results["comparison"], hub, reference)
 

@@ -65,5 +65,8 @@ def test_de_to_pe_tu_side_tiny(tmp_path, monkeypatch):
 
 def test_committed_reference_matches_recipe():
     """Without compare_tu the reference column is the committed TU run with the same recipe, or none."""
-    tu, src = de_to_pe.committed_tu(de_to_pe.get_config() | {"epochs": 99})
-    assert tu is None and src is None
+    tu, src, differs = de_to_pe.committed_tu(de_to_pe.get_config() | {"epochs": 99})
+    if src is None:  # nothing committed yet
+        assert tu is None and differs == []
+    else:  # the tutorial-recipe run, flagged as another recipe
+        assert src == "experiments/results/de_to_pe.json" and differs == ["epochs: 3 there, 99 here"], differs
