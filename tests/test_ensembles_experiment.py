@@ -70,3 +70,20 @@ def test_committed_reference_matches_recipe():
         assert tu is None and differs == []
     else:  # the tutorial-recipe run, flagged as another recipe
         assert src == "experiments/results/de_to_pe.json" and differs == ["epochs: 3 there, 99 here"], differs
+
+
+def test_de_to_pe_missing_data_exits_2_naming_the_file(tmp_path, capsys):
+    from experiments.__main__ import main
+
+    rc = main(["de_to_pe", "--small", "--set", f"data_dir={json.dumps(str(tmp_path))}", "--set", "download=false",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "MNIST" in err and "JAXUQ_DATA_DIR" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_de_to_pe_bad_model_name_exits_2(tmp_path, capsys):
+    from experiments.__main__ import main
+
+    rc = main(["de_to_pe", "--small", "--set", 'models=["single", "pe"]', "--out", str(tmp_path / "run")])
+    assert rc == 2 and "models must be" in capsys.readouterr().err
