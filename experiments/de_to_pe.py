@@ -292,7 +292,8 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def comparison_rows(jx: dict, tu: dict | None) -> list[dict]:
-    """Per model and metric: published, TU mean/sd, jaxuq mean/sd, |diff|, pooled sd, within 2 pooled sd."""
+    """Per model and metric: published, TU mean/sd, jaxuq mean/sd, |diff|, pooled sd and whether
+    |diff| <= 2 pooled sd (None unless both sides have at least two runs)."""
     rows = []
     for model, summ in jx.items():
         for short, key in KEYS.items():
@@ -302,7 +303,7 @@ def comparison_rows(jx: dict, tu: dict | None) -> list[dict]:
                               PUBLISHED.get(model, {}).get(short))
             row |= {"tu_sd": t["sd"] if t else None, "jaxuq_sd": j["sd"], "pooled_sd": None,
                     "within_2_pooled_sd": None}
-            if t:
+            if t and min(len(j["values"]), len(t["values"])) >= 2:  # an sd needs two runs per side
                 row["pooled_sd"] = math.sqrt((j["sd"] ** 2 + t["sd"] ** 2) / 2)
                 row["within_2_pooled_sd"] = bool(row["abs_diff"] <= 2 * row["pooled_sd"])
             rows.append(row)
