@@ -12,13 +12,17 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The main job: the full jaxuq evaluation table of a real model on real data.
+# The main job: TU's "From Deep Ensembles to Packed-Ensembles" tutorial through the launcher at a fast
+# config (all 60k MNIST images, 1 epoch, 1 seed): a LeNet, a deep ensemble of 2 and a Packed-Ensemble
+# trained by jaxuq, the 8 hub LeNets as one ensemble, TU's tables, plots, and a comparison with the TU
+# runs committed in experiments/results/ (TU itself is not installed here: torch only reads the hub files).
+RUN_ARGS ?= --set epochs=1 --set num_seeds=1 --set compare_tu=false --out runs/main
 install-run: $(BIN)/python
-	$(BIN)/pip install -q -e ".[examples]"
+	$(BIN)/pip install -q -e ".[torch]"
 	@touch $(VENV)/.run-deps
 
 run: install-run
-	JAXUQ_DATA_DIR=$(DATA) $(BIN)/python -m experiments.main
+	JAXUQ_DATA_DIR=$(DATA) $(BIN)/python -m experiments de_to_pe $(RUN_ARGS)
 
 # The whole suite, parity tests against torch-uncertainty 0.13.0 included.
 # torch/torchvision come first, alone, as in TU's install recipe (local wheels).

@@ -297,13 +297,15 @@ def torchvision_root(data_dir=None, datasets=("MNIST", "FashionMNIST")) -> Path:
 
 
 def tu_lenet_ensemble_table(
-    ckpt_paths, data_dir=None, ood_subset: int = 10_000, batch_size: int = 2048
+    ckpt_paths, data_dir=None, ood_subset: int = 10_000, batch_size: int = 2048,
+    test_subset: int | None = None,
 ) -> dict[str, float]:
     """TU 0.13.0's own test table for a deep ensemble of ``lenet(1, 10)`` checkpoints, as the "DE -> PE"
     tutorial builds it: each Lightning ``.ckpt``'s ``state_dict`` (``model.`` stripped) into a TU
     ``lenet``, ``deep_ensembles(members)``, ``ClassificationRoutine(is_ensemble=True, eval_ood=True)``
     (MSP), ``TUTrainer(accelerator="cpu").test`` on ``MNISTDataModule(eval_ood=True)`` with the first
-    ``ood_subset`` FashionMNIST *train* images as OOD. Returns ``{key: float}`` (TU's keys)."""
+    ``ood_subset`` FashionMNIST *train* images as OOD (``test_subset``: the first k MNIST test images
+    only). Returns ``{key: float}`` (TU's keys)."""
     import shutil
 
     import torch
@@ -320,6 +322,8 @@ def tu_lenet_ensemble_table(
             super().setup(stage)
             if stage in ("test", None):
                 self.ood = Subset(self.ood, range(ood_subset))
+                if test_subset is not None:
+                    self.test = Subset(self.test, range(test_subset))
 
     members = []
     for p in ckpt_paths:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 
 from jaxuq.nn import Conv
+from jaxuq.nn.init import torch_bias_init, torch_kernel_init
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -30,8 +31,9 @@ def activation(name: str | Callable) -> Callable:
 
 
 def conv(features: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, groups: int = 1,
-         dilation: int = 1, name: str) -> Conv:
-    """``torch.nn.Conv2d(.., k, stride, padding=pad, groups, bias)`` in NHWC, explicit padding."""
+         dilation: int = 1, name: str, **init) -> Conv:
+    """``torch.nn.Conv2d(.., k, stride, padding=pad, groups, bias)`` in NHWC, explicit padding;
+    ``init``: optional ``kernel_init`` / ``bias_init`` (see :func:`torch_inits`)."""
     return Conv(
         features,
         (k, k),
@@ -41,4 +43,13 @@ def conv(features: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, gr
         feature_group_count=groups,
         use_bias=bias,
         name=name,
+        **init,
     )
+
+
+def torch_inits(enabled: bool, fan_in: int) -> dict:
+    """``{kernel_init, bias_init}`` with torch's default Conv/Linear law for a layer with ``fan_in``
+    inputs per output (``jaxuq.nn.init``) when ``enabled``, else ``{}`` (Flax's defaults)."""
+    if not enabled:
+        return {}
+    return {"kernel_init": torch_kernel_init, "bias_init": torch_bias_init(fan_in)}

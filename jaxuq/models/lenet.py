@@ -4,7 +4,9 @@ Graph: conv1 (in->6, 5x5, groups) -> norm1 -> act -> Dropout2d -> max_pool 2 -> 
 -> norm2 -> act -> Dropout2d -> max_pool 2 -> AdaptiveAvgPool2d((4, 4)) -> flatten in NCHW order (c, h, w)
 -> fc1 (256->120) -> act -> Dropout -> fc2 (120->84) -> act -> Dropout -> fc3 (84->C).
 ``norm="none"`` (TU's ``nn.Identity``, default) or ``"batchnorm"`` (``nn.BatchNorm2d``: ``norm1``/``norm2``).
-44,426 parameters for ``lenet(1, 10)``.
+44,426 parameters for ``lenet(1, 10)``. ``torch_init=True`` draws conv/linear weights and biases from
+torch's default law (``kaiming_uniform_(a=sqrt(5))``, bias ``U(+-1/sqrt(fan_in))``, ``jaxuq.nn.init``)
+instead of Flax's (lecun-normal kernels, zero biases); the parameter tree is the same.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
-from jaxuq.models._common import conv
+from jaxuq.models._common import conv, torch_inits
 from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
 
 __all__ = ["LeNet", "lenet"]
@@ -26,6 +28,7 @@ class LeNet(nn.Module):
     norm: str = "none"
     groups: int = 1
     dropout_rate: float = 0.0
+    torch_init: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -37,22 +40,27 @@ class LeNet(nn.Module):
         act = _act(self.activation)
         bn = self.norm == "batchnorm"
         drop2d = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)
-        out = conv(6, 5, bias=True, groups=self.groups, name="conv1")(x)
+        ti = lambda fan_in: torch_inits(self.torch_init, fan_in)  # noqa: E731
+        fan1 = self.in_channels // self.groups * 25
+        out = conv(6, 5, bias=True, groups=self.groups, name="conv1", **ti(fan1))(x)
         if bn:
             out = BatchNorm(name="norm1")(out, use_running_average=not train)
         out = max_pool2d(drop2d(act(out)), 2)
-        out = conv(16, 5, bias=True, groups=self.groups, name="conv2")(out)
+        out = conv(16, 5, bias=True, groups=self.groups, name="conv2", **ti(6 // self.groups * 25))(out)
         if bn:
             out = BatchNorm(name="norm2")(out, use_running_average=not train)
         out = max_pool2d(drop2d(act(out)), 2)
         out = adaptive_avg_pool2d(out, (4, 4))
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)  # torch's NCHW flatten
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(act(nn.Dense(120, name="fc1")(out)))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(act(nn.Dense(84, name="fc2")(out)))
-        return nn.Dense(self.num_classes, name="fc3")(out)
+        out = act(nn.Dense(120, name="fc1", **ti(256))(out))
+        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = act(nn.Dense(84, name="fc2", **ti(120))(out))
+        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        return nn.Dense(self.num_classes, name="fc3", **ti(84))(out)
 
 
 def lenet(in_channels: int, num_classes: int, activation: str = "relu", norm: str = "none", groups: int = 1,
-          dropout_rate: float = 0.0) -> LeNet:
-    """TU ``lenet`` (same arguments; ``activation`` by name, ``norm`` in {"none", "batchnorm"})."""
-    return LeNet(in_channels, num_classes, activation, norm, groups, dropout_rate)
+          dropout_rate: float = 0.0, torch_init: bool = False) -> LeNet:
+    """TU ``lenet`` (same arguments; ``activation`` by name, ``norm`` in {"none", "batchnorm"});
+    ``torch_init``: torch's default initialisation law instead of Flax's."""
+    return LeNet(in_channels, num_classes, activation, norm, groups, dropout_rate, torch_init)

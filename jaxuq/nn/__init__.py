@@ -6,10 +6,13 @@
 - :class:`DepthwiseConv2d` — torch depthwise ``Conv2d`` (groups = channels), fast on XLA:CPU.
 - :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC.
 - ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv``, ``PackedDense``).
+- ``jaxuq.nn.init`` — torch's default Conv/Linear initialisation as Flax initialisers.
 """
 
 from jaxuq.nn.conv import Conv, DepthwiseConv2d
+from jaxuq.nn.init import torch_bias_init, torch_kernel_init, torch_uniform_init
 from jaxuq.nn.norm import BatchNorm, LayerNorm
 from jaxuq.nn.pool import adaptive_avg_pool2d, max_pool2d
 
-__all__ = ["BatchNorm", "Conv", "DepthwiseConv2d", "LayerNorm", "adaptive_avg_pool2d", "max_pool2d"]
+__all__ = ["BatchNorm", "Conv", "DepthwiseConv2d", "LayerNorm", "adaptive_avg_pool2d", "max_pool2d",
+           "torch_bias_init", "torch_kernel_init", "torch_uniform_init"]

@@ -22,14 +22,13 @@ streams differ from torch's, so parity tests load converted weights.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxuq.nn.conv import Conv
+from jaxuq.nn.init import torch_uniform_init
 
 __all__ = [
     "PackedConv",
@@ -40,16 +39,6 @@ __all__ = [
     "split_members",
     "torch_uniform_init",
 ]
-
-
-def torch_uniform_init(fan_in: int):
-    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default for Conv/Linear weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def _check(alpha: float, gamma: int, num_estimators: int) -> None:
