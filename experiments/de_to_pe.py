@@ -256,7 +256,7 @@ def hub_ensemble(config: dict, data: dict) -> dict:
     except (FileNotFoundError, ConvertError, CheckpointError, ImportError) as e:
         print(f"hub ensemble skipped: {e}", flush=True)
         return {"skipped": f"{type(e).__name__}: {e}"}
-    pre = Preprocess(*MNIST_NORM).eval
+    pre = Preprocess(*MNIST_NORM)
     (xte, yte), xood = data["test"], data["ood"]
     out = {"source": source, "cache": meta.get("cache"),
            "jaxuq": ensemble_table(module, variables, xte, yte, xood, pre, config["eval_batch_size"])}
@@ -375,12 +375,14 @@ def plots(jx_runs: dict, labels, out_dir: Path) -> list[str]:
 
     written = []
     for model, runs in jx_runs.items():
-        p = reliability_diagram(runs[0]["probs"], labels, out_dir / f"reliability_{model}.png",
-                                title=f"{MODEL_NAMES[model]} (seed {runs[0]['seed']})",
-                                ece=runs[0]["table"]["test/cal/ECE"])
-        written.append(p.name)
+        path = out_dir / f"reliability_{model}.png"
+        reliability_diagram(runs[0]["probs"], labels, path,
+                            title=f"{MODEL_NAMES[model]} (seed {runs[0]['seed']})",
+                            ece=runs[0]["table"]["test/cal/ECE"])
+        written.append(path.name)
     curves = {MODEL_NAMES[m]: (r[0]["probs"], labels) for m, r in jx_runs.items()}
-    written.append(risk_coverage_curve(curves, out_dir / "risk_coverage.png").name)
+    risk_coverage_curve(curves, out_dir / "risk_coverage.png")
+    written.append("risk_coverage.png")
     return written
 
 
