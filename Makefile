@@ -18,7 +18,7 @@ $(BIN)/python:
 # runs committed in experiments/results/ (TU itself is not installed here: torch only reads the hub files).
 RUN_ARGS ?= --set epochs=1 --set num_seeds=1 --set compare_tu=false --out runs/main
 install-run: $(BIN)/python
-	$(BIN)/pip install -q -e ".[torch]"
+	$(BIN)/pip install -q -e ".[torch,plots]"
 	@touch $(VENV)/.run-deps
 
 run: install-run

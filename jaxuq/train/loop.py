@@ -362,7 +362,7 @@ class _Run:
                     self._check_finite(m, epoch, start)
                     _accumulate(acc, m, dt)
                     step = epoch * plan.spe + end
-                    ips = float(np.sum(m["count"])) / max(dt, 1e-9)
+                    ips = float(np.max(acc["count"])) / max(acc["seconds"], 1e-9)  # images/s, epoch so far
                     progress.update(len(m["loss"]), epoch, cfg.epochs, float(np.mean(m["loss"][-1])), ips)
                     if end < plan.spe and self.ckpt is not None and end % plan.chunk == 0:
                         self._save(state, {"epoch": epoch, "pos": end, "epoch_acc": _acc_to_json(acc)})
