@@ -241,26 +241,12 @@ def _split_mesh(mesh):
 
 
 def _forward(model, preprocess, compute_dtype: str, members, mesh=None):
-    """Un-jitted ``(variables, x [B, ...]) -> logits [B, C]`` (``[M, B, C]`` with ``members``), float32."""
-    from jaxuq.ensembles import apply_members
-    from jaxuq.train.state import _cast_floats
+    """Un-jitted ``(variables, x [B, ...]) -> logits [B, C]`` (``[M, B, C]`` with ``members``), float32:
+    :func:`jaxuq.train.eval_step` with this configuration (``mesh``'s member part, if any)."""
+    from jaxuq.train.state import eval_step
 
-    dtype = jnp.dtype(compute_dtype)
-    member_mesh = _split_mesh(mesh)[1]
-
-    def fwd(variables, x):
-        if preprocess is not None:
-            x = preprocess.eval(x)
-        if dtype != jnp.float32:
-            variables = {**variables, "params": _cast_floats(variables["params"], dtype)}
-            x = x.astype(dtype)
-        if members is None:
-            out = model.apply(variables, x, train=False)
-        else:
-            out = apply_members(model, variables, x, train=False, members=members, mesh=member_mesh)
-        return out.astype(jnp.float32)
-
-    return fwd
+    dtype, member_mesh = jnp.dtype(compute_dtype).name, _split_mesh(mesh)[1]
+    return lambda variables, x: eval_step(model, variables, x, preprocess, dtype, members, member_mesh)
 
 
 def _jit(fn, mesh, n_batch_args: int, n_replicated: int = 1):

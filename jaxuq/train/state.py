@@ -166,10 +166,19 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     return new, {"loss": loss, "correct": correct, "count": count, "finite": finite}
 
 
-def eval_step(model, variables, images, preprocess: Preprocess, compute_dtype: str = "float32"):
-    """Eval-mode logits float32 for uint8 ``images [B, H, W, C]``: ``[B, C]`` (Packed: ``[(M B), C]``)."""
-    x = preprocess.eval(images)
+def eval_step(model, variables, images, preprocess: Preprocess | None = None, compute_dtype: str = "float32",
+              members=None, mesh=None):
+    """Eval-mode logits float32 for ``images [B, ...]`` (uint8 through ``preprocess.eval``, or already
+    preprocessed when ``preprocess`` is None): ``[B, C]`` (Packed: ``[(M B), C]``), or ``[M, B, C]`` for
+    stacked ``variables`` with a member lowering ``members`` (``mesh``: a member mesh, see
+    :func:`jaxuq.ensembles.apply_members`). The one forward of :func:`jaxuq.evaluation.predict`,
+    :func:`jaxuq.evaluate` and ``fit``'s evaluation."""
+    from jaxuq.ensembles import apply_members  # noqa: PLC0415  (ensembles is imported by train.loop)
+
+    x = images if preprocess is None else preprocess.eval(images)
     if compute_dtype != "float32":
         variables = dict(variables, params=_cast_floats(variables["params"], compute_dtype))
         x = x.astype(compute_dtype)
-    return model.apply(variables, x, train=False).astype(jnp.float32)
+    if members is None:
+        return model.apply(variables, x, train=False).astype(jnp.float32)
+    return apply_members(model, variables, x, train=False, members=members, mesh=mesh).astype(jnp.float32)
