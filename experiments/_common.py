@@ -25,7 +25,7 @@ __all__ = [
     "load_model",
     "max_diff", "mixed_ties", "normalize", "parity_summary", "saturated", "score_plot", "split",
     "table_rows", "tables_text", "torch_loader", "torch_model_of", "torchvision_root",
-    "tu_lenet_ensemble_table", "tu_quirk_rows", "tu_test", "write_json_atomic",
+    "tu_lenet_ensemble_table", "tu_quirk_rows", "tu_test", "tu_test_table", "tu_trainer", "write_json_atomic",
 ]  # fmt: skip
 
 CIFAR_TRAIN = "cifar10_heads/train_first1000x5.npz"  # 5000 real training images + labels
@@ -117,11 +117,8 @@ def tu_test(
     Returns:
       ``{key: float}``: the routine's logged test metrics.
     """
-    import logging
-
     import lightning as L
     import torch
-    from torch_uncertainty import TUTrainer
 
     class _Data(L.LightningDataModule):
         def test_dataloader(self):
@@ -134,18 +131,30 @@ def tu_test(
             torch.manual_seed(seed)
             return torch_loader(*postprocess_data, batch_size=batch_size)
 
+    return tu_test_table(tu_trainer(devices=1), routine, _Data())
+
+
+def tu_trainer(**kwargs):
+    """TU 0.13.0's ``TUTrainer`` on the CPU, quiet (no logger, checkpoints, progress bar, model
+    summary or accelerator banners); ``kwargs`` add to / override those settings."""
+    import logging
+
+    from torch_uncertainty import TUTrainer
+
     for name in ("lightning.pytorch", "lightning.fabric"):  # no accelerator banners and tips
         logging.getLogger(name).setLevel(logging.ERROR)
-    trainer = TUTrainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    out = trainer.test(routine, datamodule=_Data(), verbose=False)
-    return {k.split("/dataloader_idx")[0]: float(v) for k, v in out[0].items()}
+    settings = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                    enable_checkpointing=False)
+    return TUTrainer(**(settings | kwargs))
+
+
+def tu_test_table(trainer, routine, datamodule) -> dict[str, float]:
+    """``trainer.test(routine, datamodule)``'s logged metrics of every dataloader as one
+    ``{TU key: float}`` (``/dataloader_idx_k`` suffixes dropped)."""
+    res: dict[str, float] = {}
+    for d in trainer.test(routine, datamodule=datamodule, verbose=False):
+        res.update({k.split("/dataloader_idx")[0]: float(v) for k, v in d.items()})
+    return res
 
 
 def table_rows(tu: dict | None, jx: dict, published: dict | None = None, prefix: str = "") -> list[dict]:
@@ -311,7 +320,6 @@ def tu_lenet_ensemble_table(
     import torch
     from torch import nn as tnn
     from torch.utils.data import Subset
-    from torch_uncertainty import TUTrainer
     from torch_uncertainty.datamodules import MNISTDataModule
     from torch_uncertainty.methods import deep_ensembles
     from torch_uncertainty.models.classification import lenet
@@ -351,20 +359,9 @@ def tu_lenet_ensemble_table(
             pin_memory=False,
             persistent_workers=False,
         )
-        trainer = TUTrainer(
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        out = trainer.test(routine, datamodule=dm, verbose=False)
+        return tu_test_table(tu_trainer(), routine, dm)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    res: dict[str, float] = {}
-    for d in out:
-        res.update({k.split("/dataloader_idx")[0]: float(v) for k, v in d.items()})
-    return res
 
 
 def ensemble_table(module, variables, images, labels, ood_images, preprocess, batch_size: int = 2048,

@@ -11,7 +11,7 @@ import shutil
 import time
 import warnings
 
-from experiments._common import torchvision_root
+from experiments._common import torchvision_root, tu_test_table, tu_trainer
 
 SCHEDULER_NOTE = (
     "The tutorial's optim_recipe returns {'optimizer': SGD, 'scheduler': CosineAnnealingLR(T_max=10)}; "
@@ -50,12 +50,6 @@ def _datamodule(root, config: dict, eval_ood: bool):
                eval_ood=eval_ood, num_workers=0, pin_memory=False, persistent_workers=False)
 
 
-def _trainer(epochs: int):
-    from torch_uncertainty import TUTrainer
-
-    return TUTrainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     limit_val_batches=0)
 
 
 def optim_recipe(model, lr: float, lr_mult: float = 1.0):
@@ -93,13 +87,6 @@ def _model_and_routine(name: str, config: dict, eval_ood: bool):
     raise ValueError(f"unknown model {name!r}")
 
 
-def _test(trainer, routine, dm) -> dict:
-    out = {}
-    for d in trainer.test(routine, datamodule=dm, verbose=False):
-        out.update({k: float(v) for k, v in d.items()})
-    return out
-
-
 def run_tu(name: str, config: dict, seed: int, root, eval_ood: bool = True) -> dict:
     """Train and test model ``name`` with TU: ``{"seed", "train_s", "table"}`` (TU's metric keys)."""
     import lightning
@@ -107,13 +94,13 @@ def run_tu(name: str, config: dict, seed: int, root, eval_ood: bool = True) -> d
     lightning.seed_everything(seed, verbose=False)
     dm = _datamodule(root, config, eval_ood)
     routine = _model_and_routine(name, config, eval_ood)
-    trainer = _trainer(config["epochs"])
+    trainer = tu_trainer(max_epochs=config["epochs"], num_sanity_val_steps=0, limit_val_batches=0)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(routine, datamodule=dm)
     train_s = time.perf_counter() - t0
-    return {"seed": seed, "train_s": train_s, "table": _test(trainer, routine, dm)}
+    return {"seed": seed, "train_s": train_s, "table": tu_test_table(trainer, routine, dm)}
 
 
 def run_tu_models(config: dict, seeds: list[int], eval_ood: bool = True) -> dict:
