@@ -21,6 +21,7 @@ _SUBMODULES = (
     "ensembles",
     "evaluation",
     "hub",
+    "losses",
     "metrics",
     "models",
     "nn",

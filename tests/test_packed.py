@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxuq.data.formats import repeat_target
 from jaxuq.models.packed_lenet import packed_lenet
 from jaxuq.models.packed_resnet import packed_resnet
 from jaxuq.nn.packed import (
@@ -14,7 +15,6 @@ from jaxuq.nn.packed import (
     PackedDense,
     packed_conv_sizes,
     packed_dense_sizes,
-    repeat_target,
     split_members,
 )
 from tests.helpers import require

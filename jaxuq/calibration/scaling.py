@@ -33,6 +33,7 @@ import optax
 
 from jaxuq._validate import finite_logits
 from jaxuq.calibration.lbfgs import lbfgs_torch
+from jaxuq.losses import cross_entropy
 from jaxuq.metrics._checks import check_labels
 
 __all__ = [
@@ -46,12 +47,6 @@ __all__ = [
     "matrix_apply",
     "minimize_exact",
 ]
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean cross-entropy (torch ``CrossEntropyLoss()``): logits [N, C], labels [N] int."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1))
 
 
 def prepare_logits(logits, labels, eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:

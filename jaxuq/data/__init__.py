@@ -1,5 +1,6 @@
 """jaxuq.data: readers for standard files, downloads, device-side pipeline, OOD sets."""
 
+from jaxuq.data.formats import RepeatTarget, repeat_target
 from jaxuq.data.ood import darker, fashion_mnist_ood, svhn_ood, synthetic_shifts, uniform_noise, vertical_flip
 from jaxuq.data.pipeline import (
     CIFAR10_NORM,
@@ -30,6 +31,7 @@ __all__ = [
     "MNIST_NORM",
     "DataFileError",
     "Preprocess",
+    "RepeatTarget",
     "darker",
     "epoch_permutation",
     "fashion_mnist_ood",
@@ -46,6 +48,7 @@ __all__ = [
     "random_crop",
     "random_flip",
     "read_idx",
+    "repeat_target",
     "svhn_ood",
     "synthetic_shifts",
     "train_val_split",

@@ -35,7 +35,6 @@ __all__ = [
     "PackedDense",
     "packed_conv_sizes",
     "packed_dense_sizes",
-    "repeat_target",
     "split_members",
     "torch_uniform_init",
 ]
@@ -215,8 +214,3 @@ def split_members(logits, num_members: int):
     if logits.shape[0] % num_members:
         raise ValueError(f"leading axis {logits.shape[0]} is not a multiple of num_members={num_members}")
     return logits.reshape(num_members, logits.shape[0] // num_members, *logits.shape[1:])
-
-
-def repeat_target(y, num_members: int):
-    """TU ``RepeatTarget(M)``: tiles targets ``[B, ...] -> [M*B, ...]`` (``y_0..y_{B-1}`` M times)."""
-    return jnp.tile(y, (num_members,) + (1,) * (y.ndim - 1))

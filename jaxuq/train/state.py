@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from jaxuq.calibration.scaling import cross_entropy
+from jaxuq.data.formats import RepeatTarget
 from jaxuq.data.pipeline import Preprocess
-from jaxuq.nn.packed import repeat_target
+from jaxuq.losses import cross_entropy
 
 __all__ = [
     "RepeatTarget",
@@ -92,17 +92,6 @@ def create_train_state(
 
 
 @dataclasses.dataclass(frozen=True)
-class RepeatTarget:
-    """TU's ``RepeatTarget(M)`` as a ``format_batch`` hook: labels ``[B] -> [M*B]`` (member-major),
-    for models whose output is ``[(M B), C]`` (Packed-Ensembles)."""
-
-    num_members: int
-
-    def __call__(self, x, y):
-        return x, repeat_target(y, self.num_members)
-
-
-@dataclasses.dataclass(frozen=True)
 class StepSettings:
     """The static part of a step (hashable: it keys ``jax.jit``'s cache)."""
 
@@ -144,7 +133,7 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     k_aug, k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))
     x = settings.preprocess.train(k_aug, images)
     if settings.format_batch is not None:
-        x, labels = settings.format_batch(x, labels)
+        x, labels = settings.format_batch(x, labels, jax.random.fold_in(k_aug, 1))
 
     def loss_of(params):
         logits, batch_stats = _forward(state, params, x, k_drop, settings.compute_dtype)

@@ -1,0 +1,10 @@
+"""jaxuq.losses: training losses with torch-uncertainty 0.13.0's semantics (``torch_uncertainty/losses``).
+
+A loss is a pure function (or a frozen, hashable dataclass holding its hyper-parameters) of the
+model outputs and the targets, ``loss(outputs, targets) -> float32 scalar``, mean-reduced like
+torch's default. ``jaxuq.train.TrainConfig(loss_fn=...)`` takes any of them.
+"""
+
+from jaxuq.losses.classification import cross_entropy
+
+__all__ = ["cross_entropy"]
