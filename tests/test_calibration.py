@@ -133,13 +133,16 @@ def test_real_logits_match_tu(model):
     # trajectory amplifies float32 rounding by ~1.2x per step, so *any* reordering of the float32
     # sums moves the final loss. TU itself, on the same 500 logits in another sample order (the same
     # loss), ends up to 1.6e-4 (resnet20), 3.0e-4 (tiniest), 6.4e-4 (resnet56) away from its own
-    # result; ours is 5.7e-5, 1.9e-4, 1.4e-4 from TU's (lower loss in all three). In float64 the
-    # two agree to 6e-8 in loss after 200 steps (test_calibration_lbfgs64.py). The acceptance 1e-4
-    # holds where TU is reproducible to 1e-4; elsewhere we require TU's own spread over sample orders.
+    # result; ours is 5.7e-5, 1.9e-4, 1.4e-4 from TU's (lower loss in all three). Both depend on the
+    # CPU's vector kernels: on a 2026-12-05 machine ours was 1.1e-7, 2.1e-5, 3.0e-4 from TU's, and
+    # TU's spread over the first 3 orders (2 permutations) was only 2.4e-4 on resnet56, where 5
+    # permutations show 6.3e-4 (8 orders: the same). In float64 the two agree to 6e-8 in loss after
+    # 200 steps (test_calibration_lbfgs64.py). The acceptance 1e-4 holds where TU is reproducible to
+    # 1e-4; elsewhere we require TU's own spread over sample orders, estimated from 5 permutations.
     l_tu, l_jx = _tu_loss(MatrixScaler, z, y), _loss(S.matrix_fit, S.matrix_apply, z, y)
     gap, tol = abs(l_tu - l_jx), 1e-4
     if gap >= tol:
-        perms = [np.random.default_rng(s).permutation(len(y)) for s in (1, 2)]
+        perms = [np.random.default_rng(s).permutation(len(y)) for s in range(1, 6)]
         spread = [l_tu] + [_tu_loss(MatrixScaler, z[p], y[p]) for p in perms]
         tol = max(tol, max(spread) - min(spread))
     assert tol <= 1e-3 and gap < tol, ("MatrixScaler", l_tu, l_jx, tol)
