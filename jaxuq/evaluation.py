@@ -117,33 +117,36 @@ def classification_table(
     p, members = _split_members(probs, "probs", pending)
     n, c = p.shape
     y = _validate.check_labels(labels, n, c, "labels", pending)
-    kw = {}
-    if members is not None:
-        kw["member_probs"] = members
+    kw = {} if members is None else {"member_probs": members}
     if ood_scores is not None:
-        s = _validate.check_scores(ood_scores, "ood_scores", pending)
-        if s.shape[0] <= n and ood_labels is None:
-            raise ValueError(
-                f"`ood_scores` has shape {s.shape}: expected N + N_ood > N = {n} scores (ID first)"
-            )
-        if ood_labels is None:
-            is_ood = jnp.concatenate([jnp.zeros((n,), jnp.int32), jnp.ones((s.shape[0] - n,), jnp.int32)])
-        else:
-            is_ood = _validate.check_binary(ood_labels, s.shape[0], "ood_labels", pending=pending)
-        kw.update(ood_scores=s, is_ood=is_ood)
-        if ood_probs is not None:
-            op, om = _split_members(ood_probs, "ood_probs", pending)
-            if op.shape[1] != c:
-                raise ValueError(f"`ood_probs` has {op.shape[1]} classes, `probs` has {c}")
-            kw["ood_probs"] = op
-            if om is not None:
-                kw["ood_member_probs"] = om
+        kw |= _ood_args(ood_scores, ood_labels, ood_probs, n, c, pending)
     elif ood_labels is not None or ood_probs is not None:
         raise ValueError("`ood_labels` / `ood_probs` need `ood_scores`")
     scod_ood_cost = _validate.check_fraction(scod_ood_cost, "scod_ood_cost")
     _validate.resolve(pending)
     out, conf, acc = table_core(p, y, ood_cost=scod_ood_cost, **kw)
     return _host_keys(out, conf, acc, smece, flops, params)
+
+
+def _ood_args(ood_scores, ood_labels, ood_probs, n: int, c: int, pending) -> dict:
+    """``table_core``'s OOD arguments, checked: scores ``[N + N_ood]`` (ID first), 0/1 labels,
+    OOD-set (member-averaged) probabilities."""
+    s = _validate.check_scores(ood_scores, "ood_scores", pending)
+    if s.shape[0] <= n and ood_labels is None:
+        raise ValueError(f"`ood_scores` has shape {s.shape}: expected N + N_ood > N = {n} scores (ID first)")
+    if ood_labels is None:
+        is_ood = jnp.concatenate([jnp.zeros((n,), jnp.int32), jnp.ones((s.shape[0] - n,), jnp.int32)])
+    else:
+        is_ood = _validate.check_binary(ood_labels, s.shape[0], "ood_labels", pending=pending)
+    kw = {"ood_scores": s, "is_ood": is_ood}
+    if ood_probs is not None:
+        op, om = _split_members(ood_probs, "ood_probs", pending)
+        if op.shape[1] != c:
+            raise ValueError(f"`ood_probs` has {op.shape[1]} classes, `probs` has {c}")
+        kw["ood_probs"] = op
+        if om is not None:
+            kw["ood_member_probs"] = om
+    return kw
 
 
 def _host_keys(device: dict, conf, acc, smece: bool, flops, params) -> dict[str, float]:

@@ -347,10 +347,9 @@ class _Feed:
 # ----------------------------------------------------------------------------- epoch records
 
 
-def _new_acc(shape, classify: bool) -> dict:
+def _new_acc(shape) -> dict:
     z = np.zeros(shape)
-    acc = {"loss_sum": z, "count": z.copy(), "nonfinite": z.copy(), "seconds": 0.0}
-    return acc | ({"correct": z.copy()} if classify else {})
+    return {"loss_sum": z, "count": z.copy(), "nonfinite": z.copy(), "seconds": 0.0}
 
 
 def _acc_to_json(acc: dict) -> dict:
@@ -365,8 +364,8 @@ def _accumulate(acc: dict, m: dict, dt: float) -> None:
     """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only."""
     finite = np.asarray(m["finite"], bool)
     acc["loss_sum"] = acc["loss_sum"] + np.sum(np.where(finite, m["loss"] * m["count"], 0.0), axis=0)
-    if "correct" in acc:
-        acc["correct"] = acc["correct"] + np.sum(np.where(finite, m["correct"], 0), axis=0)
+    if "correct" in m:  # integer class targets and outputs from the objective
+        acc["correct"] = acc.get("correct", 0.0) + np.sum(np.where(finite, m["correct"], 0), axis=0)
     acc["count"] = acc["count"] + np.sum(np.where(finite, m["count"], 0), axis=0)
     acc["nonfinite"] = acc["nonfinite"] + np.sum(~finite, axis=0)
     acc["seconds"] += dt
@@ -435,7 +434,7 @@ class _Run:
                 while step < total:
                     epoch, pos = divmod(step, plan.spe)
                     if pos == 0 or acc is None:
-                        acc = self._new_acc()
+                        acc = _new_acc(() if plan.num_members is None else (plan.num_members,))
                     label = f"{desc} epoch {epoch + 1}/{cfg.epochs}"
                     state = self._epoch(state, epoch, pos, acc, advance, label)
                     step = (epoch + 1) * plan.spe
@@ -446,10 +445,6 @@ class _Run:
             if self.ckpt is not None:
                 self.ckpt.close()
         return state, history
-
-    def _new_acc(self) -> dict:
-        shape = () if self.plan.num_members is None else (self.plan.num_members,)
-        return _new_acc(shape, classify=np.issubdtype(self.feed.y.dtype, np.integer))
 
     def _epoch(self, state, epoch: int, pos: int, acc: dict, advance, label: str):
         """Train the rest of ``epoch`` from step ``pos``, adding to ``acc``; mid-epoch checkpoints."""
@@ -523,7 +518,8 @@ def fit(model, data, config: TrainConfig | None = None, *, eval_data=None, mesh=
         member mesh (``member_mesh``: the members of an ensemble spread over devices).
       workdir: ``workdir/checkpoints`` (orbax, every ``checkpoint_every`` steps and at epoch ends; the
         newest intact one there is resumed) and ``workdir/metrics.jsonl`` (a :class:`JsonlLogger`).
-      init_state: start from this state instead of a fresh one.
+      init_state: start from this state instead of a fresh one (its buffers are donated: pass a copy,
+        ``jax.tree.map(jnp.copy, state)``, to keep using it).
       callbacks: :class:`Callback` objects (``jaxuq.train.callbacks``), called in order.
 
     Returns:
@@ -541,11 +537,14 @@ def fit(model, data, config: TrainConfig | None = None, *, eval_data=None, mesh=
     callbacks = _callbacks(callbacks, workdir)
     ckpt = Checkpointer(Path(workdir) / "checkpoints", cfg.max_to_keep) if workdir is not None else None
     k_model, k_data = jax.random.split(jax.random.key(cfg.seed))
+    if init_state is not None and not isinstance(init_state, TrainState):
+        raise TypeError(f"init_state must be a jaxuq.train.TrainState, got {type(init_state).__name__}")
     if init_state is None:
         init_state = create_train_state(model, _make_tx(cfg.optimizer, plan.spe), k_model,
                                         _sample(x, cfg.preprocess), cfg.num_members)
     for cb in callbacks:
         init_state = cb.on_fit_start(init_state) if hasattr(cb, "on_fit_start") else init_state
+    init_state = init_state.replace(extras=jax.tree.map(jnp.copy, init_state.extras))  # donated: no aliases
     state, meta, resumed_from = _restore(ckpt, init_state, plan)
     members = _members_of(cfg, roles)
     lowering = None if members is None else members.lowering
