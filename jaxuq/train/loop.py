@@ -534,8 +534,8 @@ def fit(model, data, config: TrainConfig | None = None, *, eval_data=None, mesh=
     eval_data = None if eval_data is None else _data(model, eval_data, "eval", cfg, num_classes)[:2]
     plan = _Plan.of(len(x), cfg)
     _check_mesh(roles, cfg, plan)
-    callbacks = _callbacks(callbacks, workdir)
     ckpt = Checkpointer(Path(workdir) / "checkpoints", cfg.max_to_keep) if workdir is not None else None
+    callbacks = _callbacks(callbacks, workdir)
     k_model, k_data = jax.random.split(jax.random.key(cfg.seed))
     if init_state is not None and not isinstance(init_state, TrainState):
         raise TypeError(f"init_state must be a jaxuq.train.TrainState, got {type(init_state).__name__}")
