@@ -229,3 +229,32 @@ def test_data_parallel_mesh_matches_one_device(tmp_path):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["same_keys"] and r["shape"] == [203, 5]
     assert r["diff"] <= TOL and r["pdiff"] <= 1e-6, r
+
+
+def test_streaming_update_mask_equals_the_real_rows():
+    """``update(..., mask=)``: sum, binned and list states over a zero-padded batch with its real rows
+    masked equal the states of the real rows alone (sum/binned also under jit)."""
+    from jaxuq.metrics import streaming as S
+
+    rng = np.random.default_rng(3)
+    p = jax.nn.softmax(rng.normal(size=(7, 4)).astype(np.float32) * 3, -1)
+    y = rng.integers(0, 4, 7)
+    mp = jax.nn.softmax(rng.normal(size=(3, 7, 4)).astype(np.float32), -1)
+    pad = lambda a, ax=0: np.concatenate([a, np.zeros_like(np.take(a, [0, 1, 2], axis=ax))], axis=ax)  # noqa: E731
+    mask = np.arange(10) < 7
+    for m, args, padded in (
+        (S.nll(), (p, y), (pad(p), pad(y))),
+        (S.ece(), (p, y), (pad(p), pad(y))),
+        (S.mutual_information(), (mp,), (pad(mp, 1),)),
+        (S.aurc(), (p, y), (pad(p), pad(y))),
+    ):
+        want = m.compute(m.update(m.init(), *args))
+        got = m.compute(m.update(m.init(), *padded, mask=mask))
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    upd = jax.jit(lambda s, a, b, k: S.ece().update(s, a, b, mask=k))
+    np.testing.assert_allclose(float(S.ece().compute(upd(S.ece().init(), pad(p), pad(y), mask))),
+                               float(S.ece().compute(S.ece().update(S.ece().init(), p, y))), rtol=1e-6)
+    with pytest.raises(ValueError, match="`mask` must be concrete"):
+        jax.jit(lambda s, a, b, k: S.aurc().update(s, a, b, mask=k))(S.aurc().init(), pad(p), pad(y), mask)
+    with pytest.raises(ValueError, match=r"`mask` must be bool of shape \(10,\)"):
+        S.nll().update(S.nll().init(), pad(p), pad(y), mask=mask[:7])

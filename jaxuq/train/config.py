@@ -28,7 +28,13 @@ __all__ = ["EnsembleConfig", "TrainConfig", "tu_deep_ensembles"]
 
 
 def _f(default, tu: str, **kw):
+    if default is dataclasses.MISSING:  # a required field
+        return dataclasses.field(metadata={"tu": tu}, **kw)
     return dataclasses.field(default=default, metadata={"tu": tu}, **kw)
+
+
+def _default(f: dataclasses.Field) -> str:
+    return "(required)" if f.default is dataclasses.MISSING else f"`{f.default!r}`"
 
 
 def _type_error(name: str, want: str, value) -> TypeError:
@@ -63,7 +69,7 @@ def _check_keys(cls, keys, hints: dict | None = None) -> None:
 class EnsembleConfig:
     """A stacked deep ensemble of ``num_members`` copies of the model (members on axis 0)."""
 
-    num_members: int = _f(2, "deep_ensembles(num_estimators)")
+    num_members: int = _f(dataclasses.MISSING, "deep_ensembles(num_estimators)")
     lowering: str | None = _f(None, "(none) member lowering vmap / map / unroll; None: per backend")
     shared_order: bool = _f(False, "(none) one data order for all members (TU deep_ensembles); False: "
                                    "one order per member")
@@ -164,9 +170,9 @@ class TrainConfig:
         """Markdown table: key, default, TU/Lightning equivalent (``ensemble.*``: EnsembleConfig's)."""
         rows = ["| key | default | TU / Lightning |", "|---|---|---|"]
         for f in dataclasses.fields(cls):
-            rows.append(f"| `{f.name}` | `{f.default!r}` | {f.metadata['tu']} |")
+            rows.append(f"| `{f.name}` | {_default(f)} | {f.metadata['tu']} |")
         for f in dataclasses.fields(EnsembleConfig):
-            rows.append(f"| `ensemble.{f.name}` | `{f.default!r}` | {f.metadata['tu']} |")
+            rows.append(f"| `ensemble.{f.name}` | {_default(f)} | {f.metadata['tu']} |")
         return "\n".join(rows)
 
 
