@@ -162,7 +162,6 @@ def _host_keys(device: dict, conf, acc, smece: bool, flops, params) -> dict[str,
     return res
 
 
-
 # ----------------------------------------------------------------------------- the jitted forward
 class _Spec(NamedTuple):
     """What one compiled forward depends on (hashable: it keys the caches below)."""
