@@ -178,7 +178,8 @@ def test_evaluate_compiles_one_step_for_every_batch(small):
 
 def test_evaluate_and_classification_table_share_keys_and_rank_metrics(small):
     """The TU key table and the rank metrics (one function, ``suite.rank_metrics``) are shared: the
-    same keys, the rank-based values bitwise equal, the sums within float32 summation order."""
+    same keys, the rank-based values equal up to the softmax's last bit (fused in the step here, on the
+    host logits there; measured 0 here, <= 3.2e-8 on the TU LeNets), the sums within 1e-6."""
     model, v, x, y, xo = small
     logits, ood_logits = np.asarray(model.apply(v, x)), np.asarray(model.apply(v, xo))
     res = evaluate(model, v, (x, y), ood_data=xo, batch_size=64, progress=False)
@@ -186,7 +187,7 @@ def test_evaluate_and_classification_table_share_keys_and_rank_metrics(small):
     assert sorted(res) == sorted(ref) and set(res) <= set(KEYS.values())
     rank = [KEYS[k] for k in ("aurc", "augrc", "cov_5risk", "risk_80cov", "aece", "auroc", "aupr", "fpr95",
                               "scod_aurc", "scod_augrc", "scod_cov_5risk", "scod_risk_80cov", "smece")]
-    np.testing.assert_array_equal([res[k] for k in rank], [ref[k] for k in rank])  # NaN == NaN here
+    np.testing.assert_allclose([res[k] for k in rank], [ref[k] for k in rank], rtol=0, atol=1e-7)  # NaN == NaN
     _assert_same(res, ref)
 
 
