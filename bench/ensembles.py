@@ -1,7 +1,7 @@
 """Benchmark: one MNIST training epoch of 1 and 8 LeNet members.
 
 Compares, in the same run and on the same real MNIST images (``JAXUQ_DATA_DIR``):
-- jaxuq: ``jaxuq.train.fit`` of the stacked ensemble (``members="vmap"``, ``"map"``, ``"unroll"``),
+- jaxuq: ``jaxuq.train.fit`` of the stacked ensemble (lowering ``"vmap"``, ``"map"``, ``"unroll"``),
   SGD lr 0.05, one jitted scan over the epoch;
 - torch: a plain Python loop over members (each with its own SGD), one step per member per batch;
 - TU: ``torch_uncertainty.methods.deep_ensembles`` of TU ``lenet``s, CE over its ``(M*B, C)`` logits
@@ -36,13 +36,13 @@ def bench_jaxuq(images, labels, m, bs, members, repeats):
 
     from jaxuq.data import MNIST_NORM, Preprocess
     from jaxuq.models.packed_lenet import packed_lenet
-    from jaxuq.train import TrainConfig, create_train_state, fit
+    from jaxuq.train import EnsembleConfig, TrainConfig, create_train_state, fit
 
     model = packed_lenet(1, 10, num_estimators=1, alpha=1)  # == TU lenet (all layers dense)
     tx = optax.sgd(0.05)
     n = (images.shape[0] // bs) * bs
     cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=bs, preprocess=Preprocess(*MNIST_NORM),
-                      drop_last=True, num_members=None if m == 1 else m, members=members,
+                      drop_last=True, ensemble=None if m == 1 else EnsembleConfig(m, lowering=members),
                       steps_per_call=n // bs, quiet=True)
     s0 = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)), cfg.num_members)
     out = {}

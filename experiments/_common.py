@@ -365,20 +365,20 @@ def tu_lenet_ensemble_table(
 
 
 def ensemble_table(module, variables, images, labels, ood_images, preprocess, batch_size: int = 2048,
-                   members=None) -> dict[str, float]:
+                   lowering=None) -> dict[str, float]:
     """jaxuq's side of :func:`tu_lenet_ensemble_table`: a stacked ensemble (``variables`` leaves
     ``[M, ...]``) on ``images [N, H, W, C]`` (uint8) with ``ood_images`` as OOD, ``preprocess`` a
     :class:`jaxuq.data.Preprocess`, MSP criterion -> :func:`jaxuq.evaluate` with TU's complexity
     numbers (FLOPs of the first batch, all members; parameter count)."""
     import jaxuq
-    from jaxuq.ensembles import apply_members, default_members
+    from jaxuq.ensembles import apply_members, default_lowering
     from jaxuq.metrics import count_flops
 
-    members = members or default_members()
+    lowering = lowering or default_lowering()
     first = preprocess.eval(jnp.asarray(images[:batch_size]))
-    flops = count_flops(lambda x: apply_members(module, variables, x, members=members), first)
+    flops = count_flops(lambda x: apply_members(module, variables, x, lowering=lowering), first)
     return jaxuq.evaluate(module, variables, (images, np.asarray(labels)), ood_data=ood_images,
-                          preprocess=preprocess, batch_size=batch_size, members=members, flops=flops,
+                          preprocess=preprocess, batch_size=batch_size, lowering=lowering, flops=flops,
                           progress=False)
 
 

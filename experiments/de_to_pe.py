@@ -9,7 +9,7 @@ the same 10,000); MSP criterion. Three models:
 
 - ``single``: LeNet (44,426 parameters), lr 0.05;
 - ``de``: a deep ensemble of ``de_members`` LeNets at lr 0.05 x M with CE over ``RepeatTarget(M)``
-  rows (= each member's gradient / M: ``tu_gradient_scaling``);
+  rows (= each member's gradient / M), one shared data order: ``jaxuq.train.tu_deep_ensembles``;
 - ``packed``: ``PackedLeNet(alpha=2, gamma=1, M=4)`` (45,672 parameters) at lr 0.05 x 4, CE on
   ``RepeatTarget(4)``.
 
@@ -48,7 +48,7 @@ Config keys (defaults = the tutorial):
   num_seeds        3       runs per model and side (mean and sd reported)
   hub              true    evaluate the 8 hub LeNets as one ensemble (skipped with a note when no hub)
   compare_tu       true    run TU 0.13.0 on the same data beside jaxuq (needs torch + torch-uncertainty)
-  members          null    deep-ensemble member lowering: "vmap", "map", "unroll" (null: per backend)
+  lowering         null    deep-ensemble member lowering: "vmap", "map", "unroll" (null: per backend)
   data_dir         null    data folder (null: $JAXUQ_DATA_DIR)
   download         true    download MNIST/FashionMNIST (md5-checked) when absent and a network exists
 """
@@ -66,13 +66,13 @@ import numpy as np
 
 from experiments import _tu_mnist
 from experiments._launch import compare_row, render_text
-from jaxuq import ensembles as E
 from jaxuq._env import data_dir as _data_dir
-from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist
+from jaxuq.data import MNIST_NORM, Preprocess, RepeatTarget, load_fashion_mnist, load_mnist
+from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import classification_table, predict
 from jaxuq.models.lenet import lenet
 from jaxuq.models.packed_lenet import packed_lenet
-from jaxuq.train import RepeatTarget, TrainConfig, fit, torch_sgd
+from jaxuq.train import EnsembleConfig, TrainConfig, fit, torch_sgd, tu_deep_ensembles
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HUB_REPO = "ENSTA-U2IS/tutorial-models"
@@ -102,7 +102,7 @@ def get_config() -> dict:
         "train_images": 60_000, "test_images": 10_000, "ood_images": 10_000, "epochs": 3, "batch_size": 512,
         "eval_batch_size": 2048, "lr": 0.05, "models": ["single", "de", "packed"], "de_members": 2,
         "packed_members": 4, "alpha": 2, "gamma": 1, "init": "torch", "seed": 0, "num_seeds": 3,
-        "hub": True, "compare_tu": True, "members": None, "data_dir": None, "download": True,
+        "hub": True, "compare_tu": True, "lowering": None, "data_dir": None, "download": True,
     }  # fmt: skip
 
 
@@ -161,14 +161,13 @@ def train_config(name: str, config: dict, seed: int) -> TrainConfig:
         epochs=config["epochs"], batch_size=config["batch_size"], seed=seed,
         optimizer=torch_sgd(config["lr"]),
         preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), eval_batch_size=config["eval_batch_size"],
-        members=config["members"], quiet=False,
+        quiet=False,
     )
     if name == "single":
         return base
     if name == "de":  # deep_ensembles + RepeatTarget(M): one shared order, CE over (m b) rows, LR x M
-        m = config["de_members"]
-        return base.replace(num_members=m, member_shuffle=False, tu_gradient_scaling=True,
-                            optimizer=torch_sgd(config["lr"] * m))
+        base = base.replace(ensemble=EnsembleConfig(config["de_members"], lowering=config["lowering"]))
+        return tu_deep_ensembles(config["de_members"], config["lr"], base)
     if name == "packed":  # one model whose output is [(M B), C]: CE on RepeatTarget(M), LR x M
         m = config["packed_members"]
         return base.replace(format_batch=RepeatTarget(m), optimizer=torch_sgd(config["lr"] * m))
@@ -203,7 +202,7 @@ def member_logits(module, params, split, images, batch_size: int) -> np.ndarray:
     pre = Preprocess(*MNIST_NORM)
     if split is None:
         return predict(module, {"params": params}, images, preprocess=pre, batch_size=batch_size,
-                       members=E.default_members())
+                       lowering=default_lowering())
     return predict(module, {"params": jax.tree.map(lambda a: a[0], params)}, images, preprocess=pre,
                    batch_size=batch_size)
 

@@ -95,20 +95,13 @@ def _train(config, x_tr, y_tr):
     from jaxuq import models
     from jaxuq.data.pipeline import CIFAR10_NORM
     from jaxuq.data.registry import default_preprocess
-    from jaxuq.train import fit, torch_adam
+    from jaxuq.train import TrainConfig, fit, torch_adam
 
     module = models.get("resnet", arch=18, style="cifar", num_classes=10, in_channels=3, conv_bias=False)
-    res = fit(
-        module,
-        (x_tr, y_tr),
-        optimizer=torch_adam(config["lr"]),
-        epochs=config["epochs"],
-        batch_size=min(config["batch_size"], len(x_tr)),
-        preprocess=default_preprocess("cifar10"),
-        seed=config["seed"],
-        compute_dtype=jnp.dtype(config["compute_dtype"]),
-        quiet=True,
-    )
+    cfg = TrainConfig(optimizer=torch_adam(config["lr"]), epochs=config["epochs"], quiet=True,
+                      batch_size=min(config["batch_size"], len(x_tr)), seed=config["seed"],
+                      preprocess=default_preprocess("cifar10"), compute_dtype=config["compute_dtype"])
+    res = fit(module, (x_tr, y_tr), cfg)
     mean, std = (np.array(v, np.float32) for v in CIFAR10_NORM)
     return module, res.state.variables(), lambda x: (np.asarray(x, np.float32) - mean) / std
 

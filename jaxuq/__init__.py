@@ -20,6 +20,7 @@ _SUBMODULES = (
     "data",
     "ensembles",
     "evaluation",
+    "forward",
     "hub",
     "losses",
     "metrics",
@@ -27,6 +28,7 @@ _SUBMODULES = (
     "nn",
     "ood",
     "report",
+    "sharding",
     "train",
 )
 _EVALUATION = ("classification_table", "evaluate", "predict")

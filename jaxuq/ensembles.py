@@ -1,7 +1,9 @@
-"""Deep ensembles as one stacked pytree: init, apply and train M members in one jitted step.
+"""Deep ensembles as one stacked pytree: apply and train M members in one jitted step.
 
 Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, and of the outputs
-(``logits: [M, N, C]``). How the member axis is lowered is a choice, ``members=``:
+(``logits: [M, N, C]``); ``jaxuq.train.create_train_state(..., num_members=M)`` initialises them.
+How the member axis is run is a choice, ``lowering=`` (the same name in ``fit``'s
+``EnsembleConfig``, ``jaxuq.forward``, ``predict`` and ``evaluate``):
 
 - ``"vmap"``: ``jax.vmap`` over members: one batched (grouped-conv) kernel per layer. On XLA:CPU it is
   slow for conv nets (bench, 8 LeNets: ~19x the time of one member).
@@ -12,12 +14,9 @@ Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, 
 (CPU figures from bench/results/ensembles.md on a 2-core machine; GPU not measured yet, so the
 GPU default ``"vmap"`` is still to be confirmed by running bench/ensembles.py there.)
 
-All give the same numbers (up to float rounding). ``default_members()`` picks per backend, as the
-benchmark decided (bench/results/ensembles.md). ``mesh=`` splits members over a device mesh axis
-with ``jax.shard_map``; each device then runs its local members with the chosen lowering.
-
-Training lives in the one engine, ``jaxuq.train.fit`` (``TrainConfig(num_members=M, members=...)``),
-which maps its single-model ``train_step`` over the members with ``over_members``.
+All give the same numbers (up to float rounding). ``default_lowering()`` picks per backend, as the
+benchmark decided. ``mesh=`` (a member mesh, :func:`jaxuq.sharding.member_mesh`) splits the members
+over devices with ``jax.shard_map``; each device then runs its local members with the chosen lowering.
 """
 
 from __future__ import annotations
@@ -27,68 +26,80 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
+
+from jaxuq.sharding import MEMBER_AXIS
 
 __all__ = [
+    "LOWERINGS",
+    "Lowering",
     "apply_members",
-    "default_members",
-    "init_members",
-    "member_mesh",
-    "member_permutations",
+    "check_lowering",
+    "default_lowering",
+    "num_members",
     "over_members",
     "predictive",
-    "shard_members",
 ]
 
 Lowering = Literal["vmap", "map", "unroll"]
-MEMBER_AXIS = "members"
+LOWERINGS = ("vmap", "map", "unroll")
 
 
-def default_members(backend: str | None = None) -> Lowering:
+def default_lowering(backend: str | None = None) -> Lowering:
     """Member lowering per backend: ``"map"`` on CPU (vmapped convs are slow there), else ``"vmap"``."""
     backend = backend or jax.default_backend()
     return "map" if backend == "cpu" else "vmap"
 
 
-def over_members(fn: Callable, members: Lowering | None, *stacked):
-    """Apply ``fn(*member_slices)`` to every member of the stacked args; outputs stacked on axis 0."""
-    members = members or default_members()
-    if members == "vmap":
-        return jax.vmap(fn)(*stacked)
-    if members == "map":
-        return jax.lax.map(lambda a: fn(*a), stacked)
-    if members == "unroll":
-        m = jax.tree.leaves(stacked)[0].shape[0]
-        outs = [fn(*jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(m)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-    raise ValueError(f"members must be 'vmap', 'map' or 'unroll', got {members!r}")
+def check_lowering(lowering, name: str = "lowering") -> None:
+    """None or one of :data:`LOWERINGS`, else a TypeError/ValueError naming ``name``."""
+    if lowering is not None and not isinstance(lowering, str):
+        raise TypeError(f"{name} must be a string or None, got {type(lowering).__name__}")
+    if lowering not in (None, *LOWERINGS):
+        raise ValueError(f"{name} must be one of {LOWERINGS} or None, got {lowering!r}")
 
 
-def _num_members(tree) -> int:
+def _lowered(fn: Callable, lowering: Lowering, stacked: tuple, shared: tuple):
+    def one(*member):
+        return fn(*member, *shared)
+
+    if lowering == "vmap":
+        return jax.vmap(one)(*stacked)
+    if lowering == "map":
+        return jax.lax.map(lambda a: one(*a), stacked)
+    m = jax.tree.leaves(stacked)[0].shape[0]
+    outs = [one(*jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(m)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def over_members(fn: Callable, lowering: Lowering | None, *stacked, shared: tuple = (),
+                 mesh: Mesh | None = None):
+    """``fn(*member_slices, *shared)`` for every member of the ``stacked`` pytrees (leading axis M);
+    outputs stacked on axis 0. ``shared`` args are the same for every member. ``mesh``: a member mesh
+    (axis ``"members"``, M divisible by its size): members split over devices with ``shard_map``."""
+    check_lowering(lowering)
+    lowering = lowering or default_lowering()
+    if mesh is None:
+        return _lowered(fn, lowering, stacked, shared)
+    run = jax.shard_map(
+        lambda st, sh: _lowered(fn, lowering, st, sh),
+        mesh=mesh,
+        in_specs=(PartitionSpec(MEMBER_AXIS), PartitionSpec()),
+        out_specs=PartitionSpec(MEMBER_AXIS),
+    )
+    return run(stacked, shared)
+
+
+def num_members(tree) -> int:
+    """The shared leading axis of every leaf of a stacked pytree (ValueError otherwise)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError("empty ensemble variables")
-    m = leaves[0].shape[0]
+    m = leaves[0].shape[0] if leaves[0].ndim else None
     for leaf in leaves:
-        if leaf.shape[:1] != (m,):
+        if m is None or leaf.shape[:1] != (m,):
             raise ValueError(f"ensemble leaves must share a leading member axis {m}, got {leaf.shape}")
     return m
-
-
-def init_members(module, key, num_members: int, *sample_args, **init_kwargs):
-    """Initialise ``num_members`` members from ``jax.random.split(key, M)``; stacked variables ``[M, ...]``.
-
-    Member ``m`` equals ``module.init(jax.random.split(key, M)[m], *sample_args, **init_kwargs)``.
-    """
-    if num_members < 1:
-        raise ValueError(f"num_members must be >= 1, got {num_members}")
-    keys = jax.random.split(key, num_members)
-    return jax.jit(jax.vmap(lambda k: module.init(k, *sample_args, **init_kwargs)))(keys)
-
-
-def _member_rngs(rng, m: int):
-    return None if rng is None else jax.random.split(rng, m)
 
 
 def apply_members(
@@ -97,7 +108,7 @@ def apply_members(
     x,
     *,
     train: bool = False,
-    members: Lowering | None = None,
+    lowering: Lowering | None = None,
     per_member_inputs: bool = False,
     rng=None,
     mutable=False,
@@ -109,70 +120,16 @@ def apply_members(
     member. With ``mutable`` (e.g. ``["batch_stats"]``) returns ``(outputs, updated_collections)`` like
     ``flax.linen.Module.apply``. ``mesh``: shard members over its ``"members"`` axis (M must divide).
     """
-    m = _num_members(variables)
-    rngs = _member_rngs(rng, m)
+    m = num_members(variables)
+    stacked = (variables, x if per_member_inputs else None, None if rng is None else jax.random.split(rng, m))
 
-    def one(v, xm, r):
+    def one(v, xm, r, x_shared):
         kw = {"rngs": {"dropout": r}} if r is not None else {}
-        return module.apply(v, xm, train=train, mutable=mutable, **kw)
+        return module.apply(v, x_shared if xm is None else xm, train=train, mutable=mutable, **kw)
 
-    def run(v, xs, rs):
-        stacked = (v,) + ((xs,) if per_member_inputs else ()) + ((rs,) if rs is not None else ())
-
-        def f(*a):
-            vm = a[0]
-            xm = a[1] if per_member_inputs else xs
-            rm = a[-1] if rs is not None else None
-            return one(vm, xm, rm)
-
-        return over_members(f, members, *stacked)
-
-    if mesh is None:
-        return run(variables, x, rngs)
-    spec_m = PartitionSpec(MEMBER_AXIS)
-    x_spec = spec_m if per_member_inputs else PartitionSpec()
-    r_spec = spec_m if rngs is not None else None
-    fn = jax.shard_map(
-        lambda v, xs, rs: run(v, xs, rs),
-        mesh=mesh,
-        in_specs=(spec_m, x_spec, r_spec),
-        out_specs=spec_m,
-    )
-    return fn(variables, x, rngs)
+    return over_members(one, lowering, *stacked, shared=(None if per_member_inputs else x,), mesh=mesh)
 
 
 def predictive(logits):
     """Ensemble predictive distribution: mean of member softmax. ``logits: [M, N, C]`` -> ``[N, C]``."""
     return jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
-
-
-def member_permutations(key, num_members: int, n: int):
-    """Per-member data orders ``[M, n]``: member ``m`` uses
-    ``jax.random.permutation(jax.random.split(key, M)[m], n)``."""
-    keys = jax.random.split(key, num_members)
-    return jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
-
-
-# ----------------------------------------------------------------------------- sharding
-
-
-def member_mesh(num_devices: int | None = None, devices=None) -> Mesh:
-    """A 1-D mesh with axis ``"members"`` over ``devices`` (default: the first ``num_devices``)."""
-    devices = list(devices if devices is not None else jax.devices())
-    if num_devices is not None:
-        devices = devices[:num_devices]
-    return Mesh(np.array(devices), (MEMBER_AXIS,))
-
-
-def shard_members(tree, mesh: Mesh):
-    """Place every leaf's member axis (axis 0) across the mesh's ``"members"`` axis."""
-    ndev = mesh.shape[MEMBER_AXIS]
-
-    def put(a):
-        if a.ndim == 0:
-            return jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
-        if a.shape[0] % ndev:
-            raise ValueError(f"member axis {a.shape[0]} is not divisible by the {ndev} devices of the mesh")
-        return jax.device_put(a, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS)))
-
-    return jax.tree.map(put, tree)

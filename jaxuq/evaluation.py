@@ -3,52 +3,70 @@
 
 All three return torch-uncertainty 0.13.0's names (``ClassificationRoutine``'s ``test/cls/Acc``,
 ``test/cal/ECE``, ``test/sc/AURC``, ``ood/AUROC``, ``test/cplx/params``, ``test/ens_Disagreement``,
-...) with float values; print them with :func:`jaxuq.report.print_table`.
+...; the one table is :data:`jaxuq.metrics.suite.KEYS`) with float values; print them with
+:func:`jaxuq.report.print_table`. The model side is :func:`jaxuq.forward.forward` (one model, a
+stacked ensemble, a ``members_in_batch`` model or a sampler).
 
-``evaluate(model, variables, data)`` runs one jitted ``eval_step`` per batch (forward ->
-float32 softmax -> the :mod:`jaxuq.metrics.streaming` states), so it never holds the logits:
+``evaluate(model, variables, data)`` runs one jitted step per batch (forward -> float32 softmax ->
+the :mod:`jaxuq.metrics.streaming` states), so it never holds the logits:
 
 * sum and binned metrics (Acc, Brier, NLL, Entropy, ECE, MCE, ``ens_*``, ``ood/Entropy``) keep
   O(1) state (a float32 sum and an int32 count; 16 bins), updated on device;
-* the rank metrics need a global sort, so their :class:`~jaxuq.metrics.streaming.ListState` keeps
-  per-sample float32 values on the **host**: confidence + correctness (8 bytes per ID sample) for
-  aECE, SmECE and AURC/AUGRC/Cov@Risk/Risk@Cov, plus the OOD score (4 bytes per ID and per OOD
-  sample) for AUROC/AUPR/FPR95 and SCOD: **12 bytes per ID sample and 4 per OOD sample**. Their
-  ``compute`` sorts once at the end, on device (transiently a few times those bytes);
+* the rank metrics need a global sort, so the step returns the per-sample float32 values and the
+  **host** keeps them: confidence + correctness (8 bytes per ID sample) for aECE, SmECE and
+  AURC/AUGRC/Cov@Risk/Risk@Cov, plus the OOD score (4 bytes per ID and per OOD sample) for
+  AUROC/AUPR/FPR95 and SCOD: **12 bytes per ID sample and 4 per OOD sample**. They are computed
+  at the end by :func:`jaxuq.metrics.suite.rank_metrics`, the function ``classification_table``
+  uses too (one sort per score, on device);
 * device memory during the pass is O(batch): each batch's per-sample values are copied to the
   host one batch behind, so the device computes the next batch meanwhile.
 
-The last batch is zero-padded to the compiled shape: the forward pass is compiled once per
-(model, preprocess, dtype, members, mesh) and the padded rows are sliced off before the metrics.
-With a data-parallel ``mesh`` (``jaxuq.train.make_mesh``) batches are sharded over its ``data``
-axis and the states stay replicated: XLA reduces each batch's per-device contributions (the
-streaming ``merge`` of the per-device states) inside the step. Several processes work as in
-``jaxuq.train``: each feeds its own rows of every batch (``global_batch``).
+One compiled program serves every batch: the last batch is zero-padded to the compiled shape and a
+``mask`` of its real rows goes to the streaming states' ``update`` (the padded rows' per-sample
+values are dropped on the host). With a data-parallel ``mesh`` (``jaxuq.sharding.make_mesh``)
+batches are sharded over its ``data`` axis and the states stay replicated: XLA reduces each batch's
+per-device contributions (the streaming ``merge`` of the per-device states) inside the step.
+Several processes work as in ``jaxuq.train``: each feeds its own rows of every batch
+(``global_batch``).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxuq.metrics import _checks
+from jaxuq import _validate
+from jaxuq._progress import progress_bar
+from jaxuq.data.pipeline import is_arrays, num_batches, padded_batches
+from jaxuq.forward import forward, members_in_batch
 from jaxuq.metrics import streaming as S
-from jaxuq.metrics.calibration import _smece_conf_acc
+from jaxuq.metrics.calibration import _smece_conf_acc, top_label
 from jaxuq.metrics.complexity import count_params
-from jaxuq.metrics.selective import scod_metrics
-from jaxuq.metrics.suite import table_core
+from jaxuq.metrics.suite import KEYS, rank_metrics, table_core
+from jaxuq.ood.criteria import get_criterion
+from jaxuq.sharding import (
+    MeshRoles,
+    batch_sharding,
+    global_batch,
+    is_multiprocess,
+    process_batch_slice,
+    replicate,
+    replicated,
+    split_mesh,
+    to_host,
+)
 
 __all__ = ["classification_table", "evaluate", "padded_batches", "predict"]
 
 
 def _split_members(x, name: str, pending):
     """``[N, C]`` -> (probs, None); ``[M, N, C]`` -> (mean over members, members if M > 1)."""
-    arr = _checks.check_probs(x, name, (2, 3), pending)
+    arr = _validate.check_probs(x, name, (2, 3), pending)
     if arr.ndim == 2:
         return arr.astype(jnp.float32), None
     arr = arr.astype(jnp.float32)
@@ -93,125 +111,110 @@ def classification_table(
     if (probs is None) == (logits is None):
         raise ValueError("give exactly one of `probs` or `logits`")
     if logits is not None:
-        lg = _checks.as_array(logits, "logits", (2, 3))
+        lg = _validate.as_array(logits, "logits", (2, 3))
         probs = jax.nn.softmax(lg.astype(jnp.float32), axis=-1)
     pending = []  # every value check is fetched in one device->host transfer
     p, members = _split_members(probs, "probs", pending)
     n, c = p.shape
-    y = _checks.check_labels(labels, n, c, "labels", pending)
-    kw = {}
-    if members is not None:
-        kw["member_probs"] = members
+    y = _validate.check_labels(labels, n, c, "labels", pending)
+    kw = {} if members is None else {"member_probs": members}
     if ood_scores is not None:
-        s = _checks.check_scores(ood_scores, "ood_scores", pending)
-        if s.shape[0] <= n and ood_labels is None:
-            raise ValueError(
-                f"`ood_scores` has shape {s.shape}: expected N + N_ood > N = {n} scores (ID first)"
-            )
-        if ood_labels is None:
-            is_ood = jnp.concatenate([jnp.zeros((n,), jnp.int32), jnp.ones((s.shape[0] - n,), jnp.int32)])
-        else:
-            is_ood = _checks.check_binary(ood_labels, s.shape[0], "ood_labels", pending=pending)
-        kw.update(ood_scores=s, is_ood=is_ood)
-        if ood_probs is not None:
-            op, om = _split_members(ood_probs, "ood_probs", pending)
-            if op.shape[1] != c:
-                raise ValueError(f"`ood_probs` has {op.shape[1]} classes, `probs` has {c}")
-            kw["ood_probs"] = op
-            if om is not None:
-                kw["ood_member_probs"] = om
+        kw |= _ood_args(ood_scores, ood_labels, ood_probs, n, c, pending)
     elif ood_labels is not None or ood_probs is not None:
         raise ValueError("`ood_labels` / `ood_probs` need `ood_scores`")
-    scod_ood_cost = _checks.check_fraction(scod_ood_cost, "scod_ood_cost")
-    _checks.resolve(pending)
+    scod_ood_cost = _validate.check_fraction(scod_ood_cost, "scod_ood_cost")
+    _validate.resolve(pending)
     out, conf, acc = table_core(p, y, ood_cost=scod_ood_cost, **kw)
-    res = {k: float(v) for k, v in jax.device_get(out).items()}
+    return _host_keys(out, conf, acc, smece, flops, params)
+
+
+def _ood_args(ood_scores, ood_labels, ood_probs, n: int, c: int, pending) -> dict:
+    """``table_core``'s OOD arguments, checked: scores ``[N + N_ood]`` (ID first), 0/1 labels,
+    OOD-set (member-averaged) probabilities."""
+    s = _validate.check_scores(ood_scores, "ood_scores", pending)
+    if s.shape[0] <= n and ood_labels is None:
+        raise ValueError(f"`ood_scores` has shape {s.shape}: expected N + N_ood > N = {n} scores (ID first)")
+    if ood_labels is None:
+        is_ood = jnp.concatenate([jnp.zeros((n,), jnp.int32), jnp.ones((s.shape[0] - n,), jnp.int32)])
+    else:
+        is_ood = _validate.check_binary(ood_labels, s.shape[0], "ood_labels", pending=pending)
+    kw = {"ood_scores": s, "is_ood": is_ood}
+    if ood_probs is not None:
+        op, om = _split_members(ood_probs, "ood_probs", pending)
+        if op.shape[1] != c:
+            raise ValueError(f"`ood_probs` has {op.shape[1]} classes, `probs` has {c}")
+        kw["ood_probs"] = op
+        if om is not None:
+            kw["ood_member_probs"] = om
+    return kw
+
+
+def _host_keys(device: dict, conf, acc, smece: bool, flops, params) -> dict[str, float]:
+    """``{TU key: float}`` from the device results, plus SmECE (host float64) and the complexity keys."""
+    res = {k: float(v) for k, v in jax.device_get(device).items()}
     if smece:
         conf, acc = jax.device_get((conf, acc))
-        res["test/cal/SmECE"] = _smece_conf_acc(np.asarray(conf), np.asarray(acc))[0]
+        res[KEYS["smece"]] = _smece_conf_acc(np.asarray(conf), np.asarray(acc))[0]
     if flops is not None:
-        res["test/cplx/flops"] = int(flops)
+        res[KEYS["flops"]] = int(flops)
     if params is not None:
-        res["test/cplx/params"] = int(params)
+        res[KEYS["params"]] = int(params)
     return res
 
 
-# ----------------------------------------------------------------------------- batching
-def _is_arrays(data) -> bool:
-    """``data`` is a tuple of same-length arrays, not an iterable of batches."""
-    return isinstance(data, tuple) and all(hasattr(a, "shape") for a in data)
+# ----------------------------------------------------------------------------- the jitted forward
+class _Spec(NamedTuple):
+    """What one compiled forward depends on (hashable: it keys the caches below)."""
+
+    model: object
+    preprocess: object
+    dtype: str
+    lowering: str | None
+    roles: MeshRoles
+    sampler: object
+
+    @classmethod
+    def of(cls, model, preprocess, compute_dtype, lowering, mesh, sampler) -> _Spec:
+        return cls(model, preprocess, jnp.dtype(compute_dtype).name, lowering, split_mesh(mesh), sampler)
+
+    def forward(self, variables, key, x):
+        return forward(self.model, variables, x, preprocess=self.preprocess, compute_dtype=self.dtype,
+                       lowering=self.lowering, mesh=self.roles, sampler=self.sampler, key=key)
+
+    @property
+    def row_axis(self) -> int:
+        """Axis of the batch rows in the outputs: 1 under a member/sample axis, else 0."""
+        stacked = self.sampler is not None or self.lowering is not None
+        return 1 if stacked or members_in_batch(self.model) else 0
 
 
-def _batch_rows(n: int, batch_size: int, mesh) -> int:
-    """Rows of one compiled batch: ``min(batch_size, n)`` rounded up to a multiple of the mesh size."""
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rows = max(1, min(int(batch_size), n))
-    return rows if mesh is None else math.ceil(rows / mesh.size) * mesh.size
+def _jit(fn, roles: MeshRoles, n_replicated: int, n_batch: int):
+    """``jax.jit(fn)``; with a data mesh, the first ``n_replicated`` args and the outputs replicated,
+    the next ``n_batch`` sharded on the batch axis."""
+    mesh = roles.data
+    if mesh is None:
+        return jax.jit(fn)
+    rep, bat = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(fn, in_shardings=(rep,) * n_replicated + (bat,) * n_batch, out_shardings=rep)
 
 
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    if len(x) == rows:
-        return x
-    return np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
-
-
-def padded_batches(data, batch_size: int, mesh=None) -> Iterator[tuple[int, tuple]]:
-    """``(n_valid, batch)`` over ``data``, every batch zero-padded to one shape.
-
-    ``data``: a tuple of same-length host arrays ``([N, ...], ...)`` cut into ``batch_size`` rows
-    (rounded up to a multiple of ``mesh.size``), or an iterable of such tuples (each batch padded
-    to the largest size seen so far). ``batch``: the padded tuple; ``n_valid``: its real rows.
-    """
-    if _is_arrays(data):
-        arrays = tuple(np.asarray(a) for a in data)
-        n = len(arrays[0])
-        rows = _batch_rows(n, batch_size, mesh)
-        for i in range(0, n, rows):
-            yield min(rows, n - i), tuple(_pad_rows(a[i : i + rows], rows) for a in arrays)
-        return
-    rows = 0
-    for batch in data:
-        batch = tuple(np.asarray(a) for a in (batch if isinstance(batch, tuple | list) else (batch,)))
-        k = len(batch[0])
-        if k > rows:
-            rows = _batch_rows(k, k, mesh)
-        yield k, tuple(_pad_rows(a, rows) for a in batch)
-
-
-def _num_batches(data, batch_size: int, mesh) -> int | None:
-    if _is_arrays(data):
-        n = len(data[0])
-        return math.ceil(n / _batch_rows(n, batch_size, mesh))
-    return len(data) if hasattr(data, "__len__") else None
+@functools.cache
+def _jitted_forward(spec: _Spec):
+    return _jit(spec.forward, spec.roles, 2, 1)
 
 
 def _to_device(batch: tuple, mesh) -> tuple:
     """Host batch -> jit inputs; on a multi-process mesh only this process's rows (``global_batch``)."""
-    if mesh is None:
-        return batch
-    from jaxuq.train.sharding import global_batch, is_multiprocess, process_batch_slice
-
-    if not is_multiprocess():
+    if mesh is None or not is_multiprocess():
         return batch
     rows = len(batch[0])
     sl = process_batch_slice(mesh, rows)
     return tuple(global_batch(mesh, a[sl], rows) for a in batch)
 
 
-def _replicate(tree, mesh):
-    if mesh is None:
-        return tree
-    from jaxuq.train.sharding import replicate
-
-    return replicate(tree, mesh)
-
-
 def _one_behind(outputs: Iterable) -> Iterator:
     """Yield each device output on the host one step late, so the device runs the next batch
     while the previous one is copied."""
-    from jaxuq.train.sharding import to_host
-
     prev = None
     for out in outputs:
         if prev is not None:
@@ -221,109 +224,52 @@ def _one_behind(outputs: Iterable) -> Iterator:
         yield to_host(prev)
 
 
-def _progress(show: bool, total: int | None, description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), disable=not show, transient=True)
-    return bar, bar.add_task(description, total=total)
-
-
-# ----------------------------------------------------------------------------- forward
-def _split_mesh(mesh):
-    """``(data mesh, member mesh)``: a mesh with a ``"members"`` axis (``jaxuq.ensembles.member_mesh``)
-    shards the ensemble members, any other one (``jaxuq.train.make_mesh``) the batch."""
-    from jaxuq.ensembles import MEMBER_AXIS
-
-    if mesh is not None and MEMBER_AXIS in mesh.axis_names:
-        return None, mesh
-    return mesh, None
+def _batch_key(key, *path: int):
+    """The key of one batch (None without a sampler): ``fold_in`` of ``key`` along ``path``."""
+    for i in path if key is not None else ():
+        key = jax.random.fold_in(key, i)
+    return key
 
 
-def _forward(model, preprocess, compute_dtype: str, members, mesh=None):
-    """Un-jitted ``(variables, x [B, ...]) -> logits [B, C]`` (``[M, B, C]`` with ``members``), float32:
-    :func:`jaxuq.train.eval_step` with this configuration (``mesh``'s member part, if any)."""
-    from jaxuq.train.state import eval_step
-
-    dtype, member_mesh = jnp.dtype(compute_dtype).name, _split_mesh(mesh)[1]
-    return lambda variables, x: eval_step(model, variables, x, preprocess, dtype, members, member_mesh)
-
-
-def _jit(fn, mesh, n_batch_args: int, n_replicated: int = 1):
-    """``jax.jit(fn)``; with a data mesh, the first ``n_replicated`` args and the outputs replicated,
-    the next ``n_batch_args`` sharded on the batch axis."""
-    mesh = _split_mesh(mesh)[0]
-    if mesh is None:
-        return jax.jit(fn)
-    from jaxuq.train.sharding import batch_sharding, replicated
-
-    rep, bat = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(fn, in_shardings=(rep,) * n_replicated + (bat,) * n_batch_args, out_shardings=rep)
-
-
-@functools.cache
-def _jitted_forward(model, preprocess, compute_dtype: str, members, mesh):
-    return _jit(_forward(model, preprocess, compute_dtype, members, mesh), mesh, 1)
-
-
-def predict(
-    model,
-    variables,
-    images,
-    *,
-    preprocess=None,
-    batch_size: int = 1024,
-    members=None,
-    compute_dtype=jnp.float32,
-    mesh=None,
-) -> np.ndarray:
-    """Eval-mode logits of ``model`` over ``images [N, ...]`` in batches: float32 ``[N, C]``, or
-    ``[M, N, C]`` when ``members`` is a lowering (``"vmap"``/``"map"``/``"unroll"``, see
-    :func:`jaxuq.ensembles.apply_members`) of stacked ``variables``, or when ``model`` is a
-    Packed-Ensemble whose output is ``[(M B), C]`` (TU's layout, split per batch into ``[M, B, C]``).
+def predict(model, variables, images, *, preprocess=None, batch_size: int = 1024, lowering=None,
+            compute_dtype="float32", mesh=None, sampler=None, key=None) -> np.ndarray:
+    """Eval-mode outputs of ``model`` over ``images [N, ...]`` in batches (:func:`jaxuq.forward.forward`):
+    float32 ``[N, C]``, or ``[M, N, C]`` for stacked ``variables`` with a ``lowering``
+    (``"vmap"``/``"map"``/``"unroll"``), a ``members_in_batch`` model (Packed-Ensembles: TU's
+    ``[(M B), C]`` split per batch) or a ``sampler`` (batch ``i`` draws from ``fold_in(key, i)``).
 
     ``preprocess``: a :class:`jaxuq.data.Preprocess` applied on device to uint8 images (its
-    ``.eval``), or None for inputs already preprocessed. The last batch is zero-padded so one
-    compiled shape serves the whole set (BatchNorm uses running statistics: padding is inert);
-    the jitted function is cached per (model, preprocess, dtype, members, mesh). ``mesh``: a
-    data-parallel mesh (``jaxuq.train.make_mesh``: batches sharded over it), or a member mesh
-    (``jaxuq.ensembles.member_mesh``: members sharded, variables placed by ``shard_members``).
+    ``.eval``), or None for inputs used as they are. The last batch is zero-padded so one compiled
+    shape serves the whole set (BatchNorm uses running statistics: padding is inert); the jitted
+    function is cached per (model, preprocess, dtype, lowering, mesh, sampler). ``mesh``: a
+    data-parallel mesh (``jaxuq.sharding.make_mesh``: batches sharded over it), or a member mesh
+    (``jaxuq.sharding.member_mesh``: members or samples split over devices).
     """
     images = np.asarray(images)
-    if images.ndim < 2 or len(images) == 0:
+    if images.ndim < 1 or len(images) == 0:
         raise ValueError(f"`images` must be a non-empty batch [N, ...], got shape {images.shape}")
-    fn = _jitted_forward(model, preprocess, jnp.dtype(compute_dtype).name, members, mesh)
-    dmesh = _split_mesh(mesh)[0]
-    variables = _replicate(variables, dmesh)
-    batches = padded_batches((images,), batch_size, dmesh)
-    outs = (_split_packed(fn(variables, *_to_device(b, dmesh)), len(b[0])) for _, b in batches)
-    return np.concatenate(list(_one_behind(outs)), axis=-2)[..., : len(images), :]
-
-
-def _split_packed(logits, rows: int):
-    """A Packed-Ensemble's ``[(M B), C]`` output (members first) -> ``[M, B, C]``; else unchanged."""
-    if logits.ndim == 2 and logits.shape[0] != rows:
-        return logits.reshape(-1, rows, logits.shape[-1])
-    return logits
+    spec = _Spec.of(model, preprocess, compute_dtype, lowering, mesh, sampler)
+    fn, dmesh = _jitted_forward(spec), spec.roles.data
+    variables = replicate(variables, dmesh) if dmesh is not None else variables
+    batches = enumerate(padded_batches((images,), batch_size, dmesh))
+    outs = (fn(variables, _batch_key(key, i), *_to_device(b, dmesh)) for i, (_, b) in batches)
+    out = np.concatenate(list(_one_behind(outs)), axis=spec.row_axis)
+    return out[(slice(None),) * spec.row_axis + (slice(len(images)),)]
 
 
 # ----------------------------------------------------------------------------- evaluate
-_ENS = {"Disagreement": S.disagreement, "MI": S.mutual_information, "Entropy": S.ensemble_entropy}
-_ID_RANK = {"test/sc/AURC": S.aurc, "test/sc/AUGRC": S.augrc,
-            "test/sc/Cov_5Risk": functools.partial(S.cov_at_risk, 0.05),
-            "test/sc/Risk_80Cov": functools.partial(S.risk_at_cov, 0.8), "test/cal/aECE": S.adaptive_ece}
-_OOD_RANK = {"ood/AUROC": S.auroc, "ood/AUPR": S.aupr, "ood/FPR95": functools.partial(S.fpr_at_tpr, 0.95)}
+_ENS = {"disagreement": S.disagreement, "mi": S.mutual_information, "entropy": S.ensemble_entropy}
 
 
 def _set_metrics(ood: bool, ensemble: bool) -> dict:
     """``{TU key: (streaming metric, inputs)}`` of the ID set (or the OOD set); inputs ``"pl"``:
     (mean probs, labels), ``"p"``: mean probs, ``"m"``: member probs. ECE's state also gives MCE."""
-    pre = "ood/" if ood else "test/"
-    ms = {} if ood else {"test/cls/Acc": (S.accuracy(), "pl"), "test/cls/Brier": (S.brier_score(), "pl"),
-                         "test/cls/NLL": (S.nll(), "pl"), "test/cal/ECE": (S.ece(), "pl")}
-    ms[f"{pre}Entropy" if ood else "test/cls/Entropy"] = (S.entropy(), "p")
+    pre = "ood_" if ood else ""
+    ms = {} if ood else {KEYS[k]: (f(), "pl") for k, f in
+                         (("acc", S.accuracy), ("brier", S.brier_score), ("nll", S.nll), ("ece", S.ece))}
+    ms[KEYS[f"{pre}entropy"]] = (S.entropy(), "p")
     if ensemble:
-        ms |= {f"{pre}ens_{k}": (f(), "m") for k, f in _ENS.items()}
+        ms |= {KEYS[f"{pre}ens_{k}"]: (f(), "m") for k, f in _ENS.items()}
     return ms
 
 
@@ -333,36 +279,34 @@ def _init_states(ood: bool, ensemble: bool) -> dict:
     return states | {"nonfinite": jnp.zeros((), jnp.int32)}
 
 
-def _make_step(fwd, score_fn, n_valid: int, ood: bool, ensemble: bool):
-    """``step(states, variables, x [B, ...], y [B] (ID only)) -> (states, per-sample [n_valid])``:
-    (confidence, correctness, OOD score) for ID batches, (OOD score,) for OOD batches."""
+def _make_step(spec: _Spec, score_fn, ood: bool, ensemble: bool):
+    """``step(states, variables, key, n_valid, x [B, ...], y [B] (ID only)) -> (states, per-sample
+    [B])``: (confidence, correctness, OOD score) for ID batches, (OOD score,) for OOD batches; rows
+    ``>= n_valid`` are padding, masked out of the states (their per-sample values are dropped on host)."""
     metrics = _set_metrics(ood, ensemble)
 
-    def step(states, variables, x, *y):
-        logits = fwd(variables, x)[..., :n_valid, :]
-        labels = None if ood else y[0][:n_valid]
+    def step(states, variables, key, n_valid, x, *y):
+        logits = spec.forward(variables, key, x)
+        mask = jnp.arange(x.shape[0]) < n_valid
+        labels = None if ood else y[0]
         probs = jax.nn.softmax(logits, axis=-1)
         mean = probs if probs.ndim == 2 else jnp.mean(probs, axis=0)
         args = {"pl": (mean, labels), "p": (mean,), "m": (probs,)}
-        new = {k: m.update(states[k], *args[kind]) for k, (m, kind) in metrics.items()}
-        new["nonfinite"] = states["nonfinite"] + jnp.sum(~jnp.isfinite(logits)).astype(jnp.int32)
+        new = {k: m.update(states[k], *args[kind], mask=mask) for k, (m, kind) in metrics.items()}
+        bad = ~jnp.isfinite(logits) & mask[:, None]
+        new["nonfinite"] = states["nonfinite"] + jnp.sum(bad).astype(jnp.int32)
         score = score_fn(logits).astype(jnp.float32)
-        if ood:
-            return new, (score,)
-        conf, acc = S.aurc().update(S.aurc().init(), mean, labels).arrays
-        return new, (conf, acc, score)
+        return new, ((score,) if ood else (*top_label(mean, labels), score))
 
     return step
 
 
 @functools.cache
-def _jitted_step(model, preprocess, dtype: str, members, mesh, criterion, n_valid: int, ood: bool,
-                 ensemble: bool):
-    from jaxuq.ood.criteria import get_criterion
-
-    fwd = _forward(model, preprocess, dtype, members, mesh)
-    step = _make_step(fwd, get_criterion(criterion), n_valid, ood, ensemble)
-    return _jit(step, mesh, 1 if ood else 2, n_replicated=2)
+def _jitted_step(spec: _Spec, criterion, ood: bool, ensemble: bool):
+    """One compiled step per (forward, criterion, ID/OOD, ensemble): every batch, the short last one
+    included (its padding is masked), runs the same program."""
+    step = _make_step(spec, get_criterion(criterion), ood, ensemble)
+    return _jit(step, spec.roles, 4, 1 if ood else 2)
 
 
 def _finish(states: dict, ood: bool, ensemble: bool) -> dict:
@@ -373,120 +317,104 @@ def _finish(states: dict, ood: bool, ensemble: bool) -> dict:
                          "(NaN/inf in the weights or the inputs?)")
     out = {k: float(m.compute(states[k])) for k, (m, _) in _set_metrics(ood, ensemble).items()}
     if not ood:
-        out["test/cal/MCE"] = float(S.mce().compute(states["test/cal/ECE"]))
+        out[KEYS["mce"]] = float(S.mce().compute(states[KEYS["ece"]]))
     return out
 
 
 class _Pass:
     """One streaming pass of a model over the ID set, then the OOD set, with one progress bar."""
 
-    def __init__(self, model, variables, preprocess, members, dtype, mesh, criterion, batch_size, bar):
-        self.key = (model, preprocess, jnp.dtype(dtype).name, members, mesh, criterion)
-        self.variables, self.batch_size, (self.bar, self.task) = variables, batch_size, bar
-        self.mesh = _split_mesh(mesh)[0]  # the data mesh: batches sharded, states replicated
-        self.ensemble = self.num_classes = self.states = None
+    def __init__(self, spec: _Spec, variables, criterion, key, batch_size: int, advance):
+        self.spec, self.criterion, self.key, self.batch_size = spec, criterion, key, batch_size
+        self.mesh = spec.roles.data  # batches sharded, states replicated
+        self.variables = replicate(variables, self.mesh) if self.mesh is not None else variables
+        self.advance, self.ensemble, self.num_classes = advance, None, None
+
+    def _probe(self, batch) -> None:
+        """Member count and classes from the first batch's output shape (abstract, nothing runs)."""
+        x = jax.ShapeDtypeStruct(batch[0].shape, batch[0].dtype)
+        shape = jax.eval_shape(self.spec.forward, self.variables, _batch_key(self.key, 0, 0), x).shape
+        if len(shape) != 2 + self.spec.row_axis:
+            raise ValueError(f"evaluate needs class scores [B, C] (or [M, B, C]), the model gave {shape}")
+        self.ensemble, self.num_classes = self.spec.row_axis == 1 and shape[0] > 1, shape[-1]
 
     def run(self, data, ood: bool):
         """``(results, per-sample host arrays)`` over ``data``: ``(images, labels)`` (ID) or
         ``(images,)`` (OOD), or an iterable of such batches."""
-        batches = padded_batches(data, self.batch_size, self.mesh)
+        states, chunks = None, []
 
         def outputs():
-            for k, batch in batches:
-                if self.ensemble is None:  # output shape -> member count and classes, from the first batch
-                    shape = jax.eval_shape(_forward(*self.key[:5]), self.variables,
-                                           jax.ShapeDtypeStruct(batch[0].shape, batch[0].dtype)).shape
-                    self.ensemble, self.num_classes = len(shape) == 3 and shape[0] > 1, shape[-1]
+            nonlocal states
+            for i, (k, batch) in enumerate(padded_batches(data, self.batch_size, self.mesh)):
+                if self.ensemble is None:
+                    self._probe(batch)
                 if not ood:
-                    _checks.check_labels(np.asarray(batch[1][:k]), k, self.num_classes)
-                if self.states is None:
-                    self.states = _replicate(_init_states(ood, self.ensemble), self.mesh)
-                step = _jitted_step(*self.key, k, ood, self.ensemble)
-                self.states, per_sample = step(self.states, self.variables, *_to_device(batch, self.mesh))
-                self.bar.advance(self.task)
-                yield per_sample
+                    _validate.check_labels(np.asarray(batch[1][:k]), k, self.num_classes)
+                if states is None:
+                    states = _init_states(ood, self.ensemble)
+                    states = replicate(states, self.mesh) if self.mesh is not None else states
+                step = _jitted_step(self.spec, self.criterion, ood, self.ensemble)
+                key, xy = _batch_key(self.key, int(ood), i), _to_device(batch, self.mesh)
+                states, per_sample = step(states, self.variables, key, jnp.int32(k), *xy)
+                self.advance()
+                yield k, per_sample
 
-        self.states = None
-        chunks = list(_one_behind(outputs()))
-        if not chunks:
+        for k, per_sample in _one_behind(outputs()):
+            chunks.append(tuple(a[:k] for a in per_sample))
+        if states is None:
             raise ValueError(f"the {'OOD' if ood else 'ID'} data yielded no batch")
-        return _finish(self.states, ood, self.ensemble), [np.concatenate(c) for c in zip(*chunks)]
+        return _finish(states, ood, self.ensemble), [np.concatenate(c) for c in zip(*chunks)]
 
 
-def _ood_keys(id_score, ood_score, acc, cost: float) -> dict:
-    """AUROC/AUPR/FPR95 and SCOD from the per-sample OOD scores (ID first)."""
-    scores = np.concatenate([id_score, ood_score])
-    is_ood = np.concatenate([np.zeros(len(id_score), np.float32), np.ones(len(ood_score), np.float32)])
-    out = {k: float(m().compute(S.ListState((scores, is_ood)))) for k, m in _OOD_RANK.items()}
-    errors = np.concatenate([acc == 0, np.zeros(len(ood_score), bool)])
-    scod = scod_metrics(scores, errors, is_ood.astype(np.int32), cost)
-    return out | {f"ood/{k}": float(v) for k, v in scod.items()}
-
-
-def evaluate(
-    model,
-    variables,
-    data,
-    *,
-    ood_data=None,
-    preprocess=None,
-    batch_size: int = 1024,
-    members=None,
-    criterion="msp",
-    compute_dtype=jnp.float32,
-    mesh=None,
-    flops: int | None = None,
-    params: int | None = None,
-    num_bins: int = 15,
-    smece: bool = True,
-    scod_ood_cost: float = 0.5,
-    progress: bool = True,
-) -> dict[str, float]:
+def evaluate(model, variables, data, *, ood_data=None, preprocess=None, batch_size: int = 1024, lowering=None,
+             criterion="msp", compute_dtype="float32", mesh=None, sampler=None, key=None,
+             flops: int | None = None, params: int | None = None, num_bins: int = 15, smece: bool = True,
+             scod_ood_cost: float = 0.5, progress: bool = True) -> dict[str, float]:
     """TU's full test table of ``model`` on ``data`` in one streaming pass (see the module doc).
 
     Args:
-      model, variables: a flax module and its variables (stacked ``[M, ...]`` with ``members``).
+      model, variables: a flax module and its variables (stacked ``[M, ...]`` with ``lowering``).
       data: ``(images [N, ...], labels [N])`` host arrays, or an iterable of such batches.
       ood_data: optional OOD ``images [N_ood, ...]`` (or an iterable of image batches): adds
         ``ood/{AUROC, AUPR, FPR95, SCOD_*, Entropy}`` (and ``ood/ens_*``).
-      preprocess: :class:`jaxuq.data.Preprocess` for uint8 images, or None (inputs preprocessed).
-      batch_size: rows per compiled batch (the last one zero-padded).
-      members: ``"vmap"``/``"map"``/``"unroll"`` for a stacked ensemble (adds ``test/ens_*`` when
-        ``M > 1``; probabilities are averaged over members), None for a single model.
+      preprocess: :class:`jaxuq.data.Preprocess` for uint8 images, or None (inputs used as they are).
+      batch_size: rows per compiled batch (the last one zero-padded and masked).
+      lowering: ``"vmap"``/``"map"``/``"unroll"`` for a stacked ensemble (or the samples of a
+        ``sampler``); probabilities are averaged over members and ``M > 1`` adds ``test/ens_*``.
       criterion: TU's OOD criterion name (:mod:`jaxuq.ood.criteria`) or ``f(logits) -> [N]``.
       compute_dtype: forward dtype (softmax and metrics stay float32).
       mesh: a data-parallel or member mesh, as in :func:`predict`.
+      sampler, key: a :class:`jaxuq.forward.Sampler` and its key (batch ``i`` of the ID set draws
+        from ``fold_in(fold_in(key, 0), i)``, of the OOD set from ``fold_in(fold_in(key, 1), i)``).
       flops, params: ``test/cplx/*``; ``params`` defaults to the count of ``variables["params"]``.
       num_bins: ECE bins; TU's table uses 15 (the only value the streaming states hold).
       smece, scod_ood_cost: as :func:`classification_table`.
-      progress: a rich progress bar over the batches.
+      progress: a progress bar over the batches.
     Returns:
       ``{key: float}``: the keys and values of :func:`classification_table` on the same
-      predictions, up to float32 summation order (measured <= 4e-7, SmECE the largest).
+      predictions; the rank metrics come from the same function (:func:`jaxuq.metrics.suite.rank_metrics`)
+      and are equal, the sums differ by float32 summation order (measured <= 4e-7, SmECE the largest).
     """
     if num_bins != 15:
         raise ValueError(f"num_bins={num_bins}: the streaming ECE state holds TU's 15 bins only")
-    scod_ood_cost = _checks.check_fraction(scod_ood_cost, "scod_ood_cost")
-    if _is_arrays(data):
+    scod_ood_cost = _validate.check_fraction(scod_ood_cost, "scod_ood_cost")
+    if is_arrays(data):
         if len(data) != 2:
             raise ValueError(f"`data` must be (images, labels), got a tuple of {len(data)} arrays")
-        _checks.check_same_len("images", data[0], "labels", data[1])
+        _validate.check_same_len("images", data[0], "labels", data[1])
     if ood_data is not None:
         ood_data = (ood_data,) if hasattr(ood_data, "shape") else ((np.asarray(b),) for b in ood_data)
-    totals = [_num_batches(d, batch_size, _split_mesh(mesh)[0]) for d in (data, ood_data) if d is not None]
-    bar = _progress(progress, None if None in totals else sum(totals), "evaluate")
-    variables = _replicate(variables, _split_mesh(mesh)[0])
-    run = _Pass(model, variables, preprocess, members, compute_dtype, mesh, criterion, batch_size, bar)
-    with bar[0]:
+    spec = _Spec.of(model, preprocess, compute_dtype, lowering, mesh, sampler)
+    totals = [num_batches(d, batch_size, spec.roles.data) for d in (data, ood_data) if d is not None]
+    with progress_bar("evaluate", None if None in totals else sum(totals), quiet=not progress) as advance:
+        run = _Pass(spec, variables, criterion, key, batch_size, advance)
         res, (conf, acc, id_score) = run.run(data, ood=False)
+        ood = {}
         if ood_data is not None:
             ood_res, (ood_score,) = run.run(ood_data, ood=True)
-            res |= _ood_keys(id_score, ood_score, acc, scod_ood_cost) | ood_res
-    rank = S.ListState((conf, acc))  # shared by every (confidence, correctness) metric
-    res |= {k: float(m().compute(rank)) for k, m in _ID_RANK.items()}
-    if smece:
-        res["test/cal/SmECE"] = float(S.smooth_ece().compute(rank))
-    if flops is not None:
-        res["test/cplx/flops"] = int(flops)
-    res["test/cplx/params"] = int(params) if params is not None else count_params(variables.get("params", {}))
-    return res
+            res |= ood_res
+            is_ood = np.concatenate([np.zeros(len(id_score), np.int32), np.ones(len(ood_score), np.int32)])
+            ood = {"ood_scores": np.concatenate([id_score, ood_score]), "is_ood": is_ood}
+    rank = rank_metrics(conf, acc, **ood, ood_cost=scod_ood_cost)
+    params = count_params(variables.get("params", {})) if params is None else params
+    return res | _host_keys(rank, conf, acc, smece, flops, params)

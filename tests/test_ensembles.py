@@ -1,5 +1,6 @@
 """Deep ensembles: stacked init/apply, vmap == lax.map, training through ``jaxuq.train.fit``
-(each member equals that member trained alone, TU's 1/M scaling and one-step parity), converters."""
+(each member equals that member trained alone, TU's 1/M scaling (the ``tu_deep_ensembles`` preset)
+and one-step parity), converters."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from jaxuq import ensembles as E
 from jaxuq import models as jm
 from jaxuq.data import Preprocess
 from jaxuq.data.pipeline import epoch_permutation
-from jaxuq.train import create_train_state, cross_entropy, fit
+from jaxuq.losses import cross_entropy
+from jaxuq.train import EnsembleConfig, TrainConfig, create_train_state, fit, tu_deep_ensembles
 from tests.helpers import REPO, data_path, require
 
 LENET = jm.get("lenet", in_channels=1, num_classes=10)  # TU lenet(1, 10)
@@ -33,26 +35,26 @@ def _sd(model):
 # ----------------------------------------------------------------------------- pure JAX
 
 
-def test_init_members_matches_split_keys_and_lowerings_agree():
+def test_stacked_init_matches_split_keys_and_lowerings_agree():
     x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
-    v = E.init_members(LENET, jax.random.key(0), 3, x[:1])
+    v = create_train_state(LENET, optax.identity(), jax.random.key(0), x[:1], num_members=3).variables()
     keys = jax.random.split(jax.random.key(0), 3)
-    for m in range(3):
-        vm = LENET.init(keys[m], x[:1])
+    for m in range(3):  # member m is the single state created from split(key, M)[m]
+        vm = create_train_state(LENET, optax.identity(), keys[m], x[:1]).variables()
         for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(vm)):
             np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b))
-    lv = E.apply_members(LENET, v, x, members="vmap")
+    lv = E.apply_members(LENET, v, x, lowering="vmap")
     assert lv.shape == (3, 8, 10)
     for mem in ("map", "unroll", None):
-        lm = E.apply_members(LENET, v, x, members=mem)
+        lm = E.apply_members(LENET, v, x, lowering=mem)
         np.testing.assert_allclose(np.asarray(lv), np.asarray(lm), atol=1e-5)
     one = LENET.apply(jax.tree.map(lambda a: a[2], v), x)
     np.testing.assert_allclose(np.asarray(lv[2]), np.asarray(one), atol=1e-5)
     p = E.predictive(lv)
     np.testing.assert_allclose(np.asarray(p), np.asarray(jax.nn.softmax(lv, -1).mean(0)), atol=1e-7)
     np.testing.assert_allclose(np.asarray(p.sum(-1)), 1.0, atol=1e-6)
-    with pytest.raises(ValueError, match="members"):
-        E.apply_members(LENET, v, x, members="loop")
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        E.apply_members(LENET, v, x, lowering="loop")
 
 
 class _TinyBN(nn.Module):
@@ -71,8 +73,9 @@ def test_train_step_bn_vmap_equals_map():
     """BatchNorm stats and optimizer state are per member; the three lowerings give the same 2 steps."""
     model = _TinyBN()
     x, y = _u8(1, (8, 8, 8, 3)), np.arange(8) % 10
-    kw = dict(optimizer=optax.sgd(0.1, momentum=0.9), epochs=2, batch_size=8, num_members=2, quiet=True)
-    outs = {mem: fit(model, (x, y), members=mem, **kw).state for mem in ("vmap", "map", "unroll")}
+    cfg = TrainConfig(optimizer=optax.sgd(0.1, momentum=0.9), epochs=2, batch_size=8, quiet=True)
+    outs = {mem: fit(model, (x, y), cfg.replace(ensemble=EnsembleConfig(2, lowering=mem))).state
+            for mem in ("vmap", "map", "unroll")}
     for other in ("map", "unroll"):
         for a, b in zip(jax.tree.leaves(outs["vmap"].params), jax.tree.leaves(outs[other].params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
@@ -107,18 +110,9 @@ def test_ensemble_epoch_equals_members_trained_alone(members):
     # XLA:CPU lowers the 8 convs to one grouped conv whose fp32 summation order differs; measured here,
     # 7 members stay within 6e-8 but member 2 flips a near-tied ReLU/max-pool branch at step 2
     # (2.5e-5), which SGD amplifies to 1.6e-3 by the end of the epoch.
-    r = fit(
-        LENET,
-        (x, y),
-        optimizer=tx,
-        epochs=1,
-        batch_size=bs,
-        preprocess=pre,
-        seed=seed,
-        num_members=m,
-        members=members,
-        quiet=True,
-    )
+    cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=bs, preprocess=pre, seed=seed, quiet=True,
+                      ensemble=EnsembleConfig(num_members=m, lowering=members))
+    r = fit(LENET, (x, y), cfg)
     assert r.history[0]["step"] == n // bs and len(r.history[0]["train_loss_members"]) == m
 
     def single_step(carry, idx):
@@ -159,10 +153,14 @@ def test_ensemble_epoch_equals_members_trained_alone(members):
 
 
 def test_tu_gradient_scaling_is_one_over_m():
+    """Plain SGD: the preset's grads / M at LR x M equals independent members at LR (shared order)."""
     x, y = _u8(1, (16, 28, 28, 1)), np.arange(16) % 10
-    kw = dict(epochs=1, batch_size=16, num_members=4, members="vmap", member_shuffle=False, quiet=True)
-    ind = fit(LENET, (x, y), optimizer=optax.sgd(0.1), **kw).state
-    tu = fit(LENET, (x, y), optimizer=optax.sgd(0.4), tu_gradient_scaling=True, **kw).state
+    cfg = TrainConfig(epochs=1, batch_size=16, quiet=True, optimizer=optax.sgd(0.1),
+                      ensemble=EnsembleConfig(4, lowering="vmap", shared_order=True))
+    ind = fit(LENET, (x, y), cfg).state
+    tu_cfg = tu_deep_ensembles(4, 0.1, cfg, optimizer=optax.sgd)  # the TU deep_ensembles recipe in one line
+    assert tu_cfg.ensemble == EnsembleConfig(4, lowering="vmap", shared_order=True, tu_gradient_scaling=True)
+    tu = fit(LENET, (x, y), tu_cfg).state
     moved = 0.0
     for a, b, p0 in zip(
         jax.tree.leaves(ind.params),
@@ -231,18 +229,9 @@ def test_deep_ensembles_lenet_parity_and_training_step():
     tx = optax.sgd(0.1)
     st = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)), 3)
     st = st.replace(params=variables["params"], opt_state=jax.vmap(tx.init)(variables["params"]))
-    r = fit(
-        model,
-        (xu, y),
-        optimizer=tx,
-        epochs=1,
-        batch_size=32,
-        num_members=3,
-        member_shuffle=False,
-        tu_gradient_scaling=True,
-        init_state=st,
-        quiet=True,
-    )
+    cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=32, quiet=True,
+                      ensemble=EnsembleConfig(3, shared_order=True, tu_gradient_scaling=True))
+    r = fit(model, (xu, y), cfg, init_state=st)
     assert abs(r.history[0]["train_loss"] - loss.item()) <= 1e-5
     for a, b in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(after["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
@@ -301,7 +290,7 @@ def test_eight_lenet_checkpoints_to_stacked_ensemble(tmp_path):
     x = np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
         ref = np.stack([mdl(torch.as_tensor(x)).numpy() for mdl in models])
-    out = np.asarray(E.apply_members(model, variables, jnp.asarray(x.transpose(0, 2, 3, 1)), members="map"))
+    out = np.asarray(E.apply_members(model, variables, jnp.asarray(x.transpose(0, 2, 3, 1)), lowering="map"))
     assert float(np.abs(out - ref).max()) <= 1e-4
     # one TU deep_ensembles state dict (keys core_models.{i}.*) -> the same stacked checkpoint
     from torch_uncertainty.methods import deep_ensembles
@@ -333,27 +322,27 @@ _SHARD_SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np, optax
     assert jax.device_count() == 8, jax.devices()
-    from jaxuq import ensembles as E
     from jaxuq import models as jm
     from jaxuq.evaluation import predict
-    from jaxuq.train import fit
+    from jaxuq.sharding import member_mesh
+    from jaxuq.train import EnsembleConfig, TrainConfig, fit
     model = jm.get("lenet", in_channels=1, num_classes=10)
     x = np.asarray(jax.random.randint(jax.random.key(2), (32, 28, 28, 1), 0, 256), np.uint8)
     y = np.arange(32) % 10
-    kw = dict(optimizer=optax.sgd(0.05, momentum=0.9), epochs=1, batch_size=16, num_members=8, quiet=True,
-              eval_data=(x, y))
+    cfg = TrainConfig(optimizer=optax.sgd(0.05, momentum=0.9), epochs=1, batch_size=16, quiet=True)
     xf = jnp.asarray(x, jnp.float32) / 255.0  # the engine's default Preprocess() for the eval functions
     for ndev, mem in ((8, "vmap"), (2, "unroll")):
         worst = 0.0
-        mesh = E.member_mesh(ndev)
-        one = fit(model, (x, y), members=mem, **kw)
-        par = fit(model, (x, y), members=mem, mesh=mesh, **kw)
+        mesh = member_mesh(ndev)
+        c = cfg.replace(ensemble=EnsembleConfig(8, lowering=mem))
+        one = fit(model, (x, y), c, eval_data=(x, y))
+        par = fit(model, (x, y), c, eval_data=(x, y), mesh=mesh)
         assert len(par.state.params["fc1"]["kernel"].sharding.device_set) == ndev
         for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(par.state.params)):
             worst = max(worst, float(jnp.abs(a - b).max()))
         worst = max(worst, abs(one.history[0]["val_loss"] - par.history[0]["val_loss"]))
-        ev1 = predict(model, {"params": one.state.params}, xf, members=mem)
-        ev8 = predict(model, {"params": par.state.params}, xf, members=mem, mesh=mesh)
+        ev1 = predict(model, {"params": one.state.params}, xf, lowering=mem)
+        ev8 = predict(model, {"params": par.state.params}, xf, lowering=mem, mesh=mesh)
         worst = max(worst, float(jnp.abs(ev1 - ev8).max()))
         print("WORST", ndev, mem, worst)
         assert worst <= 1e-5, (ndev, mem, worst)

@@ -1,5 +1,5 @@
 """The one evaluation path: ``jaxuq.evaluate`` (streaming) == ``classification_table`` (arrays),
-and the one batched ``predict``."""
+the one batched ``predict``, one compiled step for every batch (the tail batch masked)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 import jaxuq
+import jaxuq.evaluation as E
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist
-from jaxuq.ensembles import default_members
+from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import classification_table, evaluate, padded_batches, predict
 from jaxuq.metrics import count_params
+from jaxuq.metrics.suite import KEYS
 from jaxuq.ood.criteria import msp
 from tests.helpers import REPO, data_path, require
 
@@ -82,7 +84,7 @@ def test_evaluate_equals_classification_table_single(mnist, lenets):
 def test_evaluate_equals_classification_table_ensemble(mnist, lenets):
     x, y, xo = mnist
     model, _, v = lenets
-    kw = dict(preprocess=PRE, batch_size=300, members=default_members())
+    kw = dict(preprocess=PRE, batch_size=300, lowering=default_lowering())
     lg, lo = predict(model, v, x, **kw), predict(model, v, xo, **kw)
     assert lg.shape == (3, 1000, 10) and lo.shape == (3, 700, 10)
     ref = _reference(lg, y, lo, count_params(v["params"]))
@@ -149,6 +151,44 @@ def test_evaluate_bad_inputs(small):
         evaluate(model, bad, (x, y), progress=False)
     with pytest.raises(ValueError, match="non-empty"):
         predict(model, v, x[:0])
+    with pytest.raises(ValueError, match=r"batch 1 of `data` is empty"):  # was a ZeroDivisionError
+        evaluate(model, v, [(x[:4], y[:4]), (x[:0], y[:0])], progress=False)
+    with pytest.raises(ValueError, match=r"`data` is empty"):
+        evaluate(model, v, (x[:0], y[:0]), progress=False)
+    with pytest.raises(ValueError, match="the ID data yielded no batch"):
+        evaluate(model, v, iter([]), progress=False)
+
+
+def test_evaluate_compiles_one_step_for_every_batch(small):
+    """N = 10 rows in batches of 4: two full batches and a short one (2 rows) run the same compiled
+    step (the short one zero-padded and masked); the ID step and the OOD step are one program each."""
+    model, v, x, y, xo = small
+    E._jitted_step.cache_clear()
+    res = evaluate(model, v, (x[:10], y[:10]), ood_data=xo[:10], batch_size=4, progress=False)
+    assert E._jitted_step.cache_info().currsize == 2  # one jitted step for ID, one for OOD (no per-size key)
+    spec = E._Spec.of(model, None, "float32", None, None, None)
+    steps = [E._jitted_step(spec, "msp", ood, False) for ood in (False, True)]  # the same (cached) objects
+    assert E._jitted_step.cache_info().currsize == 2
+    assert [s._cache_size() for s in steps] == [1, 1]  # 3 batches each (4, 4, 2 rows): compiled once
+    ref = _reference(model.apply(v, x[:10]), y[:10], model.apply(v, xo[:10]), count_params(v["params"]))
+    _assert_same(res, ref)  # the masked tail counts its 2 real rows only
+    evaluate(model, v, (x[:9], y[:9]), ood_data=xo[:7], batch_size=4, progress=False)  # other tails: 1, 3
+    assert [s._cache_size() for s in steps] == [1, 1]
+
+
+def test_evaluate_and_classification_table_share_keys_and_rank_metrics(small):
+    """The TU key table and the rank metrics (one function, ``suite.rank_metrics``) are shared: the
+    same keys, the rank-based values equal up to the softmax's last bit (fused in the step here, on the
+    host logits there; measured 0 here, <= 3.2e-8 on the TU LeNets), the sums within 1e-6."""
+    model, v, x, y, xo = small
+    logits, ood_logits = np.asarray(model.apply(v, x)), np.asarray(model.apply(v, xo))
+    res = evaluate(model, v, (x, y), ood_data=xo, batch_size=64, progress=False)
+    ref = _reference(logits, y, ood_logits, count_params(v["params"]))
+    assert sorted(res) == sorted(ref) and set(res) <= set(KEYS.values())
+    rank = [KEYS[k] for k in ("aurc", "augrc", "cov_5risk", "risk_80cov", "aece", "auroc", "aupr", "fpr95",
+                              "scod_aurc", "scod_augrc", "scod_cov_5risk", "scod_risk_80cov", "smece")]
+    np.testing.assert_allclose([res[k] for k in rank], [ref[k] for k in rank], rtol=0, atol=1e-7)  # NaN == NaN
+    _assert_same(res, ref)
 
 
 def test_jaxuq_exports_one_name_per_meaning():
@@ -190,3 +230,32 @@ def test_data_parallel_mesh_matches_one_device(tmp_path):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["same_keys"] and r["shape"] == [203, 5]
     assert r["diff"] <= TOL and r["pdiff"] <= 1e-6, r
+
+
+def test_streaming_update_mask_equals_the_real_rows():
+    """``update(..., mask=)``: sum, binned and list states over a zero-padded batch with its real rows
+    masked equal the states of the real rows alone (sum/binned also under jit)."""
+    from jaxuq.metrics import streaming as S
+
+    rng = np.random.default_rng(3)
+    p = jax.nn.softmax(rng.normal(size=(7, 4)).astype(np.float32) * 3, -1)
+    y = rng.integers(0, 4, 7)
+    mp = jax.nn.softmax(rng.normal(size=(3, 7, 4)).astype(np.float32), -1)
+    pad = lambda a, ax=0: np.concatenate([a, np.zeros_like(np.take(a, [0, 1, 2], axis=ax))], axis=ax)  # noqa: E731
+    mask = np.arange(10) < 7
+    for m, args, padded in (
+        (S.nll(), (p, y), (pad(p), pad(y))),
+        (S.ece(), (p, y), (pad(p), pad(y))),
+        (S.mutual_information(), (mp,), (pad(mp, 1),)),
+        (S.aurc(), (p, y), (pad(p), pad(y))),
+    ):
+        want = m.compute(m.update(m.init(), *args))
+        got = m.compute(m.update(m.init(), *padded, mask=mask))
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    upd = jax.jit(lambda s, a, b, k: S.ece().update(s, a, b, mask=k))
+    np.testing.assert_allclose(float(S.ece().compute(upd(S.ece().init(), pad(p), pad(y), mask))),
+                               float(S.ece().compute(S.ece().update(S.ece().init(), p, y))), rtol=1e-6)
+    with pytest.raises(ValueError, match="`mask` must be concrete"):
+        jax.jit(lambda s, a, b, k: S.aurc().update(s, a, b, mask=k))(S.aurc().init(), pad(p), pad(y), mask)
+    with pytest.raises(ValueError, match=r"`mask` must be bool of shape \(10,\)"):
+        S.nll().update(S.nll().init(), pad(p), pad(y), mask=mask[:7])

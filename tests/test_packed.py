@@ -270,7 +270,8 @@ def test_packed_lenet_training_step_matches_tu():
     from torch_uncertainty.transforms import RepeatTarget as TURepeatTarget
 
     from converters.mappings.packed import build
-    from jaxuq.train import RepeatTarget, create_train_state, fit
+    from jaxuq.data import RepeatTarget
+    from jaxuq.train import TrainConfig, create_train_state, fit
 
     torch.manual_seed(3)
     tm = tu_packed_lenet(1, 10, num_estimators=4, alpha=2)
@@ -289,8 +290,8 @@ def test_packed_lenet_training_step_matches_tu():
     tx = optax.sgd(0.2)
     st = create_train_state(module, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     st = st.replace(params=variables["params"], opt_state=tx.init(variables["params"]))
-    r = fit(module, (xu, y), optimizer=tx, epochs=1, batch_size=8, format_batch=RepeatTarget(4), init_state=st,
-            quiet=True)
+    cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=8, format_batch=RepeatTarget(4), quiet=True)
+    r = fit(module, (xu, y), cfg, init_state=st)
     assert r.history[0]["step"] == 1
     assert abs(r.history[0]["train_loss"] - loss.item()) <= 1e-5
     for a, b in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(after["params"])):

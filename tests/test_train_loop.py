@@ -1,6 +1,6 @@
 """The training loop: learning on real MNIST, streaming == on-device, bf16 compute, JSONL log,
-checkpoint/resume after SIGKILL (bitwise; one model and an 8-member LeNet ensemble), data-parallel
-over 8 CPU devices, clear errors."""
+checkpoint/resume after SIGKILL (bitwise, with a per-step EMA in ``state.extras``; one model and an
+8-member LeNet ensemble), data-parallel over 8 CPU devices, clear errors, the workdir layout."""
 
 from __future__ import annotations
 
@@ -20,15 +20,17 @@ import pytest
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
 from jaxuq.train import (
     Checkpointer,
+    JsonlLogger,
     StepSettings,
+    TrainConfig,
     create_train_state,
     fit,
     torch_adam,
     torch_sgd,
     train_step,
 )
-from jaxuq.train.testing import TinyCNN
 from tests.helpers import REPO, data_path
+from tests.tiny_models import TinyCNN
 
 PRE = Preprocess(*MNIST_NORM, crop=28, padding=4)
 
@@ -44,24 +46,16 @@ def mnist_small():
 @pytest.mark.realdata
 def test_fit_learns_logs_and_streaming_matches(mnist_small, tmp_path):
     train, test = mnist_small
-    kw = dict(
-        optimizer=torch_adam(3e-3),
-        epochs=2,
-        batch_size=100,
-        preprocess=PRE,
-        seed=1,
-        eval_data=test,
-        quiet=True,
-        steps_per_call=5,
-    )
+    cfg = TrainConfig(optimizer=torch_adam(3e-3), epochs=2, batch_size=100, preprocess=PRE, seed=1, quiet=True,
+                      steps_per_call=5)
     log = tmp_path / "log" / "m.jsonl"
-    r = fit(TinyCNN(), train, log_path=log, **kw)
+    r = fit(TinyCNN(), train, cfg, eval_data=test, callbacks=[JsonlLogger(log)])
     h = r.history
     assert [e["step"] for e in h] == [11, 22]  # 10 full batches + the partial one (24 images) per epoch
     assert h[1]["train_loss"] < h[0]["train_loss"] and h[1]["val_acc"] > 0.4  # chance: 0.1
     lines = [json.loads(s) for s in log.read_text().splitlines()]
     assert [d["epoch"] for d in lines] == [1, 2] and lines[1]["val_acc"] == h[1]["val_acc"]
-    s = fit(TinyCNN(), train, on_device=False, **kw)  # host chunks prefetched to device
+    s = fit(TinyCNN(), train, cfg.replace(on_device=False), eval_data=test)  # host chunks prefetched
     np.testing.assert_allclose([e["train_loss"] for e in s.history], [e["train_loss"] for e in h], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(s.state.params), jax.tree.leaves(r.state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -88,19 +82,19 @@ def test_bf16_compute_keeps_fp32_state():
 def test_errors_are_clear(tmp_path):
     x = np.zeros((10, 28, 28, 1), np.uint8)
     y = np.zeros(10, np.int64)
-    kw = dict(optimizer=torch_sgd(0.1), epochs=1, preprocess=PRE, quiet=True)
+    cfg = TrainConfig(optimizer=torch_sgd(0.1), epochs=1, preprocess=PRE, quiet=True, batch_size=2)
     with pytest.raises(ValueError, match=r"train images must be uint8 \[N, H, W, C\], got float32"):
-        fit(TinyCNN(), (x.astype(np.float32), y), batch_size=2, **kw)
+        fit(TinyCNN(), (x.astype(np.float32), y), cfg)
     with pytest.raises(ValueError, match=r"train labels must have shape \(10,\), got \(9,\)"):
-        fit(TinyCNN(), (x, y[:9]), batch_size=2, **kw)
+        fit(TinyCNN(), (x, y[:9]), cfg)
     with pytest.raises(ValueError, match=r"batch_size must be in \[1, 10\]"):
-        fit(TinyCNN(), (x, y), batch_size=11, **kw)
+        fit(TinyCNN(), (x, y), cfg.replace(batch_size=11))
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match=r"checkpoint directory .*a_file/ckpt is not writable"):
-        fit(TinyCNN(), (x, y), batch_size=2, checkpoint_dir=blocker / "ckpt", **kw)
-    with pytest.raises(PermissionError, match="not writable"):
-        fit(TinyCNN(), (x, y), batch_size=2, log_path=blocker / "log.jsonl", **kw)
+    with pytest.raises(PermissionError, match=r"checkpoint directory .*a_file/w/checkpoints is not writable"):
+        fit(TinyCNN(), (x, y), cfg, workdir=blocker / "w")
+    with pytest.raises(PermissionError, match="log directory .*a_file is not writable"):
+        fit(TinyCNN(), (x, y), cfg, callbacks=[JsonlLogger(blocker / "log.jsonl")])
     if os.getuid() != 0:  # root ignores mode bits
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
@@ -124,12 +118,12 @@ def test_restore_mismatched_checkpoint_is_clear(tmp_path):
 
 _TRAIN_SCRIPT = textwrap.dedent(
     """
-    import os, sys, time
-    import jax, numpy as np
+    import dataclasses, os, sys, time
+    import jax, jax.numpy as jnp, numpy as np
     from jaxuq import models
     from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
-    from jaxuq.train import Callback, fit, torch_sgd
-    from jaxuq.train.testing import TinyCNN
+    from jaxuq.train import Callback, EnsembleConfig, TrainConfig, fit, torch_sgd
+    from tests.tiny_models import TinyCNN
 
     mode, ckdir, out, kind = sys.argv[1:5]
     x, y = load_mnist("train")
@@ -141,15 +135,30 @@ _TRAIN_SCRIPT = textwrap.dedent(
             if mode == "slow":
                 time.sleep(1.0)
 
-    model, extra = TinyCNN(), {}
+    @dataclasses.dataclass(frozen=True)
+    class EMA(Callback):  # per-step state in state.extras, updated inside the jitted scan
+        decay: float = 0.9
+
+        def on_fit_start(self, state):
+            return state.replace(extras={"ema": jax.tree.map(jnp.copy, state.params), "n": jnp.zeros_like(state.step)})
+
+        def on_step(self, state):
+            ema = jax.tree.map(lambda e, p: self.decay * e + (1 - self.decay) * p, state.extras["ema"], state.params)
+            return state.replace(extras={"ema": ema, "n": state.extras["n"] + 1})
+
+    model, ensemble = TinyCNN(), None
     if kind == "ensemble":  # 8 LeNets, per-member shuffles, members lowered by lax.map
         model = models.get("lenet", in_channels=1, num_classes=10, dropout_rate=0.1)
-        extra = dict(num_members=8, members="map")
-    r = fit(model, (x, y), optimizer=torch_sgd(0.05, 0.9, 5e-4, True), epochs=2, batch_size=64,
-            preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4, flip=True), seed=3, checkpoint_dir=ckdir,
-            checkpoint_every=3, quiet=True, callbacks=[Hook()], **extra)
-    leaves = jax.tree.leaves((r.state.params, r.state.batch_stats, r.state.opt_state))
-    np.savez(out, *[np.asarray(a) for a in leaves], step=np.asarray(r.state.step))
+        ensemble = EnsembleConfig(num_members=8, lowering="map")
+    cfg = TrainConfig(optimizer=torch_sgd(0.05, 0.9, 5e-4, True), epochs=2, batch_size=64, seed=3, quiet=True,
+                      preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4, flip=True), checkpoint_every=3,
+                      ensemble=ensemble)
+    r = fit(model, (x, y), cfg, workdir=ckdir, callbacks=[Hook(), EMA()])
+    leaves = jax.tree.leaves((r.state.params, r.state.batch_stats, r.state.opt_state, r.state.extras))
+    ema_moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                    zip(jax.tree.leaves(r.state.extras["ema"]), jax.tree.leaves(r.state.params)))
+    np.savez(out, *[np.asarray(a) for a in leaves], step=np.asarray(r.state.step),
+             ema_n=np.asarray(r.state.extras["n"]), ema_moved=ema_moved)
     print("DONE resumed_from", r.resumed_from, flush=True)
     """
 )
@@ -198,6 +207,7 @@ def test_sigkill_resume_is_bitwise_equal(tmp_path, kind):
     assert "DONE resumed_from 13" in res.stdout, res.stdout
     a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "res.npz")
     assert np.all(a["step"] == 20) and np.all(b["step"] == 20)
+    assert np.all(a["ema_n"] == 20) and a["ema_moved"] > 0  # the EMA extra ran every step and differs
     if kind == "ensemble":  # members on axis 0, and they differ (own init, order, dropout)
         assert a["arr_0"].shape[0] == 8 and not np.array_equal(a["arr_0"][0], a["arr_0"][1])
     assert sorted(a.files) == sorted(b.files)
@@ -210,18 +220,19 @@ _MULTI_SCRIPT = textwrap.dedent(
     import json
     import jax, numpy as np
     from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
-    from jaxuq.train import fit, make_mesh, torch_sgd
-    from jaxuq.train.testing import TinyCNN
+    from jaxuq.train import TrainConfig, fit, make_mesh, torch_sgd
+    from tests.tiny_models import TinyCNN
 
     assert jax.device_count() == 8, jax.devices()
     x, y = load_mnist("train")
     xt, yt = load_mnist("test")
-    kw = dict(optimizer=torch_sgd(0.01, 0.9), epochs=2, batch_size=64, seed=0, quiet=True, steps_per_call=5,
-              preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), eval_data=(xt[:256], yt[:256]), drop_last=True)
-    one = fit(TinyCNN(), (x[:512], y[:512]), **kw)
+    cfg = TrainConfig(optimizer=torch_sgd(0.01, 0.9), epochs=2, batch_size=64, seed=0, quiet=True, steps_per_call=5,
+                      preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), drop_last=True)
+    kw = dict(eval_data=(xt[:256], yt[:256]))
+    one = fit(TinyCNN(), (x[:512], y[:512]), cfg, **kw)
     mesh = make_mesh()
-    dp = fit(TinyCNN(), (x[:512], y[:512]), mesh=mesh, **kw)
-    st = fit(TinyCNN(), (x[:512], y[:512]), mesh=mesh, on_device=False, **kw)
+    dp = fit(TinyCNN(), (x[:512], y[:512]), cfg, mesh=mesh, **kw)
+    st = fit(TinyCNN(), (x[:512], y[:512]), cfg.replace(on_device=False), mesh=mesh, **kw)
     shard = jax.tree.leaves(dp.state.params)[0].sharding
     diff = lambda r: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                          for a, b in zip(jax.tree.leaves((one.state.params, one.state.batch_stats)),
@@ -259,29 +270,17 @@ def test_data_parallel_8_devices_matches_one(tmp_path):
 
 
 @pytest.mark.realdata
-def test_train_and_evaluate_config(tmp_path):
-    from jaxuq.train import train_and_evaluate
-
-    root = data_path("MNIST/raw").parent.parent
-    cfg = {
-        "dataset": "mnist",
-        "data_dir": str(root),
-        "model": TinyCNN(),
-        "optimizer": "tutorial_lenet_mnist",
-        "epochs": 1,
-        "batch_size": 64,
-        "train_subset": 640,
-        "val_split": 0.1,
-        "test_subset": 300,
-        "checkpoint_every": 5,
-        "quiet": True,
-        "seed": 0,
-    }
-    out = train_and_evaluate(cfg, tmp_path)
-    (rec,) = out["history"]
-    assert rec["step"] == 9  # 576 training images (640 minus the 64 held out) / 64
-    assert (
-        0 <= rec["val_acc"] <= 1 and 0 <= out["test_accuracy"] <= 1 and out["test_logits"].shape == (300, 10)
-    )
+def test_workdir_holds_checkpoints_and_the_log(mnist_small, tmp_path):
+    """``fit(workdir=...)``: orbax checkpoints in ``workdir/checkpoints``, one JSONL line per epoch in
+    ``workdir/metrics.jsonl`` (the ``JsonlLogger`` it adds), a second call resumes there."""
+    (x, y), test = mnist_small
+    cfg = TrainConfig(optimizer="tutorial_lenet_mnist", epochs=1, batch_size=64, checkpoint_every=5, quiet=True,
+                      preprocess=PRE)
+    r = fit(TinyCNN(), (x[:576], y[:576]), cfg, eval_data=(test[0][:300], test[1][:300]), workdir=tmp_path)
+    (rec,) = r.history
+    assert rec["step"] == 9 and 0 <= rec["val_acc"] <= 1
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["val_acc"] == rec["val_acc"]
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 9
+    r2 = fit(TinyCNN(), (x[:576], y[:576]), cfg.replace(epochs=2), workdir=tmp_path)
+    assert r2.resumed_from == 9 and [h["epoch"] for h in r2.history] == [2]
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]

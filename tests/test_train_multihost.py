@@ -23,17 +23,15 @@ _COMMON = """
 import json, sys
 import jax, numpy as np
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
-from jaxuq.train import fit, make_mesh, torch_sgd
-from jaxuq.train.testing import TinyCNN
+from jaxuq.train import TrainConfig, fit, make_mesh, torch_sgd
+from tests.tiny_models import TinyCNN
 
-def run(**extra):
+def run(mesh=None, workdir=None, **changes):
     x, y = load_mnist("train")
     xt, yt = load_mnist("test")
-    kw = dict(optimizer=torch_sgd(0.01, 0.9), epochs=2, batch_size=64, seed=0, quiet=True, steps_per_call=4,
-              preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), eval_data=(xt[:128], yt[:128]),
-              drop_last=True)
-    kw.update(extra)
-    return fit(TinyCNN(), (x[:256], y[:256]), **kw)
+    cfg = TrainConfig(optimizer=torch_sgd(0.01, 0.9), epochs=2, batch_size=64, seed=0, quiet=True, steps_per_call=4,
+                      preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4), drop_last=True).replace(**changes)
+    return fit(TinyCNN(), (x[:256], y[:256]), cfg, eval_data=(xt[:128], yt[:128]), mesh=mesh, workdir=workdir)
 
 def dump(path, runs):
     arrays, hist = {}, {}
@@ -60,11 +58,11 @@ _WORKER = (
     + _COMMON
     + textwrap.dedent(
         """
-        from jaxuq.train.sharding import process_batch_slice
+        from jaxuq.sharding import process_batch_slice
         mesh = make_mesh()
         # streaming (this process gathers/sends its 32 rows of each batch only), with orbax checkpoints
         # in a folder both processes share: epoch 1, then a second call resumes it for epoch 2
-        ck = dict(mesh=mesh, on_device=False, checkpoint_dir=sys.argv[4], checkpoint_every=2)
+        ck = dict(mesh=mesh, on_device=False, workdir=sys.argv[4], checkpoint_every=2)
         st1 = run(epochs=1, **ck)
         st = run(**ck)
         assert st1.resumed_from is None and st.resumed_from == 4, (st1.resumed_from, st.resumed_from)

@@ -29,9 +29,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxuq._validate import finite_logits
+from jaxuq._validate import check_labels, finite_logits
 from jaxuq.calibration.scaling import temperature_apply, temperature_fit
-from jaxuq.metrics._checks import check_labels
 
 __all__ = [
     "temperature_apply",

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxuq.metrics._checks import check_labels
+from jaxuq._validate import check_labels
 
 __all__ = ["deup_features", "deup_errors", "init_mlp", "mlp_apply", "deup_fit", "deup_score"]
 

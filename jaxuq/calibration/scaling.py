@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxuq._validate import finite_logits
+from jaxuq._validate import check_labels, finite_logits
 from jaxuq.calibration.lbfgs import lbfgs_torch
 from jaxuq.losses import cross_entropy
-from jaxuq.metrics._checks import check_labels
 
 __all__ = [
     "cross_entropy",

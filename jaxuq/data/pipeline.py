@@ -1,4 +1,5 @@
-"""Device-side batching, shuffling and augmentation; a prefetching iterator for larger data.
+"""Device-side batching, shuffling and augmentation; a prefetching iterator for larger data;
+zero-padded evaluation batches (one compiled shape for every batch).
 
 Datasets that fit in device memory are kept there as uint8 ``[N, H, W, C]``; an epoch's order is a
 permutation drawn from ``fold_in(key, epoch)`` and batches are gathered and augmented inside the
@@ -11,6 +12,7 @@ jitted train step. Augmentations follow torchvision's semantics as TU's datamodu
 from __future__ import annotations
 
 import dataclasses
+import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -30,6 +32,8 @@ __all__ = [
     "train_val_split",
     "prefetch_to_device",
     "numpy_batches",
+    "padded_batches",
+    "num_batches",
 ]
 
 MNIST_NORM = ((0.1307,), (0.3081,))
@@ -170,3 +174,62 @@ def prefetch_to_device(iterator: Iterable, size: int = 2, sharding=None) -> Iter
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+# ----------------------------------------------------------------------------- padded batches
+def is_arrays(data) -> bool:
+    """``data`` is a tuple of same-length arrays, not an iterable of batches."""
+    return isinstance(data, tuple) and all(hasattr(a, "shape") for a in data)
+
+
+def _batch_rows(n: int, batch_size: int, mesh) -> int:
+    """Rows of one compiled batch: ``min(batch_size, n)`` rounded up to a multiple of the mesh size."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = max(1, min(int(batch_size), n))
+    return rows if mesh is None else math.ceil(rows / mesh.size) * mesh.size
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    if len(x) == rows:
+        return x
+    return np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
+
+
+def padded_batches(data, batch_size: int, mesh=None) -> Iterator[tuple[int, tuple]]:
+    """``(n_valid, batch)`` over ``data``, every batch zero-padded to one shape.
+
+    ``data``: a tuple of same-length host arrays ``([N, ...], ...)`` cut into ``batch_size`` rows
+    (rounded up to a multiple of ``mesh.size``), or an iterable of such tuples (each batch padded
+    to the largest size seen so far). ``batch``: the padded tuple; ``n_valid``: its real rows.
+    An empty ``data`` or an empty batch is a ValueError.
+    """
+    if is_arrays(data):
+        arrays = tuple(np.asarray(a) for a in data)
+        n = len(arrays[0])
+        if n == 0:
+            raise ValueError(f"`data` is empty (shape {arrays[0].shape})")
+        rows = _batch_rows(n, batch_size, mesh)
+        for i in range(0, n, rows):
+            yield min(rows, n - i), tuple(_pad_rows(a[i : i + rows], rows) for a in arrays)
+        return
+    rows = 0
+    for i, batch in enumerate(data):
+        batch = tuple(np.asarray(a) for a in (batch if isinstance(batch, tuple | list) else (batch,)))
+        k = len(batch[0])
+        if k == 0:
+            raise ValueError(f"batch {i} of `data` is empty (shape {batch[0].shape}): every batch needs "
+                             "at least one row")
+        if k > rows:
+            rows = _batch_rows(k, k, mesh)
+        yield k, tuple(_pad_rows(a, rows) for a in batch)
+
+
+def num_batches(data, batch_size: int, mesh=None) -> int | None:
+    """How many batches :func:`padded_batches` yields (None for an iterable without a length)."""
+    if is_arrays(data):
+        n = len(data[0])
+        return math.ceil(n / _batch_rows(n, batch_size, mesh)) if n else 0
+    return len(data) if hasattr(data, "__len__") else None

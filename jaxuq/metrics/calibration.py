@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxuq.metrics import _checks, _ties
+from jaxuq import _validate
+from jaxuq.metrics import _ties
 
 __all__ = [
     "ECE_EDGES",
@@ -57,11 +58,14 @@ def top_label(probs: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array
     return conf, acc
 
 
-def _binned_sums(conf: jax.Array, acc: jax.Array):
-    """16-slot sums: (conf_sum f32[16], acc_sum f32[16], count i32[16])."""
+def _binned_sums(conf: jax.Array, acc: jax.Array, mask: jax.Array | None = None):
+    """16-slot sums: (conf_sum f32[16], acc_sum f32[16], count i32[16]); rows where ``mask`` is False
+    (padding) fall in no slot."""
     idx = jnp.searchsorted(jnp.asarray(ECE_EDGES), conf, side="right") - 1
     idx = jnp.clip(idx, 0, NUM_BINS)
     n_slots = NUM_BINS + 1
+    if mask is not None:  # segment_sum drops ids outside [0, n_slots)
+        idx = jnp.where(mask, idx, n_slots)
     conf_sum = jax.ops.segment_sum(conf, idx, num_segments=n_slots)
     acc_sum = jax.ops.segment_sum(acc, idx, num_segments=n_slots)
     count = jax.ops.segment_sum(jnp.ones_like(idx, dtype=jnp.int32), idx, num_segments=n_slots)
@@ -141,7 +145,7 @@ def ece(probs, labels) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    return _ece_impl(*_checks.probs_labels(probs, labels))
+    return _ece_impl(*_validate.probs_labels(probs, labels))
 
 
 def mce(probs, labels) -> jax.Array:
@@ -153,7 +157,7 @@ def mce(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _mce_impl(*_checks.probs_labels(probs, labels))
+    return _mce_impl(*_validate.probs_labels(probs, labels))
 
 
 def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
@@ -170,7 +174,7 @@ def adaptive_ece(probs, labels, num_bins: int = NUM_BINS) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _aece_impl(*_checks.probs_labels(probs, labels), num_bins=int(num_bins))
+    return _aece_impl(*_validate.probs_labels(probs, labels), num_bins=int(num_bins))
 
 
 class ReliabilityData(NamedTuple):
@@ -203,7 +207,7 @@ def reliability_diagram_data(probs, labels) -> ReliabilityData:
     Returns:
       :class:`ReliabilityData` with arrays of length 16.
     """
-    conf, acc, count = jax.device_get(_reliability_impl(*_checks.probs_labels(probs, labels)))
+    conf, acc, count = jax.device_get(_reliability_impl(*_validate.probs_labels(probs, labels)))
     return ReliabilityData(
         np.asarray(conf), np.asarray(acc), np.asarray(count, dtype=np.int64), ECE_EDGES.copy()
     )
@@ -304,7 +308,7 @@ def smooth_ece(probs, labels, *, return_bandwidth: bool = False):
     Returns:
       Python float (and the bandwidth if asked).
     """
-    probs, labels = _checks.probs_labels(probs, labels)
+    probs, labels = _validate.probs_labels(probs, labels)
     conf, acc = jax.device_get(jax.jit(top_label)(probs, labels))
     value, bw = _smece_conf_acc(conf, acc)
     return (value, bw) if return_bandwidth else value

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import entr
 
-from jaxuq.metrics import _checks
+from jaxuq import _validate
 
 __all__ = ["accuracy", "brier_score", "nll", "entropy", "entropy_per_sample"]
 
@@ -68,7 +68,7 @@ def accuracy(probs, labels) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    return _accuracy_impl(*_checks.probs_labels(probs, labels))
+    return _accuracy_impl(*_validate.probs_labels(probs, labels))
 
 
 def brier_score(probs, labels) -> jax.Array:
@@ -80,7 +80,7 @@ def brier_score(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _brier_impl(*_checks.probs_labels(probs, labels))
+    return _brier_impl(*_validate.probs_labels(probs, labels))
 
 
 def nll(probs, labels) -> jax.Array:
@@ -95,7 +95,7 @@ def nll(probs, labels) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _nll_impl(*_checks.probs_labels(probs, labels))
+    return _nll_impl(*_validate.probs_labels(probs, labels))
 
 
 def entropy(probs) -> jax.Array:
@@ -109,4 +109,4 @@ def entropy(probs) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    return _entropy_impl(_checks.check_probs(probs, "probs", (2,)))
+    return _entropy_impl(_validate.check_probs(probs, "probs", (2,)))

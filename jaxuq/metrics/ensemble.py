@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxuq.metrics import _checks
+from jaxuq import _validate
 from jaxuq.metrics.classification import entropy_per_sample
 
 __all__ = [
@@ -63,7 +63,7 @@ def _mi_impl(member_probs):
 
 
 def _members(member_probs):
-    return _checks.check_probs(member_probs, "member_probs", (3,))
+    return _validate.check_probs(member_probs, "member_probs", (3,))
 
 
 def disagreement(member_probs) -> jax.Array:

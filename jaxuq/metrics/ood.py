@@ -27,7 +27,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxuq.metrics import _checks, _ties
+from jaxuq import _validate
+from jaxuq.metrics import _ties
 
 __all__ = ["auroc", "aupr", "fpr_at_tpr", "fpr95", "auc", "tpr_at_fpr", "roc_points", "roc_points_groups"]
 
@@ -132,9 +133,9 @@ def _tpr_at_fpr_impl(scores, is_ood, max_fpr: float):
 
 def _scores_labels(scores, is_ood):
     pending = []
-    scores = _checks.check_scores(scores, "scores", pending)
-    is_ood = _checks.check_binary(is_ood, scores.shape[0], "is_ood", both_classes=True, pending=pending)
-    _checks.resolve(pending)
+    scores = _validate.check_scores(scores, "scores", pending)
+    is_ood = _validate.check_binary(is_ood, scores.shape[0], "is_ood", both_classes=True, pending=pending)
+    _validate.resolve(pending)
     return scores, is_ood
 
 
@@ -172,7 +173,7 @@ def fpr_at_tpr(scores, is_ood, tpr: float = 0.95) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    tpr = _checks.check_fraction(tpr, "tpr")
+    tpr = _validate.check_fraction(tpr, "tpr")
     return _fpr_at_tpr_impl(*_scores_labels(scores, is_ood), tpr=tpr)
 
 
@@ -196,7 +197,7 @@ def auc(scores, is_ood, max_fpr: float = 1.0) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    max_fpr = _checks.check_fraction(max_fpr, "max_fpr", open_left=True)
+    max_fpr = _validate.check_fraction(max_fpr, "max_fpr", open_left=True)
     return _auc_impl(*_scores_labels(scores, is_ood), max_fpr=max_fpr)
 
 
@@ -210,5 +211,5 @@ def tpr_at_fpr(scores, is_ood, max_fpr: float) -> jax.Array:
     Returns:
       float32 scalar in [0, 1].
     """
-    max_fpr = _checks.check_fraction(max_fpr, "max_fpr")
+    max_fpr = _validate.check_fraction(max_fpr, "max_fpr")
     return _tpr_at_fpr_impl(*_scores_labels(scores, is_ood), max_fpr=max_fpr)

@@ -27,7 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxuq.metrics import _checks, _ties
+from jaxuq import _validate
+from jaxuq.metrics import _ties
 from jaxuq.metrics.calibration import top_label
 
 __all__ = [
@@ -128,7 +129,7 @@ def aurc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _selective_impl(*_checks.probs_labels(probs, labels), key="AURC")
+    return _selective_impl(*_validate.probs_labels(probs, labels), key="AURC")
 
 
 def augrc(probs, labels) -> jax.Array:
@@ -140,7 +141,7 @@ def augrc(probs, labels) -> jax.Array:
     Returns:
       float32 scalar (NaN if N < 2).
     """
-    return _selective_impl(*_checks.probs_labels(probs, labels), key="AUGRC")
+    return _selective_impl(*_validate.probs_labels(probs, labels), key="AUGRC")
 
 
 def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
@@ -153,8 +154,8 @@ def cov_at_risk(probs, labels, risk: float = 0.05) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    risk = _checks.check_fraction(risk, "risk")
-    return _selective_impl(*_checks.probs_labels(probs, labels), key="Cov_5Risk", risk=risk)
+    risk = _validate.check_fraction(risk, "risk")
+    return _selective_impl(*_validate.probs_labels(probs, labels), key="Cov_5Risk", risk=risk)
 
 
 def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
@@ -167,8 +168,8 @@ def risk_at_cov(probs, labels, cov: float = 0.8) -> jax.Array:
     Returns:
       float32 scalar.
     """
-    cov = _checks.check_fraction(cov, "cov", open_left=True)
-    return _selective_impl(*_checks.probs_labels(probs, labels), key="Risk_80Cov", cov=cov)
+    cov = _validate.check_fraction(cov, "cov", open_left=True)
+    return _selective_impl(*_validate.probs_labels(probs, labels), key="Risk_80Cov", cov=cov)
 
 
 def scod_losses(errors: jax.Array, is_ood: jax.Array, ood_cost: float = 0.5) -> jax.Array:
@@ -195,11 +196,11 @@ def scod_metrics(ood_scores, errors, is_ood, ood_cost: float = 0.5) -> dict:
       ``SCOD_Risk_80Cov``.
     """
     pending = []
-    ood_scores = _checks.check_scores(ood_scores, "ood_scores", pending)
+    ood_scores = _validate.check_scores(ood_scores, "ood_scores", pending)
     n = ood_scores.shape[0]
-    errors = _checks.check_binary(errors, n, "errors", both_classes=False, pending=pending)
-    is_ood = _checks.check_binary(is_ood, n, "is_ood", both_classes=False, pending=pending)
-    _checks.resolve(pending)
-    ood_cost = _checks.check_fraction(ood_cost, "ood_cost")
+    errors = _validate.check_binary(errors, n, "errors", both_classes=False, pending=pending)
+    is_ood = _validate.check_binary(is_ood, n, "is_ood", both_classes=False, pending=pending)
+    _validate.resolve(pending)
+    ood_cost = _validate.check_fraction(ood_cost, "ood_cost")
     out = _scod_impl(ood_scores, errors, is_ood, ood_cost=ood_cost)
     return {f"SCOD_{k}": v for k, v in out.items()}

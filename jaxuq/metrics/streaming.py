@@ -17,8 +17,12 @@ per-device states) gives the full-array answer whatever the batching:
   metrics are tie-aware, hence independent of sample order: merging states in any order gives the
   full-array value.
 
-``update`` checks shapes (free) but not values: value validation would force a device->host sync
-per batch; validate once on the full arrays with the public functions if needed.
+``update(state, *batch, mask=None)`` checks shapes (free) but not values: value validation would
+force a device->host sync per batch; validate once on the full arrays with the public functions if
+needed. ``mask`` (bool ``[B]``) marks the real rows of a zero-padded batch, so that one compiled
+program serves every batch, the last short one included (``jaxuq.evaluate`` pads its tail batch):
+sum and binned states ignore the masked-out rows inside ``jit``; a list state drops them, which
+needs a concrete mask (outside ``jit``), since its arrays grow by the number of real rows.
 
 Factories are cached: calling ``ece()`` twice returns the same metric (and jitted functions).
 
@@ -135,19 +139,37 @@ def _mean_compute(s: SumState):
     return s.total / s.count.astype(F32)
 
 
-def _sum_metric(batch_sum: Callable, n_of: Callable, check: Callable, compute=_mean_compute):
-    batch_sum = jax.jit(batch_sum)
+def _check_mask(mask, n: int):
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != (n,) or mask.dtype != jnp.bool_:
+        raise ValueError(f"`mask` must be bool of shape ({n},) (one flag per row), got {mask.dtype} "
+                         f"{mask.shape}")
+    return mask
 
-    def update(state: SumState, *batch) -> SumState:
+
+def _sum_metric(per_sample: Callable, check: Callable, compute=_mean_compute):
+    """Sum state of ``per_sample(*batch) -> [B]`` (the batch's rows on the last axis of its output)."""
+
+    @jax.jit
+    def batch_sum(mask, *batch):
+        v = per_sample(*batch)
+        if mask is None:
+            return jnp.sum(v), jnp.int32(v.shape[0])
+        return jnp.sum(jnp.where(mask, v, 0.0)), jnp.sum(mask).astype(jnp.int32)
+
+    def update(state: SumState, *batch, mask=None) -> SumState:
         batch = check(*batch)
-        return SumState(state.total + batch_sum(*batch), state.count + jnp.int32(n_of(*batch)))
+        total, count = batch_sum(_check_mask(mask, batch[0].shape[-2]), *batch)
+        return SumState(state.total + total, state.count + count)
 
     return StreamingMetric(_sum_init, update, _sum_merge, compute)
 
 
 def _per_sample_pl_metric(per_sample: Callable) -> StreamingMetric:
     """Mean over samples of ``per_sample(probs [B, C], labels [B]) -> [B]``."""
-    return _sum_metric(lambda p, y: jnp.sum(per_sample(p, y)), lambda p, y: p.shape[0], _check_pl)
+    return _sum_metric(per_sample, _check_pl)
 
 
 @functools.cache
@@ -171,37 +193,26 @@ def nll() -> StreamingMetric:
 @functools.cache
 def entropy() -> StreamingMetric:
     """Streaming mean entropy; ``update(state, probs [B, C])``."""
-    return _sum_metric(
-        lambda p: jnp.sum(_cls.entropy_per_sample(p)), lambda p: p.shape[0], lambda p: (_check_p(p, 2),)
-    )
+    return _sum_metric(_cls.entropy_per_sample, lambda p: (_check_p(p, 2),))
 
 
 @functools.cache
 def ensemble_entropy() -> StreamingMetric:
     """Streaming mean member entropy; ``update(state, member_probs [M, B, C])``."""
-    return _sum_metric(
-        lambda p: jnp.sum(jnp.mean(_cls.entropy_per_sample(p), axis=0)),
-        lambda p: p.shape[1],
-        lambda p: (_check_p(p, 3),),
-    )
+    return _sum_metric(lambda p: jnp.mean(_cls.entropy_per_sample(p), axis=0), lambda p: (_check_p(p, 3),))
 
 
 @functools.cache
 def disagreement() -> StreamingMetric:
     """Streaming disagreement; ``update(state, member_probs [M, B, C])``."""
-    return _sum_metric(
-        lambda p: jnp.sum(_ens.disagreement_per_sample(p)),
-        lambda p: p.shape[1],
-        lambda p: (_check_p(p, 3),),
-    )
+    return _sum_metric(_ens.disagreement_per_sample, lambda p: (_check_p(p, 3),))
 
 
 @functools.cache
 def mutual_information() -> StreamingMetric:
     """Streaming MI (sum clamped at compute like TU); ``update(state, member_probs [M, B, C])``."""
     return _sum_metric(
-        lambda p: jnp.sum(_ens.mutual_information_per_sample(p)),
-        lambda p: p.shape[1],
+        _ens.mutual_information_per_sample,
         lambda p: (_check_p(p, 3),),
         compute=lambda s: jnp.maximum(s.total, 0.0) / s.count.astype(F32),
     )
@@ -214,13 +225,13 @@ def _binned_init() -> BinnedState:
 
 
 @jax.jit
-def _binned_batch(probs, labels):
-    return _cal._binned_sums(*_cal.top_label(probs, labels))
+def _binned_batch(probs, labels, mask):
+    return _cal._binned_sums(*_cal.top_label(probs, labels), mask)
 
 
-def _binned_update(state: BinnedState, probs, labels) -> BinnedState:
+def _binned_update(state: BinnedState, probs, labels, mask=None) -> BinnedState:
     probs, labels = _check_pl(probs, labels)
-    c, a, n = _binned_batch(probs, labels)
+    c, a, n = _binned_batch(probs, labels, _check_mask(mask, probs.shape[0]))
     return BinnedState(state.conf_sum + c, state.acc_sum + a, state.count + n)
 
 
@@ -271,19 +282,30 @@ def _conf_acc(probs, labels):
     return _cal.top_label(probs, labels)
 
 
-def _conf_acc_update(state: ListState, probs, labels) -> ListState:
+def _keep_rows(arrays: tuple, mask) -> ListState:
+    """The rows of ``arrays`` where the concrete ``mask`` is True (all rows without a mask)."""
+    if mask is None:
+        return ListState(arrays)
+    mask = _check_mask(mask, arrays[0].shape[0])
+    if isinstance(mask, jax.core.Tracer):
+        raise ValueError("a list state keeps a data-dependent number of rows: its `mask` must be "
+                         "concrete (update outside jit, or return the per-sample arrays from jit and "
+                         "drop the padded rows on host)")
+    return ListState(tuple(a[mask] for a in arrays))
+
+
+def _conf_acc_update(state: ListState, probs, labels, mask=None) -> ListState:
     probs, labels = _check_pl(probs, labels)
-    conf, acc = _conf_acc(probs, labels)
-    return _list_merge(state, ListState((conf, acc)))
+    return _list_merge(state, _keep_rows(_conf_acc(probs, labels), mask))
 
 
-def _score_update(state: ListState, scores, is_ood) -> ListState:
+def _score_update(state: ListState, scores, is_ood, mask=None) -> ListState:
     scores, is_ood = jnp.asarray(scores), jnp.asarray(is_ood)
     if scores.ndim != 1 or is_ood.shape != scores.shape:
         raise ValueError(
             f"`scores` and `is_ood` must be 1-D of the same shape, got {scores.shape} and {is_ood.shape}"
         )
-    return _list_merge(state, ListState((scores.astype(F32), is_ood.astype(F32))))
+    return _list_merge(state, _keep_rows((scores.astype(F32), is_ood.astype(F32)), mask))
 
 
 def _conf_acc_metric(fn: Callable) -> StreamingMetric:

@@ -10,6 +10,7 @@ With ``num_estimators=4, alpha=2`` it has 45,672 parameters, as TU.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,7 @@ __all__ = ["PackedLeNet", "packed_lenet"]
 
 
 class PackedLeNet(nn.Module):
+    members_in_batch: ClassVar[bool] = True  # outputs [(M B), C], member-major (jaxuq.forward splits them)
     in_channels: int
     num_classes: int
     num_estimators: int = 4

@@ -15,6 +15,7 @@ Output logits ``[M*B, C]`` member-major. Submodules mirror torch names (``layer1
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -102,6 +103,7 @@ def _shortcut(block, x, ura: bool):
 
 
 class PackedResNet(nn.Module):
+    members_in_batch: ClassVar[bool] = True  # outputs [(M B), C], member-major (jaxuq.forward splits them)
     in_channels: int
     num_classes: int
     num_blocks: Sequence[int]

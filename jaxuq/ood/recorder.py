@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxuq._validate import check_finite  # the one validation module (kept importable here)
+
 __all__ = ["LayerInfo", "layer_infos", "layer_table", "available_layers", "RecordedNet", "check_finite"]
 
 
@@ -116,11 +118,6 @@ def _parse(spec: str) -> tuple[str, str]:
     if where not in ("output", "input"):
         raise ValueError(f"layer spec {spec!r}: suffix must be ':input' or ':output'")
     return name, where
-
-
-def check_finite(x, what: str) -> None:
-    if not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError(f"{what} contains NaN or inf values")
 
 
 class RecordedNet:

@@ -1,7 +1,8 @@
 """orbax checkpoints of a TrainState: save every N steps / at epoch ends, restore the latest.
 
-What is saved: ``step``, ``params``, ``batch_stats``, ``opt_state`` and the raw data of the run key
-(typed keys are stored with ``jax.random.key_data`` and re-wrapped on restore), plus a JSON dict of
+What is saved: ``step``, ``params``, ``batch_stats``, ``opt_state``, ``extras`` (when not empty) and
+the raw data of the run key (typed keys are stored with ``jax.random.key_data`` and re-wrapped on
+restore), plus a JSON dict of
 metadata (epoch, position in the epoch, config). Data order needs nothing more: the order of epoch
 ``e`` is ``permutation(fold_in(data_key, e))`` and the step's key is ``fold_in(key, step)``.
 orbax writes into a temporary folder and renames it when complete, so a process killed during a
@@ -23,8 +24,9 @@ import orbax.checkpoint as ocp
 __all__ = ["Checkpointer", "check_writable"]
 
 
-def check_writable(directory: str | os.PathLike) -> Path:
-    """Create ``directory`` if needed and prove it is writable; raise PermissionError naming it."""
+def check_writable(directory: str | os.PathLike, what: str = "checkpoint directory") -> Path:
+    """Create ``directory`` if needed and prove it is writable; raise PermissionError naming it (as
+    ``what``)."""
     path = Path(directory).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -32,18 +34,21 @@ def check_writable(directory: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise PermissionError(f"checkpoint directory {path} is not writable: {e.strerror or e}") from e
+        raise PermissionError(f"{what} {path} is not writable: {e.strerror or e}") from e
     return path
 
 
 def _to_saveable(state) -> dict:
-    return {
+    out = {
         "step": state.step,
         "params": state.params,
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
         "key": jax.random.key_data(state.key),
     }
+    if state.extras:  # absent when empty: checkpoints without extras stay readable
+        out["extras"] = state.extras
+    return out
 
 
 def _leaf_sig(a) -> tuple:
@@ -158,6 +163,7 @@ class Checkpointer:
                 batch_stats=r["batch_stats"],
                 opt_state=r["opt_state"],
                 key=jax.random.wrap_key_data(r["key"], impl=jax.random.key_impl(state.key)),
+                extras=r.get("extras", state.extras),
             )
             return restored, dict(out["meta"] or {})
         return state, None

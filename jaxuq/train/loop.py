@@ -1,8 +1,9 @@
 """The one training engine: ``fit(model, data, config)`` for a single model, a stacked deep ensemble
-(``num_members=M``) or a Packed-Ensemble (``format_batch=RepeatTarget(M)``).
+(``TrainConfig(ensemble=EnsembleConfig(num_members=M))``) or a model with its members in the batch
+(a Packed-Ensemble with ``format_batch=RepeatTarget(M)``).
 
-Data on device: the uint8 training set is put on the device once; each epoch's order is
-``permutation(fold_in(data_key, epoch), N)`` (ensembles with ``member_shuffle``: one order per
+Data on device: the training set is put on the device once; each epoch's order is
+``permutation(fold_in(data_key, epoch), N)`` (ensembles without ``shared_order``: one order per
 member, from ``split(data_key, M)[m]``); the jitted ``train_chunk`` runs a ``lax.scan`` of
 ``steps_per_call`` (or ``checkpoint_every``) steps, gathering, augmenting and training inside one XLA
 program, with the state donated. The last partial batch of an epoch is kept (TU's DataLoaders do not
@@ -12,27 +13,26 @@ Streaming (``on_device=False``): the same chunks are gathered on the host and pr
 device by a thread (``prefetch_to_device``) while the previous chunk computes.
 
 Ensembles: the state is M single-model states stacked on axis 0; ``train_step`` is mapped over the
-members with the chosen lowering (``vmap`` / ``map`` / ``unroll``); a mesh with axis ``members``
-places the members on devices (``shard_map``), a mesh with axis ``data`` shards the batch.
+members with the chosen lowering (``vmap`` / ``map`` / ``unroll``); a member mesh places the members
+on devices (``shard_map``), a data mesh shards the batch (``jaxuq.sharding.split_mesh``, once here).
 
-Checkpoints (orbax) are written at chunk ends that fall on multiples of ``checkpoint_every`` steps
-within the epoch and at every epoch end, the epoch-end one carrying that epoch's record (train and
-eval metrics), which a resumed run writes to the log if the run died before logging it. A run
-restarts from the latest intact checkpoint with the same chunk boundaries, so on CPU it ends bitwise
-equal to an uninterrupted run. Only process 0 draws the progress bar and writes the log.
+Checkpoints (orbax, ``workdir/checkpoints``) are written at chunk ends that fall on multiples of
+``checkpoint_every`` steps within the epoch and at every epoch end, after the callbacks'
+``on_epoch_end`` (so what they keep in ``state.extras`` is saved). A run restarts from the latest
+intact checkpoint with the same chunk boundaries, so on CPU it ends bitwise equal to an
+uninterrupted run. Only process 0 draws the progress bar and writes the log (``workdir/metrics.jsonl``).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,25 +40,32 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxuq import _validate
+from jaxuq import metrics as M
+from jaxuq._progress import progress_bar
 from jaxuq.data.pipeline import epoch_permutation, prefetch_to_device
-from jaxuq.ensembles import MEMBER_AXIS, default_members, over_members, shard_members
+from jaxuq.ensembles import default_lowering, over_members
 from jaxuq.evaluation import predict
-from jaxuq.train.checkpoint import Checkpointer, check_writable
-from jaxuq.train.config import TrainConfig
-from jaxuq.train.optim import recipe
-from jaxuq.train.sharding import (
+from jaxuq.forward import members_in_batch
+from jaxuq.losses import cross_entropy
+from jaxuq.sharding import (
+    MEMBER_AXIS,
+    MeshRoles,
     global_batch,
     is_multiprocess,
     process_batch_slice,
     replicate,
+    split_mesh,
     to_host,
 )
-from jaxuq.train.state import StepSettings, create_train_state, cross_entropy, train_step
+from jaxuq.train.callbacks import Callback, JsonlLogger, overrides
+from jaxuq.train.checkpoint import Checkpointer
+from jaxuq.train.config import TrainConfig
+from jaxuq.train.objective import LossObjective
+from jaxuq.train.optim import recipe
+from jaxuq.train.state import StepSettings, TrainState, create_train_state, train_step
 
-if TYPE_CHECKING:
-    from jaxuq.train.state import TrainState
-
-__all__ = ["Callback", "FitResult", "fit", "train_and_evaluate", "train_chunk"]
+__all__ = ["FitResult", "fit", "train_chunk"]
 
 
 @dataclasses.dataclass
@@ -66,16 +73,6 @@ class FitResult:
     state: TrainState
     history: list[dict]
     resumed_from: int | None = None
-
-
-class Callback:
-    """Hooks called on process 0 (subclass and override; clu's ``MetricWriter`` fits ``metric_writer=``)."""
-
-    def on_checkpoint(self, step: int) -> None:
-        pass
-
-    def on_epoch_end(self, record: dict, state: TrainState) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------- the jitted chunk
@@ -87,24 +84,16 @@ class _Members:
 
     lowering: str
     per_member_inputs: bool
-    mesh: Any = None  # mesh with axis "members"
+    mesh: Any = None  # member mesh
 
 
 def _step_fn(settings: StepSettings, members: _Members | None):
     one = partial(train_step, settings=settings)
     if members is None:
         return one
-
-    def body(state, x, y):
-        if members.per_member_inputs:
-            return over_members(one, members.lowering, state, x, y)
-        return over_members(lambda s: one(s, x, y), members.lowering, state)
-
-    if members.mesh is None:
-        return body
-    sm = PartitionSpec(MEMBER_AXIS)
-    xs = sm if members.per_member_inputs else PartitionSpec()
-    return jax.shard_map(body, mesh=members.mesh, in_specs=(sm, xs, xs), out_specs=sm)
+    if members.per_member_inputs:
+        return lambda state, x, y: over_members(one, members.lowering, state, x, y, mesh=members.mesh)
+    return lambda state, x, y: over_members(one, members.lowering, state, shared=(x, y), mesh=members.mesh)
 
 
 @partial(jax.jit, static_argnames=("settings", "members"), donate_argnums=0)
@@ -119,16 +108,6 @@ def train_chunk(state, images, labels, idx, settings: StepSettings, members: _Me
         images, labels = images[idx], labels[idx]
     step = _step_fn(settings, members)
     return jax.lax.scan(lambda s, b: step(s, *b), state, (images, labels))
-
-
-def _val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """``val_loss`` (NLL of the mean member probabilities; CE for one model) and ``val_acc``."""
-    if logits.ndim == 2:
-        loss = float(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)))
-        return {"val_loss": loss, "val_acc": float((logits.argmax(-1) == labels).mean())}
-    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1)).mean(0)
-    nll = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12))))
-    return {"val_loss": nll, "val_acc": float((probs.argmax(-1) == labels).mean())}
 
 
 # ----------------------------------------------------------------------------- setup
@@ -146,37 +125,39 @@ def _make_tx(optimizer, steps_per_epoch: int) -> optax.GradientTransformation:
     )
 
 
-def _validate(images, labels, name: str, num_classes: int | None = None):
-    """uint8 ``[N, H, W, C]`` images and integer labels in ``[0, num_classes)``, or a ValueError."""
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"{name} images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"{name} labels must have shape ({images.shape[0]},), got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name} labels must be integers (class indices), got dtype {labels.dtype}")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes)) if num_classes is not None else ()
-    if len(bad):
-        i = int(bad[0])
-        raise ValueError(
-            f"{name} labels must be in [0, {num_classes}) (the model's output width), got {labels[i]} at "
-            f"index {i} ({bad.size} out of range)"
-        )
-    return images, labels.astype(np.int32)
+def _sample(x: np.ndarray, preprocess) -> jax.Array:
+    """Zeros shaped like one preprocessed input (the init sample)."""
+    one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
+    out = one if preprocess is None else jax.eval_shape(preprocess.eval, one)
+    return jnp.zeros(out.shape, out.dtype)
 
 
 def _num_classes(model, sample) -> int:
-    out = jax.eval_shape(
-        lambda: model.init_with_output(
-            {"params": jax.random.key(0), "dropout": jax.random.key(0)}, sample, train=False
-        )[0]
-    )
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+    out = jax.eval_shape(lambda: model.init_with_output(rngs, sample, train=False)[0])
     return int(out.shape[-1])
+
+
+def _data(model, data, name: str, cfg: TrainConfig, num_classes: int | None = None):
+    """``(inputs, targets, num_classes)`` checked (``_validate.fit_inputs`` / ``fit_targets``); the
+    model's output width is the class count of integer targets."""
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise TypeError(f"{name} data must be a tuple (inputs [N, ...], targets [N]), got "
+                        f"{type(data).__name__}")
+    x = _validate.fit_inputs(data[0], name, images=cfg.preprocess is not None)
+    integer = np.issubdtype(np.asarray(data[1]).dtype, np.integer)
+    if integer and num_classes is None:
+        num_classes = _num_classes(model, _sample(x, cfg.preprocess))
+    y = _validate.fit_targets(data[1], len(x), name, num_classes if integer else None)
+    if not integer and cfg.loss_fn is None and cfg.objective is None:
+        raise ValueError(f"{name} labels must be integers (class indices) for the default cross-entropy "
+                         f"loss, got dtype {y.dtype}; float (regression) targets need a loss_fn")
+    return x, y, num_classes
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Batches of an epoch: ``n`` images, ``spe`` steps (last partial batch kept unless drop_last)."""
+    """Batches of an epoch: ``n`` inputs, ``spe`` steps (last partial batch kept unless drop_last)."""
 
     n: int
     batch_size: int
@@ -192,13 +173,14 @@ class _Plan:
         if cfg.batch_size > n:
             raise ValueError(f"batch_size must be in [1, {n}] (training set size), got {cfg.batch_size}")
         n_full, rem = divmod(n, cfg.batch_size)
-        spe = n_full + (1 if rem and not cfg.drop_last else 0)
-        chunk = int(cfg.checkpoint_every or cfg.steps_per_call)
-        return cls(n, cfg.batch_size, spe, n_full, rem, chunk, cfg.num_members, cfg.member_shuffle)
+        ens = cfg.ensemble
+        return cls(n=n, batch_size=cfg.batch_size, spe=n_full + (1 if rem and not cfg.drop_last else 0),
+                   n_full=n_full, rem=rem, chunk=int(cfg.checkpoint_every or cfg.steps_per_call),
+                   num_members=cfg.num_members, member_shuffle=ens is not None and not ens.shared_order)
 
     def order(self, k_data, epoch: int) -> np.ndarray:
         """``[n]`` or ``[M, n]`` (per-member shuffles)."""
-        if self.num_members is None or not self.member_shuffle:
+        if not self.member_shuffle:
             return np.asarray(epoch_permutation(k_data, epoch, self.n))
         keys = jax.random.split(k_data, self.num_members)
         return np.stack([np.asarray(epoch_permutation(k, epoch, self.n)) for k in keys])
@@ -218,73 +200,34 @@ class _Plan:
             pos = end
 
 
-# ----------------------------------------------------------------------------- the run
-
-
-class _Progress:
-    """rich progress bar (epoch/step, loss, images/s, ETA) unless quiet."""
-
-    def __init__(self, total: int, done: int, quiet: bool, desc: str):
-        self.bar = None
-        if quiet:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
+def _check_mesh(roles: MeshRoles, cfg: TrainConfig, plan: _Plan) -> None:
+    if roles.members is not None:
+        ndev = roles.members.shape[MEMBER_AXIS]
+        if cfg.ensemble is None:
+            raise ValueError("a mesh with axis 'members' needs an ensemble (TrainConfig(ensemble=...))")
+        if is_multiprocess():
+            raise ValueError("member-parallel ensembles run in one process; use a 'data' mesh across hosts")
+        if cfg.num_members % ndev:
+            raise ValueError(f"num_members {cfg.num_members} is not divisible by the {ndev} devices of the "
+                             "members mesh")
+    mesh = roles.data
+    if mesh is None:
+        return
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices of the "
+                         "mesh")
+    if is_multiprocess() and not cfg.on_device and plan.rem and not cfg.drop_last and plan.rem % mesh.size:
+        raise ValueError(
+            f"multi-process streaming: the last partial batch ({plan.rem} = {plan.n} inputs mod batch_size "
+            f"{cfg.batch_size}) is not divisible by the {mesh.size} devices of the mesh; pass drop_last=True "
+            "or on_device=True"
         )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("{task.fields[ips]:,.0f} img/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.desc = desc
-        self.task = self.bar.add_task(desc, total=total, completed=done, loss=float("nan"), ips=0.0)
-        self.bar.start()
-
-    def update(self, steps: int, epoch: int, epochs: int, loss: float, ips: float):
-        if self.bar is not None:
-            desc = f"{self.desc} epoch {epoch + 1}/{epochs}"
-            self.bar.update(self.task, advance=steps, description=desc, loss=loss, ips=ips)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _host_step(state) -> int:
-    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-
-
-def _new_acc(shape) -> dict:
-    z = np.zeros(shape)
-    return {"loss_sum": z, "correct": z.copy(), "count": z.copy(), "nonfinite": z.copy(), "seconds": 0.0}
-
-
-def _acc_to_json(acc: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in acc.items()}
-
-
-def _acc_from_json(d: dict) -> dict:
-    return {k: (v if k == "seconds" else np.asarray(v, np.float64)) for k, v in d.items()}
 
 
 def _check_resume(meta: dict, plan: _Plan, where: str) -> None:
     """Refuse a resume whose epoch layout changed (batch size, dataset size, members)."""
-    now = {
-        "steps_per_epoch": plan.spe,
-        "batch_size": plan.batch_size,
-        "n_train": plan.n,
-        "num_members": plan.num_members,
-    }
+    now = {"steps_per_epoch": plan.spe, "batch_size": plan.batch_size, "n_train": plan.n,
+           "num_members": plan.num_members}
     diff = {k: (meta[k], v) for k, v in now.items() if k in meta and meta[k] != v}
     if diff:
         changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
@@ -295,184 +238,60 @@ def _check_resume(meta: dict, plan: _Plan, where: str) -> None:
         )
 
 
-@dataclasses.dataclass
-class _Run:
-    """Everything a fit needs between chunks; built by ``fit``."""
-
-    model: Any
-    cfg: TrainConfig
-    plan: _Plan
-    images: np.ndarray
-    labels: np.ndarray
-    eval_data: tuple | None
-    mesh: Any
-    settings: StepSettings
-    members: _Members | None
-    k_data: jax.Array
-    ckpt: Checkpointer | None
-    log_path: Path | None
-    callbacks: Sequence[Callback]
-    metric_writer: Any
-    main: bool = True
-
-    def __post_init__(self):
-        data_mesh = self.mesh is not None and MEMBER_AXIS not in self.mesh.axis_names
-        self.multi = data_mesh and is_multiprocess()
-        if self.cfg.on_device:  # the whole uint8 set on every device (each process holds its own copy)
-            put = (lambda a: replicate(a, self.mesh)) if self.mesh is not None else jax.device_put
-            self.dev_x, self.dev_y = put(self.images), put(self.labels)
-        batch_axis = 1 if self.members is None or not self.members.per_member_inputs else 2
-        spec = [None] * batch_axis + ["data"]
-        self.x_sharding = (
-            None
-            if self.mesh is None
-            else NamedSharding(self.mesh, PartitionSpec(*spec) if data_mesh else PartitionSpec())
-        )
-
-    def epoch_data(self, epoch: int, pos: int):
-        """``(start, end, device data)``: indices (on device) or host-gathered batches (prefetched)."""
-        it = self.plan.chunks(self.k_data, epoch, pos)
-        if self.cfg.on_device:
-            for p, e, idx in it:
-                yield p, e, (replicate(idx, self.mesh) if self.mesh is not None else jnp.asarray(idx))
-            return
-        if self.multi:  # each process gathers and sends only its rows of every batch
-            it = ((p, e, _local_chunk(self.mesh, self.images, self.labels, idx)) for p, e, idx in it)
-        else:
-            it = ((p, e, (self.images[idx], self.labels[idx])) for p, e, idx in it)
-        yield from _prefetched(it, self.x_sharding)
-
-    def train(self, state, meta: dict | None) -> tuple[Any, list[dict]]:
-        cfg, plan = self.cfg, self.plan
-        total, step = cfg.epochs * plan.spe, _host_step(state)
-        shape = () if plan.num_members is None else (plan.num_members,)
-        acc = _acc_from_json(meta["epoch_acc"]) if meta and meta.get("epoch_acc") else None
-        if meta and meta.get("record"):
-            self._log(meta["record"], only_if_missing=True)
-        history: list[dict] = []
-        desc = "train" if plan.num_members is None else f"train {plan.num_members} members"
-        progress = _Progress(total, step, cfg.quiet or not self.main, desc)
-        try:
-            while step < total:
-                epoch, pos = divmod(step, plan.spe)
-                if pos == 0 or acc is None:
-                    acc = _new_acc(shape)
-                for start, end, data in self.epoch_data(epoch, pos):
-                    state, m, dt = self._chunk(state, data)
-                    self._check_finite(m, epoch, start)
-                    _accumulate(acc, m, dt)
-                    step = epoch * plan.spe + end
-                    ips = float(np.max(acc["count"])) / max(acc["seconds"], 1e-9)  # images/s, epoch so far
-                    progress.update(len(m["loss"]), epoch, cfg.epochs, float(np.mean(m["loss"][-1])), ips)
-                    if end < plan.spe and self.ckpt is not None and end % plan.chunk == 0:
-                        self._save(state, {"epoch": epoch, "pos": end, "epoch_acc": _acc_to_json(acc)})
-                record = self._record(state, acc, epoch, step)
-                if self.ckpt is not None:
-                    self._save(state, {"epoch": epoch, "pos": plan.spe, "record": record})
-                self._log(record)
-                for cb in self.callbacks if self.main else ():
-                    cb.on_epoch_end(record, state)
-                history.append(record)
-                acc = None
-        finally:
-            progress.close()
-            if self.ckpt is not None:
-                self.ckpt.close()
-        return state, history
-
-    def _chunk(self, state, data):
-        t0 = time.perf_counter()
-        if self.cfg.on_device:
-            state, m = train_chunk(state, self.dev_x, self.dev_y, data, self.settings, self.members)
-        else:
-            state, m = train_chunk(state, *data, None, self.settings, self.members)
-        m = to_host(m)
-        return state, m, time.perf_counter() - t0
-
-    def _check_finite(self, m: dict, epoch: int, start: int) -> None:
-        bad = np.argwhere(~np.asarray(m["finite"], bool))
-        if not bad.size or self.cfg.on_nonfinite == "skip":
-            return
-        s = int(bad[0][0])
-        member = f", member {int(bad[0][1])}" if bad.shape[1] > 1 else ""
-        last = self.ckpt.latest_step() if self.ckpt is not None else None
-        raise FloatingPointError(
-            f"non-finite loss or gradient at step {epoch * self.plan.spe + start + s} (epoch {epoch + 1}, "
-            f"batch {start + s + 1}/{self.plan.spe}{member}): loss {np.asarray(m['loss'])[tuple(bad[0])]}. "
-            f"The update was not applied; last checkpoint: step {last}. Lower the learning rate, or set "
-            "on_nonfinite='skip' to drop such updates and go on."
-        )
-
-    def _save(self, state, meta: dict) -> None:
-        p = self.plan
-        meta.update(steps_per_epoch=p.spe, batch_size=p.batch_size, n_train=p.n, num_members=p.num_members)
-        self.ckpt.save(state, meta)
-        for cb in self.callbacks if self.main else ():
-            cb.on_checkpoint(_host_step(state))
-
-    def _record(self, state, acc: dict, epoch: int, step: int) -> dict:
-        count = np.maximum(acc["count"], 1)
-        loss, accuracy = acc["loss_sum"] / count, acc["correct"] / count
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": float(np.mean(loss)),
-            "train_acc": float(np.mean(accuracy)),
-            "seconds": acc["seconds"],
-            "images_per_s": float(np.sum(acc["count"])) / max(acc["seconds"], 1e-9),
-        }
-        if self.plan.num_members is not None:
-            record.update(train_loss_members=loss.tolist(), train_acc_members=accuracy.tolist())
-        if np.any(acc["nonfinite"]):
-            record["nonfinite_steps"] = int(np.max(acc["nonfinite"]))
-        if self.eval_data is not None:
-            members = None if self.plan.num_members is None else self.members.lowering
-            logits = predict(
-                self.model,
-                state.variables(),
-                self.eval_data[0],
-                preprocess=self.cfg.preprocess,
-                batch_size=self.cfg.eval_batch_size,
-                members=members,
-                compute_dtype=self.cfg.compute_dtype,
-                mesh=self.mesh,
-            )
-            record.update(_val_metrics(logits, self.eval_data[1]))
-        return record
-
-    def _log(self, record: dict, only_if_missing: bool = False) -> None:
-        if not self.main:
-            return
-        if self.log_path is not None:
-            path = Path(self.log_path)
-            if (
-                only_if_missing
-                and path.exists()
-                and any(
-                    json.loads(ln).get("epoch") == record["epoch"]
-                    for ln in path.read_text().splitlines()
-                    if ln.strip()
-                )
-            ):
-                return
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.metric_writer is not None and not only_if_missing:
-            scalars = {
-                k: v for k, v in record.items() if isinstance(v, int | float) and k not in ("epoch", "step")
-            }
-            self.metric_writer.write_scalars(record["step"], scalars)
+def _host_step(state) -> int:
+    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
-def _accumulate(acc: dict, m: dict, dt: float) -> None:
-    """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only."""
-    finite = np.asarray(m["finite"], bool)
-    count = np.where(finite, m["count"], 0)
-    acc["loss_sum"] = acc["loss_sum"] + np.sum(np.where(finite, m["loss"] * m["count"], 0.0), axis=0)
-    acc["correct"] = acc["correct"] + np.sum(np.where(finite, m["correct"], 0), axis=0)
-    acc["count"] = acc["count"] + np.sum(count, axis=0)
-    acc["nonfinite"] = acc["nonfinite"] + np.sum(~finite, axis=0)
-    acc["seconds"] += dt
+def _restore(ckpt: Checkpointer | None, state, plan: _Plan):
+    """``(state, meta, resumed_from)``: the newest intact checkpoint's, or the state as given."""
+    if ckpt is None:
+        return state, None, None
+    state, meta = ckpt.restore(state)
+    if meta is None:
+        return state, None, None
+    _check_resume(meta, plan, f"checkpoint {ckpt.latest_step()} under {ckpt.directory}")
+    return state, meta, _host_step(state)
+
+
+def _callbacks(callbacks: Sequence, workdir) -> tuple:
+    """The callbacks as given, then a :class:`JsonlLogger` for ``workdir/metrics.jsonl`` (unless one
+    is given); every ``on_step`` callback must be hashable (it is part of the compiled step)."""
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        if overrides(cb, "on_step"):
+            try:
+                hash(cb)
+            except TypeError as e:
+                raise TypeError(f"callback {cb!r} has on_step, so it is part of the compiled step and must "
+                                "be hashable (a plain object or a frozen dataclass)") from e
+    if workdir is not None and not any(isinstance(cb, JsonlLogger) for cb in callbacks):
+        callbacks += (JsonlLogger(Path(workdir) / "metrics.jsonl"),)
+    return callbacks
+
+
+def _settings(cfg: TrainConfig, roles: MeshRoles, plan: _Plan, callbacks: tuple) -> StepSettings:
+    ens = cfg.ensemble
+    return StepSettings(
+        preprocess=cfg.preprocess,
+        objective=cfg.objective or LossObjective(cfg.loss_fn or cross_entropy),
+        compute_dtype=cfg.compute_dtype,
+        format_batch=cfg.format_batch,
+        grad_scale=1.0 / ens.num_members if ens is not None and ens.tu_gradient_scaling else 1.0,
+        mesh=roles.data,
+        steps_per_epoch=plan.spe,
+        step_callbacks=tuple(cb for cb in callbacks if overrides(cb, "on_step")),
+    )
+
+
+def _members_of(cfg: TrainConfig, roles: MeshRoles) -> _Members | None:
+    if cfg.ensemble is None:
+        return None
+    ens = cfg.ensemble
+    return _Members(lowering=ens.lowering or default_lowering(), per_member_inputs=not ens.shared_order,
+                    mesh=roles.members)
+
+
+# ----------------------------------------------------------------------------- data feed
 
 
 def _local_chunk(mesh, images, labels, idx):
@@ -498,204 +317,243 @@ def _prefetched(gen, sharding):
         yield p, e, b
 
 
+class _Feed:
+    """The training set and how each chunk reaches ``train_chunk``: on device (the whole set, indices
+    per chunk) or streamed (host-gathered batches, prefetched)."""
+
+    def __init__(self, x, y, plan: _Plan, k_data, *, on_device: bool, roles: MeshRoles, per_member: bool):
+        self.x, self.y, self.plan, self.k_data, self.on_device = x, y, plan, k_data, on_device
+        self.mesh = roles.data or roles.members
+        self.multi = roles.data is not None and is_multiprocess()
+        self.put = (lambda a: replicate(a, self.mesh)) if self.mesh is not None else jax.device_put
+        if on_device:  # the whole set on every device (each process holds its own copy)
+            self.dev = (self.put(x), self.put(y))
+        spec = PartitionSpec(*[None] * (2 if per_member else 1), "data") if roles.data else PartitionSpec()
+        self.sharding = None if self.mesh is None else NamedSharding(self.mesh, spec)
+
+    def chunks(self, epoch: int, pos: int):
+        """``(start, end, (images, labels, idx))`` for ``train_chunk`` from step ``pos`` of ``epoch``."""
+        it = self.plan.chunks(self.k_data, epoch, pos)
+        if self.on_device:
+            yield from ((p, e, (*self.dev, self.put(idx))) for p, e, idx in it)
+            return
+        if self.multi:  # each process gathers and sends only its rows of every batch
+            it = ((p, e, _local_chunk(self.mesh, self.x, self.y, idx)) for p, e, idx in it)
+        else:
+            it = ((p, e, (self.x[idx], self.y[idx])) for p, e, idx in it)
+        yield from ((p, e, (*b, None)) for p, e, b in _prefetched(it, self.sharding))
+
+
+# ----------------------------------------------------------------------------- epoch records
+
+
+def _new_acc(shape) -> dict:
+    z = np.zeros(shape)
+    return {"loss_sum": z, "count": z.copy(), "nonfinite": z.copy(), "seconds": 0.0}
+
+
+def _acc_to_json(acc: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in acc.items()}
+
+
+def _acc_from_json(d: dict) -> dict:
+    return {k: (v if k == "seconds" else np.asarray(v, np.float64)) for k, v in d.items()}
+
+
+def _accumulate(acc: dict, m: dict, dt: float) -> None:
+    """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only."""
+    finite = np.asarray(m["finite"], bool)
+    acc["loss_sum"] = acc["loss_sum"] + np.sum(np.where(finite, m["loss"] * m["count"], 0.0), axis=0)
+    if "correct" in m:  # integer class targets and outputs from the objective
+        acc["correct"] = acc.get("correct", 0.0) + np.sum(np.where(finite, m["correct"], 0), axis=0)
+    acc["count"] = acc["count"] + np.sum(np.where(finite, m["count"], 0), axis=0)
+    acc["nonfinite"] = acc["nonfinite"] + np.sum(~finite, axis=0)
+    acc["seconds"] += dt
+
+
+def _record(acc: dict, epoch: int, step: int, members: bool) -> dict:
+    count = np.maximum(acc["count"], 1)
+    loss = acc["loss_sum"] / count
+    record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(loss))}
+    accuracy = acc["correct"] / count if "correct" in acc else None
+    if accuracy is not None:
+        record["train_acc"] = float(np.mean(accuracy))
+    record["seconds"] = acc["seconds"]
+    record["images_per_s"] = float(np.sum(acc["count"])) / max(acc["seconds"], 1e-9)
+    if members:
+        record["train_loss_members"] = loss.tolist()
+        if accuracy is not None:
+            record["train_acc_members"] = accuracy.tolist()
+    if np.any(acc["nonfinite"]):
+        record["nonfinite_steps"] = int(np.max(acc["nonfinite"]))
+    return record
+
+
+def _validation(model, data, cfg: TrainConfig, roles: MeshRoles, lowering, state) -> dict:
+    """``val_loss`` (classes: TU's NLL of the member-mean probabilities; float targets: ``loss_fn``,
+    averaged over members) and ``val_acc`` (classes) of ``state`` on ``data``."""
+    x, y = data
+    out = predict(model, state.variables(), x, preprocess=cfg.preprocess, batch_size=cfg.eval_batch_size,
+                  lowering=lowering, compute_dtype=cfg.compute_dtype, mesh=roles)
+    stacked = lowering is not None or members_in_batch(model)
+    if np.issubdtype(y.dtype, np.integer):
+        probs = jax.nn.softmax(jnp.asarray(out), axis=-1)
+        probs = jnp.mean(probs, axis=0) if stacked else probs
+        return {"val_loss": float(M.nll(probs, y)), "val_acc": float(M.accuracy(probs, y))}
+    if cfg.loss_fn is None:
+        return {}
+    return {"val_loss": float(np.mean([cfg.loss_fn(o, y) for o in (out if stacked else [out])]))}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Run:
+    """Everything a fit needs between chunks; built by ``fit``."""
+
+    cfg: TrainConfig
+    plan: _Plan
+    settings: StepSettings
+    members: _Members | None
+    feed: _Feed
+    validate: Callable | None  # state -> {"val_loss", ...}
+    ckpt: Checkpointer | None
+    callbacks: tuple
+
+    def train(self, state, meta: dict | None) -> tuple[Any, list[dict]]:
+        plan, cfg = self.plan, self.cfg
+        total, step = cfg.epochs * plan.spe, _host_step(state)
+        acc = _acc_from_json(meta["epoch_acc"]) if meta and meta.get("epoch_acc") else None
+        history: list[dict] = []
+        desc = "train" if plan.num_members is None else f"train {plan.num_members} members"
+        columns = ("loss {task.fields[loss]:.4f}", "{task.fields[ips]:,.0f} img/s")
+        try:
+            with progress_bar(desc, total, quiet=cfg.quiet, completed=step, columns=columns,
+                              loss=float("nan"), ips=0.0) as advance:
+                while step < total:
+                    epoch, pos = divmod(step, plan.spe)
+                    if pos == 0 or acc is None:
+                        acc = _new_acc(() if plan.num_members is None else (plan.num_members,))
+                    label = f"{desc} epoch {epoch + 1}/{cfg.epochs}"
+                    state = self._epoch(state, epoch, pos, acc, advance, label)
+                    step = (epoch + 1) * plan.spe
+                    state, record = self._end_epoch(state, acc, epoch, step)
+                    history.append(record)
+                    acc = None
+        finally:
+            if self.ckpt is not None:
+                self.ckpt.close()
+        return state, history
+
+    def _epoch(self, state, epoch: int, pos: int, acc: dict, advance, label: str):
+        """Train the rest of ``epoch`` from step ``pos``, adding to ``acc``; mid-epoch checkpoints."""
+        for start, end, args in self.feed.chunks(epoch, pos):
+            t0 = time.perf_counter()
+            state, m = train_chunk(state, *args, self.settings, self.members)
+            m = to_host(m)
+            self._check_finite(m, epoch, start)
+            _accumulate(acc, m, time.perf_counter() - t0)
+            ips = float(np.max(acc["count"])) / max(acc["seconds"], 1e-9)  # images/s, epoch so far
+            advance(len(m["loss"]), description=label, loss=float(np.mean(m["loss"][-1])), ips=ips)
+            if end < self.plan.spe and self.ckpt is not None and end % self.plan.chunk == 0:
+                self._save(state, {"epoch": epoch, "pos": end, "epoch_acc": _acc_to_json(acc)})
+        return state
+
+    def _end_epoch(self, state, acc: dict, epoch: int, step: int):
+        """The epoch's record (+ validation), the callbacks' ``on_epoch_end``, then the checkpoint."""
+        record = _record(acc, epoch, step, self.plan.num_members is not None)
+        if self.validate is not None:
+            record.update(self.validate(state))
+        for cb in self.callbacks:
+            state = cb.on_epoch_end(state, record) if hasattr(cb, "on_epoch_end") else state
+            if not isinstance(state, TrainState):
+                raise TypeError(f"{type(cb).__name__}.on_epoch_end must return the state, got "
+                                f"{type(state).__name__}")
+        if self.ckpt is not None:
+            self._save(state, {"epoch": epoch, "pos": self.plan.spe, "record": record})
+        return state, record
+
+    def _check_finite(self, m: dict, epoch: int, start: int) -> None:
+        bad = np.argwhere(~np.asarray(m["finite"], bool))
+        if not bad.size or self.cfg.on_nonfinite == "skip":
+            return
+        s = int(bad[0][0])
+        member = f", member {int(bad[0][1])}" if bad.shape[1] > 1 else ""
+        last = self.ckpt.latest_step() if self.ckpt is not None else None
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {epoch * self.plan.spe + start + s} (epoch {epoch + 1}, "
+            f"batch {start + s + 1}/{self.plan.spe}{member}): loss {np.asarray(m['loss'])[tuple(bad[0])]}. "
+            f"The update was not applied; last checkpoint: step {last}. Lower the learning rate, or set "
+            "on_nonfinite='skip' to drop such updates and go on."
+        )
+
+    def _save(self, state, meta: dict) -> None:
+        p = self.plan
+        meta.update(steps_per_epoch=p.spe, batch_size=p.batch_size, n_train=p.n, num_members=p.num_members)
+        self.ckpt.save(state, meta)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_checkpoint"):
+                cb.on_checkpoint(_host_step(state))
+
+
 # ----------------------------------------------------------------------------- fit
 
 
-def _members_of(cfg: TrainConfig, mesh) -> _Members | None:
-    if cfg.num_members is None:
-        return None
-    member_mesh = mesh if mesh is not None and MEMBER_AXIS in mesh.axis_names else None
-    if member_mesh is not None and cfg.num_members % member_mesh.shape[MEMBER_AXIS]:
-        raise ValueError(
-            f"num_members {cfg.num_members} is not divisible by the "
-            f"{member_mesh.shape[MEMBER_AXIS]} devices of the members mesh"
-        )
-    return _Members(cfg.members or default_members(), cfg.member_shuffle, member_mesh)
-
-
-def _check_mesh(mesh, cfg: TrainConfig, plan: _Plan) -> None:
-    if mesh is None:
-        return
-    if MEMBER_AXIS in mesh.axis_names:
-        if cfg.num_members is None:
-            raise ValueError("a mesh with axis 'members' needs an ensemble (num_members=M)")
-        if is_multiprocess():
-            raise ValueError("member-parallel ensembles run in one process; use a 'data' mesh across hosts")
-        return
-    if "data" not in mesh.axis_names:
-        raise ValueError(f"mesh axes must be ('data',) or ('members',), got {mesh.axis_names}")
-    if cfg.batch_size % mesh.size:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices of the mesh"
-        )
-    if is_multiprocess() and not cfg.on_device and plan.rem and not cfg.drop_last and plan.rem % mesh.size:
-        raise ValueError(
-            f"multi-process streaming: the last partial batch ({plan.rem} = {plan.n} images mod batch_size "
-            f"{cfg.batch_size}) is not divisible by the {mesh.size} devices of the mesh; pass drop_last=True "
-            "or on_device=True"
-        )
-
-
-def _place(state, mesh):
-    if mesh is None:
-        return state
-    return shard_members(state, mesh) if MEMBER_AXIS in mesh.axis_names else replicate(state, mesh)
-
-
-def fit(
-    model,
-    data,
-    config: TrainConfig | None = None,
-    *,
-    eval_data=None,
-    mesh=None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    log_path: str | os.PathLike | None = None,
-    init_state: TrainState | None = None,
-    callbacks: Sequence[Callback] = (),
-    metric_writer=None,
-    **overrides,
-) -> FitResult:
+def fit(model, data, config: TrainConfig | None = None, *, eval_data=None, mesh=None,
+        workdir: str | os.PathLike | None = None, init_state: TrainState | None = None,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``model`` (one model, a stacked ensemble, or a Packed-Ensemble) with TU/Lightning semantics.
 
     Args:
       model: a Flax module with ``__call__(x, train: bool)`` (``'dropout'`` rng, mutable ``batch_stats``).
-      data: ``(images uint8 [N, H, W, C], labels int [N])`` (numpy); labels in ``[0, C)`` where ``C`` is
-        the model's output width.
-      config: a :class:`TrainConfig`; ``**overrides`` replace its fields (unknown keys raise).
-      eval_data: ``(images, labels)`` evaluated after every epoch (``val_loss``, ``val_acc``).
-      mesh: axis ``data``: data-parallel (batch sharded, params replicated; multi-process after
-        ``initialize_distributed``, every process calls ``fit`` with the same arguments); axis
-        ``members``: the members of an ensemble spread over devices.
-      checkpoint_dir: orbax checkpoints every ``checkpoint_every`` steps and at epoch ends; an
-        existing checkpoint there is resumed (the newest intact one).
-      log_path: JSONL, one record per epoch (process 0). init_state: start from this state.
-      callbacks: :class:`Callback` objects. metric_writer: an object with ``write_scalars(step, dict)``
-        (clu ``MetricWriter``), called per epoch.
+      data: ``(inputs [N, ...], targets)`` (host arrays): uint8 images ``[N, H, W, C]`` when
+        ``config.preprocess`` is a Preprocess, any numeric features with ``preprocess=None``; integer
+        class labels ``[N]`` in ``[0, C)`` (C: the model's output width), or float regression targets
+        ``[N]`` / ``[N, D]`` with a regression ``loss_fn`` / ``objective``.
+      config: a :class:`TrainConfig` (change settings with ``config.replace(...)``).
+      eval_data: ``(inputs, targets)`` evaluated after every epoch (``val_loss``, ``val_acc``).
+      mesh: a data mesh (``jaxuq.sharding.make_mesh``: batch sharded, params replicated; multi-process
+        after ``initialize_distributed``, every process calls ``fit`` with the same arguments) or a
+        member mesh (``member_mesh``: the members of an ensemble spread over devices).
+      workdir: ``workdir/checkpoints`` (orbax, every ``checkpoint_every`` steps and at epoch ends; the
+        newest intact one there is resumed) and ``workdir/metrics.jsonl`` (a :class:`JsonlLogger`).
+      init_state: start from this state instead of a fresh one (its buffers are donated: pass a copy,
+        ``jax.tree.map(jnp.copy, state)``, to keep using it).
+      callbacks: :class:`Callback` objects (``jaxuq.train.callbacks``), called in order.
 
     Returns:
-      FitResult(state, history): one dict per epoch run by this call (train_loss, train_acc,
-      [val_loss, val_acc], seconds, images_per_s; ensembles add per-member lists).
+      FitResult(state, history, resumed_from): one dict per epoch run by this call (train_loss,
+      [train_acc], [val_loss, val_acc], seconds, images_per_s; ensembles add per-member lists).
     """
-    cfg = (config or TrainConfig()).replace(**overrides)
-    images, labels = _validate(*data, "train")
-    sample = jnp.zeros((1,) + images.shape[1:], jnp.float32)
-    num_classes = _num_classes(model, sample)
-    images, labels = _validate(images, labels, "train", num_classes)
-    if eval_data is not None:
-        eval_data = _validate(*eval_data, "eval", num_classes)
-    plan = _Plan.of(len(images), cfg)
-    _check_mesh(mesh, cfg, plan)
-    ckpt = Checkpointer(checkpoint_dir, cfg.max_to_keep) if checkpoint_dir is not None else None
-    if log_path is not None:
-        check_writable(Path(log_path).parent)
+    cfg = TrainConfig() if config is None else config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__} (use config.replace(...))")
+    roles = split_mesh(mesh)
+    x, y, num_classes = _data(model, data, "train", cfg)
+    eval_data = None if eval_data is None else _data(model, eval_data, "eval", cfg, num_classes)[:2]
+    plan = _Plan.of(len(x), cfg)
+    _check_mesh(roles, cfg, plan)
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", cfg.max_to_keep) if workdir is not None else None
+    callbacks = _callbacks(callbacks, workdir)
     k_model, k_data = jax.random.split(jax.random.key(cfg.seed))
-    tx = _make_tx(cfg.optimizer, plan.spe)
-    state = (
-        init_state
-        if init_state is not None
-        else create_train_state(model, tx, k_model, sample, cfg.num_members)
-    )
-    resumed_from, meta = None, None
-    if ckpt is not None:
-        state, meta = ckpt.restore(state)
-        if meta is not None:
-            _check_resume(meta, plan, f"checkpoint {ckpt.latest_step()} under {ckpt.directory}")
-            resumed_from = _host_step(state)
-    settings = StepSettings(
-        preprocess=cfg.preprocess,
-        loss_fn=cfg.loss_fn or cross_entropy,
-        compute_dtype=cfg.compute_dtype,
-        format_batch=cfg.format_batch,
-        grad_scale=1.0 / cfg.num_members if cfg.tu_gradient_scaling and cfg.num_members else 1.0,
-        mesh=mesh if mesh is not None and MEMBER_AXIS not in mesh.axis_names else None,
-    )
+    if init_state is not None and not isinstance(init_state, TrainState):
+        raise TypeError(f"init_state must be a jaxuq.train.TrainState, got {type(init_state).__name__}")
+    if init_state is None:
+        init_state = create_train_state(model, _make_tx(cfg.optimizer, plan.spe), k_model,
+                                        _sample(x, cfg.preprocess), cfg.num_members)
+    for cb in callbacks:
+        init_state = cb.on_fit_start(init_state) if hasattr(cb, "on_fit_start") else init_state
+    init_state = init_state.replace(extras=jax.tree.map(jnp.copy, init_state.extras))  # donated: no aliases
+    state, meta, resumed_from = _restore(ckpt, init_state, plan)
+    members = _members_of(cfg, roles)
+    lowering = None if members is None else members.lowering
     run = _Run(
-        model,
-        cfg,
-        plan,
-        images,
-        labels,
-        eval_data,
-        mesh,
-        settings,
-        _members_of(cfg, mesh),
-        k_data,
-        ckpt,
-        Path(log_path) if log_path is not None else None,
-        tuple(callbacks),
-        metric_writer,
-        main=jax.process_index() == 0,
+        cfg=cfg, plan=plan, settings=_settings(cfg, roles, plan, callbacks), members=members,
+        feed=_Feed(x, y, plan, k_data, on_device=cfg.on_device, roles=roles,
+                   per_member=members is not None and members.per_member_inputs),
+        validate=None if eval_data is None else partial(_validation, model, eval_data, cfg, roles, lowering),
+        ckpt=ckpt, callbacks=callbacks,
     )
-    state, history = run.train(_place(state, mesh), meta)
+    state, history = run.train(roles.place(state), meta)
     return FitResult(state=state, history=history, resumed_from=resumed_from)
-
-
-def train_and_evaluate(config: dict, workdir: str | os.PathLike | None = None) -> dict:
-    """Train from a config dict (flax imagenet-example style) and evaluate on the test split.
-
-    Keys: ``dataset`` (jaxuq.data.registry name), ``model`` (a jaxuq.models name, or a Flax module),
-    ``model_kwargs``, ``data_dir``, ``val_split`` (fraction held out of train, seeded; else the test set
-    validates, as in TU), ``basic_augment``, ``train_subset`` / ``test_subset`` (first k images), and
-    any :class:`TrainConfig` key (``preprocess`` defaults to the dataset's).
-    Checkpoints and ``metrics.jsonl`` go to ``workdir``. Returns the history and test metrics.
-    """
-    from jaxuq import models
-    from jaxuq.data.pipeline import train_val_split
-    from jaxuq.data.registry import default_preprocess, load_dataset
-
-    cfg = dict(config)
-    own = (
-        "dataset",
-        "model",
-        "model_kwargs",
-        "data_dir",
-        "val_split",
-        "basic_augment",
-        "train_subset",
-        "test_subset",
-    )
-    train_cfg = TrainConfig.from_dict({k: v for k, v in cfg.items() if k not in own})
-    ds = cfg["dataset"]
-    x_tr, y_tr = load_dataset(ds, "train", cfg.get("data_dir"))
-    x_te, y_te = load_dataset(ds, "test", cfg.get("data_dir"))
-    if cfg.get("train_subset"):
-        x_tr, y_tr = x_tr[: cfg["train_subset"]], y_tr[: cfg["train_subset"]]
-    val = (x_te, y_te)
-    if cfg.get("val_split"):
-        tr_idx, va_idx = train_val_split(len(x_tr), cfg["val_split"], train_cfg.seed)
-        val = (x_tr[va_idx], y_tr[va_idx])
-        x_tr, y_tr = x_tr[tr_idx], y_tr[tr_idx]
-    model = cfg["model"]
-    if isinstance(model, str):
-        model = models.get(model, **cfg.get("model_kwargs", {}))
-    if "preprocess" not in cfg:
-        train_cfg = train_cfg.replace(preprocess=default_preprocess(ds, cfg.get("basic_augment", True)))
-    workdir = Path(workdir) if workdir is not None else None
-    result = fit(
-        model,
-        (x_tr, y_tr),
-        train_cfg,
-        eval_data=val,
-        checkpoint_dir=(workdir / "checkpoints") if workdir else None,
-        log_path=(workdir / "metrics.jsonl") if workdir else None,
-    )
-    k = cfg.get("test_subset") or None
-    members = None if train_cfg.num_members is None else (train_cfg.members or default_members())
-    logits = predict(
-        model,
-        result.state.variables(),
-        x_te[:k],
-        preprocess=train_cfg.preprocess,
-        batch_size=train_cfg.eval_batch_size,
-        members=members,
-        compute_dtype=train_cfg.compute_dtype,
-    )
-    test = _val_metrics(logits, np.asarray(y_te[:k]))
-    return {
-        "history": result.history,
-        "test_accuracy": test["val_acc"],
-        "test_loss": test["val_loss"],
-        "state": result.state,
-        "test_logits": logits,
-    }

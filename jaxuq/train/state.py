@@ -1,20 +1,25 @@
-"""TrainState and the step functions (flax imagenet-example vocabulary): ``create_train_state``,
-``train_step``, ``eval_step``.
+"""TrainState and the train step (flax imagenet-example vocabulary): ``create_train_state``,
+``train_step``. The eval-mode forward pass is :func:`jaxuq.forward.forward` (train imports it, never
+the reverse).
 
 Models follow the jaxuq convention ``model.apply(variables, x, train=bool, rngs={'dropout': k},
-mutable=['batch_stats'])`` with NHWC float inputs. Inputs reach the step as uint8 images and are
-augmented/normalised inside the step by a :class:`jaxuq.data.Preprocess`.
+mutable=['batch_stats'])``. Inputs reach the step as stored (uint8 images, or any numeric features)
+and go through ``StepSettings.preprocess.train`` inside the step (None: used as they are).
 
 One model or a stacked deep ensemble: an ensemble's state is M single states stacked on axis 0 of
-every leaf (``step`` and ``key`` included); ``train_step`` is written for one model and the engine
-maps it over the members (``jaxuq.ensembles.over_members``).
+every leaf (``step``, ``key`` and ``extras`` included); ``train_step`` is written for one model and
+the engine maps it over the members (``jaxuq.ensembles.over_members``).
+
+The loss is an :class:`~jaxuq.train.objective.Objective` (the default wraps ``loss_fn(outputs,
+targets)``); it gets ``apply(params, x, rngs=None)``, which runs the model in train mode, and a
+:class:`~jaxuq.train.objective.StepContext` (the step's key, step, steps per epoch).
 
 Randomness: the key of step ``s`` is ``fold_in(state.key, s)``, split into an augmentation key and a
 dropout key, so a run is a pure function of (seed, data, config) and resumes exactly.
 
-Mixed precision: with ``compute_dtype="bfloat16"`` the step casts the float parameters and the inputs
-to bf16 for the forward/backward pass; parameters, optimizer state, batch statistics, logits for the
-loss and all metrics stay float32 (gradients flow back through the cast into fp32).
+Mixed precision: with ``compute_dtype="bfloat16"`` the step casts the float parameters and the float
+inputs to bf16 for the forward/backward pass; parameters, optimizer state, batch statistics, outputs
+for the loss and all metrics stay float32 (gradients flow back through the cast into fp32).
 
 Non-finite steps: a step whose loss or gradient is NaN/inf leaves params, batch stats and optimizer
 state unchanged (only ``step`` advances) and reports ``finite=False``; the loop then stops with an
@@ -24,36 +29,33 @@ error or goes on (``TrainConfig.on_nonfinite``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
-from jaxuq.data.formats import RepeatTarget
 from jaxuq.data.pipeline import Preprocess
 from jaxuq.losses import cross_entropy
+from jaxuq.train.objective import LossObjective, Objective, StepContext
 
-__all__ = [
-    "RepeatTarget",
-    "StepSettings",
-    "TrainState",
-    "create_train_state",
-    "cross_entropy",
-    "eval_step",
-    "train_step",
-]
+__all__ = ["StepSettings", "TrainState", "create_train_state", "train_step"]
 
 
 class TrainState(train_state.TrainState):
-    """flax's TrainState plus ``batch_stats`` ({} if the model has none) and ``key`` (typed PRNG key).
+    """flax's TrainState plus ``batch_stats`` ({} if the model has none), ``key`` (typed PRNG key) and
+    ``extras``: a pytree for callback/transform state (EMA/SWA weights, snapshots; default ``{}``),
+    donated, sharded, checkpointed and resumed with the rest.
 
-    Ensembles: every leaf has a leading member axis ``[M, ...]`` (``step: [M]``, ``key: [M]``)."""
+    Ensembles: every leaf has a leading member axis ``[M, ...]`` (``step: [M]``, ``key: [M]``; extras
+    too: build them from the state's leaves, e.g. ``jnp.zeros_like(state.step)`` for a counter)."""
 
     batch_stats: Any
     key: jax.Array
+    extras: Any = struct.field(default_factory=dict)
 
     def variables(self) -> dict:
         v = {"params": self.params}
@@ -95,51 +97,70 @@ def create_train_state(
 class StepSettings:
     """The static part of a step (hashable: it keys ``jax.jit``'s cache)."""
 
-    preprocess: Preprocess = Preprocess()
-    loss_fn: Callable = cross_entropy
+    preprocess: Preprocess | None = Preprocess()
+    objective: Objective = LossObjective(cross_entropy)
     compute_dtype: str = "float32"
-    format_batch: Callable | None = None
+    format_batch: Any = None
     grad_scale: float = 1.0
     mesh: Any = None  # data-parallel mesh (axis "data"): batches constrained to it
+    steps_per_epoch: int = 1  # for StepContext (epoch-dependent objectives)
+    step_callbacks: tuple = ()  # callbacks whose ``on_step(state) -> state`` runs after the update
 
 
 def _cast_floats(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def _forward(state: TrainState, params, x, k_drop, compute_dtype: str):
-    """Train-mode logits [B, C] float32 and the new batch stats."""
-    if compute_dtype != "float32":
-        params, x = _cast_floats(params, compute_dtype), x.astype(compute_dtype)
-    rngs = {"dropout": k_drop}
-    if not state.batch_stats:
-        return state.apply_fn({"params": params}, x, train=True, rngs=rngs).astype(jnp.float32), {}
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    logits, upd = state.apply_fn(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
-    return logits.astype(jnp.float32), _cast_floats(upd["batch_stats"], jnp.float32)
+def _train_apply(state: TrainState, compute_dtype: str, default_rngs: dict):
+    """``(apply, holder)``: ``apply(params, x, rngs=None) -> (outputs float32, collections)`` runs the
+    model in train mode in ``compute_dtype``; each call starts from the batch statistics the previous
+    call left in ``holder`` (as successive torch forwards do) and returns the other mutable collections
+    the layers ``sow`` into (e.g. ``"losses"``)."""
+    holder = {"batch_stats": state.batch_stats}
+
+    def apply(params, x, rngs=None):
+        if compute_dtype != "float32":
+            params = _cast_floats(params, compute_dtype)
+            x = x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        variables = {"params": params} | ({"batch_stats": holder["batch_stats"]} if state.batch_stats else {})
+        out, cols = state.apply_fn(variables, x, train=True, rngs=default_rngs if rngs is None else rngs,
+                                   mutable=nn.DenyList("params"))
+        cols = dict(cols)
+        if "batch_stats" in cols:
+            holder["batch_stats"] = _cast_floats(cols.pop("batch_stats"), jnp.float32)
+        return jax.tree.map(lambda a: a.astype(jnp.float32), out), cols
+
+    return apply, holder
+
+
+def _constrain(settings: StepSettings, images, labels):
+    mesh = settings.mesh
+    if mesh is None or images.shape[0] % mesh.size:  # a last partial batch may not divide
+        return images, labels
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), (images, labels))
 
 
 def train_step(state: TrainState, images, labels, settings: StepSettings):
-    """One optimisation step: ``(state, images_u8 [B,H,W,C], labels [B]) -> (state, metrics)``.
+    """One optimisation step: ``(state, inputs [B, ...], targets [B, ...]) -> (state, metrics)``.
 
-    metrics: ``loss`` (float32), ``correct`` and ``count`` (int32, over the formatted labels),
-    ``finite`` (bool; False: the update was not applied).
+    metrics: ``loss`` (float32), ``count`` (int32, rows of the formatted targets), ``finite`` (bool;
+    False: the update was not applied), and ``correct`` (int32) for integer class targets when the
+    objective returns ``aux["outputs"]``.
     """
-    mesh = settings.mesh
-    if mesh is not None and images.shape[0] % mesh.size == 0:  # a last partial batch may not divide
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        images = jax.lax.with_sharding_constraint(images, sharding)
-        labels = jax.lax.with_sharding_constraint(labels, sharding)
+    images, labels = _constrain(settings, images, labels)
     k_aug, k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))
-    x = settings.preprocess.train(k_aug, images)
+    x = images if settings.preprocess is None else settings.preprocess.train(k_aug, images)
     if settings.format_batch is not None:
         x, labels = settings.format_batch(x, labels, jax.random.fold_in(k_aug, 1))
+    ctx = StepContext(key=k_drop, step=state.step, steps_per_epoch=settings.steps_per_epoch)
 
     def loss_of(params):
-        logits, batch_stats = _forward(state, params, x, k_drop, settings.compute_dtype)
-        return settings.loss_fn(logits, labels), (logits, batch_stats)
+        apply, holder = _train_apply(state, settings.compute_dtype, {"dropout": k_drop})
+        loss, aux = settings.objective(apply, params, x, labels, ctx)
+        return loss.astype(jnp.float32), (aux, holder["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     if settings.grad_scale != 1.0:
         grads = jax.tree.map(lambda g: g * settings.grad_scale, grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
@@ -150,24 +171,10 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
         opt_state=keep(new.opt_state, state.opt_state),
         batch_stats=keep(new.batch_stats, state.batch_stats),
     )
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32)
-    count = jnp.asarray(labels.shape[0], jnp.int32)
-    return new, {"loss": loss, "correct": correct, "count": count, "finite": finite}
-
-
-def eval_step(model, variables, images, preprocess: Preprocess | None = None, compute_dtype: str = "float32",
-              members=None, mesh=None):
-    """Eval-mode logits float32 for ``images [B, ...]`` (uint8 through ``preprocess.eval``, or already
-    preprocessed when ``preprocess`` is None): ``[B, C]`` (Packed: ``[(M B), C]``), or ``[M, B, C]`` for
-    stacked ``variables`` with a member lowering ``members`` (``mesh``: a member mesh, see
-    :func:`jaxuq.ensembles.apply_members`). The one forward of :func:`jaxuq.evaluation.predict`,
-    :func:`jaxuq.evaluate` and ``fit``'s evaluation."""
-    from jaxuq.ensembles import apply_members  # noqa: PLC0415  (ensembles is imported by train.loop)
-
-    x = images if preprocess is None else preprocess.eval(images)
-    if compute_dtype != "float32":
-        variables = dict(variables, params=_cast_floats(variables["params"], compute_dtype))
-        x = x.astype(compute_dtype)
-    if members is None:
-        return model.apply(variables, x, train=False).astype(jnp.float32)
-    return apply_members(model, variables, x, train=False, members=members, mesh=mesh).astype(jnp.float32)
+    for cb in settings.step_callbacks:
+        new = cb.on_step(new)
+    metrics = {"loss": loss, "count": jnp.asarray(labels.shape[0], jnp.int32), "finite": finite}
+    outputs = aux.get("outputs") if isinstance(aux, dict) else None
+    if outputs is not None and jnp.issubdtype(labels.dtype, jnp.integer):
+        metrics["correct"] = jnp.sum(jnp.argmax(outputs, -1) == labels).astype(jnp.int32)
+    return new, metrics

@@ -1,4 +1,10 @@
-"""Data-parallel training over a ``jax.sharding.Mesh``: batch sharded on axis ``data``, params replicated.
+"""Meshes and their roles: data-parallel (axis ``data``: batch sharded, params replicated) or
+member-parallel (axis ``members``: the members of a stacked ensemble, or the samples of a sampler,
+spread over devices).
+
+``split_mesh(mesh) -> MeshRoles(data=..., members=...)`` is the one place that reads a mesh's role
+from its axis names; ``fit``, ``predict`` and ``evaluate`` call it once at their entry and pass the
+roles down (``jaxuq.forward.forward`` accepts either).
 
 Single host: ``make_mesh()`` uses all local devices. Multi-host (several processes, each with its
 own local devices): call ``initialize_distributed(...)`` in every process before any other JAX call;
@@ -21,23 +27,67 @@ On CPU the cross-process collectives use gloo (jax's default ``jax_cpu_collectiv
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "make_mesh",
+    "DATA_AXIS",
+    "MEMBER_AXIS",
+    "MeshRoles",
     "batch_sharding",
-    "replicated",
+    "global_batch",
     "initialize_distributed",
     "is_multiprocess",
-    "replicate",
+    "make_mesh",
+    "member_mesh",
     "process_batch_slice",
-    "global_batch",
+    "replicate",
+    "replicated",
+    "shard_members",
+    "split_mesh",
     "to_host",
 ]
 
 DATA_AXIS = "data"
+MEMBER_AXIS = "members"
+
+
+class MeshRoles(NamedTuple):
+    """A mesh split by role: ``data`` shards the batch (``make_mesh``), ``members`` shards the leading
+    member/sample axis (``member_mesh``); at most one is set, both None without a mesh."""
+
+    data: Mesh | None = None
+    members: Mesh | None = None
+
+    def place(self, tree):
+        """Put ``tree`` (a state or variables) where its role wants it: replicated over a data mesh,
+        member axis split over a member mesh, unchanged without a mesh."""
+        if self.data is not None:
+            return replicate(tree, self.data)
+        if self.members is not None:
+            return shard_members(tree, self.members)
+        return tree
+
+
+def split_mesh(mesh) -> MeshRoles:
+    """``None`` / a ``Mesh`` / ``MeshRoles`` -> ``MeshRoles``. A mesh with axis ``"members"`` is a
+    member mesh, one with axis ``"data"`` a data mesh; any other mesh is a ValueError, anything
+    else a TypeError."""
+    if mesh is None:
+        return MeshRoles()
+    if isinstance(mesh, MeshRoles):
+        return mesh
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, MeshRoles or None, got {type(mesh).__name__}")
+    if MEMBER_AXIS in mesh.axis_names:
+        return MeshRoles(members=mesh)
+    if DATA_AXIS in mesh.axis_names:
+        return MeshRoles(data=mesh)
+    raise ValueError(f"mesh axes must be ('{DATA_AXIS}',) or ('{MEMBER_AXIS}',), got {mesh.axis_names}")
 
 
 def initialize_distributed(
@@ -70,6 +120,28 @@ def make_mesh(devices=None) -> Mesh:
     """1-D mesh, axis ``data``, over ``devices`` (default: ``jax.devices()``, all processes)."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def member_mesh(num_devices: int | None = None, devices=None) -> Mesh:
+    """A 1-D mesh with axis ``"members"`` over ``devices`` (default: the first ``num_devices``)."""
+    devices = list(devices if devices is not None else jax.devices())
+    if num_devices is not None:
+        devices = devices[:num_devices]
+    return Mesh(np.array(devices), (MEMBER_AXIS,))
+
+
+def shard_members(tree, mesh: Mesh):
+    """Place every leaf's member axis (axis 0) across the mesh's ``"members"`` axis (scalars replicated)."""
+    ndev = mesh.shape[MEMBER_AXIS]
+
+    def put(a):
+        if a.ndim == 0:
+            return jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
+        if a.shape[0] % ndev:
+            raise ValueError(f"member axis {a.shape[0]} is not divisible by the {ndev} devices of the mesh")
+        return jax.device_put(a, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS)))
+
+    return jax.tree.map(put, tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -153,8 +225,6 @@ def to_host(tree):
     def one(a):
         if not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated:
             return np.asarray(a)
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
     return jax.tree.map(one, tree)

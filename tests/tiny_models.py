@@ -1,4 +1,4 @@
-"""A tiny CNN (conv-BN-ReLU-pool, dropout, dense) for tests of the training engine.
+"""A tiny CNN (conv-BN-ReLU-pool, dropout, dense) for tests of the training engine (tests only, not in the wheel).
 
 It follows the jaxuq model convention (``__call__(x, train)``, ``'dropout'`` rng, mutable
 ``batch_stats``) so that the loop is exercised with BatchNorm and dropout, independent of
