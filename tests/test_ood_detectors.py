@@ -245,6 +245,10 @@ def test_hostile_settings_and_arguments(setup):
     ]:
         with pytest.raises(err, match=msg):
             make()
+    wrapper = D.KNN(["avgpool"], k=2)
+    assert (wrapper.k, wrapper.act_norm, wrapper.layers) == (2, 2.0, ("avgpool",))
+    with pytest.raises(AttributeError, match="frozen setting"):
+        wrapper.k = 3
     knn = D.KNNConfig(layers=("avgpool",), k=2)
     with pytest.raises(TypeError, match="net must be a jaxuq.ood.RecordedNet"):
         D.fit_detector(knn, (model, variables), x, y)

@@ -677,7 +677,8 @@ class Detector:
       act_norm: if set, recorded activations are normalised per sample with this norm.
       quiet: no progress bars (bars are drawn on process 0 only).
       **settings: the detector's own settings (the fields of its ``config_type``).
-    Attributes after ``fit``: ``config``, ``net`` (the :class:`RecordedNet`), ``state``.
+    The settings read as attributes (``knn.k``) and are frozen; ``batch_size`` and ``quiet`` may be
+    changed. Attributes after ``fit``: ``config``, ``net`` (the :class:`RecordedNet`), ``state``.
     """
 
     config_type: ClassVar[type[DetectorConfig]] = DetectorConfig
@@ -698,9 +699,18 @@ class Detector:
         extra = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in self.config.repr_fields)
         return f"{type(self).__name__}({extra})"
 
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return self.config.layers
+    def __getattr__(self, name: str):  # the settings read as before: knn.k, odin.temperature, .layers
+        config = self.__dict__.get("config")
+        if config is not None and name in config.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        config = self.__dict__.get("config")
+        if config is not None and name in config.__dataclass_fields__:
+            raise AttributeError(f"{type(self).__name__}.{name} is a frozen setting (of .config); "
+                                 "build a new detector to change it")
+        super().__setattr__(name, value)
 
     def fit(self, module: nn.Module, variables, x, y=None) -> Detector:
         """Calibrate on in-distribution inputs ``x`` [N, ...] (NHWC) and labels ``y`` [N]."""
