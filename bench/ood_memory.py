@@ -7,21 +7,22 @@ For each model (ResNet-20 and scio's Tiniest, the architectures of our tests; we
 ``init``: memory depends on shapes only) and each detector (GradNorm, Gram, KNN, Mahalanobis,
 ODIN with the scio tutorial's layers), and for the three scalers on ``[N, 10]`` logits:
 
-* **compiled programs** (always): the per-batch programs exactly as the detector jits them --
-  the *fit* program (``Detector._record_all``'s forward + per-sample features/statistics) and the
-  *score* program (``detector._f``) -- lowered for one batch and compiled, with XLA's
-  ``compiled.memory_analysis()``: argument, output and temp (scratch) bytes. This is XLA's buffer
-  assignment for the program; it is the same accounting on CPU and GPU (the numbers differ a
-  little with the backend's fusion decisions). The model's variables and the fitted state are
-  closed over (compile-time constants), so they are reported separately:
-* **state**: ``model_bytes`` (the variables), ``state_bytes`` (what the fitted detector keeps on
-  the device for scoring: KNN's ``[N, D]`` reference features, Gram's per-class bounds,
-  Mahalanobis' means and precisions), and ``fit_host_bytes`` (what ``fit`` accumulates on the
-  host over the N samples before reducing it: per-sample Gram statistics, KNN features,
-  Mahalanobis features + logits). The detectors are fitted on ``2 * batch_size`` inputs; only
-  KNN's score program depends on N, and it is compiled with an ``[N, D]`` reference set.
-* ``device_bytes_bound`` = model + state + max(fit, score program) -- what the device holds at
-  most while fitting or scoring, if nothing else is resident -- against a 16 GB GPU.
+* **compiled programs** (always): the two per-batch programs every detector runs --
+  ``jaxuq.ood.detectors.batch_features`` (the calibration pass: forward + per-sample
+  features/statistics) and ``batch_conformity`` (scoring) -- lowered for one batch and compiled,
+  with XLA's ``compiled.memory_analysis()``: argument, output and temp (scratch) bytes. This is
+  XLA's buffer assignment for the program; it is the same accounting on CPU and GPU (the numbers
+  differ a little with the backend's fusion decisions). The model's variables (both programs) and
+  the fitted state (scoring) are *arguments* of these programs, so the argument bytes include them;
+  they are also reported on their own:
+* **state**: ``model_bytes`` (the variables), ``state_bytes`` (the fitted state scoring reads: KNN's
+  ``[N, D]`` reference features and norms, Gram's per-class bounds, Mahalanobis' means and
+  precisions), and ``fit_host_bytes`` (what ``fit`` accumulates on the host over the N samples
+  before reducing it: per-sample Gram statistics, KNN features, Mahalanobis features + logits).
+  The detectors are fitted on ``2 * batch_size`` inputs; only KNN's state depends on N, and its
+  score program is compiled for an ``[N, D]`` reference set (abstract: nothing allocated).
+* ``device_bytes_bound`` = the larger program total (arguments + outputs + temp) -- what the device
+  holds at most while fitting or scoring, if nothing else is resident -- against a 16 GB GPU.
 * **run** (default on a GPU, ``--run`` elsewhere): fit and score every detector on N inputs for
   real, each in a fresh process, and report ``jax.devices()[0].memory_stats()["peak_bytes_in_use"]``
   (GPU) and the peak host RSS. Slow on CPU (GradNorm: one per-sample gradient per input).
@@ -76,10 +77,11 @@ def model_and_variables(model: str):
     return module, module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
 
 
-def program_memory(fn, *specs) -> dict:
-    """XLA's buffer sizes (bytes) of ``jax.jit(fn)`` compiled for ``specs`` (ShapeDtypeStructs)."""
+def program_memory(fn, *args) -> dict:
+    """XLA's buffer sizes (bytes) of ``fn`` (jitted, or wrapped in ``jax.jit``) compiled for ``args``
+    (arrays, pytrees or ShapeDtypeStructs; a jitted ``fn``'s static arguments as it declares them)."""
     jfn = fn if hasattr(fn, "lower") else jax.jit(fn)
-    m = jfn.lower(*specs).compile().memory_analysis()
+    m = jfn.lower(*args).compile().memory_analysis()
     if m is None:  # a backend without memory analysis
         return {"argument": None, "output": None, "temp": None, "total": None}
     out = {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
@@ -89,45 +91,36 @@ def program_memory(fn, *specs) -> dict:
 
 
 def _nbytes(tree) -> int:
-    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
+    """Bytes of the arrays (or ShapeDtypeStructs) of ``tree``."""
+    return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
 
 
 def detector_row(model: str, name: str, n_calib: int, batch_size: int, module, variables) -> dict:
     """Compiled fit/score programs and state sizes of one detector for ``n_calib`` samples."""
+    from jaxuq.ood.detectors import KNNState, batch_conformity, batch_features
+
     det = make_detector(name, model, n_calib, batch_size)  # KNN: k = int(n_calib ** 0.4), as scio
-    captured = {}
-    record_all = det._record_all
-
-    def capture(x, fn):  # the per-batch fit program, as Detector._record_all jits it
-        captured["fn"] = fn
-        return record_all(x, fn)
-
-    det._record_all = capture
     rng = np.random.default_rng(0)
     n_fit = 2 * batch_size
-    x = rng.random((n_fit, 32, 32, 3), dtype=np.float32)
-    det.fit(module, variables, x, rng.integers(0, 10, n_fit))
+    det.fit(module, variables, rng.random((n_fit, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, n_fit))
+    cfg, net, state = det.config, det.net, det.state
     xb = jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.float32)
     row = {"model": model, "detector": repr(det), "n_calib": n_calib, "batch_size": batch_size,
            "model_bytes": _nbytes(variables)}
-    if "fn" in captured:
-        fn, net = captured["fn"], det.net
-        fit_prog = lambda xb: fn(*net._forward(net.variables, xb))  # noqa: E731
-        row["fit_program"] = program_memory(fit_prog, xb)
-        per_batch = jax.eval_shape(fit_prog, xb)
-        row["fit_host_bytes"] = int(sum(np.prod(a.shape) * a.dtype.itemsize
-                                        for a in jax.tree.leaves(per_batch)) * n_calib // batch_size)
+    if cfg.records:
+        row["fit_program"] = program_memory(batch_features, cfg, net, xb)
+        per_batch = jax.eval_shape(batch_features, cfg, net, xb)
+        row["fit_host_bytes"] = _nbytes(per_batch) * n_calib // batch_size
     else:
         row["fit_program"], row["fit_host_bytes"] = None, 0
-    if name == "KNN":  # the only state that grows with N: the [N, D] reference features
-        det.index = jnp.zeros((n_calib, det.index.shape[1]), jnp.float32)
-        det._ref_sq = jnp.zeros((n_calib,), jnp.float32)
-    row["score_program"] = program_memory(det._f, xb)
-    state = {"KNN": lambda: (det.index, det._ref_sq), "Gram": lambda: det.low_high,
-             "Mahalanobis": lambda: (det.mu, det.precision)}.get(name, lambda: ())()
+    if isinstance(state, KNNState):  # the only state that grows with N: the [N, D] reference features
+        d = state.features.shape[1]
+        state = KNNState(jax.ShapeDtypeStruct((n_calib, d), jnp.float32),
+                         jax.ShapeDtypeStruct((n_calib,), jnp.float32))
+    row["score_program"] = program_memory(batch_conformity, cfg, state, net, xb)
     row["state_bytes"] = _nbytes(state)
     progs = [p["total"] for p in (row["fit_program"], row["score_program"]) if p and p["total"] is not None]
-    row["device_bytes_bound"] = row["model_bytes"] + row["state_bytes"] + max(progs, default=0)
+    row["device_bytes_bound"] = max(progs, default=row["model_bytes"] + row["state_bytes"])
     return row
 
 
@@ -183,9 +176,10 @@ def markdown(meta: dict, setting: dict, rows: list[dict]) -> list[str]:
     lines = markdown_header(f"OOD detectors and scalers: memory for N = {setting['n_calib']} "
                             "calibration samples", meta) + [
              f"Device {setting['device']}, batch {setting['batch_size']}.", "",
-             "XLA `compiled.memory_analysis()` of the per-batch programs (argument + output + temp, MiB); "
-             "model/state: closed-over arrays on the device; fit host: per-sample results `fit` gathers "
-             "on the host; bound = model + state + larger program (vs 16 GiB = 16384 MiB).", "",
+             "XLA `compiled.memory_analysis()` of the per-batch programs (argument + output + temp, MiB; "
+             "the arguments hold the model, and for scoring the state); model/state: those arguments on "
+             "their own; fit host: per-sample results `fit` gathers on the host; bound = the larger "
+             "program (vs 16 GiB = 16384 MiB).", "",
              "| model | detector | fit prog (arg/out/temp) | score prog (arg/out/temp) | model | state "
              "| fit host | device bound | run: device peak | run: peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|"]

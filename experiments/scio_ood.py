@@ -86,7 +86,7 @@ def scores_and_layers(n_calib: int, batch_size: int):
     ]
 
 
-def evaluate(module, variables, calib, calib_labels, ind, batch_size: int) -> dict:
+def fit_and_score(module, variables, calib, calib_labels, ind, batch_size: int) -> dict:
     """Fit the four scores on ``calib`` ``[N, 32, 32, 3]`` in [0, 1]; score ``ind`` and its OOD sets:
     ``{names, layers, confs_ind [S][N_ind], confs_oods [O][S][N_ind], evals [S, O, M], timers}``."""
     sal = scores_and_layers(len(calib), batch_size)
@@ -114,7 +114,7 @@ def _scio_rows(module, variables, config) -> tuple[list[dict], dict]:
     g = np.load(GOLDEN / f"ood_scio_tiniest_{config['scio_golden']}.npz")
     n_calib, n_ind = int(g["n_calib"]), int(g["n_ind"])
     tr, te = _common.load_cifar_heads(config["data_dir"])
-    res = evaluate(
+    res = fit_and_score(
         module,
         variables,
         tr["images"][:n_calib].astype(np.float32) / 255,
@@ -158,7 +158,7 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     x = te["images"][:n].astype(np.float32) / 255
     cal, ev = _common.split(n, config["cal_fraction"], config["seed"])
     t0 = time.perf_counter()
-    res = evaluate(module, variables, x[cal], te["labels"][:n][cal], x[ev], config["batch_size"])
+    res = fit_and_score(module, variables, x[cal], te["labels"][:n][cal], x[ev], config["batch_size"])
     t_jx = time.perf_counter() - t0
     summary_plot(res["confs_ind"], res["confs_oods"], res["names"], OODS_TITLE, out_dir / "summary_plot.png")
     text = layer_table(module, variables, x[:1]) + "\n"

@@ -73,7 +73,7 @@ def test_one_name_per_meaning():
     metrics' names only, and ``tpr_at_fpr`` exists once, as the metric on ``(scores, is_ood)``."""
     import jaxuq.metrics as M
     import jaxuq.ood as ood
-    from jaxuq.ood import evaluation as E
+    from jaxuq.ood import confidence_metrics as E
 
     for gone in ["entropy", "mutual_information", "tpr_at_fpr"]:
         assert not hasattr(ood, gone) and not hasattr(K, gone) and not hasattr(E, gone), gone

@@ -1,5 +1,7 @@
 """OOD detectors: layer recording, batching, bad input, timers (tiny Flax CNN, fast)."""
 
+from contextlib import contextmanager
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -133,3 +135,131 @@ def test_fgm_direction_norms():
         d = np.asarray(D.fgm_direction(g, p))
         np.testing.assert_allclose(np.linalg.norm(d, ord=p, axis=1), 1.0, rtol=1e-5)
         assert (np.sign(d) * np.sign(np.asarray(g)) >= 0).all()
+
+
+# ---------------------------------------------------------------- state + pure functions
+MAKERS = {
+    "Softmax": lambda bs: D.Softmax(batch_size=bs, quiet=True),
+    "GradNorm": lambda bs: D.GradNorm(["fc"], batch_size=bs, quiet=True),
+    "Gram": lambda bs: D.Gram(["conv2", "fc"], batch_size=bs, quiet=True),
+    "KNN": lambda bs: D.KNN(["avgpool"], k=3, batch_size=bs, quiet=True),
+    "Mahalanobis": lambda bs: D.Mahalanobis(["avgpool"], epsilon=0.01, batch_size=bs, quiet=True),
+    "ODIN": lambda bs: D.ODIN(temperature=10.0, epsilon=0.01, batch_size=bs, quiet=True),
+}
+
+
+@contextmanager
+def count_compiles():
+    """XLA backend compilations inside the block (every jitted program and eager op compiled)."""
+    events = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(kw)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_refit_and_partial_last_batch_compile_nothing(setup, name):
+    """The fitted state and the weights are arguments of the per-batch programs and the last batch
+    is padded: after a first fit + score, refitting (other data, other weights) and scoring a set
+    with a partial last batch compile nothing (the old detectors compiled per fit and per tail)."""
+    model, variables, x, y = setup
+    MAKERS[name](4).fit(model, variables, x[:12], y[:12]).confidence(x[:12])  # batches of 4: no tail
+    other = jax.tree.map(lambda a: a * 1.01, variables)
+    with count_compiles() as compiles:
+        det = MAKERS[name](4).fit(model, other, x[12:24], y[12:24])
+        conf = det.conformity(x[24:34])[1]  # 10 rows: 4 + 4 + 2 (padded)
+    assert compiles == [], f"{len(compiles)} compilation(s) after the first fit"
+    # padding is inert: rows 8, 9 beside rows 10, 11 instead of zeros give the same numbers
+    np.testing.assert_array_equal(conf, det.conformity(x[24:36])[1][:10])
+
+
+def test_state_is_a_pytree_and_score_is_pure(setup):
+    """fit_detector returns a NamedTuple of arrays: it survives a host round trip (a checkpoint) and
+    score_detector gives the wrapper's numbers from it; the config is hashable and static."""
+    model, variables, x, y = setup
+    cfg = D.MahalanobisConfig(layers=("avgpool", "fc"))
+    net = RecordedNet(model, variables, ["conv1", "avgpool", "fc"])  # may record more than it reads
+    state = D.fit_detector(cfg, net, x[:64], y[:64], batch_size=16, progress=False)
+    assert isinstance(state, D.MahalanobisState) and [a.shape for a in state.means] == [(4, 8), (4, 4)]
+    restored = D.MahalanobisState(*jax.tree.map(np.asarray, jax.device_get(tuple(state))))
+    logits, conf = D.score_detector(cfg, restored, net, x[64:], batch_size=16, progress=False)
+    wrapped = D.Mahalanobis(["avgpool", "fc"], batch_size=16, quiet=True).fit(model, variables, x[:64], y[:64])
+    np.testing.assert_array_equal(conf, wrapped.conformity(x[64:])[1])
+    np.testing.assert_array_equal(D.confidence(logits, conf), wrapped.confidence(x[64:]))
+    assert hash(cfg) == hash(D.MahalanobisConfig(layers=["avgpool", "fc"])) and logits.shape == (32, 4)
+    knn = D.fit_detector(D.KNNConfig(layers=("avgpool",), k=2), net, x[:5], progress=False)
+    assert knn.features.shape == (5, 8) and knn.sq_norms.shape == (5,)
+    assert D.fit_detector(D.ODINConfig(temperature=2.0), net, x[:5], progress=False) == D.EmptyState()
+
+
+def test_recorded_net_is_a_pytree_with_a_public_forward(setup):
+    model, variables, x, _ = setup
+    net = RecordedNet(model, variables, ["avgpool"])
+    leaves, treedef = jax.tree.flatten(net)
+    assert len(leaves) == len(jax.tree.leaves(variables))
+    again = jax.tree.unflatten(treedef, leaves)
+    assert again.module == model and again.layers == ("avgpool",)
+    pooled = jax.jit(lambda n, xb: n.forward(xb)[1]["avgpool"])(net, x[:3])
+    np.testing.assert_allclose(np.asarray(pooled), np.asarray(net(x[:3])[1]["avgpool"]), atol=1e-6)
+    assert net.eval_shape(x[:7])[0].shape == (7, 4)
+
+
+def test_mahalanobis_labels_out_of_range_are_a_value_error(setup):
+    """Labels >= C used to index past the class means (IndexError deep in numpy)."""
+    model, variables, x, y = setup
+    bad = y[:20].copy()
+    bad[5] = 4  # TinyCNN has 4 classes
+    with pytest.raises(ValueError, match=r"`y` values must lie in \[0, 3\].*offending value 4 at index 5"):
+        D.Mahalanobis(["avgpool"]).fit(model, variables, x[:20], bad)
+    with pytest.raises(ValueError, match="`y`"):
+        D.Gram(["fc"], calib_labels="true").fit(model, variables, x[:20], bad - 5)  # negative
+    with pytest.raises(ValueError, match="`y` must hold integer"):
+        D.Mahalanobis(["avgpool"]).fit(model, variables, x[:20], y[:20].astype(np.float32) + 0.5)
+    with pytest.raises(ValueError, match="needs calibration labels"):
+        D.Mahalanobis(["avgpool"]).fit(model, variables, x[:20])
+
+
+def test_hostile_settings_and_arguments(setup):
+    model, variables, x, y = setup
+    net = RecordedNet(model, variables, ["avgpool"])
+    for make, err, msg in [
+        (lambda: D.KNNConfig(layers=("avgpool",), k=0), ValueError, "k must be >= 1"),
+        (lambda: D.KNNConfig(layers=("avgpool",), k=2.5), TypeError, "k must be an integer"),
+        (lambda: D.KNNConfig(layers="avgpool", k=2), TypeError, "layers must be a sequence"),
+        (lambda: D.KNNConfig(layers=(3,), k=2), TypeError, "layer specs must be strings"),
+        (lambda: D.ODINConfig(temperature=float("nan")), ValueError, "temperature"),
+        (lambda: D.ODINConfig(temperature=1.0, epsilon=float("inf")), ValueError, "epsilon"),
+        (lambda: D.GradNormConfig(layers=("fc",), temperature=float("inf")), ValueError, "temperature"),
+        (lambda: D.MahalanobisConfig(layers=("fc",), fgm_norm=0.5), ValueError, "fgm_norm"),
+        (lambda: D.MahalanobisConfig(layers=("fc",), weights=(1.0, float("nan"))), ValueError, "weights"),
+        (lambda: D.GramConfig(layers=("fc",), max_gram_order=0), ValueError, "max_gram_order"),
+        (lambda: D.KNN(["avgpool"], k=2, act_norm=float("nan")), ValueError, "act_norm"),
+        (lambda: D.Softmax(batch_size=0), ValueError, "batch_size"),
+    ]:
+        with pytest.raises(err, match=msg):
+            make()
+    wrapper = D.KNN(["avgpool"], k=2)
+    assert (wrapper.k, wrapper.act_norm, wrapper.layers) == (2, 2.0, ("avgpool",))
+    with pytest.raises(AttributeError, match="frozen setting"):
+        wrapper.k = 3
+    knn = D.KNNConfig(layers=("avgpool",), k=2)
+    with pytest.raises(TypeError, match="net must be a jaxuq.ood.RecordedNet"):
+        D.fit_detector(knn, (model, variables), x, y)
+    with pytest.raises(TypeError, match="detector must be a DetectorConfig"):
+        D.fit_detector(D.KNN(["avgpool"], k=2), net, x, y)
+    with pytest.raises(ValueError, match=r"does not record the layer\(s\) \['fc'\]"):
+        D.fit_detector(D.GramConfig(layers=("avgpool", "fc")), net, x, y)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        D.fit_detector(knn, net, x, y, batch_size=0)
+    state = D.fit_detector(knn, net, x[:8], progress=False)
+    with pytest.raises(TypeError, match="state must be the KNNState"):
+        D.score_detector(knn, D.EmptyState(), net, x)
+    with pytest.raises(ValueError, match=r"inputs must be a non-empty batch"):
+        D.score_detector(knn, state, net, x[:0])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxuq.ood import detectors as D
-from jaxuq.ood.evaluation import partial_auc, tpr_at_fpr_conf
+from jaxuq.ood.confidence_metrics import partial_auc, tpr_at_fpr_conf
 from tests.helpers import GOLDEN, data_path, require
 from tests.test_ood_scio_gen import load_split, ood_sets
 

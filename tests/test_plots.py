@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from jaxuq.ood.evaluation import evaluate_confidences
+from jaxuq.ood.confidence_metrics import evaluate_confidences
 from jaxuq.report import plots
 
 

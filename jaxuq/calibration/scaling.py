@@ -53,7 +53,7 @@ def prepare_logits(logits, labels, eps: float = 1e-8) -> tuple[jax.Array, jax.Ar
 
     Returns float32 logits [N, C] (binary -> 2-class log-probabilities) and int32 labels [N].
     Labels must be integers in ``[0, C)`` (checked before any cast: float labels and int64 values
-    beyond int32 are refused, never truncated or wrapped; :func:`jaxuq.metrics._checks.check_labels`).
+    beyond int32 are refused, never truncated or wrapped; :func:`jaxuq._validate.check_labels`).
     """
     logits = jnp.asarray(logits, jnp.float32)
     if logits.ndim == 2 and logits.shape[1] == 1:

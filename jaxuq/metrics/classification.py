@@ -1,7 +1,7 @@
 """Classification metrics: accuracy, Brier score, NLL, entropy (TU 0.13.0 definitions, A.1).
 
 All computations are float32 whatever the input dtype. Public functions validate their inputs
-(see :mod:`jaxuq.metrics._checks`) and call a jitted ``_*_impl`` core that can be used inside
+(see :mod:`jaxuq._validate`) and call a jitted ``_*_impl`` core that can be used inside
 other jitted code.
 """
 

@@ -8,6 +8,7 @@ recorded (an inline ``x.mean(...)`` cannot: make it a module or ``sow`` it).
 
     net = RecordedNet(model, variables, ["l3", "avgpool", "fc"])
     logits, acts = net(x)            # acts: {"l3": [N, 32, 32, 48], "avgpool": ..., "fc": ...}
+    jax.jit(lambda net, x: net.forward(x)[1]["l3"].mean())(net, x)  # a pytree: pass it to jit
     print(layer_table(model, variables, x[:1]))   # like scio's Recorder summary
 """
 
@@ -23,7 +24,8 @@ import numpy as np
 
 from jaxuq._validate import check_finite  # the one validation module (kept importable here)
 
-__all__ = ["LayerInfo", "layer_infos", "layer_table", "available_layers", "RecordedNet", "check_finite"]
+__all__ = ["LayerInfo", "layer_infos", "layer_table", "available_layers", "RecordedNet", "check_finite",
+           "parse_spec"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,11 @@ def layer_table(module: nn.Module, variables, x, *, recording: Sequence[str] = (
     return cap.get()
 
 
-def _parse(spec: str) -> tuple[str, str]:
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"name"`` -> ``("name", "output")``, ``"name:input"`` -> ``("name", "input")``; a layer spec
+    that is not a string raises TypeError, an unknown suffix ValueError."""
+    if not isinstance(spec, str):
+        raise TypeError(f"layer specs must be strings like 'fc' or 'fc:input'; got {spec!r}")
     name, _, where = spec.partition(":")
     where = where or "output"
     if where not in ("output", "input"):
@@ -120,8 +126,13 @@ def _parse(spec: str) -> tuple[str, str]:
     return name, where
 
 
+@jax.tree_util.register_pytree_node_class
 class RecordedNet:
-    """A Flax model plus the layers to record; ``__call__`` is jitted once per batch shape.
+    """A Flax model, its variables and the layers to record.
+
+    A pytree: ``variables`` are its leaves, the module and the layer specs its static part, so a
+    ``RecordedNet`` is an ordinary argument of a jitted function (:func:`forward` inside it), and two
+    nets of the same module and layers share the compiled program.
 
     Args:
       module, variables: the Flax model and its variables (``module.apply(variables, x)``).
@@ -133,27 +144,51 @@ class RecordedNet:
         self.module = module
         self.variables = variables
         self.layers = tuple(layers)
-        self._specs = [_parse(s) for s in self.layers]
+        self._specs = [parse_spec(s) for s in self.layers]
         self._validated = False
-        self._fwd = jax.jit(self._forward)
         if example is not None:
             self.validate(example)
 
+    def tree_flatten(self):
+        return (self.variables,), (self.module, self.layers)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        net = cls(aux[0], children[0], aux[1])
+        net._validated = True  # rebuilt from a validated net (inside a transformation)
+        return net
+
     def validate(self, x) -> None:
+        """Check the layer names against the modules ``module`` calls on ``x[:1]`` (once per net; the
+        abstract trace is :meth:`eval_shape`'s, cached per module, layers and input shape)."""
         if self._validated or not self.layers:
             self._validated = True
             return
-        names = available_layers(self.module, self.variables, jnp.asarray(x[:1]))
-        missing = [s for s, (n, _) in zip(self.layers, self._specs) if n not in names]
-        if missing:
+        try:
+            self.eval_shape(x[:1])
+        except KeyError:  # a spec that no module call produced
+            names = available_layers(self.module, self.variables, jnp.asarray(x[:1], jnp.float32))
+            missing = [s for s, (n, _) in zip(self.layers, self._specs) if n not in names]
+            if not missing:
+                raise
             raise ValueError(
                 f"unknown layer(s) {missing} for {type(self.module).__name__}; available layers: {names}"
-            )
+            ) from None
         self._validated = True
 
-    def _forward(self, variables, x, params_override=None):
+    def eval_shape(self, x) -> tuple[jax.ShapeDtypeStruct, dict]:
+        """Shapes of :meth:`forward` on inputs shaped like ``x`` (an array or a ShapeDtypeStruct,
+        float32), without running it; cached per module, layers and input shape."""
+        return _jitted_forward.eval_shape(self, jax.ShapeDtypeStruct(tuple(x.shape), jnp.float32))
+
+    def forward(self, x, variables=None) -> tuple[jax.Array, dict]:
+        """Un-jitted forward pass: logits ``[N, C]`` and ``{spec: activation [N, ...]}`` of ``x
+        [N, ...]`` (NHWC), with ``variables`` in place of the net's own if given (GradNorm's
+        per-sample gradients). Call it inside ``jax.jit`` (:meth:`__call__` is the jitted one)."""
+        variables = self.variables if variables is None else variables
+        if not self.layers:
+            return self.module.apply(variables, x), {}
         acts: dict = {}
-        want = {n: w for n, w in self._specs}
 
         def interceptor(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
@@ -164,23 +199,27 @@ class RecordedNet:
                         acts[spec] = args[0] if w == "input" else out
             return out
 
-        if not want:
-            return self.module.apply(variables, x), {}
         with nn.intercept_methods(interceptor):
             out = self.module.apply(variables, x)
         return out, {s: acts[s] for s in self.layers}
 
     def __call__(self, x):
-        """Logits [N, C] and ``{spec: activation}`` for one batch."""
+        """Jitted :meth:`forward` of one batch: logits [N, C] and ``{spec: activation}``."""
+        x = jnp.asarray(x, jnp.float32)
         self.validate(x)
-        return self._fwd(self.variables, jnp.asarray(x, jnp.float32))
+        return _jitted_forward(self, x)
 
-    def recorded_params(self) -> dict:
-        """``{layer name: params subtree}`` of the recorded layers (their own parameters)."""
+    def recorded_params(self, layers: Sequence[str] | None = None) -> dict:
+        """``{layer name: params subtree}`` of the recorded layers (or of the specs ``layers``): the
+        layers' own parameters, ``{}`` for parameter-free layers."""
         out = {}
-        for n, _ in self._specs:
+        for spec in self.layers if layers is None else layers:
+            n = parse_spec(spec)[0]
             node = self.variables.get("params", {})
             for p in n.split("."):
                 node = node.get(p, {}) if isinstance(node, dict) else {}
-            out[n] = node  # {} for parameter-free layers
+            out[n] = node
         return out
+
+
+_jitted_forward = jax.jit(lambda net, x: net.forward(x))
