@@ -20,7 +20,6 @@ _SUBMODULES = (
     "data",
     "ensembles",
     "evaluation",
-    "hub",
     "losses",
     "metrics",
     "models",
