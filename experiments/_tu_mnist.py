@@ -11,7 +11,7 @@ import shutil
 import time
 import warnings
 
-from experiments._common import torchvision_root, tu_test_table, tu_trainer
+from experiments._tu import torchvision_root, tu_test_table, tu_trainer
 
 SCHEDULER_NOTE = (
     "The tutorial's optim_recipe returns {'optimizer': SGD, 'scheduler': CosineAnnealingLR(T_max=10)}; "
