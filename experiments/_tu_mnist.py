@@ -50,8 +50,6 @@ def _datamodule(root, config: dict, eval_ood: bool):
                eval_ood=eval_ood, num_workers=0, pin_memory=False, persistent_workers=False)
 
 
-
-
 def optim_recipe(model, lr: float, lr_mult: float = 1.0):
     """The tutorial's ``optim_recipe`` (base LR 0.05 there), returned dict and all."""
     import torch
