@@ -13,32 +13,33 @@ Every script in ``bench/`` uses it the same way::
 ``start`` records, before anything is timed, the 1/5/15-minute load averages and the thread settings
 of both sides (``torch.get_num_threads()``, ``XLA_FLAGS``, the JAX backend and devices). When the
 1-minute load is above ``--max-load`` (default 1.0) it refuses to run, unless ``--allow-load`` is
-given; the result is then flagged ``under_load`` in the JSON and in the markdown header.
-Run benches as ``python -m bench.<name>`` or ``python bench/<name>.py`` from the repository root.
+given; the result is then flagged ``under_load`` in the JSON and in the markdown header. The date,
+machine and versions come from :func:`jaxuq._env.stamp`, the same stamp as the experiments' results,
+and the JSON goes through :func:`jaxuq._env.portable_paths` (no folder of this machine in it).
+Run benches as ``python -m bench.<name>`` or ``python bench/<name>.py`` from the repository root (each
+script puts the root on ``sys.path`` itself before importing this module).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxuq._env import portable_paths, stamp, versions
+from jaxuq._io import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-if str(ROOT) not in sys.path:  # `python bench/x.py` runs with bench/ as sys.path[0]
-    sys.path.insert(0, str(ROOT))
 
 __all__ = [
-    "RESULTS", "ROOT", "bench_parser", "machine", "markdown_header", "markdown_table", "start", "timeit",
-    "versions", "write_results",
+    "RESULTS", "ROOT", "bench_parser", "markdown_header", "markdown_table", "start", "timeit",
+    "write_results",
 ]  # fmt: skip
 
 
@@ -52,20 +53,6 @@ def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--allow-load", action="store_true",
                     help="run on a loaded machine anyway; the results are flagged under_load")
     return ap
-
-
-def versions() -> dict:
-    """Versions of python and of every package a bench may compare (absent ones are left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch",
-                 "torch-uncertainty", "torchmetrics", "lightning"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def _threads(torch: bool) -> dict:
@@ -89,14 +76,6 @@ def _threads(torch: bool) -> dict:
     return out
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-
-
 def start(args: argparse.Namespace, *, torch: bool = False) -> dict:
     """Record the metadata and check the load before anything is timed.
 
@@ -112,9 +91,7 @@ def start(args: argparse.Namespace, *, torch: bool = False) -> dict:
             "machine, or pass --allow-load (the results are then flagged under_load)."
         )
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
+        **stamp(),
         "threads": _threads(torch),
         "load_avg_start": [round(x, 2) for x in load],
         "max_load": args.max_load,
@@ -198,13 +175,13 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]
 def write_results(name: str, meta: dict, result: dict, markdown: Sequence[str],
                   out_dir: str | os.PathLike = RESULTS) -> tuple[Path, Path]:
     """Write ``out_dir/<name>.json`` (``meta`` + ``result``) and ``out_dir/<name>.md`` (``markdown``),
-    each atomically. Returns both paths."""
-    from jaxuq._io import write_json_atomic, write_text_atomic
-
+    each atomically; paths in the JSON are made portable (:func:`jaxuq._env.portable_paths`, the
+    repository root as ``<repo>``). Returns both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, load_avg_end=[round(x, 2) for x in os.getloadavg()])
-    js = write_json_atomic(out_dir / f"{name}.json", {**meta, **result}, indent=2)
+    record = portable_paths({**meta, **result}, {ROOT: "<repo>"})
+    js = write_json_atomic(out_dir / f"{name}.json", record, indent=2)
     md = write_text_atomic(out_dir / f"{name}.md", "\n".join(markdown).rstrip("\n") + "\n")
     return js, md
 

@@ -21,6 +21,14 @@ import signal
 import sys
 import time
 
+import jax
+import numpy as np
+
+from converters import mappings
+from converters.core import ConvertError, convert
+from converters.hub import model_kwargs, tu_source
+from converters.io import CheckpointError, read_state_dict, resolve_hf
+
 __all__ = ["main"]
 
 
@@ -74,11 +82,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _inspect(source: str) -> int:
-    import numpy as np  # noqa: PLC0415
-
-    from converters import mappings  # noqa: PLC0415
-    from converters.io import read_state_dict  # noqa: PLC0415
-
     sd, info = read_state_dict(source)
     print(f"{info['path']}  ({info['format']}, {info['bytes']:,} bytes, sha256 {info['sha256'][:16]}...)")
     for n in info["notes"]:
@@ -99,27 +102,19 @@ def _inspect(source: str) -> int:
 
 def _hub_sources(a) -> tuple[list[str], dict]:
     """Local paths of the ``--hf-*`` sources and the model kwargs of ``--hf-id``'s config.yaml."""
-    from converters.core import ConvertError  # noqa: PLC0415
-
     if a.hf_id is not None:
         if a.hf_repo or a.hf_file:
             raise ConvertError("--hf-id names the repo and file itself; do not add --hf-repo/--hf-file")
-        from converters.hub import model_kwargs, tu_source  # noqa: PLC0415
-
         path, _, cfg_kwargs = tu_source(a.hf_id, a.hf_version, a.revision)
         return [str(path)], model_kwargs(path, a.arch, cfg_kwargs)[0]
     if a.hf_repo or a.hf_file:
         if not (a.hf_repo and a.hf_file):
             raise ConvertError("--hf-repo and --hf-file go together")
-        from converters.io import resolve_hf  # noqa: PLC0415
-
         return [str(resolve_hf(a.hf_repo, f, revision=a.revision)) for f in a.hf_file], {}
     return [], {}
 
 
 def _convert(a) -> int:
-    from converters.core import ConvertError, convert  # noqa: PLC0415
-
     sources, kwargs = _hub_sources(a)
     sources = list(a.sources) + sources
     if not sources:
@@ -129,8 +124,6 @@ def _convert(a) -> int:
     t0 = time.perf_counter()
     res = convert(sources, arch=a.arch, kwargs=kwargs or None, output=a.output, force=a.force,
                   verify=a.verify, verify_tol=a.verify_tol, log=print)
-    import jax  # noqa: PLC0415
-
     n = sum(x.size for x in jax.tree.leaves(res["variables"].get("params", {})))
     m = res["meta"]["num_members"]
     print(f"{res['meta']['arch']}: {n:,} parameters" + (f" ({m} members)" if m else "")
@@ -148,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    from converters.core import ConvertError  # noqa: PLC0415
-    from converters.io import CheckpointError  # noqa: PLC0415
-
     try:
         if args.cmd == "archs":
-            from converters import mappings  # noqa: PLC0415
-
             for fam, mod in mappings.families().items():
                 print(f"{fam}: {', '.join(sorted(mod.ARCHS))}")
             return 0

@@ -19,14 +19,20 @@ import platform
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
+import jax
 import numpy as np
 
+import jaxuq
 from converters import mappings
+from converters.ensemble import is_deep_ensembles_state_dict, split_deep_ensembles, stack_members
 from converters.io import CheckpointError, read_state_dict
+from jaxuq.models.io import check_path, check_replaceable, save
 
-__all__ = ["ConvertError", "convert", "convert_checkpoint", "convert_state_dicts", "verify_with_torch"]
+__all__ = [
+    "ConvertError", "convert", "convert_checkpoint", "convert_state_dicts", "split_members",
+    "verify_with_torch",
+]
 
 
 class ConvertError(ValueError):
@@ -38,9 +44,9 @@ def _describe(arch: str, kwargs: dict) -> str:
     return f"{arch}({kw})"
 
 
-def _split_members(sd: dict, source: str) -> list[dict]:
-    from converters.ensemble import is_deep_ensembles_state_dict, split_deep_ensembles  # noqa: PLC0415
-
+def split_members(sd: dict, source: str) -> list[dict]:
+    """A TU ``deep_ensembles`` state dict (``core_models.{i}.*``) as one state dict per member; any other
+    state dict as ``[sd]``."""
     if is_deep_ensembles_state_dict(sd):
         try:
             return split_deep_ensembles(sd, source)
@@ -112,16 +118,9 @@ def _mismatch_message(raw: str, src: str, desc: str, hint: str) -> str:
             + "\n  ".join(shown))
 
 
-def _stack(trees: list) -> Any:
-    import jax  # noqa: PLC0415
-
-    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
 def verify_with_torch(arch: str, kwargs: dict, module, variables_list: list, state_dicts: list,
                       sample_shape: tuple, batch: int = 4, seed: int = 0) -> list[dict]:
     """Eval-mode logits of torch vs Flax on one random batch per member: ``[{max_abs_diff, max_abs}]``."""
-    import jax  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
     from converters.torch_refs import torch_model  # noqa: PLC0415
@@ -149,8 +148,6 @@ def _check_output(output: Path, force: bool, sources: Sequence) -> None:
     """Refuse, before any work, an output that could not or must not be written: not UTF-8, an input
     file or a folder holding one, an existing output without ``force``, or with ``force`` anything but a
     previous jaxuq checkpoint (:func:`jaxuq.models.io.check_replaceable`); check the folder is writable."""
-    from jaxuq.models.io import check_path, check_replaceable  # noqa: PLC0415
-
     try:
         check_path(output)
     except ValueError as e:
@@ -181,60 +178,52 @@ def _check_output(output: Path, force: bool, sources: Sequence) -> None:
         ) from None
 
 
-def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwargs: dict | None = None,
-            output: str | os.PathLike | None = None, force: bool = False, verify: bool = False,
-            verify_tol: float = 1e-4, log: Callable[[str], None] | None = None) -> dict:
-    """Convert one checkpoint (a single model) or several / a deep-ensembles one (a stacked ensemble).
-
-    Returns ``{"module", "variables", "meta", "verify"}``; writes ``output`` (orbax + ``meta.json``)
-    when given. ``verify_tol`` bounds ``max|Δ| / max(1, max|logits|)`` under ``verify``.
-    """
-    import jaxuq  # noqa: PLC0415
-
-    log = log or (lambda s: None)
-    if not sources:
-        raise ConvertError("no checkpoint given")
-    out_path = Path(output) if output is not None else None
-    if out_path is not None:
-        _check_output(out_path, force, sources)
+def _read_sources(sources: Sequence) -> tuple[list[dict], list[dict], list[str]]:
+    """``(state dicts, file infos, names)``: one state dict per member (a TU ``deep_ensembles`` file
+    gives several, named ``FILE[core_models.i]``), one info per file."""
     sds, infos, names = [], [], []
     for s in sources:
         try:
             sd, info = read_state_dict(s)
         except CheckpointError as e:
             raise ConvertError(str(e)) from None
-        members = _split_members(sd, str(s))
+        members = split_members(sd, str(s))
         for i, m in enumerate(members):
             sds.append(m)
             names.append(str(s) if len(members) == 1 else f"{s}[core_models.{i}]")
         infos.append(info)
-    arch, kw = _resolve_arch(arch, kwargs, sds[0], names[0])
-    log(f"architecture: {_describe(arch, kw)}; {len(sds)} member(s)")
-    module, members = convert_state_dicts(arch, kw, sds, names)
-    stacked = len(members) > 1 or len(sources) > 1
-    vres = None
-    if verify:
-        _, _, shape = mappings.build_template(arch, **kw)
-        try:
-            vres = verify_with_torch(arch, kw, module, members, sds, shape)
-        except ImportError as e:
-            raise ConvertError(f"--verify needs the torch reference ({e}); install torch / torch-uncertainty "
-                               "or drop --verify") from None
-        for n, r in zip(names, vres, strict=True):
-            log(f"verify {n}: max|logits torch - flax| = {r['max_abs_diff']:.3g} "
-                f"(max|logits| {r['max_abs']:.3g})")
-        bad = [(n, r) for n, r in zip(names, vres, strict=True)  # `not <=`: a NaN difference fails
-               if not r["max_abs_diff"] <= verify_tol * max(1.0, r["max_abs"])]
-        if bad:
-            raise ConvertError(
-                f"--verify failed: torch and Flax logits differ by {bad[0][1]['max_abs_diff']:.3g} on "
-                f"{bad[0][0]} (tolerance {verify_tol:g} x max(1, max|logits|)); nothing written"
-            )
-    variables = _stack(members) if stacked else members[0]
+    return sds, infos, names
+
+
+def _verify(arch: str, kw: dict, module, members: list, sds: list, names: list[str], tol: float,
+            log: Callable[[str], None]) -> list[dict]:
+    """:func:`verify_with_torch` on every member; ConvertError when one is off by more than
+    ``tol * max(1, max|logits|)`` (a NaN difference fails too)."""
+    _, _, shape = mappings.build_template(arch, **kw)
+    try:
+        vres = verify_with_torch(arch, kw, module, members, sds, shape)
+    except ImportError as e:
+        raise ConvertError(f"--verify needs the torch reference ({e}); install torch / torch-uncertainty "
+                           "or drop --verify") from None
+    for n, r in zip(names, vres, strict=True):
+        log(f"verify {n}: max|logits torch - flax| = {r['max_abs_diff']:.3g} "
+            f"(max|logits| {r['max_abs']:.3g})")
+    bad = [(n, r) for n, r in zip(names, vres, strict=True)  # `not <=`: a NaN difference fails
+           if not r["max_abs_diff"] <= tol * max(1.0, r["max_abs"])]
+    if bad:
+        raise ConvertError(
+            f"--verify failed: torch and Flax logits differ by {bad[0][1]['max_abs_diff']:.3g} on "
+            f"{bad[0][0]} (tolerance {tol:g} x max(1, max|logits|)); nothing written"
+        )
+    return vres
+
+
+def _meta(arch: str, kw: dict, num_members: int | None, infos: list[dict], vres: list | None) -> dict:
+    """``meta.json``'s content: architecture, kwargs, members, sources (path, sha256, size, format)."""
     meta = {
         "arch": arch,
         "kwargs": kw,
-        "num_members": len(members) if stacked else None,
+        "num_members": num_members,
         "sources": [{"path": i["path"], "sha256": i["sha256"], "bytes": i["bytes"], "format": i["format"]}
                     for i in infos],
         "jaxuq_version": jaxuq.__version__,
@@ -244,15 +233,43 @@ def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwarg
     }
     if vres is not None:
         meta["verify"] = vres
-    if out_path is not None:
-        from jaxuq.models.io import save  # noqa: PLC0415
+    return meta
 
-        try:
-            save(out_path, variables, meta, force=force)
-        except (FileExistsError, ValueError) as e:  # appeared meanwhile / not replaceable / not UTF-8
-            raise ConvertError(f"output {out_path} not written: {e}") from None
-        except OSError as e:
-            raise ConvertError(f"cannot write the output {out_path}: {type(e).__name__}: {e}") from None
+
+def _write(out_path: Path, variables, meta: dict, force: bool) -> None:
+    """:func:`jaxuq.models.io.save`, its failures as ConvertError (exit 2 in the CLI)."""
+    try:
+        save(out_path, variables, meta, force=force)
+    except (FileExistsError, ValueError) as e:  # appeared meanwhile / not replaceable / not UTF-8
+        raise ConvertError(f"output {out_path} not written: {e}") from None
+    except OSError as e:
+        raise ConvertError(f"cannot write the output {out_path}: {type(e).__name__}: {e}") from None
+
+
+def convert(sources: Sequence[str | os.PathLike], arch: str | None = None, kwargs: dict | None = None,
+            output: str | os.PathLike | None = None, force: bool = False, verify: bool = False,
+            verify_tol: float = 1e-4, log: Callable[[str], None] | None = None) -> dict:
+    """Convert one checkpoint (a single model) or several / a deep-ensembles one (a stacked ensemble).
+
+    Returns ``{"module", "variables", "meta", "verify"}``; writes ``output`` (orbax + ``meta.json``)
+    when given. ``verify_tol`` bounds ``max|Δ| / max(1, max|logits|)`` under ``verify``.
+    """
+    log = log or (lambda s: None)
+    if not sources:
+        raise ConvertError("no checkpoint given")
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        _check_output(out_path, force, sources)
+    sds, infos, names = _read_sources(sources)
+    arch, kw = _resolve_arch(arch, kwargs, sds[0], names[0])
+    log(f"architecture: {_describe(arch, kw)}; {len(sds)} member(s)")
+    module, members = convert_state_dicts(arch, kw, sds, names)
+    stacked = len(members) > 1 or len(sources) > 1
+    vres = _verify(arch, kw, module, members, sds, names, verify_tol, log) if verify else None
+    variables = stack_members(members) if stacked else members[0]
+    meta = _meta(arch, kw, len(members) if stacked else None, infos, vres)
+    if out_path is not None:
+        _write(out_path, variables, meta, force)
         log(f"wrote {out_path}")
     return {"module": module, "variables": variables, "meta": meta, "verify": vres}
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 __all__ = ["is_deep_ensembles_state_dict", "split_deep_ensembles", "stack_members"]
@@ -57,8 +58,6 @@ def split_deep_ensembles(state_dict: Mapping[str, Any], source: str = "<state_di
 
 def stack_members(trees: Sequence[Any]):
     """Stack M identical-structure pytrees of arrays into one with a leading member axis ``[M, ...]``."""
-    import jax  # noqa: PLC0415
-
     if len(trees) == 0:
         raise ValueError("stack_members: no members")
     s0 = jax.tree.structure(trees[0])

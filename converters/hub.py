@@ -1,6 +1,11 @@
-"""Hugging Face Hub loading (``jaxuq.hub``): torch checkpoints on the Hub -> jaxuq models, cached.
+"""Hugging Face Hub loading: torch checkpoints on the Hub -> jaxuq models, cached.
 
-    from jaxuq import hub
+This module is the one public home of hub loading. It lives in ``converters`` (not in ``jaxuq``)
+because it reads torch files: ``converters`` imports ``jaxuq``, never the reverse, and ``jaxuq`` stays
+free of torch. Importing it needs no torch (torch, ``huggingface_hub`` and ``yaml`` load on first use);
+loading a checkpoint needs the ``[torch]`` extra.
+
+    from converters import hub
     module, variables, meta = hub.load_hf("resnet18_c10")                        # TU's load_hf naming
     module, variables, meta = hub.load_repo("ORG/NAME", "weights.ckpt")          # any repo and file
     module, variables, meta = hub.load_ensemble(                                 # [M, ...] stacked
@@ -40,8 +45,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from converters.core import convert
+import jax
+
+from converters import mappings
+from converters.core import convert, split_members
 from converters.io import CheckpointError, HubEntryNotFoundError, read_state_dict, resolve_hf, sha256_file
+from jaxuq import models
+from jaxuq.models.io import load, save
 
 __all__ = [
     "TU_ORG", "cache_dir", "load_ensemble", "load_hf", "load_repo", "model_kwargs", "read_config",
@@ -89,8 +99,6 @@ def _config_kwargs(cfg: dict) -> dict:
 
 def _accepted(arch: str, kwargs: dict) -> tuple[dict, list[str]]:
     """``(kwargs the jaxuq model `arch` takes, ignored keys)``."""
-    from jaxuq import models  # noqa: PLC0415
-
     params = inspect.signature(models.factory(arch)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return dict(kwargs), []
@@ -110,11 +118,6 @@ def _cache_key(shas: list[str], arch: str | None, kwargs: dict) -> str:
 
 def _cached(entry: Path, shas: list[str]):
     """``(module, variables, meta)`` from a valid cache entry, else ``None`` (missing or corrupt)."""
-    import jax  # noqa: PLC0415
-
-    from converters import mappings  # noqa: PLC0415
-    from jaxuq.models.io import load  # noqa: PLC0415
-
     if not entry.is_dir():
         return None
     try:
@@ -135,12 +138,9 @@ def _cached(entry: Path, shas: list[str]):
 def model_kwargs(path, arch: str | None, kwargs: dict) -> tuple[dict, list[str]]:
     """``(kwargs, ignored keys)``: the ``kwargs`` (e.g. from a config) that the jaxuq model of the
     checkpoint ``path`` takes — ``arch``, or the architecture recognised from its keys."""
-    from converters import mappings  # noqa: PLC0415
-    from converters.core import _split_members  # noqa: PLC0415
-
     if arch is None:
         sd, _ = read_state_dict(path)
-        guess = mappings.infer(_split_members(sd, str(path))[0])
+        guess = mappings.infer(split_members(sd, str(path))[0])
         if guess is None:
             return dict(kwargs), []  # convert() reports the unrecognised architecture
         arch = guess[0]
@@ -150,8 +150,6 @@ def model_kwargs(path, arch: str | None, kwargs: dict) -> tuple[dict, list[str]]
 def _load_paths(paths: Sequence[Path], *, arch: str | None, kwargs: dict, hub_meta: dict, cache: bool,
                 filter_kwargs: bool = False):
     """Convert local checkpoint ``paths`` (several = a stacked ensemble) through the cache."""
-    from jaxuq.models.io import save  # noqa: PLC0415
-
     shas = [sha256_file(p) for p in paths]
     entry = cache_dir() / _cache_key(shas, arch, kwargs)
     hit = _cached(entry, shas) if cache else None

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxuq._io import check_zip_sizes
+
 __all__ = [
     "CheckpointError", "HubEntryNotFoundError", "read_state_dict", "resolve_hf", "resolve_source",
     "sha256_file", "sniff_format", "unwrap",
@@ -237,8 +239,6 @@ def read_state_dict(source) -> tuple[dict[str, np.ndarray], dict]:
     The format is detected from the content (:func:`sniff_format`); a torch zip's declared sizes are
     checked before torch inflates it (:func:`jaxuq._io.check_zip_sizes`).
     """
-    from jaxuq._io import check_zip_sizes  # noqa: PLC0415
-
     path = resolve_source(source)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")

@@ -11,20 +11,20 @@ docstring's first line is its summary; the docstring documents every config key.
     python -m experiments.<name> [...]                      # the same
 
 Every run writes ``DIR/config.json``, ``DIR/results.json`` (stamped with date, machine, versions and
-wall-clock seconds), ``DIR/table.txt`` and the experiment's plots, each file atomically; a failed
-run leaves ``DIR`` as it was. Exit status 2 on bad input (unknown key, bad value, missing data).
+wall-clock seconds: :func:`jaxuq._env.stamp`), ``DIR/table.txt`` and the experiment's plots, each file
+atomically; a failed run leaves ``DIR`` as it was. ``results.json`` holds no folder of the machine: a
+path under the data folder reads ``<data_dir>/...``, under the run folder ``<run>/...``, under the home
+folder ``~/...`` (:func:`jaxuq._env.portable_paths`); ``config.json`` is the settings as given.
+Exit status 2 on bad input (unknown key, bad value, missing data).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import datetime
 import difflib
 import importlib
-import io
 import json
-import math
 import os
 import shutil
 import sys
@@ -32,12 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxuq import _env
 from jaxuq._io import write_json_atomic, write_text_atomic
 
-__all__ = [
-    "EXPERIMENTS_DIR", "compare_row", "discover", "launch", "launch_module", "parse_overrides",
-    "render_text", "comparison_table",
-]  # fmt: skip
+__all__ = ["EXPERIMENTS_DIR", "discover", "launch", "launch_module", "parse_overrides", "stamp"]
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 PACKAGE = "experiments"
@@ -115,15 +113,20 @@ def _parser(name: str, module) -> argparse.ArgumentParser:
 
 
 def stamp(wall_seconds: float) -> dict:
-    """Date (UTC), machine, package versions and wall-clock seconds of a run."""
-    from bench._common import machine, versions  # the one metadata recipe (no jax import)
+    """Date (UTC), machine, package versions (:func:`jaxuq._env.stamp`, as the benches) and
+    wall-clock seconds of a run."""
+    return {**_env.stamp(), "wall_seconds": wall_seconds}
 
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
-        "wall_seconds": wall_seconds,
-    }
+
+def _roots(config: dict, out: Path, staging: Path) -> dict:
+    """``{folder: token}`` for :func:`jaxuq._env.portable_paths`: the run folder (and the staging
+    folder that becomes it) and the run's data folder (``data_dir`` or ``$JAXUQ_DATA_DIR``)."""
+    roots = {out: "<run>", staging: "<run>"}
+    try:
+        roots[_env.data_dir(config.get("data_dir"))] = "<data_dir>"
+    except FileNotFoundError:
+        pass
+    return roots
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -142,6 +145,7 @@ def execute(name: str, module, config: dict, out: Path) -> dict:
         t0 = time.perf_counter()
         results, table = module.run(dict(config), staging)
         results = {"experiment": name, **results, **stamp(time.perf_counter() - t0)}
+        results = _env.portable_paths(results, _roots(config, out, staging))
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -190,50 +194,3 @@ def launch_module(module_name: str, argv: list[str] | None = None) -> int:
         return 2
     name = spec.name.rpartition(".")[2]
     return launch(name, sys.argv[1:] if argv is None else argv, module)
-
-
-def compare_row(metric: str, jaxuq, tu=None, published=None) -> dict:
-    """One comparison row ``{"metric", "published", "tu", "jaxuq", "abs_diff"}``; ``abs_diff`` is
-    ``|tu - jaxuq|`` (None when TU was not run; 0 when both are NaN, as TU's undefined values are,
-    inf when only one is)."""
-    jaxuq = float(jaxuq)
-    tu = None if tu is None else float(tu)
-    if tu is None:
-        diff = None
-    elif math.isnan(tu) or math.isnan(jaxuq):  # NaN only equals NaN; a NaN against a number is inf
-        diff = 0.0 if math.isnan(tu) and math.isnan(jaxuq) else math.inf
-    else:
-        diff = abs(tu - jaxuq)
-    return {"metric": metric, "published": published, "tu": tu, "jaxuq": jaxuq, "abs_diff": diff}
-
-
-def comparison_table(
-    rows: list[dict],
-    title: str = "published | TU 0.13.0 here | jaxuq here",
-    reference: str = "TU 0.13.0 here",
-):
-    """A rich ``Table`` of ``compare_row`` rows (6 significant digits; |Δ| in scientific notation);
-    ``reference`` names the ``tu`` column (scio's recorded outputs for the scio tutorial)."""
-    from rich.table import Table
-
-    def num(v, fmt="{:.6g}"):
-        return "-" if v is None else (fmt.format(v) if isinstance(v, int | float) else str(v))
-
-    t = Table(title=title)
-    for c in ("metric", "published", reference, "jaxuq here", "|Δ|"):
-        t.add_column(c, justify="left" if c == "metric" else "right")
-    for r in rows:
-        t.add_row(
-            r["metric"], num(r["published"]), num(r["tu"]), num(r["jaxuq"]), num(r["abs_diff"], "{:.1e}")
-        )
-    return t
-
-
-def render_text(*renderables) -> str:
-    """Render rich tables (or strings) to plain text, 120 columns wide."""
-    from rich.console import Console
-
-    console = Console(record=True, width=120, file=io.StringIO())
-    for r in renderables:
-        console.print(r)
-    return console.export_text()

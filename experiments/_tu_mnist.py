@@ -11,7 +11,7 @@ import shutil
 import time
 import warnings
 
-from experiments._common import torchvision_root, tu_test_table, tu_trainer
+from experiments._tu import torchvision_root, tu_test_table, tu_trainer
 
 SCHEDULER_NOTE = (
     "The tutorial's optim_recipe returns {'optimizer': SGD, 'scheduler': CosineAnnealingLR(T_max=10)}; "
@@ -48,8 +48,6 @@ def _datamodule(root, config: dict, eval_ood: bool):
 
     return _DM(root=root, batch_size=config["batch_size"], eval_batch_size=config["eval_batch_size"],
                eval_ood=eval_ood, num_workers=0, pin_memory=False, persistent_workers=False)
-
-
 
 
 def optim_recipe(model, lr: float, lr_mult: float = 1.0):

@@ -64,12 +64,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxuq
+from converters import ConvertError, hub
+from converters.io import CheckpointError, resolve_hf
 from experiments import _tu_mnist
-from experiments._launch import compare_row, render_text
+from experiments._compare import compare_row, compare_tables, render_text
+from experiments._tu import tu_lenet_ensemble_table
+from jaxuq import ensembles as E
 from jaxuq._env import data_dir as _data_dir
 from jaxuq.data import MNIST_NORM, Preprocess, RepeatTarget, load_fashion_mnist, load_mnist
 from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import classification_table, predict
+from jaxuq.metrics import count_flops
 from jaxuq.models.lenet import lenet
 from jaxuq.models.packed_lenet import packed_lenet
 from jaxuq.train import EnsembleConfig, TrainConfig, fit, torch_sgd, tu_deep_ensembles
@@ -230,6 +236,20 @@ def run_jaxuq(name: str, config: dict, data: dict, seed: int) -> dict:
             "probs": np.asarray(jax.nn.softmax(jnp.asarray(lid), -1).mean(0))}
 
 
+def ensemble_table(module, variables, images, labels, ood_images, preprocess, batch_size: int = 2048,
+                   lowering=None) -> dict[str, float]:
+    """jaxuq's side of :func:`experiments._tu.tu_lenet_ensemble_table`: a stacked ensemble
+    (``variables`` leaves ``[M, ...]``) on ``images [N, H, W, C]`` (uint8) with ``ood_images`` as OOD,
+    ``preprocess`` a :class:`jaxuq.data.Preprocess`, MSP criterion -> :func:`jaxuq.evaluate` with TU's
+    complexity numbers (FLOPs of the first batch, all members; parameter count)."""
+    lowering = lowering or default_lowering()
+    first = preprocess.eval(jnp.asarray(images[:batch_size]))
+    flops = count_flops(lambda x: E.apply_members(module, variables, x, lowering=lowering), first)
+    return jaxuq.evaluate(module, variables, (images, np.asarray(labels)), ood_data=ood_images,
+                          preprocess=preprocess, batch_size=batch_size, lowering=lowering, flops=flops,
+                          progress=False)
+
+
 def hub_source(data_dir=None) -> str:
     """The local mirror ``$JAXUQ_DATA_DIR/hub/ENSTA-U2IS/tutorial-models`` when it holds the 8 files,
     else the Hub repo id (network)."""
@@ -241,14 +261,11 @@ def hub_source(data_dir=None) -> str:
 
 
 def hub_ensemble(config: dict, data: dict) -> dict:
-    """The 8 hub LeNets as one ensemble (``jaxuq.hub.load_ensemble``, MSP): jaxuq's table, and with
+    """The 8 hub LeNets as one ensemble (``converters.hub.load_ensemble``, MSP): jaxuq's table, and with
     ``compare_tu`` TU's routine on the same 8 checkpoints beside it (``compare_tables``, tolerance
-    1e-5). ``{"skipped": why}`` when there is no hub or no torch to read the checkpoints."""
-    from converters import ConvertError
-    from converters.io import CheckpointError
-    from experiments._common import compare_tables, ensemble_table, tu_lenet_ensemble_table
-    from jaxuq import hub
-
+    1e-5). ``{"skipped": why}`` when there is no hub or no torch to read the checkpoints. ``cache``
+    records the conversion cache's entry by its key (a folder of ``converters.hub.cache_dir()``), not
+    by a path of this machine."""
     source = hub_source(config["data_dir"])
     try:
         module, variables, meta = hub.load_ensemble(source, HUB_FILES)
@@ -257,13 +274,12 @@ def hub_ensemble(config: dict, data: dict) -> dict:
         return {"skipped": f"{type(e).__name__}: {e}"}
     pre = Preprocess(*MNIST_NORM)
     (xte, yte), xood = data["test"], data["ood"]
-    out = {"source": source, "cache": meta.get("cache"),
+    key = Path(meta["cache"]["path"]).name if meta["cache"]["path"] else None
+    out = {"source": source, "cache": {"key": key, "hit": meta["cache"]["hit"]},
            "jaxuq": ensemble_table(module, variables, xte, yte, xood, pre, config["eval_batch_size"])}
     if config["compare_tu"]:
         paths = [Path(source) / f for f in HUB_FILES] if Path(source).is_dir() else None
         if paths is None:
-            from converters.io import resolve_hf
-
             paths = [resolve_hf(HUB_REPO, f) for f in HUB_FILES]
         out["tu"] = tu_lenet_ensemble_table(paths, config["data_dir"], ood_subset=len(xood),
                                             batch_size=config["eval_batch_size"], test_subset=len(xte))

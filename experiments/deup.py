@@ -46,8 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _common
-from experiments._launch import compare_row, comparison_table, launch_module, render_text
+from experiments import _compare, _inputs, _tu
+from experiments._compare import compare_row, comparison_table, render_text
+from experiments._launch import launch_module
 from jaxuq.evaluation import predict
 from jaxuq.nn.packed import torch_uniform_init
 
@@ -207,17 +208,17 @@ def _data(config):
     n = config["n_images"]
     if not 10 * config["num_folds"] <= n <= 1000:
         raise ValueError(f"n_images must be in [{10 * config['num_folds']}, 1000]; got {n}")
-    _, te = _common.load_cifar_heads(config["data_dir"])
+    _, te = _inputs.load_cifar_heads(config["data_dir"])
     x, y = te["images"][:n].astype(np.float32) / 255.0, te["labels"][:n]
-    cal, ev = _common.split(n, config["cal_fraction"], config["seed"])
+    cal, ev = _inputs.calibration_split(n, config["cal_fraction"], config["seed"])
     shifted = synthetic_shifts(jax.random.key(config["seed"]), jnp.asarray(x[ev]))
     x_ood = np.concatenate([np.asarray(v) for v in shifted.values()])
-    module, variables = _common.load_model(
-        config["model"], _common.checkpoint_of(config["model"]), config["data_dir"]
+    module, variables = _inputs.load_model(
+        config["model"], _inputs.checkpoint_of(config["model"]), config["data_dir"]
     )
     bs = config["batch_size"]
     z = {
-        k: predict(module, variables, _common.normalize(v), batch_size=bs)
+        k: predict(module, variables, _inputs.normalize(v), batch_size=bs)
         for k, v in {"cal": x[cal], "eval": x[ev], "ood": x_ood}.items()
     }
     return module, variables, z, (y[cal], y[ev]), {"cal": x[cal], "eval": x[ev], "ood": x_ood}
@@ -239,7 +240,7 @@ def _jaxuq_tables(config, module, variables, z, labels, x_first, inits) -> tuple
         init_params=inits,
     )
     cplx = {
-        "flops": count_flops(lambda t: module.apply(variables, t), _common.normalize(x_first)),
+        "flops": count_flops(lambda t: module.apply(variables, t), _inputs.normalize(x_first)),
         "params": count_params(variables["params"]),
     }
     crits = {"deup": lambda v: np.asarray(deup(deup_score(fitted, v))), "msp": lambda v: np.asarray(msp(v))}
@@ -278,7 +279,7 @@ def _tu_tables(config, model, x_cal, y_cal, x_eval, y_eval, x_ood) -> dict:
     for c in ("deup", "msp"):
         if c == "msp":
             routine.ood_criterion = MaxSoftmaxCriterion()
-        out[c] = _common.tu_test(
+        out[c] = _tu.tu_test(
             routine, (x_eval, y_eval), x_ood, (x_cal, y_cal), config["batch_size"], seed=config["seed"]
         )
         if not config["smece"]:
@@ -292,19 +293,19 @@ def _inits(config, x_cal, y_cal) -> list[dict]:
     import torch
 
     torch.manual_seed(config["seed"])
-    loader = _common.torch_loader(x_cal, y_cal, batch_size=config["batch_size"])
+    loader = _tu.torch_loader(x_cal, y_cal, batch_size=config["batch_size"])
     return tu_initial_weights(loader, 12, config["hidden_dim"], config["num_folds"])
 
 
 def _table_rows(jx: dict, tu: dict | None, quirky: set[str]) -> list[dict]:
     """The ID keys once (they do not depend on the criterion), the ``ood/*`` keys per criterion."""
-    rows = _common.table_rows(
+    rows = _compare.table_rows(
         None if tu is None else tu["deup"],
         {k: v for k, v in jx["deup"].items() if not k.startswith("ood/")},
         PUBLISHED["deup"],
     )
     for c, t in jx.items():
-        rows += _common.table_rows(
+        rows += _compare.table_rows(
             None if tu is None else tu[c],
             {k: v for k, v in t.items() if k.startswith("ood/")},
             PUBLISHED[c],
@@ -325,20 +326,20 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         import torch
 
         def nchw(a):
-            return np.ascontiguousarray(_common.normalize(a).transpose(0, 3, 1, 2))
+            return np.ascontiguousarray(_inputs.normalize(a).transpose(0, 3, 1, 2))
 
         t0 = time.perf_counter()
-        twin = _common.torch_model_of(config["model"], config["data_dir"])
+        twin = _tu.torch_model_of(config["model"], config["data_dir"])
         tu = _tu_tables(config, twin, nchw(x["cal"]), labels[0], nchw(x["eval"]), labels[1], nchw(x["ood"]))
         t_tu = time.perf_counter() - t0
         same = _tu_tables(config, torch.nn.Identity(), z["cal"], labels[0], z["eval"], labels[1], z["ood"])
-    quirks = _common.tu_quirk_rows(scores, z["eval"], labels[1], config["batch_size"])
+    quirks = _compare.tu_quirk_rows(scores, z["eval"], labels[1], config["batch_size"])
     quirky = {k.replace(f"/{OOD_NAME}", "") for k in quirks}
     rows = [{**r, "tu_quirk": False} for r in rows] + _table_rows(jx, tu, quirky)
     same_rows = [r for r in _table_rows(jx, same, quirky) if "/cplx/" not in r["metric"]] if same else []
-    _common.score_plot(scores, out_dir / "deup_scores.png")
-    note, summary = _common.parity_summary(rows, same_rows, quirky)
-    text = "".join(_common.tables_text(f"jaxuq, OOD criterion {c}", t) for c, t in jx.items())
+    _compare.score_plot(scores, out_dir / "deup_scores.png")
+    note, summary = _compare.parity_summary(rows, same_rows, quirky)
+    text = "".join(_compare.tables_text(f"jaxuq, OOD criterion {c}", t) for c, t in jx.items())
     text += render_text(
         comparison_table(rows, "DEUP: published (synthetic; hub ResNet-18 vs SVHN) | TU | jaxuq")
     )

@@ -53,8 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _common
-from experiments._launch import comparison_table, launch_module, render_text
+from experiments import _compare, _inputs, _tu
+from experiments._compare import comparison_table, render_text
+from experiments._launch import launch_module
 
 # the tutorial's printed tables (TU's hub ResNet-18, CIFAR-10 vs SVHN)
 _ID = {"test/cls/Acc": 0.9339, "test/cls/Brier": 0.10812, "test/cls/Entropy": 0.08849,
@@ -113,7 +114,7 @@ def _data(config):
     n = config["n_test"]
     if not 10 <= n <= 1000:
         raise ValueError(f"n_test must be in [10, 1000]; got {n}")
-    _, te = _common.load_cifar_heads(config["data_dir"])
+    _, te = _inputs.load_cifar_heads(config["data_dir"])
     x = te["images"][:n].astype(np.float32) / 255.0
     if config["ood"] == "svhn":
         oods = {"SVHN": svhn_ood(config["data_dir"])[0].astype(np.float32) / 255.0}
@@ -169,13 +170,13 @@ def _rows(jx: dict, tu: dict | None, quirky: set[str]) -> list[dict]:
     """Comparison rows: the ID keys (``test/*``, the same for every criterion and OOD set) once,
     then the ``ood/*`` keys per criterion and OOD set; ``tu_quirk`` marks the rows of ``quirky``."""
     first = next(iter(jx))
-    rows = _common.table_rows(
+    rows = _compare.table_rows(
         None if tu is None else tu[first],
         {k: v for k, v in jx[first].items() if not k.startswith("ood/")},
         PUBLISHED["msp"],
     )
     for name, t in jx.items():
-        rows += _common.table_rows(
+        rows += _compare.table_rows(
             None if tu is None else tu[name],
             {k: v for k, v in t.items() if k.startswith("ood/")},
             PUBLISHED[name.split("/")[0]],
@@ -199,7 +200,7 @@ def _tu_tables(config, model, x, y, oods: dict) -> dict:
     for c in config["criteria"]:
         routine.ood_criterion = getattr(ood_criteria, TU_CRITERIA[c])()
         for o, xo in oods.items():
-            tu = _common.tu_test(routine, (x, y), xo, batch_size=config["batch_size"])
+            tu = _tu.tu_test(routine, (x, y), xo, batch_size=config["batch_size"])
             if not config["smece"]:
                 tu.pop("test/cal/SmECE", None)
             out[f"{c}/{o}"] = tu
@@ -214,7 +215,7 @@ def _tu_side(config, norm, x, y, oods, logits) -> tuple[dict, dict]:
     def nchw(a):
         return np.ascontiguousarray(norm(a).transpose(0, 3, 1, 2))
 
-    model = _common.torch_model_of(config["model"], config["data_dir"])
+    model = _tu.torch_model_of(config["model"], config["data_dir"])
     tu = _tu_tables(config, model, nchw(x), y, {o: nchw(v) for o, v in oods.items()})
     same = _tu_tables(config, torch.nn.Identity(), logits[0], y, logits[1])
     return tu, same
@@ -231,7 +232,7 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     ]
     t0 = time.perf_counter()
     if config["train"]:
-        tr, _ = _common.load_cifar_heads(config["data_dir"])
+        tr, _ = _inputs.load_cifar_heads(config["data_dir"])
         k = min(config["train_images"], len(tr["labels"]))
         module, variables, norm = _train(config, tr["images"][:k], tr["labels"][:k])
         substituted.append(
@@ -239,28 +240,28 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
             "for the hub ResNet-18; TU not run on it"
         )
     else:
-        module, variables = _common.load_model(
-            config["model"], _common.checkpoint_of(config["model"]), config["data_dir"]
+        module, variables = _inputs.load_model(
+            config["model"], _inputs.checkpoint_of(config["model"]), config["data_dir"]
         )
-        norm = _common.normalize
+        norm = _inputs.normalize
         substituted.append(f"{config['model']} checkpoint (converted) for TU's hub ResNet-18")
     jx, scores, logits = _jaxuq_tables(module, variables, norm, x, y, oods, config)
-    _common.score_plot(scores, out_dir / "ood_scores.png")
+    _compare.score_plot(scores, out_dir / "ood_scores.png")
     t_jx = time.perf_counter() - t0
     tu = same = t_tu = None
     if config["compare_tu"] and not config["train"]:
         t0 = time.perf_counter()
         tu, same = _tu_side(config, norm, x, y, oods, logits)
         t_tu = time.perf_counter() - t0
-    quirky = _common.tu_quirk_rows(scores, logits[0], y, config["batch_size"])
+    quirky = _compare.tu_quirk_rows(scores, logits[0], y, config["batch_size"])
     rows = _rows(jx, tu, quirky)
     same_rows = [r for r in _rows(jx, same, quirky) if "/cplx/" not in r["metric"]] if same else []
-    sat = _common.saturated(logits)
-    texts = [_common.tables_text(f"jaxuq, criterion/OOD set {name}", t) for name, t in jx.items()]
+    sat = _compare.saturated(logits)
+    texts = [_compare.tables_text(f"jaxuq, criterion/OOD set {name}", t) for name, t in jx.items()]
     table = "".join(texts) + render_text(
         comparison_table(rows, "OOD detection: published | TU 0.13.0 | jaxuq")
     )
-    note, summary = _common.parity_summary(rows, same_rows, quirky)
+    note, summary = _compare.parity_summary(rows, same_rows, quirky)
     table += note + (f"max-softmax exactly 1.0 in float32 (MSP ties) per set: {sat}\n" if tu else "")
     results = {
         "substituted": substituted,

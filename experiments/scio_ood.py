@@ -39,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import _common
-from experiments._launch import compare_row, comparison_table, launch_module, render_text
+from experiments import _compare, _inputs
+from experiments._compare import compare_row, comparison_table, render_text
+from experiments._launch import launch_module
 from jaxuq.ood import KNN, GradNorm, Gram, Softmax, evaluate_confidences, layer_table
 from jaxuq.report.plots import summary_plot, summary_table
 
@@ -86,7 +87,7 @@ def scores_and_layers(n_calib: int, batch_size: int):
     ]
 
 
-def fit_and_score(module, variables, calib, calib_labels, ind, batch_size: int) -> dict:
+def score_detectors(module, variables, calib, calib_labels, ind, batch_size: int) -> dict:
     """Fit the four scores on ``calib`` ``[N, 32, 32, 3]`` in [0, 1]; score ``ind`` and its OOD sets:
     ``{names, layers, confs_ind [S][N_ind], confs_oods [O][S][N_ind], evals [S, O, M], timers}``."""
     sal = scores_and_layers(len(calib), batch_size)
@@ -113,8 +114,8 @@ def _scio_rows(module, variables, config) -> tuple[list[dict], dict]:
     """jaxuq on the recorded outputs' protocol vs scio: per score and OOD set, pAUC@0.2 and TPR@5%."""
     g = np.load(GOLDEN / f"ood_scio_tiniest_{config['scio_golden']}.npz")
     n_calib, n_ind = int(g["n_calib"]), int(g["n_ind"])
-    tr, te = _common.load_cifar_heads(config["data_dir"])
-    res = fit_and_score(
+    tr, te = _inputs.load_cifar_heads(config["data_dir"])
+    res = score_detectors(
         module,
         variables,
         tr["images"][:n_calib].astype(np.float32) / 255,
@@ -153,12 +154,12 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         raise ValueError(f"n_images must be in [20, 1000]; got {n}")
     if config["scio_golden"] not in ("full", "small"):
         raise ValueError(f"scio_golden must be 'full' or 'small'; got {config['scio_golden']!r}")
-    module, variables = _common.load_model("tiniest", _common.TINIEST_CKPT, config["data_dir"])
-    _, te = _common.load_cifar_heads(config["data_dir"])
+    module, variables = _inputs.load_model("tiniest", _inputs.TINIEST_CKPT, config["data_dir"])
+    _, te = _inputs.load_cifar_heads(config["data_dir"])
     x = te["images"][:n].astype(np.float32) / 255
-    cal, ev = _common.split(n, config["cal_fraction"], config["seed"])
+    cal, ev = _inputs.calibration_split(n, config["cal_fraction"], config["seed"])
     t0 = time.perf_counter()
-    res = fit_and_score(module, variables, x[cal], te["labels"][:n][cal], x[ev], config["batch_size"])
+    res = score_detectors(module, variables, x[cal], te["labels"][:n][cal], x[ev], config["batch_size"])
     t_jx = time.perf_counter() - t0
     summary_plot(res["confs_ind"], res["confs_oods"], res["names"], OODS_TITLE, out_dir / "summary_plot.png")
     text = layer_table(module, variables, x[:1]) + "\n"
@@ -196,7 +197,7 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         "timers": res["timers"],
         "scio_protocol": scio,
         "comparison": rows,
-        "max_abs_diff": _common.max_diff(rows),
+        "max_abs_diff": _compare.max_diff(rows),
         "seconds": {"jaxuq": t_jx, "scio": None},
     }
     return results, text

@@ -43,8 +43,9 @@ import time
 import jax
 import numpy as np
 
-from experiments import _common
-from experiments._launch import compare_row, comparison_table, launch_module, render_text
+from experiments import _inputs
+from experiments._compare import compare_row, comparison_table, render_text
+from experiments._launch import launch_module
 from jaxuq.evaluation import predict
 
 PUBLISHED = {"ECE before": 0.108, "ECE after": 0.014}  # CIFAR-100 ResNet-20, the tutorial's print
@@ -116,8 +117,8 @@ def _model(name, config, x, y, cal, test, out_dir):
     """Logits of checkpoint ``name``; both sides on the split ``cal`` / ``test``; the two diagrams."""
     from jaxuq.report.plots import reliability_diagram
 
-    module, variables = _common.load_model(name, _common.checkpoint_of(name), config["data_dir"])
-    z = predict(module, variables, x, preprocess=_common.RESNET_PREPROCESS, batch_size=config["batch_size"])
+    module, variables = _inputs.load_model(name, _inputs.checkpoint_of(name), config["data_dir"])
+    z = predict(module, variables, x, preprocess=_inputs.RESNET_PREPROCESS, batch_size=config["batch_size"])
     args = (z[cal], y[cal], z[test], y[test])
     jx, t_jx, (p_before, p_after) = _jaxuq(*args)
     tu, t_tu = _tu(*args) if config["compare_tu"] else (None, None)
@@ -151,8 +152,8 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     n = config["n_images"]
     if not 20 <= n <= 1000:
         raise ValueError(f"n_images must be in [20, 1000]; got {n}")
-    cal, test = _common.split(n, config["cal_fraction"], config["seed"])  # checks cal_fraction first
-    _, te = _common.load_cifar_heads(config["data_dir"])
+    cal, test = _inputs.calibration_split(n, config["cal_fraction"], config["seed"])  # checks it first
+    _, te = _inputs.load_cifar_heads(config["data_dir"])
     x, y = te["images"][:n], te["labels"][:n]
     per_model, rows = {}, []
     for name in names:

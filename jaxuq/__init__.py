@@ -21,7 +21,6 @@ _SUBMODULES = (
     "ensembles",
     "evaluation",
     "forward",
-    "hub",
     "losses",
     "metrics",
     "models",

@@ -4,6 +4,7 @@ FashionMNIST subsets (jaxuq side, hub ensemble), and the TU side of the same rec
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,11 @@ def test_de_to_pe_small_through_launcher(tmp_path, capsys, monkeypatch):
     # the hub stand-in's 8 LeNets (98.2-99.2 % each) as one ensemble on the first 512 test images
     hub = res["hub"]
     assert hub["source"].endswith("ENSTA-U2IS/tutorial-models") and hub["jaxuq"]["test/cls/Acc"] > 0.97, hub
+    # no machine path in the record: the data folder, the run folder, the cache and $HOME are not named
+    assert hub["source"] == "<data_dir>/hub/ENSTA-U2IS/tutorial-models" and set(hub["cache"]) == {"key", "hit"}
+    text = (out / "results.json").read_text()
+    for folder in (root, tmp_path, Path.home()):
+        assert str(folder) not in text, folder
     for name in ("config.json", "table.txt", "reliability_packed.png", "risk_coverage.png"):
         assert (out / name).exists(), name
     text = capsys.readouterr().out

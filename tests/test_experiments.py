@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -118,7 +119,8 @@ def _fake(run):
 
 
 def test_launch_writes_four_outputs_and_parses_values(tmp_path):
-    from experiments._launch import compare_row, launch
+    from experiments._compare import compare_row
+    from experiments._launch import launch
 
     seen = {}
 
@@ -162,6 +164,69 @@ def test_failed_run_leaves_the_output_folder_untouched(tmp_path):
     assert launch("fake", ["--out", str(out)], _fake(run)) == 2
     assert {p.name for p in out.iterdir()} == {"results.json"} and (out / "results.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no staging folder left
+
+
+def test_results_json_holds_no_machine_path(tmp_path, monkeypatch):
+    """Paths under the data folder, the run folder (and its staging folder) and $HOME are written
+    relative to them (``<data_dir>/``, ``<run>/``, ``~/``): no absolute path, no $HOME in results.json."""
+    from experiments._launch import launch
+
+    data, home = tmp_path / "data", tmp_path / "home"
+    (data / "hub").mkdir(parents=True)
+    home.mkdir()
+    monkeypatch.setenv("JAXUQ_DATA_DIR", str(data))
+    monkeypatch.setenv("HOME", str(home))
+
+    def run(config, out_dir):
+        return {"source": str(data / "hub" / "repo"), "plot": str(out_dir / "p.png"),
+                "notes": [f"cache at {home / '.cache' / 'jaxuq'}: hit", f"missing {data}/MNIST/raw/x.gz"],
+                "other": str(data) + "2/x", "n": 3}, "t\n"
+
+    out = tmp_path / "o"
+    assert launch("fake", ["--out", str(out)], _fake(run)) == 0
+    text = (out / "results.json").read_text()
+    res = json.loads(text)
+    assert res["source"] == "<data_dir>/hub/repo" and res["plot"] == "<run>/p.png"
+    assert res["notes"] == ["cache at ~/.cache/jaxuq: hit", "missing <data_dir>/MNIST/raw/x.gz"]
+    assert res.pop("other") == str(data) + "2/x"  # a sibling folder, not under the data folder
+    for folder in (data, home, tmp_path):
+        assert str(folder) not in json.dumps(res), folder
+    assert not [s for s in _strings(res) if s.startswith("/")]
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+def test_committed_results_hold_no_machine_path():
+    """The committed experiment and bench results name no folder of the machine that ran them."""
+    files = sorted((REPO / "experiments" / "results").glob("*.json")) + sorted((REPO / "bench" / "results").glob("*"))
+    assert files
+    for f in files:
+        text = f.read_text()
+        for needle in ("/work/", "/home/", "/root/", "/tmp/", "/Users/", os.path.expanduser("~/")):
+            assert needle not in text, (f.name, needle)
+    assert "<data_dir>/hub/ENSTA-U2IS/tutorial-models" in (REPO / "experiments/results/de_to_pe.json").read_text()
+
+
+def test_compare_tables_and_compare_row_agree_on_nan():
+    """One |Δ|: NaN vs a number is inf (never hidden by max), NaN vs NaN and equal infinities are 0."""
+    from experiments._compare import compare_row, compare_tables
+
+    ours = {"a": 1.0, "b": float("nan"), "c": float("nan"), "d": math.inf, "e": 2.0, "only_ours": 0.0}
+    ref = {"a": 1.25, "b": float("nan"), "c": 0.5, "d": math.inf, "e": 2.0, "only_ref": 0.0}
+    cmp = compare_tables(ours, ref, tol=1e-5)
+    for k in ("a", "b", "c", "d", "e"):
+        assert cmp["diffs"][k][2] == compare_row(k, ours[k], ref[k])["abs_diff"], k
+    assert {k: d for k, (_, _, d) in cmp["diffs"].items()} == {"a": 0.25, "b": 0.0, "c": math.inf, "d": 0.0,
+                                                                "e": 0.0}
+    assert cmp["bad"] == ["a", "c"] and cmp["max_abs_diff"] == math.inf
+    assert cmp["missing"] == ["only_ref"] and cmp["extra"] == ["only_ours"]
+    assert compare_tables({"a": 1.0}, {"a": 1.0})["max_abs_diff"] == 0.0
 
 
 # ---------------------------------------------------------------- the tutorials, end to end

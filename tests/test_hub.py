@@ -1,4 +1,4 @@
-"""jaxuq.hub: TU's load_hf naming and safetensors fallback, config.yaml, the tutorial's 8-LeNet repo over a
+"""converters.hub: TU's load_hf naming and safetensors fallback, config.yaml, the tutorial's 8-LeNet repo over a
 loopback hub and from an offline cache, the conversion cache, clear errors (exit 2 on the CLI).
 
 Every hub here is local: ``tests/hub_server.py`` serves folders on 127.0.0.1 (``HF_ENDPOINT``) or writes a
@@ -20,10 +20,9 @@ torch = require("torch")
 require("torch_uncertainty")
 require("huggingface_hub")
 
-import converters.hub as chub  # noqa: E402
+from converters import hub  # noqa: E402
 from converters.cli import main as cli_main  # noqa: E402
 from converters.io import CheckpointError  # noqa: E402
-from jaxuq import hub  # noqa: E402
 
 TUTORIAL_REPO = "ENSTA-U2IS/tutorial-models"
 TUTORIAL_FILES = [f"version_{i}.ckpt" for i in range(8)]
@@ -76,13 +75,13 @@ def _torch_logits(m, x):
 
 def _counting_convert(monkeypatch) -> list:
     calls: list = []
-    real = chub.convert
+    real = hub.convert
 
     def counted(*a, **k):
         calls.append(a[0])
         return real(*a, **k)
 
-    monkeypatch.setattr(chub, "convert", counted)
+    monkeypatch.setattr(hub, "convert", counted)
     return calls
 
 
@@ -210,14 +209,17 @@ def test_tutorial_ensemble_over_loopback_then_offline_cache(tmp_path, monkeypatc
         np.testing.assert_allclose(got[i], _torch_logits(m.eval(), x), atol=1e-5, rtol=0)
 
 
-def test_import_jaxuq_hub_does_not_import_torch():
+def test_import_converters_hub_does_not_import_torch():
+    """Hub loading has one public home, ``converters.hub``; importing it (and the CLI) needs no torch,
+    and ``jaxuq`` has no hub module (it never imports ``converters``)."""
     import subprocess
     import sys
 
-    code = ("import sys, jaxuq.hub as h; assert 'load_hf' in dir(h); "
-            "print(any(k == 'torch' or k.startswith('converters') for k in sys.modules))")
+    code = ("import sys, jaxuq, converters.hub as h, converters.cli; assert callable(h.load_hf); "
+            "assert not hasattr(jaxuq, 'hub') and 'hub' not in dir(jaxuq); "
+            "print(any(k == 'torch' or k.startswith('torch.') for k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_resolve_hf_reads_hub_environment_at_call_time(tmp_path, monkeypatch):

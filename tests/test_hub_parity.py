@@ -1,11 +1,11 @@
 """The tutorial's 8 hub LeNets ("From Deep Ensembles to Packed-Ensembles"): jaxuq's table equals TU
 0.13.0's own routine on the same checkpoints, every key (``ens_*`` and complexity included) within 1e-5.
 
-jaxuq: ``jaxuq.hub.load_ensemble`` from an offline ``huggingface_hub`` cache built from
-``$JAXUQ_DATA_DIR/hub`` -> stacked ensemble -> ``experiments._common.ensemble_table`` (MSP) on the
+jaxuq: ``converters.hub.load_ensemble`` from an offline ``huggingface_hub`` cache built from
+``$JAXUQ_DATA_DIR/hub`` -> stacked ensemble -> ``experiments.de_to_pe.ensemble_table`` (MSP) on the
 MNIST test set with FashionMNIST train[:10000] as OOD. TU: ``deep_ensembles`` of 8 ``lenet`` with the
 torch checkpoints, ``ClassificationRoutine(is_ensemble=True, eval_ood=True)``, ``TUTrainer.test`` on
-``MNISTDataModule`` (``experiments._common.tu_lenet_ensemble_table``). About 2 min on 2 busy cores.
+``MNISTDataModule`` (``experiments._tu.tu_lenet_ensemble_table``). About 2 min on 2 busy cores.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ OOD = 10_000
 
 def test_hub_lenet_ensemble_table_equals_tu_routine(tmp_path, monkeypatch):
     require("torch_uncertainty")
-    from experiments._common import compare_tables, ensemble_table, tu_lenet_ensemble_table
-    from jaxuq import hub
+    from converters import hub
+    from experiments._compare import compare_tables
+    from experiments._tu import tu_lenet_ensemble_table
+    from experiments.de_to_pe import ensemble_table
     from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist
 
     folder = data_path(f"hub/{REPO_ID}")

@@ -39,10 +39,10 @@ def _golden():
 @pytest.mark.slow
 def test_mahalanobis_and_odin_match_scio():
     require("torch")  # load_model converts the torch checkpoint ([torch] extra)
-    from experiments import _common
+    from experiments import _inputs
 
     g = _golden()
-    model, variables = _common.load_model("tiniest", _common.TINIEST_CKPT, data_path(""))
+    model, variables = _inputs.load_model("tiniest", _inputs.TINIEST_CKPT, data_path(""))
     xc, yc, xi = load_split(data_path(""), int(g["n_calib"]), int(g["n_ind"]))
     sets = (xi, *ood_sets(xi))
     for i, det in [(4, D.Mahalanobis(["avgpool"])), (5, D.ODIN(temperature=1000.0, epsilon=0.0014))]:

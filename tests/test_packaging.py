@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESENT = ["calibration", "data", "ensembles", "evaluation", "hub", "metrics", "models", "nn", "ood", "report",
-           "train"]
+PRESENT = ["calibration", "data", "ensembles", "evaluation", "metrics", "models", "nn", "ood", "report", "train"]
 
 
 def _pyproject():
@@ -76,6 +75,7 @@ def test_lazy_subpackages_and_dir():
         import sys
         import jaxuq
         assert not [m for m in sys.modules if m.startswith("jaxuq.")], "import jaxuq loads no subpackage"
+        assert not hasattr(jaxuq, "hub"), "hub loading lives in converters.hub (converters imports jaxuq)"
         assert callable(jaxuq.metrics.ece) and "jaxuq.metrics" in sys.modules
         for name in {PRESENT!r}:
             assert getattr(jaxuq, name) is sys.modules["jaxuq." + name], name

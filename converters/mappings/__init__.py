@@ -39,7 +39,8 @@ Optional:
 ``table(model_name, **kwargs) -> Table``
     The explicit table itself (for documentation / ``inspect``).
 
-Only ``converters`` (never ``jaxuq``) may import torch, and only lazily inside functions.
+Only ``converters`` (never ``jaxuq``) may import torch, and only lazily inside functions. Families
+import their ``jaxuq.models`` module at the top: ``converters`` depends on ``jaxuq``, never the reverse.
 
 Registry API: :func:`families`, :func:`arch_names`, :func:`family_of`, :func:`build_template`,
 :func:`convert_state_dict`, :func:`infer`.
@@ -54,6 +55,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -152,8 +155,6 @@ def ln_entries(torch_prefix: str, flax_path: tuple[str, ...]) -> Table:
 
 
 def _leaf_paths(template: Any) -> dict[tuple[str, ...], Any]:
-    import jax  # noqa: PLC0415
-
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
         out[tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)] = leaf
@@ -169,8 +170,6 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, sour
     Returns the variables as a nested dict of float32 numpy arrays. Raises ``ValueError`` naming
     ``source`` with all problems at once.
     """
-    import jax  # noqa: PLC0415
-
     leaves = _leaf_paths(template)
     errors: list[str] = []
     missing = [k for k, e in table.items() if k not in state_dict and e.required]
@@ -259,9 +258,6 @@ def family_of(model_name: str) -> ModuleType:
 
 def build_template(model_name: str, **kwargs):
     """``(module, template, sample_shape)``: the Flax module and its variables' shapes (no compute)."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
     module, shape = family_of(model_name).ARCHS[model_name](**kwargs)
     template = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
     return module, template, tuple(shape)

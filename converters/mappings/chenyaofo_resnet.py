@@ -19,6 +19,7 @@ The published files (``cifar100_resnet20-23dac2f1.pt`` ...) are plain state dict
 from __future__ import annotations
 
 from converters.mappings import apply_table, bn_entries, conv_entries, dense_entries, resnet_cifar
+from jaxuq.models.chenyaofo_resnet import chenyaofo_resnet
 
 __all__ = ["ARCHS", "infer", "table", "torch_reference", "torch_to_flax"]
 
@@ -27,8 +28,6 @@ _DEPTHS = (20, 32, 44, 56)
 
 def _factory(depth: int | None, num_classes: int | None):
     def make(**kw):
-        from jaxuq.models.chenyaofo_resnet import chenyaofo_resnet  # noqa: PLC0415
-
         if depth is not None:
             return chenyaofo_resnet(depth, num_classes, **kw), (1, 32, 32, 3)
         return chenyaofo_resnet(**kw), (1, 32, 32, 3)

@@ -16,13 +16,12 @@ fc1's input order needs no permutation: the Flax model flattens in torch's NCHW 
 from __future__ import annotations
 
 from converters.mappings import apply_table, bn_entries, conv_entries, dense_entries
+from jaxuq.models.lenet import lenet
 
 __all__ = ["ARCHS", "infer", "table", "torch_to_flax"]
 
 
 def _lenet(**kw):
-    from jaxuq.models.lenet import lenet  # noqa: PLC0415
-
     return lenet(**kw), (1, 28, 28, kw.get("in_channels", 1))
 
 

@@ -27,9 +27,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from converters.mappings import Entry, Table, apply_table, oihw_to_hwio
+from jaxuq.models.packed_lenet import packed_lenet
+from jaxuq.models.packed_resnet import packed_resnet
+from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS
 
 __all__ = ["ARCHS", "build", "flax_leaf_to_torch", "infer", "table", "torch_reference", "torch_to_flax"]
 
@@ -64,8 +69,6 @@ def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tu
 
 
 def _table_from_template(template: Any) -> Table:
-    import jax  # noqa: PLC0415
-
     t: Table = {}
     bns = set()
     for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
@@ -81,9 +84,6 @@ def _table_from_template(template: Any) -> Table:
 
 def _template(model_name: str, kwargs: dict):
     # not converters.mappings.build_template: its positional ``arch`` collides with TU's ``arch=18`` kwarg
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
     module, shape = ARCHS[model_name](**kwargs)
     return module, jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
 
@@ -99,14 +99,10 @@ def torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<
 
 
 def _packed_lenet(**kw):
-    from jaxuq.models.packed_lenet import packed_lenet  # noqa: PLC0415
-
     return packed_lenet(**kw), (1, 28, 28, kw.get("in_channels", 1))
 
 
 def _packed_resnet(**kw):
-    from jaxuq.models.packed_resnet import packed_resnet  # noqa: PLC0415
-
     size = 32 if str(kw.get("style", "imagenet")) in ("cifar", "ResNetStyle.CIFAR") else 64
     return packed_resnet(**kw), (1, size, size, kw["in_channels"])
 
@@ -137,14 +133,12 @@ def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict] | None:
         len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4)
     ]
     bottleneck = any(k.endswith("conv3.conv.weight") for k in state_dict)
-    from jaxuq.models.packed_resnet import _BASIC, RESNET_BLOCKS  # noqa: PLC0415
-
     blocks = [b for b in blocks if b]
-    arch = next((a for a, nb in RESNET_BLOCKS.items() if nb == blocks and (a not in _BASIC) == bottleneck),
-                None)
+    arch = next((a for a, nb in RESNET_BLOCKS.items()
+                 if nb == blocks and (a not in BASIC_ARCHS) == bottleneck), None)
     if arch is None:
         return None
-    in_planes = 16 if arch in (20, 44, 56, 110, 1202) else 64
+    in_planes = 16 if arch in SMALL_PLANES_ARCHS else 64
     alpha = stem[0] / in_planes
     alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
     gamma = 1

@@ -19,13 +19,12 @@ linear.weight / .bias               params/linear/kernel / bias             .T /
 from __future__ import annotations
 
 from converters.mappings import apply_table, bn_entries, conv_entries, dense_entries
+from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS, resnet
 
 __all__ = ["ARCHS", "infer", "table", "torch_to_flax"]
 
 
 def _resnet(**kw):
-    from jaxuq.models.resnet import resnet  # noqa: PLC0415
-
     size = 32 if kw.get("style", "imagenet") == "cifar" else 64
     return resnet(**kw), (1, size, size, kw["in_channels"])
 
@@ -35,8 +34,6 @@ ARCHS = {"resnet": _resnet}
 
 def table(model_name: str = "resnet", *, arch: int, conv_bias: bool = False, width_multiplier: float = 1.0,
           **_) -> dict:
-    from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS  # noqa: PLC0415
-
     depth = int(arch)
     basic = depth in BASIC_ARCHS
     expansion = 1 if basic else 4
@@ -78,8 +75,6 @@ def torch_to_flax(state_dict, template, source="<state_dict>"):
 
 
 def _arch_from_blocks(counts: list[int], bottleneck: bool) -> int:
-    from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS  # noqa: PLC0415
-
     for a, c in RESNET_BLOCKS.items():
         if list(c) == list(counts) and ((a not in BASIC_ARCHS) == bottleneck):
             return a

@@ -18,6 +18,7 @@ and no ``num_batches_tracked`` (saved by an old torch): those keys are optional 
 from __future__ import annotations
 
 from converters.mappings import apply_table, bn_entries, conv_entries, dense_entries
+from jaxuq.models.resnet_cifar import resnet_cifar
 
 __all__ = ["ARCHS", "infer", "table", "torch_to_flax"]
 
@@ -26,8 +27,6 @@ _DEPTHS = (20, 32, 44, 56, 110)
 
 def _factory(depth: int | None):
     def make(**kw):
-        from jaxuq.models.resnet_cifar import resnet_cifar  # noqa: PLC0415
-
         d = kw.pop("depth") if depth is None else depth
         return resnet_cifar(d, **kw), (1, 32, 32, kw.get("in_channels", 3))
 

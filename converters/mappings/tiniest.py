@@ -19,13 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 from converters.mappings import Entry, apply_table, conv_entries, dense_entries, ln_entries
+from jaxuq.models.tiniest import tiniest
 
 __all__ = ["ARCHS", "infer", "table", "torch_to_flax"]
 
 
 def _tiniest(**kw):
-    from jaxuq.models.tiniest import tiniest  # noqa: PLC0415
-
     return tiniest(**kw), (1, 32, 32, kw.get("in_channels", 3))
 
 

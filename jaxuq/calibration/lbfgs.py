@@ -49,6 +49,101 @@ def _two_loop(g, old_dirs, old_stps, ro, num_old, h_diag):
     return jax.lax.fori_loop(0, size, fwd, r)
 
 
+class _State(NamedTuple):
+    """The loop carry: torch's ``state`` dict of one ``LBFGS.step`` (history in fixed-size buffers)."""
+
+    x: jax.Array  # [P] current parameters
+    g: jax.Array  # [P] gradient at x
+    loss: jax.Array  # loss at x
+    d: jax.Array  # [P] last direction
+    t: jax.Array  # last step size
+    prev_g: jax.Array  # [P] gradient at the previous point
+    prev_loss: jax.Array
+    old_dirs: jax.Array  # [H, P] y history (oldest first)
+    old_stps: jax.Array  # [H, P] s history
+    ro: jax.Array  # [H] 1 / (y . s)
+    num_old: jax.Array  # entries in use
+    h_diag: jax.Array  # initial Hessian scale
+    n_iter: jax.Array
+    evals: jax.Array  # closure evaluations
+    done: jax.Array
+
+
+class _Settings(NamedTuple):
+    """torch's ``LBFGS`` arguments as the loop uses them (static)."""
+
+    lr: float
+    max_iter: int
+    max_eval: int
+    tolerance_grad: float
+    tolerance_change: float
+    hsize: int  # history buffer length
+
+
+def _update_history(s: _State, first, hsize: int, f32):
+    """torch's history update (iterations >= 2): pop the oldest pair when full, append ``(y, s)`` when
+    ``y . s > 1e-10``, rescale ``H_diag``. Returns ``(old_dirs, old_stps, ro, num_old, h_diag)``."""
+    y = s.g - s.prev_g
+    st = s.d * s.t
+    ys = jnp.dot(y, st)
+    accept = jnp.logical_and(~first, ys > 1e-10)
+    shift = jnp.logical_and(accept, s.num_old == hsize)
+    old_dirs = jnp.where(shift, jnp.roll(s.old_dirs, -1, axis=0), s.old_dirs)
+    old_stps = jnp.where(shift, jnp.roll(s.old_stps, -1, axis=0), s.old_stps)
+    ro = jnp.where(shift, jnp.roll(s.ro, -1), s.ro)
+    slot = jnp.where(shift, hsize - 1, s.num_old)  # the count after the pop
+    old_dirs = jnp.where(accept, old_dirs.at[slot].set(y), old_dirs)
+    old_stps = jnp.where(accept, old_stps.at[slot].set(st), old_stps)
+    ro = jnp.where(accept, ro.at[slot].set(1.0 / ys), ro)
+    num_old = jnp.where(accept, slot + 1, s.num_old)
+    h_diag = jnp.where(accept, ys / jnp.dot(y, y), s.h_diag)
+    h_diag = jnp.where(first, f32(1.0), h_diag)
+    return old_dirs, old_stps, ro, num_old, h_diag
+
+
+def _step(s: _State, vg, cfg: _Settings) -> _State:
+    """One iteration of torch's loop: direction, fixed step (no line search), closure, stop tests."""
+    f32 = s.x.dtype.type
+    n_iter = s.n_iter + 1
+    g = s.g
+    first = n_iter == 1
+    old_dirs, old_stps, ro, num_old, h_diag = _update_history(s, first, cfg.hsize, f32)
+    d = jnp.where(first, -g, _two_loop(g, old_dirs, old_stps, ro, num_old, h_diag))
+    prev_loss = s.loss
+    t_first = jnp.minimum(f32(1.0), 1.0 / jnp.sum(jnp.abs(g))) * f32(cfg.lr)
+    t = jnp.where(first, t_first, f32(cfg.lr))
+    stop_gtd = jnp.dot(g, d) > -cfg.tolerance_change
+    x_new = s.x + t * d
+    last = n_iter == cfg.max_iter
+    # evaluate only if we moved and it is not the last iteration (torch skips the closure there)
+    do_eval = jnp.logical_and(~stop_gtd, ~last)
+    loss_new, g_new = jax.lax.cond(do_eval, lambda x: vg(x), lambda x: (s.loss, g), x_new)
+    evals = s.evals + do_eval.astype(jnp.int32)
+    stop = (
+        stop_gtd
+        | last
+        | (evals >= cfg.max_eval)
+        | jnp.logical_and(do_eval, jnp.max(jnp.abs(g_new)) <= cfg.tolerance_grad)
+        | (jnp.max(jnp.abs(d * t)) <= cfg.tolerance_change)
+        | (jnp.abs(loss_new - prev_loss) < cfg.tolerance_change)  # exact in fp32 (Sterbenz)
+    )
+    return _State(x=jnp.where(stop_gtd, s.x, x_new), g=g_new, loss=loss_new.astype(f32), d=d, t=t, prev_g=g,
+                  prev_loss=prev_loss, old_dirs=old_dirs, old_stps=old_stps, ro=ro, num_old=num_old,
+                  h_diag=h_diag, n_iter=n_iter, evals=evals, done=stop)
+
+
+def _initial_state(vg, x0, hsize: int, tolerance_grad: float) -> _State:
+    """The state before the first iteration: one closure evaluation at ``x0``, empty history."""
+    f32 = x0.dtype.type  # float32 for TU parity; float64 works too (used to check the port)
+    p = x0.shape[0]
+    loss0, g0 = vg(x0)
+    return _State(x=x0, g=g0, loss=loss0.astype(f32), d=jnp.zeros((p,), f32), t=f32(0.0),
+                  prev_g=jnp.zeros((p,), f32), prev_loss=f32(0.0), old_dirs=jnp.zeros((hsize, p), f32),
+                  old_stps=jnp.zeros((hsize, p), f32), ro=jnp.zeros((hsize,), f32), num_old=jnp.int32(0),
+                  h_diag=f32(1.0), n_iter=jnp.int32(0), evals=jnp.int32(1),
+                  done=jnp.max(jnp.abs(g0)) <= tolerance_grad)
+
+
 def lbfgs_torch(
     fun: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
@@ -71,109 +166,16 @@ def lbfgs_torch(
     Returns:
       LBFGSResult with the final parameters. Jittable when ``fun`` is.
     """
-    if max_eval is None:
-        max_eval = max_iter * 5 // 4
     x0 = jnp.asarray(x0)
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         x0 = x0.astype(jnp.float32)
-    p = x0.shape[0]
     hsize = max(1, min(history_size, max_iter))  # never more than max_iter-1 entries are stored
+    cfg = _Settings(lr=lr, max_iter=max_iter, max_eval=max_iter * 5 // 4 if max_eval is None else max_eval,
+                    tolerance_grad=tolerance_grad, tolerance_change=tolerance_change, hsize=hsize)
     vg = jax.value_and_grad(fun)
-    f32 = x0.dtype.type  # float32 for TU parity; float64 works too (used to check the port)
-
-    loss0, g0 = vg(x0)
-    opt0 = jnp.max(jnp.abs(g0)) <= tolerance_grad
-
-    state = dict(
-        x=x0,
-        g=g0,
-        loss=loss0.astype(f32),
-        d=jnp.zeros((p,), f32),
-        t=f32(0.0),
-        prev_g=jnp.zeros((p,), f32),
-        prev_loss=f32(0.0),
-        old_dirs=jnp.zeros((hsize, p), f32),
-        old_stps=jnp.zeros((hsize, p), f32),
-        ro=jnp.zeros((hsize,), f32),
-        num_old=jnp.int32(0),
-        h_diag=f32(1.0),
-        n_iter=jnp.int32(0),
-        evals=jnp.int32(1),
-        done=opt0,
+    out = jax.lax.while_loop(
+        lambda s: jnp.logical_and(~s.done, s.n_iter < max_iter),
+        lambda s: _step(s, vg, cfg),
+        _initial_state(vg, x0, cfg.hsize, tolerance_grad),
     )
-
-    def body(s):
-        n_iter = s["n_iter"] + 1
-        g = s["g"]
-        first = n_iter == 1
-
-        # --- history update (iterations >= 2)
-        y = g - s["prev_g"]
-        st = s["d"] * s["t"]
-        ys = jnp.dot(y, st)
-        accept = jnp.logical_and(~first, ys > 1e-10)
-        full = s["num_old"] == hsize
-        shift = jnp.logical_and(accept, full)
-        old_dirs = jnp.where(shift, jnp.roll(s["old_dirs"], -1, axis=0), s["old_dirs"])
-        old_stps = jnp.where(shift, jnp.roll(s["old_stps"], -1, axis=0), s["old_stps"])
-        ro = jnp.where(shift, jnp.roll(s["ro"], -1), s["ro"])
-        num_after_pop = jnp.where(shift, hsize - 1, s["num_old"])
-        slot = num_after_pop
-        old_dirs = jnp.where(accept, old_dirs.at[slot].set(y), old_dirs)
-        old_stps = jnp.where(accept, old_stps.at[slot].set(st), old_stps)
-        ro = jnp.where(accept, ro.at[slot].set(1.0 / ys), ro)
-        num_old = jnp.where(accept, num_after_pop + 1, s["num_old"])
-        h_diag = jnp.where(accept, ys / jnp.dot(y, y), s["h_diag"])
-        h_diag = jnp.where(first, f32(1.0), h_diag)
-
-        d_lbfgs = _two_loop(g, old_dirs, old_stps, ro, num_old, h_diag)
-        d = jnp.where(first, -g, d_lbfgs)
-
-        prev_g = g
-        prev_loss = s["loss"]
-        t_first = jnp.minimum(f32(1.0), 1.0 / jnp.sum(jnp.abs(g))) * f32(lr)
-        t = jnp.where(first, t_first, f32(lr))
-        gtd = jnp.dot(g, d)
-        stop_gtd = gtd > -tolerance_change
-
-        x_new = s["x"] + t * d
-        last = n_iter == max_iter
-        # evaluate only if we moved and it is not the last iteration (torch skips the closure there)
-        do_eval = jnp.logical_and(~stop_gtd, ~last)
-        loss_new, g_new = jax.lax.cond(
-            do_eval, lambda x: vg(x), lambda x: (s["loss"], g), x_new
-        )
-        evals = s["evals"] + do_eval.astype(jnp.int32)
-        opt_cond = jnp.max(jnp.abs(g_new)) <= tolerance_grad
-        stop = (
-            stop_gtd
-            | last
-            | (evals >= max_eval)
-            | jnp.logical_and(do_eval, opt_cond)
-            | (jnp.max(jnp.abs(d * t)) <= tolerance_change)
-            | (jnp.abs(loss_new - prev_loss) < tolerance_change)  # exact in fp32 (Sterbenz)
-        )
-        x = jnp.where(stop_gtd, s["x"], x_new)
-        return dict(
-            x=x,
-            g=g_new,
-            loss=loss_new.astype(f32),
-            d=d,
-            t=t,
-            prev_g=prev_g,
-            prev_loss=prev_loss,
-            old_dirs=old_dirs,
-            old_stps=old_stps,
-            ro=ro,
-            num_old=num_old,
-            h_diag=h_diag,
-            n_iter=n_iter,
-            evals=evals,
-            done=stop,
-        )
-
-    def cond(s):
-        return jnp.logical_and(~s["done"], s["n_iter"] < max_iter)
-
-    out = jax.lax.while_loop(cond, body, state)
-    return LBFGSResult(out["x"], out["loss"], out["n_iter"], out["evals"])
+    return LBFGSResult(out.x, out.loss, out.n_iter, out.evals)

@@ -20,16 +20,11 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS  # TU resnet's tables
 from jaxuq.nn.norm import BatchNorm
 from jaxuq.nn.packed import PackedConv, PackedDense
 
 __all__ = ["PackedResNet", "RESNET_BLOCKS", "packed_resnet"]
-
-RESNET_BLOCKS: dict[int, list[int]] = {
-    18: [2, 2, 2, 2], 20: [3, 3, 3], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 44: [7, 7, 7], 56: [9, 9, 9],
-    101: [3, 4, 23, 3], 110: [18, 18, 18], 152: [3, 8, 36, 3], 1202: [200, 200, 200],
-}
-_BASIC = (18, 20, 34, 44, 56, 110, 1202)
 
 
 def default_norm() -> Callable[..., nn.Module]:
@@ -173,9 +168,9 @@ def packed_resnet(
     style = getattr(style, "value", style)
     if style not in ("imagenet", "cifar"):
         raise ValueError(f"style must be 'imagenet' or 'cifar', got {style!r}")
-    in_planes = 16 if arch in (20, 44, 56, 110, 1202) else 64
+    in_planes = 16 if arch in SMALL_PLANES_ARCHS else 64
     return PackedResNet(
-        in_channels, num_classes, tuple(RESNET_BLOCKS[arch]), arch not in _BASIC, int(num_estimators), alpha,
-        int(gamma), conv_bias, dropout_rate, groups, style, int(in_planes * width_multiplier),
+        in_channels, num_classes, tuple(RESNET_BLOCKS[arch]), arch not in BASIC_ARCHS, int(num_estimators),
+        alpha, int(gamma), conv_bias, dropout_rate, groups, style, int(in_planes * width_multiplier),
         linear_implementation, norm,
     )
