@@ -265,7 +265,11 @@ def test_temperature_scaling_small(tmp_path):
     assert m["jaxuq"]["T"] > 1 and m["jaxuq"]["ECE after"] < m["jaxuq"]["ECE before"]  # over-confident
     d = _diffs(res["comparison"], lambda r: r["tu"] is not None)
     assert set(d) == {f"resnet20: {k}" for k in ("T", "ECE before", "ECE after")}
-    assert max(d.values()) <= 1e-4, d
+    assert max(d["resnet20: ECE before"], d["resnet20: ECE after"]) <= 1e-4, d
+    # T: 1e-4 where TU's 100 unconverged float32 LBFGS steps are reproducible to 1e-4, else TU's own
+    # spread over sample orders (measured 1.8e-4 on this split; ours 1.6e-4 from TU's)
+    spread = m["tu"]["T order spread"]
+    assert d["resnet20: T"] <= max(1e-4, spread), (d, spread)
     assert {p.name for p in out.glob("*.png")} == {
         "reliability_resnet20_before.png",
         "reliability_resnet20_after.png",
