@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["finite_logits", "is_traced"]
+__all__ = ["finite_logits", "is_traced", "check_int", "check_float", "check_choice"]
 
 
 def is_traced(x) -> bool:
@@ -34,3 +35,40 @@ def finite_logits(logits, name: str = "logits", *, num_classes: int | None = Non
     if not is_traced(arr) and not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"`{name}` (shape {arr.shape}) contains NaN or inf")
     return arr
+
+
+# ----------------------------------------------------------------------------- settings (hyper-parameters)
+def check_int(value, name: str, minimum: int | None = None) -> int:
+    """``value`` as an int: a ``TypeError`` for a non-integer (bools and floats too, even ``15.0``), a
+    ``ValueError`` below ``minimum``; both name the argument."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(value, name: str, *, positive: bool = False, nonnegative: bool = False,
+                at_most: float | None = None) -> float:
+    """``value`` as a finite float: a ``TypeError`` for a non-number, a ``ValueError`` for NaN/inf or a
+    value out of range (``positive``: > 0; ``nonnegative``: >= 0; ``at_most``: <= it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"`{name}` must be > 0, got {value}")
+    if nonnegative and not value >= 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value}")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"`{name}` must be <= {at_most}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices: tuple) -> object:
+    """``value`` if it is one of ``choices`` (compared by equality), else a ``ValueError`` listing them."""
+    if not isinstance(value, str | type(None)) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+    return value
