@@ -24,6 +24,7 @@ from jaxuq.calibration.conformal import (
     thr_sets,
 )
 from jaxuq.calibration.deup import deup_features, deup_fit, deup_score
+from jaxuq.calibration.dirichlet import dirichlet_apply, dirichlet_fit
 from jaxuq.calibration.isotonic import isotonic_apply, isotonic_apply_probs, isotonic_fit, isotonic_fit_probs
 from jaxuq.calibration.lbfgs import lbfgs_torch
 from jaxuq.calibration.scaling import (
@@ -43,5 +44,6 @@ __all__ = [
     "matrix_fit", "temperature_apply", "temperature_fit", "vector_apply", "vector_fit",
     "bbq_apply", "bbq_apply_probs", "bbq_fit", "bbq_fit_probs", "histogram_binning_apply",
     "histogram_binning_apply_probs", "histogram_binning_fit", "histogram_binning_fit_probs",
-    "isotonic_apply", "isotonic_apply_probs", "isotonic_fit", "isotonic_fit_probs",
+    "isotonic_apply", "isotonic_apply_probs", "isotonic_fit", "isotonic_fit_probs", "dirichlet_apply",
+    "dirichlet_fit",
 ]
