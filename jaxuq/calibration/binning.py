@@ -30,10 +30,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxuq._validate import check_float, check_int, finite_logits, is_traced
+from jaxuq._validate import check_float, check_int, finite_logits
 from jaxuq.calibration.reductions import torch_sum
 from jaxuq.metrics import _checks
 from jaxuq.metrics.calibration import torch_linspace
+from jaxuq.metrics.classification import binary_probs
 
 __all__ = [
     "histogram_binning_fit",
@@ -89,7 +90,7 @@ def check_fit_probs(probs, labels) -> tuple[jax.Array, jax.Array, int]:
     arr = jnp.asarray(probs)
     pending: _checks.Pending = []
     if arr.ndim == 1:
-        p = _check_unit_interval(arr, pending)
+        p = binary_probs(arr, "probs", (1,), pending)
         y = _checks.check_labels(labels, p.shape[0], 2, "labels", pending)
         _checks.resolve(pending)
         return p.astype(F32), y, 1
@@ -97,26 +98,6 @@ def check_fit_probs(probs, labels) -> tuple[jax.Array, jax.Array, int]:
     y = _checks.check_labels(labels, p.shape[0], p.shape[1], "labels", pending)
     _checks.resolve(pending)
     return p.astype(F32), y, p.shape[1]
-
-
-def _check_unit_interval(arr, pending):
-    """Binary probabilities ``[N]``: floating, finite, in [0, 1]."""
-    arr = _checks.as_array(arr, "probs", (1,))
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise ValueError(f"`probs` must be floating point probabilities, got dtype {arr.dtype}")
-    if is_traced(arr):
-        return arr
-
-    def report(stats):
-        finite, lo, hi, _ = stats
-        if finite < 1:
-            raise ValueError(f"`probs` (shape {arr.shape}) contains NaN or inf")
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(f"`probs` (shape {arr.shape}) must lie in [0, 1] (got min {lo:.4g}, max "
-                             f"{hi:.4g}); pass probabilities, not logits")
-
-    pending.append((_checks._float_stats(arr, False), report))
-    return arr
 
 
 def one_vs_rest(probs: jax.Array, labels: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
