@@ -79,8 +79,6 @@ def dirichlet_fit(
         if init_bias_temperature == 0:
             raise ValueError("`init_bias_temperature` must be non-zero (the bias starts at 1 / it)")
     c = 2 if jnp.ndim(logits) == 1 or jnp.shape(logits)[-1] == 1 else int(jnp.shape(logits)[-1])
-    if lambda_reg is not None and c < 2:
-        raise ValueError("`lambda_reg` needs at least 2 classes")
 
     def init_of(c):
         w0 = jnp.eye(c, dtype=jnp.float32) / init_weight_temperature

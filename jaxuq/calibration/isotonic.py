@@ -36,16 +36,31 @@ F32 = np.float32
 _RESOLUTION = F32(np.finfo(F32).resolution)  # 1e-6: sklearn's merge tolerance for float32 inputs
 
 
+def _group_starts(x: np.ndarray) -> np.ndarray:
+    """Where sklearn's ``_make_unique`` starts a group in sorted float32 ``x``: at ``j`` when
+    ``x[j] - first >= 1e-6`` in float32, ``first`` being the current group's first value. A gap of
+    1e-6 to the previous point always starts one (float32 subtraction is monotone), so only runs of
+    closer points are walked, by bisection (the test is monotone in ``j``)."""
+    n = x.shape[0]
+    cuts = np.concatenate([[0], np.flatnonzero((x[1:] - x[:-1]) >= _RESOLUTION) + 1, [n]])
+    starts = [cuts[:-1][np.diff(cuts) == 1]]  # one-point runs: a group each
+    for a, b in zip(cuts[:-1][np.diff(cuts) > 1], cuts[1:][np.diff(cuts) > 1]):
+        s, run = int(a), []
+        while s < b:
+            run.append(s)
+            lo, hi = s + 1, int(b)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if F32(x[mid] - x[s]) >= _RESOLUTION else (mid + 1, hi)
+            s = lo
+        starts.append(np.asarray(run, np.int64))
+    return np.sort(np.concatenate(starts))
+
+
 def _make_unique(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """sklearn ``_make_unique`` (unit weights, float32): a new group starts where ``x - first >= 1e-6``
-    in float32; each group keeps its first ``x``, its count and its mean target."""
-    starts = [0]
-    first = x[0]
-    for j in range(1, x.shape[0]):  # sequential by definition (the test is against the group's first x)
-        if F32(x[j] - first) >= _RESOLUTION:
-            starts.append(j)
-            first = x[j]
-    starts = np.asarray(starts)
+    """sklearn ``_make_unique`` (unit weights, float32): each group (:func:`_group_starts`) keeps its
+    first ``x``, its count and its mean target."""
+    starts = _group_starts(x)
     counts = np.diff(np.append(starts, x.shape[0])).astype(F32)
     sums = np.add.reduceat(y.astype(np.float64), starts).astype(F32)  # 0/1 targets: exact
     return x[starts], sums / counts, counts
