@@ -32,6 +32,7 @@ def is_traced(x) -> bool:
     """True inside ``jit``/``vmap``/``grad``: values are unknown, only shapes can be checked."""
     return isinstance(x, jax.core.Tracer)
 
+
 def prob_sum_atol(dtype) -> float:
     """Tolerance on row sums: ``max(1e-3, 2 * eps(dtype))`` (bfloat16: 0.0156, float16: 0.002)."""
     return max(PROB_SUM_ATOL, 2.0 * float(jnp.finfo(dtype).eps))
@@ -319,3 +320,40 @@ def fit_targets(y, n: int, name: str, num_classes: int | None) -> np.ndarray:
             f"index {i} ({bad.size} out of range)"
         )
     return y.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- settings (hyper-parameters)
+def check_int(value, name: str, minimum: int | None = None) -> int:
+    """``value`` as an int: a ``TypeError`` for a non-integer (bools and floats too, even ``15.0``), a
+    ``ValueError`` below ``minimum``; both name the argument."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(value, name: str, *, positive: bool = False, nonnegative: bool = False,
+                at_most: float | None = None) -> float:
+    """``value`` as a finite float: a ``TypeError`` for a non-number, a ``ValueError`` for NaN/inf or a
+    value out of range (``positive``: > 0; ``nonnegative``: >= 0; ``at_most``: <= it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"`{name}` must be > 0, got {value}")
+    if nonnegative and not value >= 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value}")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"`{name}` must be <= {at_most}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices: tuple) -> object:
+    """``value`` if it is one of ``choices`` (compared by equality), else a ``ValueError`` listing them."""
+    if not isinstance(value, str | type(None)) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+    return value

@@ -262,7 +262,8 @@ def test_scod_metrics_function_matches_table():
 def test_errors_name_argument_and_shape():
     probs, labels = _case(0, n=20, c=3)
     cases = [
-        (lambda: M.ece(probs[0], labels), "`probs` must be 2-D"),
+        (lambda: M.ece(probs[None], labels), "`probs` must be 2-D"),  # 1-D is a binary task's probs
+        (lambda: M.ece(probs[:, 0], labels), "`labels` values must lie in [0, 1]"),
         (lambda: M.ece(probs, labels[:5]), "`labels` has shape (5,)"),
         (lambda: M.ece(probs[:0], labels[:0]), "`probs` is empty"),
         (lambda: M.ece(np.where(np.arange(3) == 0, np.nan, probs), labels), "contains NaN"),

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxuq._validate import check_labels, finite_logits
+from jaxuq._validate import check_float, check_int, check_labels, finite_logits
 from jaxuq.calibration.lbfgs import lbfgs_torch
 from jaxuq.losses import cross_entropy
 
@@ -95,14 +95,20 @@ def _minimize(loss_of_flat, x0, method: str, lr: float, max_iter: int):
     raise ValueError(f"method must be 'tu' (torch LBFGS, TU parity) or 'exact'; got {method!r}")
 
 
-@partial(jax.jit, static_argnames=("scale", "method", "lr", "max_iter"))
-def _fit_flat(scale, logits, labels, x0, method, lr, max_iter):
-    """Minimise ``cross_entropy(scale(x, logits), labels)`` over the flat parameters ``x`` [P]."""
-    return _minimize(lambda x: cross_entropy(scale(x, logits), labels), x0, method, lr, max_iter)
+@partial(jax.jit, static_argnames=("scale", "method", "lr", "max_iter", "penalty"))
+def _fit_flat(scale, logits, labels, x0, method, lr, max_iter, penalty=None):
+    """Minimise ``cross_entropy(scale(x, logits), labels)`` over the flat parameters ``x`` [P];
+    ``penalty`` (a hashable callable, static) maps ``(ce, x)`` to the regularised loss."""
+
+    def loss(x):
+        ce = cross_entropy(scale(x, logits), labels)
+        return ce if penalty is None else penalty(ce, x)
+
+    return _minimize(loss, x0, method, lr, max_iter)
 
 
 def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: int, method: str, eps: float,
-         positive: bool = False):
+         positive: bool = False, penalty=None):
     """The fit shared by the three scalers: validate, convert, start from ``init_of(C)`` [P], minimise.
 
     ``positive``: the parameters are inverse temperatures and must stay > 0; a TU-exact fit that ends
@@ -110,15 +116,19 @@ def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: in
 
     Returns the fitted flat parameters [P] and the number of classes C.
     """
+    for value, name in ((init, "init_temperature"), (lr, "lr"), (eps, "eps")):
+        check_float(value, name)  # TypeError / NaN / inf first; TU's range messages below
+    check_int(max_iter, "max_iter")
     if not init > 0:
         raise ValueError(f"Initial temperature value must be positive. Got {init}.")
     if lr <= 0:
         raise ValueError(f"Learning rate must be strictly positive. Got {lr}.")
     if max_iter <= 0:
         raise ValueError(f"Max iterations must be strictly positive. Got {max_iter}.")
+    check_float(eps, "eps", positive=True, at_most=0.5)
     z, y = prepare_logits(logits, labels, eps)
     x0 = init_of(z.shape[1])
-    x = _fit_flat(scale, z, y, x0, method, float(lr), int(max_iter))
+    x = _fit_flat(scale, z, y, x0, method, float(lr), int(max_iter), penalty)
     if positive and not bool(jnp.all(x > 0)):
         warnings.warn(
             f"the {method!r} fit gave inverse temperature(s) <= 0 (min {float(x.min()):.4g}): the logits are "

@@ -17,6 +17,7 @@ from jaxuq.metrics.calibration import (
     ECE_EDGES,
     ReliabilityData,
     adaptive_ece,
+    classwise_ece,
     ece,
     mce,
     reliability_diagram_data,
@@ -24,7 +25,7 @@ from jaxuq.metrics.calibration import (
 )
 from jaxuq.metrics.classification import accuracy, brier_score, entropy, nll
 from jaxuq.metrics.complexity import count_flops, count_params
-from jaxuq.metrics.ensemble import disagreement, ensemble_entropy, mutual_information
+from jaxuq.metrics.ensemble import disagreement, ensemble_entropy, mutual_information, variation_ratio
 from jaxuq.metrics.ood import auc, aupr, auroc, fpr95, fpr_at_tpr, tpr_at_fpr
 from jaxuq.metrics.selective import augrc, aurc, cov_at_risk, risk_at_cov, scod_metrics
 
@@ -39,6 +40,7 @@ __all__ = [
     "auroc",
     "aurc",
     "brier_score",
+    "classwise_ece",
     "count_flops",
     "count_params",
     "cov_at_risk",
@@ -57,4 +59,5 @@ __all__ = [
     "smooth_ece",
     "streaming",
     "tpr_at_fpr",
+    "variation_ratio",
 ]

@@ -30,6 +30,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxuq.metrics.ensemble import variation_ratio_per_sample
+
 __all__ = [
     "CRITERIA",
     "SINGLE_ONLY",
@@ -118,10 +120,7 @@ def variation_ratio(logits) -> jax.Array:
     """``1 - #{m : argmax p_m = argmax p_bar} / M``; ensembles only (argmax ties: first index)."""
     z = _as_members(logits)
     _ensemble_only("variation_ratio", z)
-    p = jax.nn.softmax(z, axis=-1)
-    top = p.mean(0).argmax(-1)
-    agree = (p.argmax(-1) == top[None]).sum(0)
-    return 1.0 - agree.astype(jnp.float32) / z.shape[0]
+    return variation_ratio_per_sample(jax.nn.softmax(z, axis=-1), probabilistic=False)
 
 
 def deup(deup_scores) -> jax.Array:
