@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["finite_logits", "is_traced"]
+__all__ = ["check_int", "check_real", "finite_logits", "is_traced"]
 
 
 def is_traced(x) -> bool:
@@ -34,3 +35,27 @@ def finite_logits(logits, name: str = "logits", *, num_classes: int | None = Non
     if not is_traced(arr) and not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"`{name}` (shape {arr.shape}) contains NaN or inf")
     return arr
+
+
+def check_int(value, name: str, *, minimum: int | None = None) -> int:
+    """A Python/numpy integer (not a bool) ``>= minimum``: TypeError / ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(value, name: str, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number (not a bool) in [low, high] (``*_open``: the bound excluded)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"`{name}` must be finite, got {v}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ValueError(f"`{name}` must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ValueError(f"`{name}` must be {'<' if high_open else '<='} {high}, got {v}")
+    return v
