@@ -28,6 +28,7 @@ _SUBMODULES = (
     "ood",
     "report",
     "train",
+    "tta",
 )
 _EVALUATION = ("classification_table", "evaluate", "predict")
 
