@@ -29,6 +29,7 @@ _SUBMODULES = (
     "report",
     "sharding",
     "train",
+    "tta",
 )
 _EVALUATION = ("classification_table", "evaluate", "predict")
 

@@ -334,22 +334,19 @@ def check_int(value, name: str, minimum: int | None = None) -> int:
     return value
 
 
-def check_float(value, name: str, *, positive: bool = False, nonnegative: bool = False,
-                at_most: float | None = None) -> float:
-    """``value`` as a finite float: a ``TypeError`` for a non-number, a ``ValueError`` for NaN/inf or a
-    value out of range (``positive``: > 0; ``nonnegative``: >= 0; ``at_most``: <= it)."""
+def check_real(value, name: str, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number (not a bool) in [low, high] (``*_open``: the bound excluded)."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"`{name}` must be finite, got {value}")
-    if positive and not value > 0:
-        raise ValueError(f"`{name}` must be > 0, got {value}")
-    if nonnegative and not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value}")
-    if at_most is not None and value > at_most:
-        raise ValueError(f"`{name}` must be <= {at_most}, got {value}")
-    return value
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"`{name}` must be finite, got {v}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ValueError(f"`{name}` must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ValueError(f"`{name}` must be {'<' if high_open else '<='} {high}, got {v}")
+    return v
 
 
 def check_choice(value, name: str, choices: tuple) -> object:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import gammaln
 
-from jaxuq._validate import check_float, check_int
+from jaxuq._validate import check_int, check_real
 from jaxuq.calibration.binning import (
     check_fit_probs,
     class_count,
@@ -126,9 +126,9 @@ def bbq_fit_probs(probs, labels, *, max_bins: int = 15, prior_weight: float = 2.
       no class axis). Scheme ``j`` of class ``c`` has ``num_bins[c, j]`` bins; padding has weight 0.
     """
     max_bins = check_int(max_bins, "max_bins", 2)
-    prior_weight = check_float(prior_weight, "prior_weight", positive=True)
+    prior_weight = check_real(prior_weight, "prior_weight", low=0.0, low_open=True)
     if model_pruning is not None:
-        model_pruning = check_float(model_pruning, "model_pruning", nonnegative=True, at_most=1.0)
+        model_pruning = check_real(model_pruning, "model_pruning", low=0.0, high=1.0)
     p, y, k = check_fit_probs(probs, labels)
     cols, targets = (np.asarray(a) for a in one_vs_rest(p, y, k))
     per_class = [

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxuq import _validate
-from jaxuq._validate import check_float, check_int, finite_logits
+from jaxuq._validate import check_int, check_real, finite_logits
 from jaxuq.calibration.reductions import torch_sum
 from jaxuq.metrics.calibration import torch_linspace
 from jaxuq.metrics.classification import binary_probs
@@ -125,7 +125,7 @@ def renormalise(calib: jax.Array, tiny: float | None, total_of) -> jax.Array:
 
 
 def check_eps(eps) -> float:
-    return check_float(eps, "eps", positive=True, at_most=0.5)
+    return check_real(eps, "eps", low=0.0, low_open=True, high=0.5)
 
 
 # ----------------------------------------------------------------------------- histogram binning

@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxuq._validate import check_float, finite_logits
+from jaxuq._validate import check_real, finite_logits
 from jaxuq.calibration.scaling import _fit, _matrix_flat, _matrix_out
 
 __all__ = ["dirichlet_fit", "dirichlet_apply"]
@@ -73,9 +73,9 @@ def dirichlet_fit(
     """
     for value, name in ((lambda_reg, "lambda_reg"), (mu_reg, "mu_reg")):
         if value is not None:
-            check_float(value, name, nonnegative=True)
+            check_real(value, name, low=0.0)
     if init_bias_temperature is not None:
-        check_float(init_bias_temperature, "init_bias_temperature")
+        check_real(init_bias_temperature, "init_bias_temperature")
         if init_bias_temperature == 0:
             raise ValueError("`init_bias_temperature` must be non-zero (the bias starts at 1 / it)")
     c = 2 if jnp.ndim(logits) == 1 or jnp.shape(logits)[-1] == 1 else int(jnp.shape(logits)[-1])

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxuq._validate import check_float, check_int, check_labels, finite_logits
+from jaxuq._validate import check_int, check_labels, check_real, finite_logits
 from jaxuq.calibration.lbfgs import lbfgs_torch
 from jaxuq.losses import cross_entropy
 
@@ -117,7 +117,7 @@ def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: in
     Returns the fitted flat parameters [P] and the number of classes C.
     """
     for value, name in ((init, "init_temperature"), (lr, "lr"), (eps, "eps")):
-        check_float(value, name)  # TypeError / NaN / inf first; TU's range messages below
+        check_real(value, name)  # TypeError / NaN / inf first; TU's range messages below
     check_int(max_iter, "max_iter")
     if not init > 0:
         raise ValueError(f"Initial temperature value must be positive. Got {init}.")
@@ -125,7 +125,7 @@ def _fit(scale, init_of, logits, labels, *, init: float, lr: float, max_iter: in
         raise ValueError(f"Learning rate must be strictly positive. Got {lr}.")
     if max_iter <= 0:
         raise ValueError(f"Max iterations must be strictly positive. Got {max_iter}.")
-    check_float(eps, "eps", positive=True, at_most=0.5)
+    check_real(eps, "eps", low=0.0, low_open=True, high=0.5)
     z, y = prepare_logits(logits, labels, eps)
     x0 = init_of(z.shape[1])
     x = _fit_flat(scale, z, y, x0, method, float(lr), int(max_iter), penalty)

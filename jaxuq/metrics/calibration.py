@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxuq import _validate
-from jaxuq._validate import check_float, check_int
+from jaxuq._validate import check_int, check_real
 from jaxuq.metrics import _ties
 from jaxuq.metrics.classification import check_reduction as _cls_check_reduction
 from jaxuq.metrics.classification import probs_labels_any
@@ -461,8 +461,8 @@ def _check_smece_settings(kernel, bandwidth, eps, mesh_pts, refine_steps) -> Non
         if bandwidth != "auto":
             raise ValueError(f"`bandwidth` must be 'auto' or a positive float, got {bandwidth!r}")
     else:
-        check_float(bandwidth, "bandwidth", positive=True)
-    check_float(eps, "eps", positive=True)
+        check_real(bandwidth, "bandwidth", low=0.0, low_open=True)
+    check_real(eps, "eps", low=0.0, low_open=True)
     check_int(mesh_pts, "mesh_pts", 2)
     check_int(refine_steps, "refine_steps", 0)
 

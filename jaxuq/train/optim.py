@@ -24,6 +24,7 @@ __all__ = [
     "torch_adamw",
     "constant_lr",
     "multistep_lr",
+    "optim_abnn",
     "cosine_lr",
     "RECIPES",
     "recipe",
@@ -117,6 +118,12 @@ RECIPES: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "tutorial_lenet_mnist": lambda spe: torch_sgd(0.05),
     "tutorial_resnet18_cifar10_adam": lambda spe: torch_adam(1e-3),
 }
+
+
+def optim_abnn(lr: float, momentum: float = 0.9, weight_decay: float = 1e-4, nesterov: bool = True):
+    """TU ``optim_abnn(model, lr)``: SGD (nesterov, momentum 0.9, weight decay 1e-4) with MultiStepLR
+    milestones [1, 4], gamma 0.1; returns ``steps_per_epoch -> optax transformation``."""
+    return _sgd_recipe(lr, momentum, weight_decay, nesterov, [1, 4], 0.1)
 
 
 def recipe(name: str, steps_per_epoch: int) -> optax.GradientTransformation:
