@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxuq._validate import check_int, check_real
-from jaxuq.metrics._checks import check_labels
+from jaxuq._validate import check_int, check_labels, check_real
 from jaxuq.ood.recorder import RecordedNet
 
 __all__ = [
