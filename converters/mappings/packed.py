@@ -19,6 +19,15 @@ Path rule: Flax module names ``layer1_0`` / ``shortcut_1`` are torch's ``layer1.
 plain OIHW -> HWIO transpose gives the ``feature_group_count`` kernel.
 Architectures and kwargs (TU's): ``packed_lenet(in_channels, num_classes, num_estimators, alpha, gamma)``,
 ``packed_resnet(in_channels, num_classes, arch, num_estimators, alpha, gamma, style, ...)``.
+
+The rest of TU's packed layers (``jaxuq.nn.packed``) follow the same rules: a ``conv`` (1/2/3-d) or
+``conv_transpose`` kernel moves channels last (``(O, I/G, *k) -> (*k, I/G, O)``; the transposed conv's
+``(I, O/G, *k) -> (*k, O/G, I)``), a ``PackedLayerNorm``'s ``weight`` is ``scale``, and the attention's
+``in_proj_weight``, ``q/k/v_proj_weight``, ``in_proj_bias``, ``bias_k``, ``bias_v``, ``out_proj_weight``,
+``out_proj_bias`` keep their names and layouts. One entry helper per layer builds its rows of a table
+(``packed_conv_entries``, ``packed_conv_transpose_entries``, ``packed_linear_entries``,
+``packed_layer_norm_entries``, ``packed_mha_entries``, ``packed_transformer_encoder_layer_entries``,
+``packed_transformer_decoder_layer_entries``) for :func:`converters.mappings.apply_table`.
 """
 
 from __future__ import annotations
@@ -31,12 +40,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters.mappings import Entry, Table, apply_table, oihw_to_hwio
+from converters.mappings import Entry, Table, apply_table
 from jaxuq.models.packed_lenet import packed_lenet
 from jaxuq.models.packed_resnet import packed_resnet
 from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS
 
-__all__ = ["ARCHS", "build", "flax_leaf_to_torch", "infer", "table", "torch_reference", "torch_to_flax"]
+__all__ = [
+    "ARCHS",
+    "build",
+    "flax_leaf_to_torch",
+    "infer",
+    "packed_conv_entries",
+    "packed_conv_transpose_entries",
+    "packed_layer_norm_entries",
+    "packed_linear_entries",
+    "packed_mha_entries",
+    "packed_transformer_decoder_layer_entries",
+    "packed_transformer_encoder_layer_entries",
+    "table",
+    "torch_reference",
+    "torch_to_flax",
+]
 
 _IDX = re.compile(r"^(.*)_(\d+)$")
 
@@ -49,23 +73,118 @@ def _torch_module_path(names: tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
+_MHA_LEAVES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k",
+               "bias_v", "out_proj_weight", "out_proj_bias")
+
+
+def channels_last(t: np.ndarray) -> np.ndarray:
+    """A torch conv weight ``(O, I/G, *k)`` (or a transposed conv's ``(I, O/G, *k)``) -> ``(*k, I/G, O)``
+    (``(*k, O/G, I)``): ``oihw->hwio`` for any number of spatial axes."""
+    return np.transpose(t, (*range(2, t.ndim), 1, 0))
+
+
 def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Entry]:
     """``(torch_key, Entry)`` for the Flax leaf ``collection/names...`` of a packed model."""
     *mod, leaf = names
     base = _torch_module_path(tuple(mod))
     path = (collection, *names)
     if collection == "params":
-        if leaf == "kernel" and ndim == 4:
-            return f"{base}.weight", Entry(path, oihw_to_hwio, "oihw->hwio", 4)
+        if leaf == "kernel" and (ndim == 4 or (mod and mod[-1] in ("conv", "conv_transpose"))):
+            return f"{base}.weight", Entry(path, channels_last, "(o, i/g, *k)->(*k, i/g, o)", ndim)
         if leaf == "kernel" and ndim == 3:
             return f"{base}.weight", Entry(path, name="id (G, o, i)", torch_ndim=3)
         if leaf == "scale":
             return f"{base}.weight", Entry(path, torch_ndim=1)
         if leaf == "bias":
             return f"{base}.bias", Entry(path, torch_ndim=1)
+        if leaf in _MHA_LEAVES:
+            return f"{base}.{leaf}" if base else leaf, Entry(path, torch_ndim=ndim)
     if collection == "batch_stats" and leaf in ("mean", "var"):
         return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
     raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
+
+
+# ------------------------------------------------------------------------- entry helpers, one per layer
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def packed_conv_entries(torch_prefix: str, flax_path: tuple[str, ...], *, bias: bool = True,
+                        spatial_dims: int = 2) -> Table:
+    """TU ``PackedConv{1,2,3}d`` -> :class:`jaxuq.nn.packed.PackedConv`: ``<p>.conv.weight (O, I/G, *k)`` ->
+    ``params/<path>/conv/kernel (*k, I/G, O)``; ``<p>.conv.bias`` -> ``conv/bias``."""
+    nd = spatial_dims + 2
+    t = {_key(torch_prefix, "conv.weight"): Entry(("params", *flax_path, "conv", "kernel"), channels_last,
+                                                  "(o, i/g, *k)->(*k, i/g, o)", nd)}
+    if bias:
+        t[_key(torch_prefix, "conv.bias")] = Entry(("params", *flax_path, "conv", "bias"), torch_ndim=1)
+    return t
+
+
+def packed_conv_transpose_entries(torch_prefix: str, flax_path: tuple[str, ...], *, bias: bool = True,
+                                  spatial_dims: int = 2) -> Table:
+    """TU ``PackedConvTranspose2d`` -> :class:`jaxuq.nn.packed.PackedConvTranspose`:
+    ``<p>.conv_transpose.weight (I, O/G, *k)`` -> ``conv_transpose/kernel (*k, O/G, I)``; ``.bias``."""
+    path = ("params", *flax_path, "conv_transpose")
+    t = {_key(torch_prefix, "conv_transpose.weight"): Entry((*path, "kernel"), channels_last,
+                                                            "(i, o/g, *k)->(*k, o/g, i)", spatial_dims + 2)}
+    if bias:
+        t[_key(torch_prefix, "conv_transpose.bias")] = Entry((*path, "bias"), torch_ndim=1)
+    return t
+
+
+def packed_linear_entries(torch_prefix: str, flax_path: tuple[str, ...], *, bias: bool = True) -> Table:
+    """TU ``PackedLinear`` -> ``PackedDense``: ``<p>.weight (G, o, i)`` -> ``kernel`` as is; ``<p>.bias``."""
+    t = {_key(torch_prefix, "weight"): Entry(("params", *flax_path, "kernel"), name="id (G, o, i)",
+                                             torch_ndim=3)}
+    if bias:
+        t[_key(torch_prefix, "bias")] = Entry(("params", *flax_path, "bias"), torch_ndim=1)
+    return t
+
+
+def packed_layer_norm_entries(torch_prefix: str, flax_path: tuple[str, ...], *, affine: bool = True) -> Table:
+    """TU ``PackedLayerNorm`` (a GroupNorm): ``<p>.weight`` -> ``scale``, ``<p>.bias`` -> ``bias``."""
+    if not affine:
+        return {}
+    return {_key(torch_prefix, "weight"): Entry(("params", *flax_path, "scale"), torch_ndim=1),
+            _key(torch_prefix, "bias"): Entry(("params", *flax_path, "bias"), torch_ndim=1)}
+
+
+def packed_mha_entries(torch_prefix: str, flax_path: tuple[str, ...], *, same_embed_dim: bool = True,
+                       bias: bool = True, add_bias_kv: bool = False) -> Table:
+    """TU ``PackedMultiheadAttention``: every parameter keeps its name and layout (``in_proj_weight`` or
+    ``q/k/v_proj_weight``, ``in_proj_bias``, ``bias_k``/``bias_v``, ``out_proj_weight``,
+    ``out_proj_bias``)."""
+    names = [("in_proj_weight", 3)] if same_embed_dim else [(f"{n}_proj_weight", 3) for n in "qkv"]
+    names += [("in_proj_bias", 1)] if bias else []
+    names += [("bias_k", 3), ("bias_v", 3)] if add_bias_kv else []
+    names += [("out_proj_weight", 3)] + ([("out_proj_bias", 1)] if bias else [])
+    return {_key(torch_prefix, n): Entry(("params", *flax_path, n), torch_ndim=nd) for n, nd in names}
+
+
+def _transformer_entries(torch_prefix: str, flax_path: tuple[str, ...], attentions: tuple[str, ...],
+                         norms: int, bias: bool) -> Table:
+    t: Table = {}
+    for a in attentions:
+        t.update(packed_mha_entries(_key(torch_prefix, a), (*flax_path, a), bias=bias))
+    for lin in ("linear1", "linear2"):
+        t.update(packed_linear_entries(_key(torch_prefix, lin), (*flax_path, lin), bias=bias))
+    for i in range(1, norms + 1):
+        t.update(packed_layer_norm_entries(_key(torch_prefix, f"norm{i}"), (*flax_path, f"norm{i}")))
+    return t
+
+
+def packed_transformer_encoder_layer_entries(torch_prefix: str, flax_path: tuple[str, ...], *,
+                                             bias: bool = True) -> Table:
+    """TU ``PackedTransformerEncoderLayer``: ``self_attn``, ``linear1``, ``linear2``, ``norm1``, ``norm2``."""
+    return _transformer_entries(torch_prefix, flax_path, ("self_attn",), 2, bias)
+
+
+def packed_transformer_decoder_layer_entries(torch_prefix: str, flax_path: tuple[str, ...], *,
+                                             bias: bool = True) -> Table:
+    """TU ``PackedTransformerDecoderLayer``: ``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``,
+    ``norm1``..``norm3``."""
+    return _transformer_entries(torch_prefix, flax_path, ("self_attn", "multihead_attn"), 3, bias)
 
 
 def _table_from_template(template: Any) -> Table:

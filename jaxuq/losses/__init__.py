@@ -5,6 +5,22 @@ model outputs and the targets, ``loss(outputs, targets) -> float32 scalar``, mea
 torch's default. ``jaxuq.train.TrainConfig(loss_fn=...)`` takes any of them.
 """
 
-from jaxuq.losses.classification import cross_entropy
+from jaxuq.losses.classification import (
+    BCEWithLogitsLSLoss,
+    ConfidencePenaltyLoss,
+    ConflictualLoss,
+    CrossEntropyMaxSupLoss,
+    DECLoss,
+    FocalLoss,
+    cross_entropy,
+)
 
-__all__ = ["cross_entropy"]
+__all__ = [
+    "BCEWithLogitsLSLoss",
+    "ConfidencePenaltyLoss",
+    "ConflictualLoss",
+    "CrossEntropyMaxSupLoss",
+    "DECLoss",
+    "FocalLoss",
+    "cross_entropy",
+]

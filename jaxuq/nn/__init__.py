@@ -5,7 +5,9 @@
 - :class:`Conv` — ``flax.linen.Conv`` whose weight gradient stays fast inside ``lax.scan`` on XLA:CPU.
 - :class:`DepthwiseConv2d` — torch depthwise ``Conv2d`` (groups = channels), fast on XLA:CPU.
 - :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC.
-- ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv``, ``PackedDense``).
+- ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv`` 1/2/3-d, ``PackedConvTranspose``,
+  ``PackedDense``, ``PackedLayerNorm``, ``PackedMultiheadAttention``, ``PackedTransformerEncoderLayer`` /
+  ``PackedTransformerDecoderLayer``).
 - ``jaxuq.nn.init`` — torch's default Conv/Linear initialisation as Flax initialisers.
 """
 
