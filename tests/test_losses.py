@@ -434,7 +434,7 @@ def test_each_loss_trains_one_fit_step_like_tu(monkeypatch):
     torch = require("torch")
     import optax
 
-    from jaxuq.train import create_train_state, fit
+    from jaxuq.train import TrainConfig, create_train_state, fit
 
     rng = np.random.default_rng(11)
     xu = rng.integers(0, 256, (8, 4, 4, 1)).astype(np.uint8)
@@ -447,7 +447,8 @@ def test_each_loss_trains_one_fit_step_like_tu(monkeypatch):
         params = {"fc": {"kernel": jnp.asarray(w0), "bias": jnp.asarray(b0)}}
         st = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
         st = st.replace(params=params, opt_state=tx.init(params))
-        r = fit(model, (xu, y), optimizer=tx, epochs=1, batch_size=8, loss_fn=jloss, init_state=st, quiet=True)
+        cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=8, loss_fn=jloss, quiet=True)
+        r = fit(model, (xu, y), cfg, init_state=st)
         got = r.history[0]["train_loss"], np.asarray(r.state.params["fc"]["kernel"]), \
             np.asarray(r.state.params["fc"]["bias"])
         refs = []
