@@ -105,7 +105,7 @@ def _packed_lenet(**kw):
 
 
 def _packed_resnet(**kw):
-    from jaxuq.models.packed_resnet import packed_resnet  # noqa: PLC0415
+    from jaxuq.models.resnet import packed_resnet  # noqa: PLC0415
 
     size = 32 if str(kw.get("style", "imagenet")) in ("cifar", "ResNetStyle.CIFAR") else 64
     return packed_resnet(**kw), (1, size, size, kw["in_channels"])
@@ -137,7 +137,8 @@ def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict] | None:
         len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4)
     ]
     bottleneck = any(k.endswith("conv3.conv.weight") for k in state_dict)
-    from jaxuq.models.packed_resnet import _BASIC, RESNET_BLOCKS  # noqa: PLC0415
+    from jaxuq.models.resnet import BASIC_ARCHS as _BASIC
+    from jaxuq.models.resnet import RESNET_BLOCKS  # noqa: PLC0415
 
     blocks = [b for b in blocks if b]
     arch = next((a for a, nb in RESNET_BLOCKS.items() if nb == blocks and (a not in _BASIC) == bottleneck),

@@ -39,7 +39,10 @@ _REGISTRY: dict[str, str] = {
     **{f"cifar{c}_resnet{d}": f"chenyaofo_resnet:cifar{c}_resnet{d}"
        for c in (10, 100) for d in (20, 32, 44, 56)},
     "packed_lenet": "packed_lenet:packed_lenet",
-    "packed_resnet": "packed_resnet:packed_resnet",
+    "packed_resnet": "resnet:packed_resnet",
+    "batched_resnet": "resnet:batched_resnet",
+    "masked_resnet": "resnet:masked_resnet",
+    "mimo_resnet": "resnet:mimo_resnet",
 }
 
 
