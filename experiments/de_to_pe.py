@@ -70,8 +70,7 @@ from jaxuq import ensembles as E
 from jaxuq._env import data_dir as _data_dir
 from jaxuq.data import MNIST_NORM, Preprocess, load_fashion_mnist, load_mnist
 from jaxuq.evaluation import classification_table, predict
-from jaxuq.models.lenet import lenet
-from jaxuq.models.packed_lenet import packed_lenet
+from jaxuq.models.lenet import lenet, packed_lenet
 from jaxuq.train import RepeatTarget, TrainConfig, fit, torch_sgd
 
 RESULTS = Path(__file__).resolve().parent / "results"

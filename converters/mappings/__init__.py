@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -70,6 +71,9 @@ __all__ = [
     "family_of",
     "infer",
     "ln_entries",
+    "flax_leaf_to_torch",
+    "template_table",
+    "template_torch_to_flax",
 ]
 
 
@@ -102,7 +106,8 @@ class Entry:
     ``name``: the transform's name for docs (``"oihw->hwio"``, ``".T"``, ``"id"``).
     ``torch_ndim``: the expected number of torch dimensions (checked before the transform).
     ``required``: ``False`` for keys that may be absent (``num_batches_tracked``: older torch versions
-    did not save it); when present they are still checked.
+    did not save it); when present they are still checked. ``check``: an extra value check
+    (``arr -> error message or None``), e.g. masks must be binary.
     """
 
     path: tuple[str, ...] | None
@@ -110,6 +115,7 @@ class Entry:
     name: str = "id"
     torch_ndim: int | None = None
     required: bool = True
+    check: Callable[[np.ndarray], str | None] | None = None
 
 
 Table = dict  # dict[str, Entry]: torch key -> Entry
@@ -214,12 +220,82 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, sour
         if not np.all(np.isfinite(out)):
             errors.append(f"{k!r}: contains NaN/inf")
             continue
+        problem = e.check(out) if e.check is not None else None
+        if problem:
+            errors.append(f"{k!r} {arr.shape}: {problem}")
+            continue
         values[e.path] = np.ascontiguousarray(out, dtype=np.float32)
     if errors:
         raise ValueError(f"{source}: cannot convert ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
     flat = jax.tree_util.tree_flatten_with_path(template)[0]
     ordered = [values[tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)] for path, _ in flat]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), ordered)
+
+
+# ------------------------------------------------------------------------- tables from a template
+_IDX = re.compile(r"^(.*)_(\d+)$")
+
+
+def torch_module_path(names: tuple[str, ...]) -> str:
+    """Flax module names -> torch's dotted module path (``layer1_0`` -> ``layer1.0``)."""
+    parts = []
+    for n in names:
+        m = _IDX.match(n)
+        parts.extend([m.group(1), m.group(2)] if m else [n])
+    return ".".join(parts)
+
+
+def _binary(arr: np.ndarray) -> str | None:
+    return None if np.all((arr == 0) | (arr == 1)) else "a Masksembles mask must hold only 0 and 1"
+
+
+def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Entry]:
+    """``(torch_key, Entry)`` for the Flax leaf ``collection/names...`` of a model whose submodule names
+    mirror torch's (``<name>_<i>`` = torch's ``<name>.<i>``): conv kernels (4-d, OIHW -> HWIO), dense
+    kernels (2-d, transposed), packed dense kernels (3-d ``(G, o, i)``, as is), BatchNorm scale/bias/
+    running statistics, BatchEnsemble ``r_group``/``s_group``/``bias`` and Masksembles ``masks``."""
+    *mod, leaf = names
+    base = torch_module_path(tuple(mod))
+    path = (collection, *names)
+    if collection == "params":
+        if leaf == "kernel" and ndim == 4:
+            return f"{base}.weight", Entry(path, oihw_to_hwio, "oihw->hwio", 4)
+        if leaf == "kernel" and ndim == 3:
+            return f"{base}.weight", Entry(path, name="id (G, o, i)", torch_ndim=3)
+        if leaf == "kernel" and ndim == 2:
+            return f"{base}.weight", Entry(path, linear_to_dense, ".T", 2)
+        if leaf == "scale":
+            return f"{base}.weight", Entry(path, torch_ndim=1)
+        if leaf in ("bias", "r_group", "s_group"):
+            return f"{base}.{leaf}", Entry(path, torch_ndim=ndim)
+    if collection == "batch_stats" and leaf in ("mean", "var"):
+        return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
+    if collection == "batch_stats" and leaf == "masks":
+        return f"{base}.masks", Entry(path, name="id (0/1)", torch_ndim=2, check=_binary)
+    raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
+
+
+def template_table(template: Any) -> Table:
+    """The explicit table of a model built from the :func:`flax_leaf_to_torch` rules, one row per Flax
+    leaf, plus ``num_batches_tracked`` for every BatchNorm."""
+    import jax  # noqa: PLC0415
+
+    t: Table = {}
+    bns = set()
+    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
+        key, entry = flax_leaf_to_torch(names[0], names[1:], len(leaf.shape))
+        t[key] = entry
+        if names[0] == "batch_stats" and names[-1] == "mean":
+            bns.add(torch_module_path(names[1:-1]))
+    for b in sorted(bns):
+        t[f"{b}.num_batches_tracked"] = Entry(None, torch_ndim=0)
+    return t
+
+
+def template_torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<state_dict>"):
+    """Strict conversion through :func:`template_table` (a family's ``torch_to_flax``)."""
+    return apply_table(state_dict, template_table(template), template, source)
 
 
 # --------------------------------------------------------------------------------------- registry

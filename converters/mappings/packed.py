@@ -29,54 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from converters.mappings import Entry, Table, apply_table, oihw_to_hwio
+from converters.mappings import Table, apply_table, flax_leaf_to_torch, template_table
 
 __all__ = ["ARCHS", "build", "flax_leaf_to_torch", "infer", "table", "torch_reference", "torch_to_flax"]
-
-_IDX = re.compile(r"^(.*)_(\d+)$")
-
-
-def _torch_module_path(names: tuple[str, ...]) -> str:
-    parts = []
-    for n in names:
-        m = _IDX.match(n)
-        parts.extend([m.group(1), m.group(2)] if m else [n])
-    return ".".join(parts)
-
-
-def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Entry]:
-    """``(torch_key, Entry)`` for the Flax leaf ``collection/names...`` of a packed model."""
-    *mod, leaf = names
-    base = _torch_module_path(tuple(mod))
-    path = (collection, *names)
-    if collection == "params":
-        if leaf == "kernel" and ndim == 4:
-            return f"{base}.weight", Entry(path, oihw_to_hwio, "oihw->hwio", 4)
-        if leaf == "kernel" and ndim == 3:
-            return f"{base}.weight", Entry(path, name="id (G, o, i)", torch_ndim=3)
-        if leaf == "scale":
-            return f"{base}.weight", Entry(path, torch_ndim=1)
-        if leaf == "bias":
-            return f"{base}.bias", Entry(path, torch_ndim=1)
-    if collection == "batch_stats" and leaf in ("mean", "var"):
-        return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
-    raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
-
-
-def _table_from_template(template: Any) -> Table:
-    import jax  # noqa: PLC0415
-
-    t: Table = {}
-    bns = set()
-    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
-        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
-        key, entry = flax_leaf_to_torch(names[0], names[1:], len(leaf.shape))
-        t[key] = entry
-        if names[0] == "batch_stats":
-            bns.add(_torch_module_path(names[1:-1]))
-    for b in sorted(bns):
-        t[f"{b}.num_batches_tracked"] = Entry(None, torch_ndim=0)
-    return t
 
 
 def _template(model_name: str, kwargs: dict):
@@ -90,16 +45,16 @@ def _template(model_name: str, kwargs: dict):
 
 def table(model_name: str, /, **kwargs) -> Table:
     """The explicit mapping table of ``model_name`` built with ``kwargs``."""
-    return _table_from_template(_template(model_name, kwargs)[1])
+    return template_table(_template(model_name, kwargs)[1])
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<state_dict>"):
     """Strict conversion of a TU packed state dict into ``template``'s variables (float32 numpy)."""
-    return apply_table(state_dict, _table_from_template(template), template, source)
+    return apply_table(state_dict, template_table(template), template, source)
 
 
 def _packed_lenet(**kw):
-    from jaxuq.models.packed_lenet import packed_lenet  # noqa: PLC0415
+    from jaxuq.models.lenet import packed_lenet  # noqa: PLC0415
 
     return packed_lenet(**kw), (1, 28, 28, kw.get("in_channels", 1))
 

@@ -38,11 +38,16 @@ _REGISTRY: dict[str, str] = {
     "chenyaofo_resnet": "chenyaofo_resnet:chenyaofo_resnet",
     **{f"cifar{c}_resnet{d}": f"chenyaofo_resnet:cifar{c}_resnet{d}"
        for c in (10, 100) for d in (20, 32, 44, 56)},
-    "packed_lenet": "packed_lenet:packed_lenet",
+    "packed_lenet": "lenet:packed_lenet",
+    "batchensemble_lenet": "lenet:batchensemble_lenet",
     "packed_resnet": "resnet:packed_resnet",
     "batched_resnet": "resnet:batched_resnet",
     "masked_resnet": "resnet:masked_resnet",
     "mimo_resnet": "resnet:mimo_resnet",
+    **{f"{form}wideresnet28x10": f"wideresnet:{form}wideresnet28x10"
+       for form in ("", "batched_", "masked_", "mimo_", "packed_")},
+    "vgg": "vgg:vgg",
+    "packed_vgg": "vgg:packed_vgg",
 }
 
 

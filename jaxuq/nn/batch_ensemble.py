@@ -21,6 +21,7 @@ different numbers from the same distributions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -30,7 +31,7 @@ import numpy as np
 from jaxuq.nn.conv import Conv
 from jaxuq.nn.init import torch_kernel_init, torch_uniform_init
 
-__all__ = ["BatchConv", "BatchDense", "fast_weight_init", "member_index", "repeat_inputs"]
+__all__ = ["BatchConv", "BatchDense", "BatchEnsemble", "fast_weight_init", "member_index", "repeat_inputs"]
 
 
 def repeat_inputs(x, num_estimators: int):
@@ -128,3 +129,22 @@ class BatchConv(nn.Module):
         out = out * s
         return out if b is None else out + b
 
+
+
+class BatchEnsemble(nn.Module):
+    """TU ``BatchEnsemble`` (``torch_uncertainty/methods/batch_ensemble.py``): repeats the input M times
+    (``[B, ...] -> [M*B, ...]``) at evaluation, and in training too with ``repeat_training_inputs`` (then
+    train with ``RepeatTarget(M)``), and runs ``core_model`` (built with BatchEnsemble layers; its
+    variables live under ``core_model`` as TU's keys ``core_model.*``). Output ``[(M B), ...]``."""
+
+    core_model: nn.Module
+    num_estimators: int
+    repeat_training_inputs: bool = False
+    members_in_batch: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        _check(self.num_estimators, "BatchEnsemble")
+        if not train or self.repeat_training_inputs:
+            x = repeat_inputs(x, self.num_estimators)
+        return self.core_model(x, train)
