@@ -3,8 +3,9 @@
 Every module in this package is one *family* and is imported automatically (``pkgutil``) the first
 time the registry is used; nothing has to be registered by hand. Built-in families: ``lenet``
 (TU ``lenet``), ``resnet`` (TU ``resnet``), ``resnet_cifar`` (He et al. ResNet-20/32/44/56/110,
-option-A shortcut), ``tiniest`` (scio's Tiniest); ``packed`` (``packed_lenet`` / ``packed_resnet``)
-is written by the Packed-Ensembles work.
+option-A shortcut), ``tiniest`` (scio's Tiniest), ``packed`` (``packed_lenet`` / ``packed_resnet`` /
+``packed_wideresnet28x10`` / ``packed_vgg``), ``batched`` (BatchEnsemble), ``masked`` (Masksembles),
+``mimo``, ``wideresnet`` and ``vgg`` (TU's plain ones).
 
 How to add a family
 -------------------
@@ -32,6 +33,11 @@ Optional:
 ``infer(state_dict) -> tuple[str, dict] | None``
     Recognise the architecture and its kwargs from the keys/shapes (used by
     ``jaxuq-convert inspect`` and by ``convert`` without ``--arch``). Return ``None`` if not ours.
+
+``complete(model_name, state_dict, kwargs) -> dict``
+    With ``--arch model_name`` given: the full kwargs from the state dict and the user's partial
+    ``kwargs`` (for families whose keys do not identify them, e.g. MIMO needs only ``num_estimators``).
+    Raises ``ValueError`` with what is missing.
 
 ``torch_reference(model_name, **kwargs) -> torch.nn.Module``
     A torch module with the same state-dict keys, for ``jaxuq-convert convert --verify``.
