@@ -241,12 +241,17 @@ def _split_mesh(mesh):
 
 
 def _forward(model, preprocess, compute_dtype: str, members, mesh=None):
-    """Un-jitted ``(variables, x [B, ...]) -> logits [B, C]`` (``[M, B, C]`` with ``members``), float32:
-    :func:`jaxuq.train.eval_step` with this configuration (``mesh``'s member part, if any)."""
+    """Un-jitted ``(variables, x [B, ...]) -> logits [B, C]`` (``[M, B, C]`` with ``members``, or for a
+    model whose class says ``members_in_batch``: its ``[(M B), C]`` split by its ``num_estimators``),
+    float32: :func:`jaxuq.train.eval_step` with this configuration (``mesh``'s member part, if any)."""
     from jaxuq.train.state import eval_step
 
     dtype, member_mesh = jnp.dtype(compute_dtype).name, _split_mesh(mesh)[1]
-    return lambda variables, x: eval_step(model, variables, x, preprocess, dtype, members, member_mesh)
+    fwd = lambda variables, x: eval_step(model, variables, x, preprocess, dtype, members, member_mesh)  # noqa: E731
+    if not getattr(model, "members_in_batch", False):
+        return fwd
+    m = model.num_estimators
+    return lambda variables, x: fwd(variables, x).reshape(m, x.shape[0], -1)
 
 
 def _jit(fn, mesh, n_batch_args: int, n_replicated: int = 1):
@@ -279,8 +284,9 @@ def predict(
 ) -> np.ndarray:
     """Eval-mode logits of ``model`` over ``images [N, ...]`` in batches: float32 ``[N, C]``, or
     ``[M, N, C]`` when ``members`` is a lowering (``"vmap"``/``"map"``/``"unroll"``, see
-    :func:`jaxuq.ensembles.apply_members`) of stacked ``variables``, or when ``model`` is a
-    Packed-Ensemble whose output is ``[(M B), C]`` (TU's layout, split per batch into ``[M, B, C]``).
+    :func:`jaxuq.ensembles.apply_members`) of stacked ``variables``, or when ``model``'s class has
+    ``members_in_batch`` (Packed, BatchEnsemble, Masksembles, MIMO: output ``[(M B), C]``, TU's layout,
+    split per batch into ``[M, B, C]`` with the model's ``num_estimators``).
 
     ``preprocess``: a :class:`jaxuq.data.Preprocess` applied on device to uint8 images (its
     ``.eval``), or None for inputs already preprocessed. The last batch is zero-padded so one
@@ -296,15 +302,8 @@ def predict(
     dmesh = _split_mesh(mesh)[0]
     variables = _replicate(variables, dmesh)
     batches = padded_batches((images,), batch_size, dmesh)
-    outs = (_split_packed(fn(variables, *_to_device(b, dmesh)), len(b[0])) for _, b in batches)
+    outs = (fn(variables, *_to_device(b, dmesh)) for _, b in batches)
     return np.concatenate(list(_one_behind(outs)), axis=-2)[..., : len(images), :]
-
-
-def _split_packed(logits, rows: int):
-    """A Packed-Ensemble's ``[(M B), C]`` output (members first) -> ``[M, B, C]``; else unchanged."""
-    if logits.ndim == 2 and logits.shape[0] != rows:
-        return logits.reshape(-1, rows, logits.shape[-1])
-    return logits
 
 
 # ----------------------------------------------------------------------------- evaluate
