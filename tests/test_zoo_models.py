@@ -160,3 +160,37 @@ def test_wideresnet28x10_forms_cli(name, kw, members, args, tmp_path):
     assert meta["arch"] == name
     assert {k: v for k, v in meta["kwargs"].items() if k in kw} == kw
     _compare(tm, module, variables, _cifar(2), members)
+
+
+def test_evaluate_and_predict_split_members_like_tu():
+    """``jaxuq.predict`` gives ``[M, N, C]`` = TU's ``"(m b) c -> m b c"``; ``jaxuq.evaluate``'s ``test/ens_*``
+    and Acc equal TU's metric classes on TU's logits (batch 24 over 64 images: a zero-padded last batch)."""
+    torch = require("torch")
+    tu_metrics = require("torch_uncertainty.metrics")
+    from einops import rearrange
+
+    from converters import mappings
+    from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
+    from jaxuq.evaluation import evaluate, predict
+    from tests.torch_models import state_dict_numpy
+
+    kw = dict(in_channels=1, num_classes=10, num_estimators=4)
+    tm = _tu("batchensemble_lenet", **kw)
+    module, variables = mappings.convert_state_dict("batchensemble_lenet", state_dict_numpy(tm), "tu", **kw)
+    images, labels = (a[:64] for a in load_mnist("test", data_dir=data_path("MNIST").parent))
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(np.ascontiguousarray(_mnist(64).transpose(0, 3, 1, 2))))
+    pre = Preprocess(*MNIST_NORM)
+    got = predict(module, variables, images, preprocess=pre, batch_size=24)
+    want = rearrange(ref, "(m b) c -> m b c", m=4).numpy()
+    assert got.shape == (4, 64, 10)
+    assert float(np.abs(got - want).max()) <= 1e-5
+    res = evaluate(module, variables, (images, labels), preprocess=pre, batch_size=24, progress=False)
+    pe = torch.softmax(rearrange(ref, "(m b) c -> b m c", m=4), dim=-1)
+    for key, cls in (("Disagreement", tu_metrics.Disagreement), ("MI", tu_metrics.MutualInformation),
+                     ("Entropy", tu_metrics.Entropy)):
+        met = cls()
+        met.update(pe)
+        assert abs(res[f"test/ens_{key}"] - float(met.compute())) <= 1e-6, key
+    acc = float((pe.mean(1).argmax(-1).numpy() == labels).mean())
+    assert abs(res["test/cls/Acc"] - acc) <= 1e-6

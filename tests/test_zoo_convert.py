@@ -1,0 +1,75 @@
+"""Bad ensemble checkpoints get a clear error naming the key and the shapes (``converters.convert``, the
+CLI's library form): a BatchEnsemble checkpoint with another number of members than the model's, a
+Masksembles mask of the wrong shape or with values other than 0/1, a MIMO checkpoint without M."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import require
+
+pytestmark = pytest.mark.parity
+
+
+def _saved(tmp_path, name, sd_edit=None, file="tu.pt", **kw):
+    torch = require("torch")
+    from torch_uncertainty.models import classification as tu
+
+    torch.manual_seed(0)
+    sd = getattr(tu, name)(**kw).state_dict()
+    if sd_edit is not None:
+        sd_edit(sd)
+    path = tmp_path / file
+    torch.save(sd, path)
+    return path
+
+
+def test_batch_ensemble_wrong_member_count(tmp_path):
+    from converters import ConvertError, convert
+
+    path = _saved(tmp_path, "batchensemble_lenet", in_channels=1, num_classes=10, num_estimators=2)
+    with pytest.raises(ConvertError, match=r"num_estimators=4.*'core_model\.conv1\.r_group' \(2, 1\)"):
+        convert([path], arch="batchensemble_lenet", kwargs={"num_estimators": 4})
+
+    def mixed(sd):  # one layer with 3 members in a 2-member checkpoint
+        sd["core_model.fc1.r_group"] = sd["core_model.fc1.r_group"][[0, 1, 1]]
+
+    bad = _saved(tmp_path, "batchensemble_lenet", mixed, "mixed.pt", in_channels=1, num_classes=10,
+                 num_estimators=2)
+    with pytest.raises(ConvertError, match=r"'core_model\.fc1\.r_group' \(3, 256\)"):
+        convert([bad])
+
+
+def test_mask_of_the_wrong_shape_or_not_binary(tmp_path):
+    torch = require("torch")
+    from converters import ConvertError, convert
+
+    kw = dict(in_channels=3, num_classes=10, arch=20, num_estimators=2, scale=2.0, style="cifar")
+
+    def narrow(sd):
+        sd["layer2.0.conv2.mask.masks"] = sd["layer2.0.conv2.mask.masks"][:, :30]
+
+    path = _saved(tmp_path, "masked_resnet", narrow, **kw)
+    with pytest.raises(ConvertError, match=r"'layer2\.0\.conv2\.mask\.masks'.*\(2, 30\).*\(2, 32\)"):
+        convert([path], arch="masked_resnet", kwargs=kw)
+
+    def soft(sd):
+        sd["linear.mask.masks"] = sd["linear.mask.masks"] * torch.tensor(0.5, dtype=torch.float64)
+
+    path = _saved(tmp_path, "masked_resnet", soft, "soft.pt", **kw)
+    with pytest.raises(ConvertError, match=r"'linear\.mask\.masks' \(2, 64\): a Masksembles mask must hold only 0"):
+        convert([path], arch="masked_resnet", kwargs=kw)
+
+
+def test_mimo_needs_its_member_count(tmp_path):
+    from converters import ConvertError, convert
+
+    path = _saved(tmp_path, "mimo_resnet", in_channels=3, num_classes=10, arch=20, num_estimators=3, style="cifar")
+    with pytest.raises(ConvertError, match="num_estimators=M"):
+        convert([path], arch="mimo_resnet")
+    with pytest.raises(ConvertError, match="not a multiple of num_estimators=4"):
+        convert([path], arch="mimo_resnet", kwargs={"num_estimators": 4})
+    res = convert([path], arch="mimo_resnet", kwargs={"num_estimators": 3})
+    assert res["meta"]["kwargs"]["in_channels"] == 3 and res["meta"]["kwargs"]["num_classes"] == 10
+    assert np.asarray(res["variables"]["params"]["conv1"]["kernel"]).shape == (3, 3, 9, 16)
