@@ -73,3 +73,23 @@ def test_mimo_needs_its_member_count(tmp_path):
     res = convert([path], arch="mimo_resnet", kwargs={"num_estimators": 3})
     assert res["meta"]["kwargs"]["in_channels"] == 3 and res["meta"]["kwargs"]["num_classes"] == 10
     assert np.asarray(res["variables"]["params"]["conv1"]["kernel"]).shape == (3, 3, 9, 16)
+
+
+def test_configurations_that_fail_in_tu_are_refused():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxuq import models
+
+    with pytest.raises(ValueError, match="3 input channels"):
+        models.get("batched_resnet", in_channels=1, num_classes=10, arch=18, num_estimators=2)
+    m = models.get("packed_vgg", in_channels=3, num_classes=10, arch=11, alpha=2, num_estimators=2, gamma=1,
+                   norm="batchnorm", style="cifar")
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    with pytest.raises(ValueError, match="norm='none'"):
+        m = models.get("packed_lenet", in_channels=1, num_classes=10).clone(norm="batchnorm")
+        jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    with pytest.raises(ValueError, match="repeat_strategy"):
+        models.get("masked_resnet", in_channels=3, num_classes=10, arch=18, num_estimators=2, scale=2.0,
+                   repeat_strategy="sometimes")

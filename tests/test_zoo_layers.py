@@ -193,3 +193,12 @@ def test_mimo_heads_are_tus_rearranges():
     np.testing.assert_array_equal(np.moveaxis(np.asarray(mimo_inputs(xt, 2, train=True)), -1, 1), ref_t)
     y = rng.standard_normal((3, 8), dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(mimo_outputs(y, 2)), rearrange(y, "b (m d) -> (m b) d", m=2))
+
+
+def test_mask_search_is_bounded(monkeypatch):
+    """TU's searches loop until they succeed; here a search that does not end raises instead."""
+    from jaxuq.nn import masksembles
+
+    monkeypatch.setattr(masksembles, "MAX_TRIES", 0)
+    with pytest.raises(ValueError, match="would loop forever"):
+        generation_wrapper(32, 2, 2.0, np.random.default_rng(0))

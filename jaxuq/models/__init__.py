@@ -12,7 +12,9 @@ Registry (lazy: a model's module is imported only when it is asked for)::
     module, variables, meta = models.load("out/resnet20")            # a jaxuq-convert checkpoint
 
 Every model's ``__call__(x, train: bool = False)`` takes ``x: [N, H, W, C]`` and returns logits
-``[N, num_classes]`` (packed models: ``[M*N, num_classes]`` member-major). BatchNorm is
+``[N, num_classes]``. Models with the ensemble members in the batch (packed, batched, masked, mimo forms) have
+a field ``num_estimators`` and the class attribute ``members_in_batch = True``, and return TU's
+``[M*N, num_classes]`` member-major (``jaxuq.predict``/``evaluate`` split it into ``[M, N, C]``). BatchNorm is
 :class:`jaxuq.nn.BatchNorm` (torch parity, ``batch_stats`` collection); dropout uses the ``'dropout'`` rng.
 """
 

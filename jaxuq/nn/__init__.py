@@ -6,6 +6,9 @@
 - :class:`DepthwiseConv2d` — torch depthwise ``Conv2d`` (groups = channels), fast on XLA:CPU.
 - :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC.
 - ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv``, ``PackedDense``).
+- ``jaxuq.nn.batch_ensemble`` — BatchEnsemble layers (``BatchConv``, ``BatchDense``) and TU's
+  ``BatchEnsemble`` wrapper; ``jaxuq.nn.masksembles`` — Masksembles (``MaskedConv``, ``MaskedDense``, TU's
+  mask generation); ``jaxuq.nn.mimo`` — MIMO's input/output rearranges.
 - ``jaxuq.nn.init`` — torch's default Conv/Linear initialisation as Flax initialisers.
 """
 
