@@ -12,6 +12,15 @@ from tests.helpers import require
 pytestmark = pytest.mark.parity
 
 
+@pytest.fixture(autouse=True)
+def _seeded_tu_masks(monkeypatch):
+    """TU draws Masksembles masks from OS entropy: seeded here so that every run sees the same models."""
+    require("torch")
+    from tests.torch_models import seed_tu_masks
+
+    seed_tu_masks(monkeypatch)
+
+
 def _saved(tmp_path, name, sd_edit=None, file="tu.pt", **kw):
     torch = require("torch")
     from torch_uncertainty.models import classification as tu

@@ -123,6 +123,7 @@ def test_mask_generation_errors_like_tu():
         apply_masks(jnp.zeros((3, 4)), jnp.ones((2, 4)))
 
 
+@pytest.mark.slow
 def test_masked_resnet_masks_follow_tu_construction_order(monkeypatch):
     """TU's masked_resnet built with ``default_rng((seed, i))`` for its i-th masked layer (construction
     order) holds jaxuq's ``masked_resnet(seed=seed)`` masks, layer by layer."""
@@ -156,9 +157,12 @@ def test_masked_resnet_masks_follow_tu_construction_order(monkeypatch):
         np.testing.assert_array_equal(got[k], ref, err_msg=k)
 
 
-def test_masked_layers_match_tu():
+def test_masked_layers_match_tu(monkeypatch):
     torch = require("torch")
     L = _tu_layers()
+    from tests.torch_models import seed_tu_masks
+
+    seed_tu_masks(monkeypatch)
     torch.manual_seed(1)
     lin = L.MaskedLinear(20, 5, num_estimators=2, scale=2.0)
     conv = L.MaskedConv2d(12, 6, 3, num_estimators=3, scale=1.5, padding=1)

@@ -18,6 +18,15 @@ from tests.helpers import data_path, require
 
 pytestmark = [pytest.mark.parity, pytest.mark.realdata]
 
+@pytest.fixture(autouse=True)
+def _seeded_tu_masks(monkeypatch):
+    """TU draws Masksembles masks from OS entropy: seeded here so that every run sees the same models."""
+    require("torch")
+    from tests.torch_models import seed_tu_masks
+
+    seed_tu_masks(monkeypatch)
+
+
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 

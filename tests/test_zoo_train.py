@@ -23,6 +23,15 @@ from tests.helpers import data_path, require
 pytestmark = [pytest.mark.parity, pytest.mark.realdata]
 
 
+@pytest.fixture(autouse=True)
+def _seeded_tu_masks(monkeypatch):
+    """TU draws Masksembles masks from OS entropy: seeded here so that every run sees the same models."""
+    require("torch")
+    from tests.torch_models import seed_tu_masks
+
+    seed_tu_masks(monkeypatch)
+
+
 def _images(n: int, size: int = 32):
     d = np.load(data_path("cifar10_heads/train_first1000x5.npz"))
     return d["images"][:n, :size, :size], d["labels"][:n].astype(np.int64)
