@@ -102,3 +102,21 @@ def test_configurations_that_fail_in_tu_are_refused():
     with pytest.raises(ValueError, match="repeat_strategy"):
         models.get("masked_resnet", in_channels=3, num_classes=10, arch=18, num_estimators=2, scale=2.0,
                    repeat_strategy="sometimes")
+
+
+def test_factory_arguments_are_validated():
+    from jaxuq import models
+
+    base = dict(in_channels=3, num_classes=10, arch=18)
+    with pytest.raises(TypeError, match="num_estimators"):
+        models.get("mimo_resnet", **base, num_estimators=2.0)
+    with pytest.raises(ValueError, match="num_estimators must be >= 1"):
+        models.get("batched_wideresnet28x10", in_channels=3, num_classes=10, num_estimators=0)
+    with pytest.raises(ValueError, match="alpha"):
+        models.get("packed_resnet", **base, num_estimators=2, alpha=float("nan"), gamma=1)
+    with pytest.raises(TypeError, match="gamma"):
+        models.get("packed_vgg", in_channels=3, num_classes=10, arch=11, alpha=2, num_estimators=2, gamma=1.5)
+    with pytest.raises(ValueError, match="specify the value of the arg. `scale`"):
+        models.get("masked_resnet", **base, num_estimators=2, scale=None)
+    with pytest.raises(ValueError, match="larger than 6"):
+        models.get("masked_wideresnet28x10", in_channels=3, num_classes=10, num_estimators=2, scale=7.0)

@@ -19,18 +19,36 @@ mimo       plain layers, ``M * in`` inputs and          ``mimo_inputs`` / ``mimo
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
+import numpy as np
 
 from jaxuq.models._common import conv, torch_inits
 from jaxuq.nn.batch_ensemble import BatchConv, BatchDense, repeat_inputs
-from jaxuq.nn.masksembles import MaskedConv, MaskedDense
+from jaxuq.nn.masksembles import MaskedConv, MaskedDense, check_scale
 from jaxuq.nn.mimo import mimo_inputs, mimo_outputs
 from jaxuq.nn.packed import PackedConv, PackedDense
 
-__all__ = ["KINDS", "Kind"]
+__all__ = ["KINDS", "Kind", "count", "validated"]
 
 KINDS = ("std", "batched", "masked", "packed", "mimo")
+
+
+def count(value, name: str) -> int:
+    """A positive integer argument (``num_estimators``, ``gamma``): TypeError / ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def validated(module):
+    """``module`` after building its :class:`Kind` once, so that a factory refuses bad arguments
+    (``scale``, ``alpha``, ``gamma``, ``num_estimators``) when it is called, not at the first apply."""
+    module.kind()
+    return module
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +71,15 @@ class Kind:
     def __post_init__(self):
         if self.name not in KINDS:
             raise ValueError(f"unknown layer kind {self.name!r}; known: {KINDS}")
-        if isinstance(self.num_estimators, bool) or not isinstance(self.num_estimators, int):
-            raise TypeError(f"num_estimators must be an int, got {type(self.num_estimators).__name__}")
-        if self.num_estimators < 1:
-            raise ValueError(f"num_estimators must be >= 1, got {self.num_estimators}")
+        count(self.num_estimators, "num_estimators")
+        if self.name == "masked":
+            check_scale(self.scale)
+        if self.name == "packed":
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float | np.number):
+                raise TypeError(f"alpha must be a number, got {type(self.alpha).__name__}")
+            if not (math.isfinite(self.alpha) and self.alpha > 0):
+                raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
+            count(self.gamma, "gamma")
 
     @property
     def fold(self) -> int:

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
-from jaxuq.models._kinds import Kind
+from jaxuq.models._kinds import Kind, count, validated
 from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
 from jaxuq.nn.batch_ensemble import BatchEnsemble
 
@@ -104,14 +104,15 @@ def packed_lenet(in_channels: int = 1, num_classes: int = 10, num_estimators: in
                  gamma: int = 1, activation: str = "relu", groups: int = 1,
                  dropout_rate: float = 0.0) -> PackedLeNet:
     """TU ``packed_lenet`` (norm is Identity, TU's default)."""
-    return PackedLeNet(in_channels, num_classes, activation, "none", groups, dropout_rate,
-                       num_estimators=int(num_estimators), alpha=alpha, gamma=int(gamma))
+    return validated(PackedLeNet(
+        in_channels, num_classes, activation, "none", groups, dropout_rate,
+        num_estimators=count(num_estimators, "num_estimators"), alpha=alpha, gamma=count(gamma, "gamma")))
 
 
 def batchensemble_lenet(in_channels: int, num_classes: int, num_estimators: int = 4, activation: str = "relu",
                         norm: str = "batchnorm", groups: int = 1, dropout_rate: float = 0.0,
                         repeat_training_inputs: bool = False) -> BatchEnsemble:
     """TU ``batchensemble_lenet`` (same arguments and defaults; ``norm`` by name)."""
-    core = BatchedLeNet(in_channels, num_classes, activation, norm, groups, dropout_rate,
-                        num_estimators=int(num_estimators))
-    return BatchEnsemble(core, int(num_estimators), repeat_training_inputs)
+    m = count(num_estimators, "num_estimators")
+    core = BatchedLeNet(in_channels, num_classes, activation, norm, groups, dropout_rate, num_estimators=m)
+    return BatchEnsemble(core, m, repeat_training_inputs)

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
-from jaxuq.models._kinds import Kind
+from jaxuq.models._kinds import Kind, count, validated
 from jaxuq.nn import BatchNorm, max_pool2d
 
 __all__ = ["RESNET_BLOCKS", "BASIC_ARCHS", "BatchedResNet", "MIMOResNet", "MaskedResNet", "PackedResNet",
@@ -259,9 +259,9 @@ def batched_resnet(in_channels: int, num_classes: int, arch: int, num_estimators
     if style == "imagenet" and in_channels != 3:
         raise ValueError(f"batched_resnet: TU 0.13.0 builds the imagenet stem for 3 input channels, got "
                          f"in_channels={in_channels}")
-    return BatchedResNet(in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier,
-                        groups,
-                         style, num_estimators=int(num_estimators), repeat_strategy=_repeat(repeat_strategy))
+    return validated(BatchedResNet(
+        in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier, groups, style,
+        num_estimators=count(num_estimators, "num_estimators"), repeat_strategy=_repeat(repeat_strategy)))
 
 
 def masked_resnet(in_channels: int, num_classes: int, arch: int, num_estimators: int, scale: float,
@@ -272,10 +272,10 @@ def masked_resnet(in_channels: int, num_classes: int, arch: int, num_estimators:
     (:mod:`jaxuq.nn.masksembles`; a converted checkpoint carries TU's masks instead)."""
     style = _style(style)
     _check_arch(arch, style)
-    return MaskedResNet(in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier,
-                        groups,
-                        style, num_estimators=int(num_estimators), scale=scale,
-                        repeat_strategy=_repeat(repeat_strategy), seed=int(seed))
+    return validated(MaskedResNet(
+        in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier, groups, style,
+        num_estimators=count(num_estimators, "num_estimators"), scale=scale,
+        repeat_strategy=_repeat(repeat_strategy), seed=int(seed)))
 
 
 def mimo_resnet(in_channels: int, num_classes: int, arch: int, num_estimators: int, conv_bias: bool = True,
@@ -284,8 +284,9 @@ def mimo_resnet(in_channels: int, num_classes: int, arch: int, num_estimators: i
     """TU ``mimo_resnet`` (same arguments and defaults)."""
     style = _style(style)
     _check_arch(arch, style)
-    return MIMOResNet(in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier, groups,
-                      style, num_estimators=int(num_estimators))
+    return validated(MIMOResNet(
+        in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier, groups, style,
+        num_estimators=count(num_estimators, "num_estimators")))
 
 
 def packed_resnet(in_channels: int, num_classes: int, arch: int, num_estimators: int, alpha: float,
@@ -297,7 +298,7 @@ def packed_resnet(in_channels: int, num_classes: int, arch: int, num_estimators:
     ``x: [B, H, W, in_channels]`` NHWC -> logits ``[num_estimators * B, num_classes]`` member-major."""
     style = _style(style)
     _check_arch(arch, style)
-    return PackedResNet(in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier,
-                        groups,
-                        style, num_estimators=int(num_estimators), alpha=alpha, gamma=int(gamma),
-                        linear_implementation=linear_implementation)
+    return validated(PackedResNet(
+        in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier, groups, style,
+        num_estimators=count(num_estimators, "num_estimators"), alpha=alpha, gamma=count(gamma, "gamma"),
+        linear_implementation=linear_implementation))

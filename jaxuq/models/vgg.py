@@ -23,7 +23,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxuq.models._kinds import Kind
+from jaxuq.models._kinds import Kind, count, validated
 from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
 
 __all__ = ["PackedVGG", "VGG", "VGG_CONFIGS", "packed_vgg", "vgg"]
@@ -116,5 +116,6 @@ def packed_vgg(in_channels: int, num_classes: int, arch: int, alpha: float, num_
                norm: str = "none", groups: int = 1, dropout_rate: float = 0.5,
                style: str = "imagenet") -> PackedVGG:
     """TU ``packed_vgg`` (same arguments and defaults; ``norm`` by name)."""
-    return PackedVGG(in_channels, num_classes, int(arch), norm, groups, dropout_rate, style,
-                     num_estimators=int(num_estimators), alpha=alpha, gamma=int(gamma))
+    return validated(PackedVGG(
+        in_channels, num_classes, int(arch), norm, groups, dropout_rate, style,
+        num_estimators=count(num_estimators, "num_estimators"), alpha=alpha, gamma=count(gamma, "gamma")))

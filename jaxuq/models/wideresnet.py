@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
-from jaxuq.models._kinds import Kind
+from jaxuq.models._kinds import Kind, count, validated
 from jaxuq.models.resnet import _repeat, _style
 from jaxuq.nn import BatchNorm, max_pool2d
 
@@ -161,8 +161,9 @@ def batched_wideresnet28x10(in_channels: int, num_classes: int, num_estimators: 
                             dropout_rate: float = 0.3, groups: int = 1, style: str = "imagenet",
                             repeat_strategy: str = "paper") -> BatchedWideResNet:
     """TU ``batched_wideresnet28x10`` (same arguments and defaults)."""
-    return BatchedWideResNet(in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
-                             num_estimators=int(num_estimators), repeat_strategy=_repeat(repeat_strategy))
+    return validated(BatchedWideResNet(
+        in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
+        num_estimators=count(num_estimators, "num_estimators"), repeat_strategy=_repeat(repeat_strategy)))
 
 
 def masked_wideresnet28x10(in_channels: int, num_classes: int, num_estimators: int, scale: float,
@@ -170,22 +171,25 @@ def masked_wideresnet28x10(in_channels: int, num_classes: int, num_estimators: i
                            style: str = "imagenet", repeat_strategy: str = "paper",
                            seed: int = 0) -> MaskedWideResNet:
     """TU ``masked_wideresnet28x10`` (same arguments and defaults) plus the masks' ``seed``."""
-    return MaskedWideResNet(in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
-                            num_estimators=int(num_estimators), scale=scale,
-                            repeat_strategy=_repeat(repeat_strategy), seed=int(seed))
+    return validated(MaskedWideResNet(
+        in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
+        num_estimators=count(num_estimators, "num_estimators"), scale=scale,
+        repeat_strategy=_repeat(repeat_strategy), seed=int(seed)))
 
 
 def mimo_wideresnet28x10(in_channels: int, num_classes: int, num_estimators: int, conv_bias: bool = True,
                          dropout_rate: float = 0.3, groups: int = 1,
                          style: str = "imagenet") -> MIMOWideResNet:
     """TU ``mimo_wideresnet28x10`` (same arguments and defaults)."""
-    return MIMOWideResNet(in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
-                          num_estimators=int(num_estimators))
+    return validated(MIMOWideResNet(
+        in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
+        num_estimators=count(num_estimators, "num_estimators")))
 
 
 def packed_wideresnet28x10(in_channels: int, num_classes: int, num_estimators: int, alpha: float, gamma: int,
                            conv_bias: bool = True, dropout_rate: float = 0.3, groups: int = 1,
                            style: str = "imagenet") -> PackedWideResNet:
     """TU ``packed_wideresnet28x10`` (same arguments and defaults)."""
-    return PackedWideResNet(in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
-                            num_estimators=int(num_estimators), alpha=alpha, gamma=int(gamma))
+    return validated(PackedWideResNet(
+        in_channels, num_classes, conv_bias, dropout_rate, groups, _style(style),
+        num_estimators=count(num_estimators, "num_estimators"), alpha=alpha, gamma=count(gamma, "gamma")))

@@ -35,7 +35,7 @@ from jaxuq.nn.batch_ensemble import _pair
 from jaxuq.nn.conv import Conv
 from jaxuq.nn.init import torch_kernel_init, torch_uniform_init
 
-__all__ = ["MASKS_COLLECTION", "MAX_TRIES", "Mask", "MaskedConv", "MaskedDense", "apply_masks",
+__all__ = ["MASKS_COLLECTION", "MAX_TRIES", "Mask", "MaskedConv", "MaskedDense", "apply_masks", "check_scale",
            "generate_masks", "generation_wrapper", "mask_array"]
 
 MASKS_COLLECTION = "batch_stats"
@@ -70,7 +70,8 @@ def generate_masks(m: int, n: int, s: float, rng: np.random.Generator) -> np.nda
     return masks
 
 
-def _check_scale(scale) -> float:
+def check_scale(scale) -> float:
+    """``scale`` as TU validates it (None, < 1, > 6 refused; NaN/inf and non-numbers too) -> float."""
     if scale is None:
         raise ValueError("You must specify the value of the arg. `scale`")
     if isinstance(scale, bool) or not isinstance(scale, int | float | np.integer | np.floating):
@@ -92,7 +93,7 @@ def generation_wrapper(c: int, n: int, scale: float, rng: np.random.Generator) -
             f"Current value is (channels={c}). Increase the number of features "
             "or remove this Masksembles instance from your architecture."
         )
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     active_features = int(int(c) / (scale * (1 - (1 - 1 / scale) ** n)))
     masks = generate_masks(active_features, n, scale, rng)
     up = 4 * scale
@@ -127,7 +128,7 @@ def mask_array(channels: int, num_estimators: int, scale: float, seed: int | Seq
     """The masks ``float32 [num_estimators, channels]`` that TU's ``generation_wrapper`` draws from
     ``np.random.default_rng(seed)`` (read-only; cached). ``seed``: an int or a tuple of ints."""
     seed = tuple(int(v) for v in seed) if isinstance(seed, Sequence) else int(seed)
-    return _mask_array(int(channels), int(num_estimators), _check_scale(scale), seed)
+    return _mask_array(int(channels), int(num_estimators), check_scale(scale), seed)
 
 
 def apply_masks(x, masks):
@@ -154,7 +155,7 @@ class Mask(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        _check_scale(self.scale)
+        check_scale(self.scale)
         masks = self.variable(MASKS_COLLECTION, "masks", lambda: jnp.asarray(
             mask_array(self.channels, self.num_estimators, self.scale, self.seed)))
         if masks.value.shape != (self.num_estimators, self.channels):
