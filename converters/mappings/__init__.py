@@ -172,6 +172,33 @@ def _leaf_paths(template: Any) -> dict[tuple[str, ...], Any]:
     return out
 
 
+def _value(k: str, e: Entry, arr: np.ndarray, leaves: dict, errors: list[str]) -> np.ndarray | None:
+    """The Flax value of torch key ``k`` through ``e`` (float32), or None after appending the problem
+    (number of dimensions, shape after the transform, dtype, NaN/inf, ``e.check``) to ``errors``."""
+    if e.torch_ndim is not None and arr.ndim != e.torch_ndim:
+        exp = tuple(leaves[e.path].shape) if e.path in leaves else f"{e.torch_ndim}-d"
+        errors.append(f"shape mismatch for {k!r}: got {arr.shape}, expected {e.torch_ndim}-d (Flax {exp})")
+        return None
+    if e.path is None:
+        return None
+    out = e.transform(arr)
+    if e.path in leaves and tuple(out.shape) != tuple(leaves[e.path].shape):
+        errors.append(f"shape mismatch for {k!r}: torch {arr.shape} -> {e.name} -> {tuple(out.shape)}, "
+                      f"expected {tuple(leaves[e.path].shape)} for Flax {'/'.join(e.path)}")
+        return None
+    if not np.issubdtype(out.dtype, np.floating):
+        errors.append(f"{k!r}: dtype {out.dtype}, expected a floating tensor")
+        return None
+    if not np.all(np.isfinite(out)):
+        errors.append(f"{k!r}: contains NaN/inf")
+        return None
+    problem = e.check(out) if e.check is not None else None
+    if problem:
+        errors.append(f"{k!r} {arr.shape}: {problem}")
+        return None
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, source: str = "<state_dict>"):
     """Fill ``template`` from ``state_dict`` through ``table``; strict.
 
@@ -201,36 +228,10 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, sour
         errors.append(f"mapping names Flax leaf {'/'.join(p)} that the model does not have (mapping bug)")
     values: dict[tuple[str, ...], np.ndarray] = {}
     for k, e in table.items():
-        if k not in state_dict:
-            continue
-        arr = np.asarray(state_dict[k])
-        if e.torch_ndim is not None and arr.ndim != e.torch_ndim:
-            exp = tuple(leaves[e.path].shape) if e.path in leaves else f"{e.torch_ndim}-d"
-            errors.append(
-                f"shape mismatch for {k!r}: got {arr.shape}, expected {e.torch_ndim}-d (Flax {exp})"
-            )
-            continue
-        if e.path is None:
-            continue
-        out = e.transform(arr)
-        if e.path in leaves and tuple(out.shape) != tuple(leaves[e.path].shape):
-            exp_leaf = tuple(leaves[e.path].shape)
-            errors.append(
-                f"shape mismatch for {k!r}: torch {arr.shape} -> {e.name} -> {tuple(out.shape)}, "
-                f"expected {exp_leaf} for Flax {'/'.join(e.path)}"
-            )
-            continue
-        if not np.issubdtype(out.dtype, np.floating):
-            errors.append(f"{k!r}: dtype {out.dtype}, expected a floating tensor")
-            continue
-        if not np.all(np.isfinite(out)):
-            errors.append(f"{k!r}: contains NaN/inf")
-            continue
-        problem = e.check(out) if e.check is not None else None
-        if problem:
-            errors.append(f"{k!r} {arr.shape}: {problem}")
-            continue
-        values[e.path] = np.ascontiguousarray(out, dtype=np.float32)
+        if k in state_dict:
+            out = _value(k, e, np.asarray(state_dict[k]), leaves, errors)
+            if out is not None:
+                values[e.path] = out
     if errors:
         raise ValueError(f"{source}: cannot convert ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
     flat = jax.tree_util.tree_flatten_with_path(template)[0]
