@@ -35,7 +35,7 @@ def bench_jaxuq(images, labels, m, bs, members, repeats):
     import optax
 
     from jaxuq.data import MNIST_NORM, Preprocess
-    from jaxuq.models.packed_lenet import packed_lenet
+    from jaxuq.models.lenet import packed_lenet
     from jaxuq.train import EnsembleConfig, TrainConfig, create_train_state, fit
 
     model = packed_lenet(1, 10, num_estimators=1, alpha=1)  # == TU lenet (all layers dense)

@@ -68,6 +68,12 @@ def _resolve_arch(arch: str | None, kwargs: dict | None, sd: dict, source: str) 
         raise ConvertError(f"unknown architecture {arch!r}; known: {', '.join(mappings.arch_names())}")
     if guess is not None and guess[0] == arch:
         return arch, {**guess[1], **(kwargs or {})}
+    complete = getattr(mappings.family_of(arch), "complete", None)  # e.g. MIMO: kwargs from the shapes + M
+    if complete is not None:
+        try:
+            return arch, {**complete(arch, sd, dict(kwargs or {})), **(kwargs or {})}
+        except (KeyError, ValueError, IndexError) as e:
+            raise ConvertError(f"{source}: {e}") from None
     return arch, dict(kwargs or {})
 
 

@@ -6,8 +6,9 @@
 - :class:`ChenyaofoResNet` — chenyaofo/pytorch-cifar-models' CIFAR ResNet (option-B ``downsample``
   shortcut, ``fc`` head), the temperature-scaling tutorial's ``cifar100_resnet20``.
 - :class:`Tiniest` — scio's Tiniest (keys of ``tiniest.pt``), written from its ARCHITECTURE.md.
-- :func:`torch_model` — a torch module for any converter architecture name: TU 0.13.0's own ``lenet``,
-  ``resnet``, ``packed_lenet``, ``packed_resnet``, or the two classes here.
+- :func:`torch_model` — a torch module for any converter architecture name: TU 0.13.0's factory of that
+  name (``lenet``, ``resnet``, ``batched_resnet``, ``wideresnet28x10``, ``packed_vgg``, ...), or the classes
+  here.
 
 Imports torch lazily (module import is torch-free only for the names; the classes need torch).
 """
@@ -148,7 +149,11 @@ _ACT = {"relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.si
 
 
 def torch_model(model_name: str, **kwargs) -> nn.Module:
-    """The torch counterpart of the converter architecture ``model_name`` built with the same ``kwargs``."""
+    """The torch counterpart of the converter architecture ``model_name`` built with the same ``kwargs``:
+    the classes here, or TU 0.13.0's factory of that name (``torch_uncertainty.models.classification``)
+    with jaxuq's by-name kwargs translated (``activation`` -> function, ``norm`` -> ``nn.BatchNorm2d`` /
+    ``nn.Identity``; jaxuq's own ``seed`` of the masked models is dropped: the masks come from the state
+    dict)."""
     arch = model_name
     kw = dict(kwargs)
     if arch == "resnet_cifar":
@@ -157,17 +162,14 @@ def torch_model(model_name: str, **kwargs) -> nn.Module:
         return ResNetCifar(int(arch[6:]), **kw)
     if arch == "tiniest":
         return Tiniest(**kw)
-    from torch_uncertainty.models.classification import lenet, packed_lenet, packed_resnet, resnet  # noqa: PLC0415
+    from torch_uncertainty.models import classification as tu  # noqa: PLC0415
 
+    factory = getattr(tu, arch, None)
+    if factory is None:
+        raise ValueError(f"no torch reference for architecture {arch!r}")
     if "activation" in kw:
-        kw["activation"] = _ACT[kw["activation"]]
-    if arch in ("lenet", "packed_lenet"):
-        norm = kw.pop("norm", "none")
-        kw["norm"] = nn.BatchNorm2d if norm == "batchnorm" else nn.Identity
-        return (lenet if arch == "lenet" else packed_lenet)(**kw)
-    if arch in ("resnet", "packed_resnet"):
-        if "activation" in kw:
-            kw["activation_fn"] = kw.pop("activation")
-        kw.pop("norm", None)
-        return (resnet if arch == "resnet" else packed_resnet)(**kw)
-    raise ValueError(f"no torch reference for architecture {arch!r}")
+        kw["activation" if "lenet" in arch else "activation_fn"] = _ACT[kw.pop("activation")]
+    if "norm" in kw or arch in ("lenet", "packed_lenet"):
+        kw["norm"] = nn.BatchNorm2d if kw.pop("norm", "none") == "batchnorm" else nn.Identity
+    kw.pop("seed", None)
+    return factory(**kw)

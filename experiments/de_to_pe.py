@@ -76,8 +76,7 @@ from jaxuq.data import MNIST_NORM, Preprocess, RepeatTarget, load_fashion_mnist,
 from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import classification_table, predict
 from jaxuq.metrics import count_flops
-from jaxuq.models.lenet import lenet
-from jaxuq.models.packed_lenet import packed_lenet
+from jaxuq.models.lenet import lenet, packed_lenet
 from jaxuq.train import EnsembleConfig, TrainConfig, fit, torch_sgd, tu_deep_ensembles
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxuq.data.formats import repeat_target
-from jaxuq.models.packed_lenet import packed_lenet
-from jaxuq.models.packed_resnet import packed_resnet
+from jaxuq.models.lenet import packed_lenet
+from jaxuq.models.resnet import packed_resnet
 from jaxuq.nn.packed import (
     PackedConv,
     PackedDense,

@@ -7,6 +7,8 @@ Tests that import this module must have called ``require("torch")`` first.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,3 +39,29 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def state_dict_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+class _SeededNumpy:
+    """Stands in for the ``np`` of TU's masksembles module: ``np.random.default_rng()`` (OS entropy in
+    TU) returns ``default_rng((seed, k))`` for its k-th call, so TU's masks are reproducible in tests."""
+
+    def __init__(self, seed: int):
+        self.calls = 0
+
+        def default_rng(*args):
+            if args:
+                return np.random.default_rng(*args)
+            self.calls += 1
+            return np.random.default_rng((seed, self.calls))
+
+        self.random = types.SimpleNamespace(default_rng=default_rng)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def seed_tu_masks(monkeypatch, seed: int = 0) -> None:
+    """Make TU 0.13.0's Masksembles masks deterministic for the rest of the test (see :class:`_SeededNumpy`)."""
+    from torch_uncertainty.layers import masksembles
+
+    monkeypatch.setattr(masksembles, "np", _SeededNumpy(seed))

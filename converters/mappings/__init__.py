@@ -3,8 +3,9 @@
 Every module in this package is one *family* and is imported automatically (``pkgutil``) the first
 time the registry is used; nothing has to be registered by hand. Built-in families: ``lenet``
 (TU ``lenet``), ``resnet`` (TU ``resnet``), ``resnet_cifar`` (He et al. ResNet-20/32/44/56/110,
-option-A shortcut), ``tiniest`` (scio's Tiniest); ``packed`` (``packed_lenet`` / ``packed_resnet``)
-is written by the Packed-Ensembles work.
+option-A shortcut), ``tiniest`` (scio's Tiniest), ``packed`` (``packed_lenet`` / ``packed_resnet`` /
+``packed_wideresnet28x10`` / ``packed_vgg``), ``batched`` (BatchEnsemble), ``masked`` (Masksembles),
+``mimo``, ``wideresnet`` and ``vgg`` (TU's plain ones).
 
 How to add a family
 -------------------
@@ -33,6 +34,11 @@ Optional:
     Recognise the architecture and its kwargs from the keys/shapes (used by
     ``jaxuq-convert inspect`` and by ``convert`` without ``--arch``). Return ``None`` if not ours.
 
+``complete(model_name, state_dict, kwargs) -> dict``
+    With ``--arch model_name`` given: the full kwargs from the state dict and the user's partial
+    ``kwargs`` (for families whose keys do not identify them, e.g. MIMO needs only ``num_estimators``).
+    Raises ``ValueError`` with what is missing.
+
 ``torch_reference(model_name, **kwargs) -> torch.nn.Module``
     A torch module with the same state-dict keys, for ``jaxuq-convert convert --verify``.
 
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -65,6 +72,7 @@ __all__ = [
     "apply_table",
     "arch_names",
     "bn_entries",
+    "channels_last",
     "build_template",
     "conv_entries",
     "convert_state_dict",
@@ -73,6 +81,9 @@ __all__ = [
     "family_of",
     "infer",
     "ln_entries",
+    "flax_leaf_to_torch",
+    "template_table",
+    "template_torch_to_flax",
 ]
 
 
@@ -105,7 +116,8 @@ class Entry:
     ``name``: the transform's name for docs (``"oihw->hwio"``, ``".T"``, ``"id"``).
     ``torch_ndim``: the expected number of torch dimensions (checked before the transform).
     ``required``: ``False`` for keys that may be absent (``num_batches_tracked``: older torch versions
-    did not save it); when present they are still checked.
+    did not save it); when present they are still checked. ``check``: an extra value check
+    (``arr -> error message or None``), e.g. masks must be binary.
     """
 
     path: tuple[str, ...] | None
@@ -113,6 +125,7 @@ class Entry:
     name: str = "id"
     torch_ndim: int | None = None
     required: bool = True
+    check: Callable[[np.ndarray], str | None] | None = None
 
 
 Table = dict  # dict[str, Entry]: torch key -> Entry
@@ -161,6 +174,33 @@ def _leaf_paths(template: Any) -> dict[tuple[str, ...], Any]:
     return out
 
 
+def _value(k: str, e: Entry, arr: np.ndarray, leaves: dict, errors: list[str]) -> np.ndarray | None:
+    """The Flax value of torch key ``k`` through ``e`` (float32), or None after appending the problem
+    (number of dimensions, shape after the transform, dtype, NaN/inf, ``e.check``) to ``errors``."""
+    if e.torch_ndim is not None and arr.ndim != e.torch_ndim:
+        exp = tuple(leaves[e.path].shape) if e.path in leaves else f"{e.torch_ndim}-d"
+        errors.append(f"shape mismatch for {k!r}: got {arr.shape}, expected {e.torch_ndim}-d (Flax {exp})")
+        return None
+    if e.path is None:
+        return None
+    out = e.transform(arr)
+    if e.path in leaves and tuple(out.shape) != tuple(leaves[e.path].shape):
+        errors.append(f"shape mismatch for {k!r}: torch {arr.shape} -> {e.name} -> {tuple(out.shape)}, "
+                      f"expected {tuple(leaves[e.path].shape)} for Flax {'/'.join(e.path)}")
+        return None
+    if not np.issubdtype(out.dtype, np.floating):
+        errors.append(f"{k!r}: dtype {out.dtype}, expected a floating tensor")
+        return None
+    if not np.all(np.isfinite(out)):
+        errors.append(f"{k!r}: contains NaN/inf")
+        return None
+    problem = e.check(out) if e.check is not None else None
+    if problem:
+        errors.append(f"{k!r} {arr.shape}: {problem}")
+        return None
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, source: str = "<state_dict>"):
     """Fill ``template`` from ``state_dict`` through ``table``; strict.
 
@@ -188,37 +228,95 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, template: Any, sour
         errors.append(f"mapping names Flax leaf {'/'.join(p)} that the model does not have (mapping bug)")
     values: dict[tuple[str, ...], np.ndarray] = {}
     for k, e in table.items():
-        if k not in state_dict:
-            continue
-        arr = np.asarray(state_dict[k])
-        if e.torch_ndim is not None and arr.ndim != e.torch_ndim:
-            exp = tuple(leaves[e.path].shape) if e.path in leaves else f"{e.torch_ndim}-d"
-            errors.append(
-                f"shape mismatch for {k!r}: got {arr.shape}, expected {e.torch_ndim}-d (Flax {exp})"
-            )
-            continue
-        if e.path is None:
-            continue
-        out = e.transform(arr)
-        if e.path in leaves and tuple(out.shape) != tuple(leaves[e.path].shape):
-            exp_leaf = tuple(leaves[e.path].shape)
-            errors.append(
-                f"shape mismatch for {k!r}: torch {arr.shape} -> {e.name} -> {tuple(out.shape)}, "
-                f"expected {exp_leaf} for Flax {'/'.join(e.path)}"
-            )
-            continue
-        if not np.issubdtype(out.dtype, np.floating):
-            errors.append(f"{k!r}: dtype {out.dtype}, expected a floating tensor")
-            continue
-        if not np.all(np.isfinite(out)):
-            errors.append(f"{k!r}: contains NaN/inf")
-            continue
-        values[e.path] = np.ascontiguousarray(out, dtype=np.float32)
+        if k in state_dict:
+            out = _value(k, e, np.asarray(state_dict[k]), leaves, errors)
+            if out is not None:
+                values[e.path] = out
     if errors:
         raise ValueError(f"{source}: cannot convert ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
     flat = jax.tree_util.tree_flatten_with_path(template)[0]
     ordered = [values[tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)] for path, _ in flat]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), ordered)
+
+
+# ------------------------------------------------------------------------- tables from a template
+_IDX = re.compile(r"^(.*)_(\d+)$")
+
+
+def torch_module_path(names: tuple[str, ...]) -> str:
+    """Flax module names -> torch's dotted module path (``layer1_0`` -> ``layer1.0``)."""
+    parts = []
+    for n in names:
+        m = _IDX.match(n)
+        parts.extend([m.group(1), m.group(2)] if m else [n])
+    return ".".join(parts)
+
+
+def _binary(arr: np.ndarray) -> str | None:
+    return None if np.all((arr == 0) | (arr == 1)) else "a Masksembles mask must hold only 0 and 1"
+
+
+_MHA_LEAVES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k",
+               "bias_v", "out_proj_weight", "out_proj_bias")
+
+
+def channels_last(t: np.ndarray) -> np.ndarray:
+    """A torch conv weight ``(O, I/G, *k)`` (or a transposed conv's ``(I, O/G, *k)``) -> ``(*k, I/G, O)``
+    (``(*k, O/G, I)``): ``oihw->hwio`` for any number of spatial axes."""
+    return np.transpose(t, (*range(2, t.ndim), 1, 0))
+
+
+def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Entry]:
+    """``(torch_key, Entry)`` for the Flax leaf ``collection/names...`` of a model whose submodule names
+    mirror torch's (``<name>_<i>`` = torch's ``<name>.<i>``): conv kernels (4-d, OIHW -> HWIO), dense
+    kernels (2-d, transposed), packed dense kernels (3-d ``(G, o, i)``, as is), BatchNorm scale/bias/
+    running statistics, BatchEnsemble ``r_group``/``s_group``/``bias``, Masksembles ``masks``, and the
+    packed family's 1/2/3-d ``conv``/``conv_transpose`` kernels and attention leaves."""
+    *mod, leaf = names
+    base = torch_module_path(tuple(mod))
+    path = (collection, *names)
+    if collection == "params":
+        if leaf == "kernel" and mod and mod[-1] in ("conv", "conv_transpose"):  # packed convs, 1/2/3-d
+            return f"{base}.weight", Entry(path, channels_last, "(o, i/g, *k)->(*k, i/g, o)", ndim)
+        if leaf == "kernel" and ndim == 4:
+            return f"{base}.weight", Entry(path, oihw_to_hwio, "oihw->hwio", 4)
+        if leaf == "kernel" and ndim == 3:
+            return f"{base}.weight", Entry(path, name="id (G, o, i)", torch_ndim=3)
+        if leaf == "kernel" and ndim == 2:
+            return f"{base}.weight", Entry(path, linear_to_dense, ".T", 2)
+        if leaf == "scale":
+            return f"{base}.weight", Entry(path, torch_ndim=1)
+        if leaf in ("bias", "r_group", "s_group"):
+            return f"{base}.{leaf}", Entry(path, torch_ndim=ndim)
+        if leaf in _MHA_LEAVES:  # PackedMultiheadAttention keeps torch's names and layouts
+            return f"{base}.{leaf}" if base else leaf, Entry(path, torch_ndim=ndim)
+    if collection == "batch_stats" and leaf in ("mean", "var"):
+        return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
+    if collection == "batch_stats" and leaf == "masks":
+        return f"{base}.masks", Entry(path, name="id (0/1)", torch_ndim=2, check=_binary)
+    raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
+
+
+def template_table(template: Any) -> Table:
+    """The explicit table of a model built from the :func:`flax_leaf_to_torch` rules, one row per Flax
+    leaf, plus ``num_batches_tracked`` for every BatchNorm."""
+
+    t: Table = {}
+    bns = set()
+    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
+        key, entry = flax_leaf_to_torch(names[0], names[1:], len(leaf.shape))
+        t[key] = entry
+        if names[0] == "batch_stats" and names[-1] == "mean":
+            bns.add(torch_module_path(names[1:-1]))
+    for b in sorted(bns):
+        t[f"{b}.num_batches_tracked"] = Entry(None, torch_ndim=0)
+    return t
+
+
+def template_torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<state_dict>"):
+    """Strict conversion through :func:`template_table` (a family's ``torch_to_flax``)."""
+    return apply_table(state_dict, template_table(template), template, source)
 
 
 # --------------------------------------------------------------------------------------- registry

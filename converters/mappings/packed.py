@@ -1,4 +1,5 @@
-"""Mapping family ``packed``: TU Packed-Ensembles checkpoints (``packed_lenet``, ``packed_resnet``).
+"""Mapping family ``packed``: TU Packed-Ensembles checkpoints (``packed_lenet``, ``packed_resnet``,
+``packed_wideresnet28x10``, ``packed_vgg``).
 
 The explicit table (torch key -> Flax path + transform) is generated from the Flax template of the
 model with one rule per leaf kind, then applied strictly with :func:`converters.mappings.apply_table`:
@@ -18,7 +19,9 @@ Path rule: Flax module names ``layer1_0`` / ``shortcut_1`` are torch's ``layer1.
 (``<name>_<int>`` -> ``<name>.<int>``). A grouped conv keeps torch's contiguous group layout, so the
 plain OIHW -> HWIO transpose gives the ``feature_group_count`` kernel.
 Architectures and kwargs (TU's): ``packed_lenet(in_channels, num_classes, num_estimators, alpha, gamma)``,
-``packed_resnet(in_channels, num_classes, arch, num_estimators, alpha, gamma, style, ...)``.
+``packed_resnet(in_channels, num_classes, arch, num_estimators, alpha, gamma, style, ...)``,
+``packed_wideresnet28x10(in_channels, num_classes, num_estimators, alpha, gamma, ...)``,
+``packed_vgg(in_channels, num_classes, arch, alpha, num_estimators, gamma, ...)``.
 
 The rest of TU's packed layers (``jaxuq.nn.packed``) follow the same rules: a ``conv`` (1/2/3-d) or
 ``conv_transpose`` kernel moves channels last (``(O, I/G, *k) -> (*k, I/G, O)``; the transposed conv's
@@ -40,71 +43,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters.mappings import Entry, Table, apply_table
-from jaxuq.models.packed_lenet import packed_lenet
-from jaxuq.models.packed_resnet import packed_resnet
-from jaxuq.models.resnet import BASIC_ARCHS, RESNET_BLOCKS, SMALL_PLANES_ARCHS
+from converters.mappings import Entry, Table, apply_table, channels_last, flax_leaf_to_torch, template_table
+from converters.mappings._shapes import shape, style_of, template, wrn_widen
+from converters.mappings.vgg import vgg_kwargs
+from jaxuq.models.lenet import packed_lenet
+from jaxuq.models.resnet import BASIC_ARCHS as _BASIC
+from jaxuq.models.resnet import RESNET_BLOCKS, packed_resnet
+from jaxuq.models.vgg import packed_vgg
+from jaxuq.models.wideresnet import packed_wideresnet28x10
 
 __all__ = [
-    "ARCHS",
-    "build",
-    "flax_leaf_to_torch",
-    "infer",
-    "packed_conv_entries",
-    "packed_conv_transpose_entries",
-    "packed_layer_norm_entries",
-    "packed_linear_entries",
-    "packed_mha_entries",
-    "packed_transformer_decoder_layer_entries",
-    "packed_transformer_encoder_layer_entries",
-    "table",
-    "torch_reference",
-    "torch_to_flax",
+    "ARCHS", "build", "flax_leaf_to_torch", "infer", "packed_conv_entries", "packed_conv_transpose_entries",
+    "packed_layer_norm_entries", "packed_linear_entries", "packed_mha_entries",
+    "packed_transformer_decoder_layer_entries", "packed_transformer_encoder_layer_entries", "table",
+    "torch_reference", "torch_to_flax",
 ]
 
-_IDX = re.compile(r"^(.*)_(\d+)$")
 
-
-def _torch_module_path(names: tuple[str, ...]) -> str:
-    parts = []
-    for n in names:
-        m = _IDX.match(n)
-        parts.extend([m.group(1), m.group(2)] if m else [n])
-    return ".".join(parts)
-
-
-_MHA_LEAVES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k",
-               "bias_v", "out_proj_weight", "out_proj_bias")
-
-
-def channels_last(t: np.ndarray) -> np.ndarray:
-    """A torch conv weight ``(O, I/G, *k)`` (or a transposed conv's ``(I, O/G, *k)``) -> ``(*k, I/G, O)``
-    (``(*k, O/G, I)``): ``oihw->hwio`` for any number of spatial axes."""
-    return np.transpose(t, (*range(2, t.ndim), 1, 0))
-
-
-def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tuple[str, Entry]:
-    """``(torch_key, Entry)`` for the Flax leaf ``collection/names...`` of a packed model."""
-    *mod, leaf = names
-    base = _torch_module_path(tuple(mod))
-    path = (collection, *names)
-    if collection == "params":
-        if leaf == "kernel" and (ndim == 4 or (mod and mod[-1] in ("conv", "conv_transpose"))):
-            return f"{base}.weight", Entry(path, channels_last, "(o, i/g, *k)->(*k, i/g, o)", ndim)
-        if leaf == "kernel" and ndim == 3:
-            return f"{base}.weight", Entry(path, name="id (G, o, i)", torch_ndim=3)
-        if leaf == "scale":
-            return f"{base}.weight", Entry(path, torch_ndim=1)
-        if leaf == "bias":
-            return f"{base}.bias", Entry(path, torch_ndim=1)
-        if leaf in _MHA_LEAVES:
-            return f"{base}.{leaf}" if base else leaf, Entry(path, torch_ndim=ndim)
-    if collection == "batch_stats" and leaf in ("mean", "var"):
-        return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
-    raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
-
-
-# ------------------------------------------------------------------------- entry helpers, one per layer
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -187,46 +142,46 @@ def packed_transformer_decoder_layer_entries(torch_prefix: str, flax_path: tuple
     return _transformer_entries(torch_prefix, flax_path, ("self_attn", "multihead_attn"), 3, bias)
 
 
-def _table_from_template(template: Any) -> Table:
-    t: Table = {}
-    bns = set()
-    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
-        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
-        key, entry = flax_leaf_to_torch(names[0], names[1:], len(leaf.shape))
-        t[key] = entry
-        if names[0] == "batch_stats":
-            bns.add(_torch_module_path(names[1:-1]))
-    for b in sorted(bns):
-        t[f"{b}.num_batches_tracked"] = Entry(None, torch_ndim=0)
-    return t
-
-
 def _template(model_name: str, kwargs: dict):
     # not converters.mappings.build_template: its positional ``arch`` collides with TU's ``arch=18`` kwarg
+
     module, shape = ARCHS[model_name](**kwargs)
     return module, jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
 
 
 def table(model_name: str, /, **kwargs) -> Table:
     """The explicit mapping table of ``model_name`` built with ``kwargs``."""
-    return _table_from_template(_template(model_name, kwargs)[1])
+    return template_table(_template(model_name, kwargs)[1])
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], template: Any, source: str = "<state_dict>"):
     """Strict conversion of a TU packed state dict into ``template``'s variables (float32 numpy)."""
-    return apply_table(state_dict, _table_from_template(template), template, source)
+    return apply_table(state_dict, template_table(template), template, source)
 
 
 def _packed_lenet(**kw):
+
     return packed_lenet(**kw), (1, 28, 28, kw.get("in_channels", 1))
 
 
 def _packed_resnet(**kw):
+
     size = 32 if str(kw.get("style", "imagenet")) in ("cifar", "ResNetStyle.CIFAR") else 64
     return packed_resnet(**kw), (1, size, size, kw["in_channels"])
 
 
-ARCHS = {"packed_lenet": _packed_lenet, "packed_resnet": _packed_resnet}
+def _packed_wrn(**kw):
+
+    return template(packed_wideresnet28x10, kw)
+
+
+def _packed_vgg(**kw):
+
+    return template(packed_vgg, kw)
+
+
+ARCHS = {"packed_lenet": _packed_lenet, "packed_resnet": _packed_resnet,
+         "packed_wideresnet28x10": _packed_wrn, "packed_vgg": _packed_vgg}
 
 
 def build(model_name: str, state_dict: Mapping[str, Any], /, *, source: str = "<state_dict>", **kwargs):
@@ -239,38 +194,79 @@ def build(model_name: str, state_dict: Mapping[str, Any], /, *, source: str = "<
 
 
 def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict] | None:
-    """Recognise a TU ``packed_resnet`` (``linear.weight`` is (M, C, 512*alpha*expansion/M) since TU's
-    head uses gamma=1). ``packed_lenet`` is not inferable (M and gamma are confounded): pass ``--arch``."""
+    """Recognise a TU ``packed_resnet`` / ``packed_wideresnet28x10`` (their heads use gamma=1, so
+    ``linear.weight`` is ``(M, C, ...)``) or ``packed_vgg`` (assuming gamma=1: its head is ``(M*gamma,
+    C/gamma, ...)``, so M and gamma are confounded; pass ``--arch`` for gamma > 1). ``packed_lenet`` is not
+    inferable (M and gamma are confounded): pass ``--arch``."""
+    if "features.0.conv.weight" in state_dict:
+        return _infer_vgg(state_dict)
     if "conv1.conv.weight" not in state_dict or "linear.weight" not in state_dict:
         return None
     w = np.shape(state_dict["linear.weight"])
     stem = np.shape(state_dict["conv1.conv.weight"])
     if len(w) != 3 or len(stem) != 4:
         return None
+    if wrn_widen(state_dict, "{}.conv.weight") == 10:
+        return _infer_wrn(state_dict)
+    return _infer_resnet(state_dict)
+
+
+def _gamma(sd: Mapping[str, Any], m: int) -> int:
+    """The largest gamma a block's grouped conv actually uses (after TU's reduction)."""
+    gamma = 1
+    for k, v in sd.items():
+        if re.match(r"layer\d+\.\d+\.(conv2|conv3)\.conv\.weight$", k):
+            src = _input_channels(sd, k)
+            if src:
+                gamma = max(gamma, src // np.shape(v)[1] // m)
+    return gamma
+
+
+def _alpha(width: int, nominal: int):
+    alpha = width / nominal
+    return int(alpha) if float(alpha).is_integer() else float(alpha)
+
+
+def _infer_resnet(state_dict: Mapping[str, Any]) -> tuple[str, dict] | None:
+    w = np.shape(state_dict["linear.weight"])
+    stem = np.shape(state_dict["conv1.conv.weight"])
     m, c = int(w[0]), int(w[1])
     blocks = [
         len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4)
     ]
     bottleneck = any(k.endswith("conv3.conv.weight") for k in state_dict)
+
     blocks = [b for b in blocks if b]
-    arch = next((a for a, nb in RESNET_BLOCKS.items()
-                 if nb == blocks and (a not in BASIC_ARCHS) == bottleneck), None)
+    arch = next((a for a, nb in RESNET_BLOCKS.items() if nb == blocks and (a not in _BASIC) == bottleneck),
+                None)
     if arch is None:
         return None
-    in_planes = 16 if arch in SMALL_PLANES_ARCHS else 64
-    alpha = stem[0] / in_planes
-    alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
-    gamma = 1
-    for k, v in state_dict.items():  # the largest gamma a grouped conv actually uses (after reduction)
-        if re.match(r"layer\d+\.\d+\.(conv2|conv3)\.conv\.weight$", k):
-            ipg = np.shape(v)[1]
-            src = _input_channels(state_dict, k)
-            if src:
-                gamma = max(gamma, src // ipg // m)
-    style = "cifar" if stem[2] == 3 else "imagenet"
-    kw = dict(in_channels=int(stem[1]), num_classes=c, arch=arch, num_estimators=m, alpha=alpha,
-              gamma=int(gamma), style=style, conv_bias="conv1.conv.bias" in state_dict)
+    in_planes = 16 if arch in (20, 44, 56, 110, 1202) else 64
+    kw = dict(in_channels=int(stem[1]), num_classes=c, arch=arch, num_estimators=m,
+              alpha=_alpha(stem[0], in_planes), gamma=_gamma(state_dict, m), style=style_of(stem),
+              conv_bias="conv1.conv.bias" in state_dict)
     return "packed_resnet", kw
+
+
+def _infer_wrn(sd: Mapping[str, Any]) -> tuple[str, dict]:
+    m, c = shape(sd, "linear.weight")[:2]
+    stem = shape(sd, "conv1.conv.weight")
+    kw = dict(in_channels=stem[1], num_classes=c, num_estimators=m, alpha=_alpha(stem[0], 16),
+              gamma=_gamma(sd, m), conv_bias="conv1.conv.bias" in sd, style=style_of(stem))
+    return "packed_wideresnet28x10", kw
+
+
+def _infer_vgg(sd: Mapping[str, Any]) -> tuple[str, dict] | None:
+
+    if "cls_head.6.weight" not in sd or len(shape(sd, "cls_head.0.weight")) != 3:
+        return None
+    alpha = _alpha(shape(sd, "features.0.conv.weight")[0], 64)
+    kw = vgg_kwargs(sd, ".conv.weight", shape(sd, "cls_head.0.weight"), alpha)
+    if kw is None:
+        return None
+    m, c = shape(sd, "cls_head.6.weight")[:2]
+    return "packed_vgg", {"in_channels": kw.pop("in_channels"), "num_classes": c, **kw, "alpha": alpha,
+                          "num_estimators": m, "gamma": 1}
 
 
 def _input_channels(sd: Mapping[str, Any], key: str) -> int | None:
@@ -283,12 +279,8 @@ def _input_channels(sd: Mapping[str, Any], key: str) -> int | None:
 
 def torch_reference(arch: str, /, **kwargs):
     """TU's torch module with the same state-dict keys (for ``jaxuq-convert convert --verify``)."""
-    if arch == "packed_lenet":
-        from torch_uncertainty.models.classification.lenet import packed_lenet  # noqa: PLC0415
+    if arch not in ARCHS:
+        raise ValueError(f"unknown packed arch {arch!r}")
+    from converters.torch_refs import torch_model  # noqa: PLC0415
 
-        return packed_lenet(**kwargs)
-    if arch == "packed_resnet":
-        from torch_uncertainty.models.classification.resnet.packed import packed_resnet  # noqa: PLC0415
-
-        return packed_resnet(**kwargs)
-    raise ValueError(f"unknown packed arch {arch!r}")
+    return torch_model(arch, **kwargs)

@@ -1,6 +1,6 @@
 """jaxuq.data: readers for standard files, downloads, device-side pipeline, OOD sets."""
 
-from jaxuq.data.formats import RepeatTarget, repeat_target
+from jaxuq.data.formats import MIMOBatchFormat, RepeatTarget, repeat_target
 from jaxuq.data.ood import darker, fashion_mnist_ood, svhn_ood, synthetic_shifts, uniform_noise, vertical_flip
 from jaxuq.data.pipeline import (
     CIFAR10_NORM,
@@ -30,6 +30,7 @@ __all__ = [
     "CIFAR10_NORM",
     "MNIST_NORM",
     "DataFileError",
+    "MIMOBatchFormat",
     "Preprocess",
     "RepeatTarget",
     "darker",

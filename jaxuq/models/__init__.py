@@ -12,7 +12,9 @@ Registry (lazy: a model's module is imported only when it is asked for)::
     module, variables, meta = models.load("out/resnet20")            # a jaxuq-convert checkpoint
 
 Every model's ``__call__(x, train: bool = False)`` takes ``x: [N, H, W, C]`` and returns logits
-``[N, num_classes]`` (packed models: ``[M*N, num_classes]`` member-major). BatchNorm is
+``[N, num_classes]``. Models with the ensemble members in the batch (packed, batched, masked, mimo forms) have
+a field ``num_estimators`` and the class attribute ``members_in_batch = True``, and return TU's
+``[M*N, num_classes]`` member-major (``jaxuq.predict``/``evaluate`` split it into ``[M, N, C]``). BatchNorm is
 :class:`jaxuq.nn.BatchNorm` (torch parity, ``batch_stats`` collection); dropout uses the ``'dropout'`` rng.
 """
 
@@ -38,8 +40,16 @@ _REGISTRY: dict[str, str] = {
     "chenyaofo_resnet": "chenyaofo_resnet:chenyaofo_resnet",
     **{f"cifar{c}_resnet{d}": f"chenyaofo_resnet:cifar{c}_resnet{d}"
        for c in (10, 100) for d in (20, 32, 44, 56)},
-    "packed_lenet": "packed_lenet:packed_lenet",
-    "packed_resnet": "packed_resnet:packed_resnet",
+    "packed_lenet": "lenet:packed_lenet",
+    "batchensemble_lenet": "lenet:batchensemble_lenet",
+    "packed_resnet": "resnet:packed_resnet",
+    "batched_resnet": "resnet:batched_resnet",
+    "masked_resnet": "resnet:masked_resnet",
+    "mimo_resnet": "resnet:mimo_resnet",
+    **{f"{form}wideresnet28x10": f"wideresnet:{form}wideresnet28x10"
+       for form in ("", "batched_", "masked_", "mimo_", "packed_")},
+    "vgg": "vgg:vgg",
+    "packed_vgg": "vgg:packed_vgg",
 }
 
 

@@ -8,6 +8,9 @@
 - ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv`` 1/2/3-d, ``PackedConvTranspose``,
   ``PackedDense``, ``PackedLayerNorm``, ``PackedMultiheadAttention``, ``PackedTransformerEncoderLayer`` /
   ``PackedTransformerDecoderLayer``).
+- ``jaxuq.nn.batch_ensemble`` — BatchEnsemble layers (``BatchConv``, ``BatchDense``) and TU's
+  ``BatchEnsemble`` wrapper; ``jaxuq.nn.masksembles`` — Masksembles (``MaskedConv``, ``MaskedDense``, TU's
+  mask generation); ``jaxuq.nn.mimo`` — MIMO's input/output rearranges.
 - ``jaxuq.nn.init`` — torch's default Conv/Linear initialisation as Flax initialisers.
 """
 
