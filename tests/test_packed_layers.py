@@ -387,15 +387,15 @@ def test_encoder_state_dict_converts_strictly_and_template_rules_agree():
     """The helper table equals the one the family's template rules derive; a missing or extra key fails."""
     torch = require("torch")
     L = _tu_layers()
-    from converters.mappings import apply_table
-    from converters.mappings.packed import _table_from_template, packed_transformer_encoder_layer_entries
+    from converters.mappings import apply_table, template_table
+    from converters.mappings.packed import packed_transformer_encoder_layer_entries
 
     tu = _randomize(torch, L.PackedTransformerEncoderLayer(8, 2, 2, 2, dim_feedforward=16, dropout=0.0), 7)
     ours = PackedTransformerEncoderLayer(8, 2, 2, 2, dim_feedforward=16, dropout=0.0)
     x = jnp.zeros((3, 2, 16))
     template = jax.eval_shape(lambda: ours.init(jax.random.key(0), x))
     helper = packed_transformer_encoder_layer_entries("", ())
-    derived = _table_from_template(template)
+    derived = template_table(template)
     assert {k: e.path for k, e in helper.items()} == {k: e.path for k, e in derived.items()}
     sd = {k: v.detach().numpy() for k, v in tu.state_dict().items()}
     apply_table(sd, helper, template, "enc.pt")

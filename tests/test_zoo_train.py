@@ -46,7 +46,7 @@ def _step(name, kw, xu, y, lr=0.1, tu_format=None, jx_format=None, tu_dtype="flo
 
     from converters import mappings
     from jaxuq.data import epoch_permutation
-    from jaxuq.train import fit
+    from jaxuq.train import TrainConfig, fit
     from jaxuq.train.state import TrainState
     from tests.torch_models import randomize_, state_dict_numpy
 
@@ -70,8 +70,8 @@ def _step(name, kw, xu, y, lr=0.1, tu_format=None, jx_format=None, tu_dtype="flo
     st = TrainState(step=jnp.zeros((), jnp.int32), apply_fn=module.apply, params=params, tx=tx,
                     opt_state=tx.init(params), batch_stats=jax.tree.map(jnp.asarray, v.get("batch_stats", {})),
                     key=jax.random.key(0))
-    r = fit(module, (xu, y), optimizer=tx, epochs=1, batch_size=len(xu), format_batch=jx_format, init_state=st,
-            quiet=True)
+    cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=len(xu), format_batch=jx_format, quiet=True)
+    r = fit(module, (xu, y), cfg, init_state=st)
     assert r.history[0]["step"] == 1
     assert abs(r.history[0]["train_loss"] - loss.item()) <= 1e-5
     diff = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())  # noqa: E731
