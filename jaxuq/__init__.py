@@ -27,6 +27,7 @@ _SUBMODULES = (
     "nn",
     "ood",
     "report",
+    "sampling",
     "train",
 )
 _EVALUATION = ("classification_table", "evaluate", "predict")

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxuq.nn.dropout import Dropout
 from jaxuq.nn.packed import PackedConv, PackedDense
 from jaxuq.nn.pool import adaptive_avg_pool2d
 
@@ -37,17 +38,18 @@ class PackedLeNet(nn.Module):
         kw = dict(alpha=self.alpha, num_estimators=self.num_estimators, gamma=self.gamma)
         act = self.activation
         out = PackedConv(self.in_channels, 6, 5, groups=self.groups, first=True, name="conv1", **kw)(x)
-        out = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(act(out))
+        conv_dropout = Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="conv_dropout")  # used twice
+        out = conv_dropout(act(out), train)
         out = nn.max_pool(out, (2, 2), (2, 2))
         out = PackedConv(6, 16, 5, groups=self.groups, name="conv2", **kw)(out)
-        out = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(act(out))
+        out = conv_dropout(act(out), train)
         out = nn.max_pool(out, (2, 2), (2, 2))
         out = adaptive_avg_pool2d(out, (4, 4))
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)  # torch flatten order (c, h, w)
         out = act(PackedDense(256, 120, name="fc1", **kw)(out))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="fc_dropout")(out, train)
         out = act(PackedDense(120, 84, name="fc2", **kw)(out))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="last_fc_dropout")(out, train)
         return PackedDense(84, self.num_classes, last=True, name="fc3", **kw)(out)
 
 

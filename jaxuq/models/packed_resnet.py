@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxuq.nn.dropout import Dropout
 from jaxuq.nn.norm import BatchNorm
 from jaxuq.nn.packed import PackedConv, PackedDense
 
@@ -60,7 +61,7 @@ class _BasicBlock(_Block):
         ura = not train
         out = PackedConv(self.in_planes, self.planes, 3, stride=self.stride, padding=1, name="conv1", **kw)(x)
         out = self.norm(name="bn1")(out, use_running_average=ura)
-        out = nn.relu(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=ura)(out))
+        out = nn.relu(Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train))
         out = PackedConv(self.planes, self.planes, 3, gamma=self.gamma, padding=1, name="conv2", **kw)(out)
         out = self.norm(name="bn2")(out, use_running_average=ura)
         return nn.relu(out + _shortcut(self, x, ura))
@@ -78,7 +79,7 @@ class _Bottleneck(_Block):
         out = PackedConv(self.planes, self.planes, 3, gamma=self.gamma, stride=self.stride, padding=1,
                          name="conv2", **kw)(out)
         out = self.norm(name="bn2")(out, use_running_average=ura)
-        out = nn.relu(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=ura)(out))
+        out = nn.relu(Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train))
         out = PackedConv(self.planes, self.expansion * self.planes, 1, gamma=self.gamma, name="conv3",
                          **kw)(out)
         out = self.norm(name="bn3")(out, use_running_average=ura)
@@ -140,7 +141,7 @@ class PackedResNet(nn.Module):
                             name=f"layer{li + 1}_{bi}")(out, train)
                 in_planes = planes * block.expansion
         out = jnp.mean(out, axis=(1, 2))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="final_dropout")(out, train)
         mult = 8 if len(self.num_blocks) == 4 else 4
         return PackedDense(self.in_planes * mult * block.expansion, self.num_classes, last=True,
                            implementation=self.linear_implementation, name="linear", **kw)(out)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
 from jaxuq.models._common import conv
-from jaxuq.nn import BatchNorm, Conv, max_pool2d
+from jaxuq.nn import BatchNorm, Conv, Dropout, max_pool2d
 
 __all__ = ["RESNET_BLOCKS", "BASIC_ARCHS", "ResNet", "resnet"]
 
@@ -52,7 +52,7 @@ class BasicBlock(_Block):
         act, ura = _act(self.activation), not train
         out = conv(self.planes, 3, self.stride, 1, bias=self.conv_bias, groups=self.groups, name="conv1")(x)
         out = BatchNorm(name="bn1")(out, use_running_average=ura)
-        out = act(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(out))
+        out = act(Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train))
         out = conv(self.planes, 3, 1, 1, bias=self.conv_bias, groups=self.groups, name="conv2")(out)
         out = BatchNorm(name="bn2")(out, use_running_average=ura)
         return act(out + _shortcut(self, x, ura))
@@ -68,7 +68,7 @@ class Bottleneck(_Block):
         out = act(BatchNorm(name="bn1")(out, use_running_average=ura))
         out = conv(self.planes, 3, self.stride, 1, bias=self.conv_bias, groups=self.groups, name="conv2")(out)
         out = BatchNorm(name="bn2")(out, use_running_average=ura)
-        out = act(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(out))
+        out = act(Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train))
         out = conv(self.planes * 4, 1, bias=self.conv_bias, groups=self.groups, name="conv3")(out)
         out = BatchNorm(name="bn3")(out, use_running_average=ura)
         return act(out + _shortcut(self, x, ura))
@@ -123,7 +123,7 @@ class ResNet(nn.Module):
                                 self.activation, name=f"layer{li + 1}_{bi}")(out, train)
                 in_planes = planes * block_cls.expansion
         out = jnp.mean(out, axis=(1, 2))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="final_dropout")(out, train)
         return nn.Dense(self.num_classes, name="linear")(out)
 
 
