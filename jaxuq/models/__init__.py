@@ -40,6 +40,7 @@ _REGISTRY: dict[str, str] = {
        for c in (10, 100) for d in (20, 32, 44, 56)},
     "packed_lenet": "packed_lenet:packed_lenet",
     "packed_resnet": "packed_resnet:packed_resnet",
+    "bayesian_lenet": "bayesian_lenet:bayesian_lenet",
 }
 
 
