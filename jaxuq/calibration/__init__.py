@@ -1,5 +1,5 @@
 """jaxuq.calibration: post-hoc calibration (temperature / vector / matrix scaling),
-conformal prediction sets (THR, APS, RAPS) and DEUP, with torch-uncertainty 0.13.0 semantics."""
+conformal prediction sets (THR, APS, RAPS), DEUP and MC-BatchNorm, with torch-uncertainty 0.13.0 semantics."""
 
 from jaxuq.calibration.conformal import (
     aps_all_scores,
@@ -33,3 +33,7 @@ __all__ = [
     "deup_features", "deup_fit", "deup_score", "lbfgs_torch", "cross_entropy", "matrix_apply",
     "matrix_fit", "temperature_apply", "temperature_fit", "vector_apply", "vector_fit",
 ]
+
+from jaxuq.calibration.mc_batch_norm import mc_batch_norm_fit, mc_batch_norm_predict  # noqa: E402
+
+__all__ += ["mc_batch_norm_fit", "mc_batch_norm_predict"]
