@@ -22,7 +22,7 @@ Methods (the DE->PE tutorial recipe: MNIST, batch 512, plain SGD 0.05, RandomCro
   through the engine.
 - ``mc_dropout``: TU ``lenet(dropout_rate)`` trained with dropout; jaxuq's engine draws the masks (its
   ``'dropout'`` keys) and TU's ``F.dropout``/``F.dropout2d`` use them.
-- ``bayes``: TU ``bayesian_lenet`` + ``ELBOLoss(CE, kl_weight, bayes_samples)`` with Adam; jaxuq
+- ``bayes``: TU ``bayesian_lenet`` + ``ELBOLoss(CE, kl_weight, bayes_samples)`` with SGD (or Adam); jaxuq
   ``bayesian_lenet`` + ``jaxuq.sampling.elbo_value`` in a jitted step written here (the engine has no
   objective hook yet: a test instrument only). The noise is drawn here (numpy) and fed to both sides.
   TU's ELBO is lower by ``kl_weight * offset`` (TU's log-posterior constant, README deviations); the
@@ -47,7 +47,8 @@ Config keys:
   dropout_rate   0.5     mc_dropout
   bayes_samples  3       ELBO samples per step (bayes)
   kl_weight      0.0001  bayes
-  bayes_lr       0.001   Adam learning rate (bayes)
+  bayes_optimizer "sgd"  "sgd" (torch SGD / torch_sgd) or "adam" (torch Adam / torch_adam), bayes
+  bayes_lr       0.05    its learning rate
   tu_vs_tu       true    also TU with 1 thread and TU from a perturbed init
   perturbation   1e-07
   report_steps   [1, 10, 30, 50, 70, 90, 110]
@@ -89,7 +90,8 @@ def get_config() -> dict:
     return {
         "methods": list(METHODS), "train_images": 60000, "test_images": 10000, "batch_size": 512,
         "steps": None, "lr": 0.05, "crop": True, "de_members": 2, "packed_members": 4, "alpha": 2, "gamma": 1,
-        "dropout_rate": 0.5, "bayes_samples": 3, "kl_weight": 1e-4, "bayes_lr": 1e-3, "tu_vs_tu": True,
+        "dropout_rate": 0.5, "bayes_samples": 3, "kl_weight": 1e-4, "bayes_optimizer": "sgd",
+        "bayes_lr": 0.05, "tu_vs_tu": True,
         "perturbation": 1e-7, "report_steps": [1, 10, 30, 50, 70, 90, 110], "seed": 0, "compare_tu": True,
         "data_dir": None,
     }  # fmt: skip
@@ -140,7 +142,8 @@ def tu_routine(name: str, model, cfg: dict):
     kw = {"is_ensemble": True, "format_batch_fn": TURepeatTarget(m)} if m else {}
     if name == "bayes":
         loss = TUELBOLoss(None, nn.CrossEntropyLoss(), cfg["kl_weight"], num_samples=cfg["bayes_samples"])
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["bayes_lr"])
+        opt = (torch.optim.Adam if cfg["bayes_optimizer"] == "adam" else torch.optim.SGD)(
+            model.parameters(), lr=cfg["bayes_lr"])
     else:
         loss, opt = nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=cfg["lr"] * (m or 1))
     return ClassificationRoutine(model=model, num_classes=10, loss=loss, **kw), opt
@@ -179,7 +182,7 @@ def train_state(name: str, module, variables, cfg: dict) -> TrainState:
     """The engine's TrainState from the converted variables; ``de``: M members with one shared key."""
     m = _members(name, cfg)
     if name == "bayes":
-        tx = torch_adam(cfg["bayes_lr"])
+        tx = (torch_adam if cfg["bayes_optimizer"] == "adam" else torch_sgd)(cfg["bayes_lr"])
     else:
         tx = torch_sgd(cfg["lr"] * (m or 1))
     params = jax.tree.map(jnp.asarray, variables["params"])
@@ -461,6 +464,8 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     unknown = sorted(set(config["methods"]) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    if config["bayes_optimizer"] not in ("sgd", "adam"):
+        raise ValueError(f"bayes_optimizer must be 'sgd' or 'adam', got {config['bayes_optimizer']!r}")
     data = load_data(config)
     results = {}
     for name in config["methods"]:
