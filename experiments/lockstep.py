@@ -83,6 +83,14 @@ from jaxuq.train import StepSettings, TrainState, torch_adam, torch_sgd, train_c
 from jaxuq.train.loop import _Members  # the engine's member lowering (phase 1 API)
 
 METHODS = ("single", "de", "packed", "mc_dropout", "bayes")
+NOTES = [
+    "drift = |loss_a - loss_TU| / |loss_TU| per step; TU = ClassificationRoutine.training_step + its "
+    "optimiser with torch's default threads; 'TU 1 thread' and 'TU perturbed' (init + perturbation * "
+    "N(0, 1)) are TU again",
+    "jaxuq draws the augmentation (RandomCrop), the dropout masks and the Bayesian noise; TU is fed them",
+    "bayes: TU's losses are lower by tu_elbo_offset (TU's log-posterior constant); the drift adds it back",
+    "accuracy: first test_images MNIST test images; ensembles average the softmax; bayes: posterior means",
+]
 DROPOUT_CALLS = (("conv_dropout", 0), ("conv_dropout", 1), ("fc_dropout", 0), ("last_fc_dropout", 0))
 
 
@@ -443,18 +451,21 @@ def load_data(cfg: dict) -> dict:
 
 
 def render(results: dict, cfg: dict) -> str:
+    """One row per method and profile: the relative drift at the report steps, the end, the maximum
+    over the first 30 steps, and the test accuracy of run a (and of TU)."""
     from rich.table import Table
 
-    cols = [str(s) for s in cfg["report_steps"]] + ["end", "max_first_30"]
-    t = Table(title="lockstep: relative loss drift |a - b| / |b| per step (b: TU, default threads)")
-    for c in ["method", "profile", *cols, "test acc (a / TU)"]:
-        t.add_column(c, justify="left" if c in ("method", "profile") else "right")
+    steps = [str(s) for s in cfg["report_steps"]] + ["end", "max_first_30"]
+    names = {"jaxuq_vs_tu": "jaxuq", "tu_1_thread_vs_tu": "TU 1 thr", "tu_perturbed_vs_tu": "TU pert"}
+    t = Table(title="lockstep: relative loss drift |a - TU| / |TU| at step k (TU: default threads)")
+    for c in ["method", "a", *(c.replace("max_first_30", "max<=30") for c in steps), "acc a", "acc TU"]:
+        t.add_column(c, justify="left" if c in ("method", "a") else "right")
     for name, r in results.items():
         for prof, d in r["drift"].items():
-            a = prof.removesuffix("_vs_tu")
             acc = r["accuracy"]
-            acc_s = f"{100 * acc[a]:.2f} / {100 * acc['tu']:.2f} %" if a in acc and "tu" in acc else "-"
-            t.add_row(name, prof, *[f"{d[c]:.1e}" if c in d else "-" for c in cols], acc_s)
+            a = prof.removesuffix("_vs_tu")
+            pct = [f"{100 * acc[k]:.2f}" if k in acc else "-" for k in (a, "tu")]
+            t.add_row(name, names.get(prof, prof), *[f"{d[c]:.0e}" if c in d else "-" for c in steps], *pct)
     return render_text(t)
 
 
@@ -475,7 +486,8 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         d = results[name]["drift"]["jaxuq_vs_tu"]
         print(f"lockstep {name}: {results[name]['steps']} steps, jaxuq vs TU max over the first 30 "
               f"{d['max_first_30']:.1e}, end {d['end']:.1e} ({results[name]['seconds']:.0f} s)", flush=True)
-    return {"methods": results}, render(results, config)
+    recipe = {k: v for k, v in config.items() if k != "data_dir"}
+    return {"recipe": recipe, "notes": NOTES, "methods": results}, render(results, config)
 
 
 if __name__ == "__main__":
