@@ -49,6 +49,7 @@ Config keys:
   kl_weight      0.0001  bayes
   bayes_optimizer "sgd"  "sgd" (torch SGD / torch_sgd) or "adam" (torch Adam / torch_adam), bayes
   bayes_lr       0.05    its learning rate
+  tu_threads     null    torch threads of the reference TU run (null: torch's default)
   tu_vs_tu       true    also TU with 1 thread and TU from a perturbed init
   perturbation   1e-07
   report_steps   [1, 10, 30, 50, 70, 90, 110]
@@ -99,7 +100,7 @@ def get_config() -> dict:
         "methods": list(METHODS), "train_images": 60000, "test_images": 10000, "batch_size": 512,
         "steps": None, "lr": 0.05, "crop": True, "de_members": 2, "packed_members": 4, "alpha": 2, "gamma": 1,
         "dropout_rate": 0.5, "bayes_samples": 3, "kl_weight": 1e-4, "bayes_optimizer": "sgd",
-        "bayes_lr": 0.05, "tu_vs_tu": True,
+        "bayes_lr": 0.05, "tu_threads": None, "tu_vs_tu": True,
         "perturbation": 1e-7, "report_steps": [1, 10, 30, 50, 70, 90, 110], "seed": 0, "compare_tu": True,
         "data_dir": None,
     }  # fmt: skip
@@ -420,7 +421,7 @@ def profile(name: str, cfg: dict, data: dict) -> dict:
     else:
         state, losses = run_engine(name, state, *data["train"], idx, cfg)
     offset = _tu_offset(name, tu0, cfg)
-    runs = {"tu": run_tu(name, cfg, steps)}
+    runs = {"tu": run_tu(name, cfg, steps, threads=cfg["tu_threads"])}
     if cfg["tu_vs_tu"]:
         runs["tu_1_thread"] = run_tu(name, cfg, steps, threads=1)
         runs["tu_perturbed"] = run_tu(name, cfg, steps, perturbation=cfg["perturbation"])
