@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import data_path, require
 
-pytestmark = [pytest.mark.parity, pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.parity, pytest.mark.realdata]
 STEPS = 30
 
 
