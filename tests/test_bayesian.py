@@ -240,3 +240,25 @@ def test_bad_input_is_refused():
         loss(jnp.zeros((3, 2, 10)), jnp.zeros(2, jnp.int32), jnp.zeros(3))
     assert float(loss(jnp.zeros((2, 2, 10)), jnp.zeros(2, jnp.int32), jnp.ones(2))) == pytest.approx(
         float(cross_entropy(jnp.zeros((2, 10)), jnp.zeros(2, jnp.int32))) + 0.1)
+
+
+def test_converter_recognises_a_tu_checkpoint(tmp_path):
+    torch = require("torch")
+    require("torch_uncertainty")
+    from torch_uncertainty.models.classification import bayesian_lenet as tu_bayesian_lenet
+
+    from converters.core import ConvertError, convert
+
+    torch.manual_seed(9)
+    tu = tu_bayesian_lenet(1, 10, prior_sigma_1=0.2)
+    path = tmp_path / "bnn.pt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in tu.state_dict().items()}}, path)  # Lightning-like
+    out = convert([path])
+    assert out["meta"]["arch"] == "bayesian_lenet" and out["meta"]["kwargs"]["prior_sigma_1"] == 0.2
+    mu = tu.core_model.fc1.weight_mu.detach().numpy().T
+    np.testing.assert_array_equal(np.asarray(out["variables"]["params"]["fc1"]["weight_mu"]), mu)
+    sd = tu.state_dict()
+    sd["core_model.conv2.bias_sampler.rho"] = sd["core_model.conv2.bias_sampler.rho"] + 1
+    torch.save(sd, path)
+    with pytest.raises(ConvertError, match="duplicated parameters differ: conv2.bias_sampler.rho"):
+        convert([path], arch="bayesian_lenet", kwargs={"in_channels": 1, "num_classes": 10, "prior_sigma_1": 0.2})

@@ -149,3 +149,13 @@ def test_bad_input_is_refused(tu_lenet):
     with pytest.raises(ValueError, match="no 'mc_dropout' rng"):
         v, _ = MCDropout(2, (("fc_dropout",),)).draw(variables, jax.random.key(0))
         module.apply(v, x, train=False)
+
+
+def test_samples_are_an_ensemble_for_the_table(tu_lenet):
+    from jaxuq.evaluation import classification_table
+
+    _, module, variables, x = tu_lenet
+    logits = mc_dropout_predict(module, variables, x, M, jax.random.key(5))
+    table = classification_table(logits=np.asarray(logits), labels=np.arange(B) % 10, smece=False)
+    assert {"test/ens_Disagreement", "test/ens_MI", "test/ens_Entropy"} <= set(table)
+    assert table["test/ens_Disagreement"] > 0
