@@ -171,7 +171,7 @@ def elbo_value(loss: ELBOLoss, model, variables, x, y, key, noise=None, train: b
     Differentiate with ``jax.grad(lambda p: elbo_value(loss, model, {**v, "params": p}, ...)[0])``.
     """
     keys = jax.random.split(key, loss.num_samples)
-    stats = variables.get("batch_stats") or None if train else None
+    stats = (variables.get("batch_stats") or None) if train else None
 
     def one(batch_stats, k, eps):
         kb, kd = jax.random.split(k)
