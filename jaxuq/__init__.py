@@ -27,6 +27,7 @@ _SUBMODULES = (
     "nn",
     "ood",
     "report",
+    "sampling",
     "sharding",
     "train",
     "tta",

@@ -1,6 +1,6 @@
 """jaxuq.calibration: post-hoc calibration (temperature / vector / matrix / Dirichlet scaling,
-histogram binning, isotonic regression, BBQ), conformal prediction sets (THR, APS, RAPS) and DEUP,
-with torch-uncertainty 0.13.0 semantics."""
+histogram binning, isotonic regression, BBQ), conformal prediction sets (THR, APS, RAPS), DEUP, Laplace
+and MC-BatchNorm, with torch-uncertainty 0.13.0 semantics."""
 
 from jaxuq.calibration.bbq import bbq_apply, bbq_apply_probs, bbq_fit, bbq_fit_probs
 from jaxuq.calibration.binning import (
@@ -47,3 +47,7 @@ __all__ = [
     "isotonic_apply", "isotonic_apply_probs", "isotonic_fit", "isotonic_fit_probs", "dirichlet_apply",
     "dirichlet_fit",
 ]
+
+from jaxuq.calibration.mc_batch_norm import mc_batch_norm_fit, mc_batch_norm_predict  # noqa: E402
+
+__all__ += ["mc_batch_norm_fit", "mc_batch_norm_predict"]

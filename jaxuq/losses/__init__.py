@@ -2,9 +2,11 @@
 
 A loss is a pure function (or a frozen, hashable dataclass holding its hyper-parameters) of the
 model outputs and the targets, ``loss(outputs, targets) -> float32 scalar``, mean-reduced like
-torch's default. ``jaxuq.train.TrainConfig(loss_fn=...)`` takes any of them.
+torch's default. ``jaxuq.train.TrainConfig(loss_fn=...)`` takes any of them. The Bayesian ELBO
+(``jaxuq.losses.bayesian``) also reads the KL terms of several forward samples.
 """
 
+from jaxuq.losses.bayesian import ELBOLoss, kl_divergence
 from jaxuq.losses.classification import (
     BCEWithLogitsLSLoss,
     ConfidencePenaltyLoss,
@@ -21,6 +23,8 @@ __all__ = [
     "ConflictualLoss",
     "CrossEntropyMaxSupLoss",
     "DECLoss",
+    "ELBOLoss",
     "FocalLoss",
     "cross_entropy",
+    "kl_divergence",
 ]

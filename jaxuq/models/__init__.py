@@ -50,6 +50,7 @@ _REGISTRY: dict[str, str] = {
        for form in ("", "batched_", "masked_", "mimo_", "packed_")},
     "vgg": "vgg:vgg",
     "packed_vgg": "vgg:packed_vgg",
+    "bayesian_lenet": "bayesian_lenet:bayesian_lenet",
 }
 
 

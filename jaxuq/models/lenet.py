@@ -3,7 +3,8 @@
 
 Graph: conv1 (in->6, 5x5, groups) -> norm1 -> act -> Dropout2d -> max_pool 2 -> conv2 (6->16, 5x5, groups)
 -> norm2 -> act -> Dropout2d -> max_pool 2 -> AdaptiveAvgPool2d((4, 4)) -> flatten in NCHW order (c, h, w)
--> fc1 (256->120) -> act -> Dropout -> fc2 (120->84) -> act -> Dropout -> fc3 (84->C).
+-> fc1 (256->120) -> act -> Dropout -> fc2 (120->84) -> act -> Dropout -> fc3 (84->C). The dropouts are named
+as TU's modules: ``conv_dropout`` (one Dropout2d module called twice), ``fc_dropout``, ``last_fc_dropout``.
 ``norm="none"`` (TU's ``nn.Identity``, default) or ``"batchnorm"`` (``nn.BatchNorm2d``: ``norm1``/``norm2``).
 
 - ``lenet``: 44,426 parameters for ``lenet(1, 10)``. ``torch_init=True`` draws conv/linear weights and
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
 from jaxuq.models._kinds import Kind, count, validated
-from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
+from jaxuq.nn import BatchNorm, Dropout, adaptive_avg_pool2d, max_pool2d
 from jaxuq.nn.batch_ensemble import BatchEnsemble
 
 __all__ = ["BatchedLeNet", "LeNet", "PackedLeNet", "batchensemble_lenet", "lenet", "packed_lenet"]
@@ -53,19 +54,19 @@ class LeNet(nn.Module):
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"lenet: expected NHWC input with {self.in_channels} channels, got {x.shape}")
         kind, act = self.kind(), _act(self.activation)
-        drop2d = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)
+        conv_dropout = Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="conv_dropout")  # used twice
         out = x
         for i, (cin, cout) in enumerate(((self.in_channels, 6), (6, 16)), start=1):
             out = kind.conv(cin, cout, 5, bias=True, groups=self.groups, first=i == 1, name=f"conv{i}")(out)
             if self.norm == "batchnorm":
                 out = BatchNorm(name=f"norm{i}")(out, use_running_average=not train)
-            out = max_pool2d(drop2d(act(out)), 2)
+            out = max_pool2d(conv_dropout(act(out), train), 2)
         out = adaptive_avg_pool2d(out, (4, 4))
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)  # torch's NCHW flatten
         out = act(kind.dense(256, 120, name="fc1")(out))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="fc_dropout")(out, train)
         out = act(kind.dense(120, 84, name="fc2")(out))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="last_fc_dropout")(out, train)
         return kind.dense(84, self.num_classes, last=True, name="fc3")(out)
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jaxuq.models._common import activation as _act
 from jaxuq.models._kinds import Kind, count, validated
-from jaxuq.nn import BatchNorm, max_pool2d
+from jaxuq.nn import BatchNorm, Dropout, max_pool2d
 
 __all__ = ["RESNET_BLOCKS", "BASIC_ARCHS", "BatchedResNet", "MIMOResNet", "MaskedResNet", "PackedResNet",
            "ResNet", "batched_resnet", "masked_resnet", "mimo_resnet", "packed_resnet", "resnet"]
@@ -79,7 +79,7 @@ class BasicBlock(_Block):
         act, ura = _act(self.activation), not train
         out = self.conv(self.in_planes, self.planes, 3, self.stride, 1, gamma=1, name="conv1", offset=0)(x)
         out = BatchNorm(name="bn1")(out, use_running_average=ura)
-        out = act(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(out))
+        out = act(Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train))
         out = self.conv(self.planes, self.planes, 3, 1, 1, name="conv2", offset=1)(out)
         out = BatchNorm(name="bn2")(out, use_running_average=ura)
         return act(out + _shortcut(self, x, ura, offset=2))
@@ -95,7 +95,7 @@ class Bottleneck(_Block):
         out = act(BatchNorm(name="bn1")(out, use_running_average=ura))
         out = self.conv(self.planes, self.planes, 3, self.stride, 1, name="conv2", offset=1)(out)
         out = BatchNorm(name="bn2")(out, use_running_average=ura)
-        out = act(nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(out))
+        out = act(Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train))
         out = self.conv(self.planes, self.planes * 4, 1, name="conv3", offset=2)(out)
         out = BatchNorm(name="bn3")(out, use_running_average=ura)
         return act(out + _shortcut(self, x, ura, offset=3))
@@ -162,7 +162,7 @@ class ResNet(nn.Module):
                 index += block_cls.num_convs(_has_shortcut(block_cls, in_planes, planes, stride))
                 in_planes = planes * block_cls.expansion
         out = jnp.mean(out, axis=(1, 2))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="final_dropout")(out, train)
         mult = 8 if len(RESNET_BLOCKS[self.arch]) == 4 else 4
         head = kind.dense(base * mult * block_cls.expansion, self.num_classes * kind.fold, name="linear",
                           last=True, gamma=1, index=index)

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxuq.models._kinds import Kind, count, validated
-from jaxuq.nn import BatchNorm, adaptive_avg_pool2d, max_pool2d
+from jaxuq.nn import BatchNorm, Dropout, adaptive_avg_pool2d, max_pool2d
 
 __all__ = ["PackedVGG", "VGG", "VGG_CONFIGS", "packed_vgg", "vgg"]
 
@@ -77,7 +77,7 @@ class VGG(nn.Module):
         sizes = ((512 * side * side, 4096), (4096, 4096), (4096, self.num_classes))
         for j, (n_in, n_out) in enumerate(sizes):
             if j:
-                out = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(out))
+                out = Dropout(self.dropout_rate, name=f"cls_head_{3 * j - 1}")(nn.relu(out), train)
             out = kind.dense(n_in, n_out, last=j == 2, name=f"cls_head_{3 * j}", **_DENSE_INIT)(out)
         return out
 

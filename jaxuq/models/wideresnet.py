@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxuq.models._common import activation as _act
 from jaxuq.models._kinds import Kind, count, validated
 from jaxuq.models.resnet import _repeat, _style
-from jaxuq.nn import BatchNorm, max_pool2d
+from jaxuq.nn import BatchNorm, Dropout, max_pool2d
 
 __all__ = ["BatchedWideResNet", "MIMOWideResNet", "MaskedWideResNet", "PackedWideResNet", "WideResNet",
            "batched_wideresnet28x10", "masked_wideresnet28x10", "mimo_wideresnet28x10",
@@ -51,7 +51,7 @@ class WideBasicBlock(nn.Module):
         act, ura, k = _act(self.activation), not train, self.kind
         kw = dict(bias=self.conv_bias, groups=self.groups)
         out = k.conv(self.in_planes, self.planes, 3, 1, 1, name="conv1", index=self.index, **kw)(x)
-        out = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=ura)(out)
+        out = Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="dropout")(out, train)
         out = act(BatchNorm(name="bn1")(out, use_running_average=ura))
         out = k.conv(self.planes, self.planes, 3, self.stride, 1, name="conv2", index=self.index + 1,
                      **kw)(out)
@@ -105,7 +105,7 @@ class WideResNet(nn.Module):
                 index += 3 if (stride != 1 or in_planes != planes) else 2
                 in_planes = planes
         out = jnp.mean(out, axis=(1, 2))
-        out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+        out = Dropout(self.dropout_rate, name="final_dropout")(out, train)
         head = kind.dense(stages[3], self.num_classes * kind.fold, name="linear", last=True, gamma=1,
                           index=index)
         return kind.outputs(head(out))

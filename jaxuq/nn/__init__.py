@@ -1,6 +1,7 @@
 """jaxuq.nn: layers with PyTorch semantics (NHWC). Depends only on jax/flax/numpy.
 
 - :class:`BatchNorm` — torch ``BatchNorm2d`` parity (unbiased running variance, momentum 0.9 == torch 0.1).
+- :class:`Dropout` — torch ``Dropout``/``Dropout2d``; MC Dropout switches it on at eval (``jaxuq.sampling``).
 - :class:`LayerNorm` — torch ``LayerNorm(C)`` over the last axis.
 - :class:`Conv` — ``flax.linen.Conv`` whose weight gradient stays fast inside ``lax.scan`` on XLA:CPU.
 - :class:`DepthwiseConv2d` — torch depthwise ``Conv2d`` (groups = channels), fast on XLA:CPU.
@@ -15,9 +16,10 @@
 """
 
 from jaxuq.nn.conv import Conv, DepthwiseConv2d
+from jaxuq.nn.dropout import Dropout
 from jaxuq.nn.init import torch_bias_init, torch_kernel_init, torch_uniform_init
 from jaxuq.nn.norm import BatchNorm, LayerNorm
 from jaxuq.nn.pool import adaptive_avg_pool2d, max_pool2d
 
-__all__ = ["BatchNorm", "Conv", "DepthwiseConv2d", "LayerNorm", "adaptive_avg_pool2d", "max_pool2d",
-           "torch_bias_init", "torch_kernel_init", "torch_uniform_init"]
+__all__ = ["BatchNorm", "Conv", "DepthwiseConv2d", "Dropout", "LayerNorm", "adaptive_avg_pool2d",
+           "max_pool2d", "torch_bias_init", "torch_kernel_init", "torch_uniform_init"]

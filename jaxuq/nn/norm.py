@@ -11,6 +11,11 @@
 
 Variables: ``params/{scale, bias}`` [C], ``batch_stats/{mean, var}`` [C] (init 1, 0, 0, 1 as torch).
 The running statistics are not updated while the module is being initialised (like Flax).
+
+MC-BatchNorm (TU ``MCBatchNorm2d`` with ``accumulate=True``): in eval mode, when the variables carry a flag
+``MC_ACCUMULATE/<layer path>/accumulate`` (set by ``jaxuq.calibration.mc_batch_norm``), the layer
+normalises with the current batch's mean and *unbiased* variance and, if ``batch_stats`` is mutable,
+stores them as its statistics (a replacement, not a running average).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["MC_ACCUMULATE", "BatchNorm", "LayerNorm"]
+
+MC_ACCUMULATE = "mc_batch_norm"  # variables collection of the MC-BatchNorm accumulate flags
 
 
 class BatchNorm(nn.Module):
@@ -49,7 +56,13 @@ class BatchNorm(nn.Module):
 
         xf = x.astype(jnp.float32)
         axes = tuple(range(x.ndim - 1))
-        if ura:
+        if ura and self.has_variable(MC_ACCUMULATE, "accumulate"):
+            n = x.size // c
+            mean = jnp.mean(xf, axis=axes)
+            var = jnp.mean(jnp.square(xf - mean), axis=axes) * (n / max(n - 1, 1))  # torch var(unbiased=True)
+            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+                ra_mean.value, ra_var.value = mean, var
+        elif ura:
             mean, var = ra_mean.value, ra_var.value
         else:
             n = 1

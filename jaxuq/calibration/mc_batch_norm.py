@@ -1,0 +1,98 @@
+"""MC-BatchNorm (Teye et al., 2018; TU 0.13.0 ``post_processing/mc_batch_norm.py``, ``layers/...``).
+
+TU's ``MCBatchNorm(model, num_estimators, mc_batch_size).fit(loader)`` runs the model in eval mode on the
+first ``num_estimators`` calibration batches of ``mc_batch_size`` images (the loader's order); in each,
+every BatchNorm layer normalises with that batch's mean and unbiased variance and keeps them as its
+statistics set m (a direct replacement, TU's documented choice). Prediction runs the model once per set:
+``[(M B), C]`` in TU, ``[M, B, C]`` here.
+
+Here the M sets are one stacked ``batch_stats`` tree (leaves ``[M, C]``), computed by one ``vmap`` over the
+M calibration batches (:func:`mc_batch_norm_fit`), and evaluation is one ``vmap`` over the sets
+(:func:`mc_batch_norm_predict`): a stacked ensemble whose members share the parameters.
+
+- Batches: ``key=None`` takes the images in order (TU with an unshuffled loader); a key draws one
+  permutation first (a shuffled loader). As in TU's DataLoader (``drop_last=False``) the M-th batch may
+  be a partial last batch; fewer images than that is an error.
+- Every :class:`jaxuq.nn.BatchNorm` the model calls is converted (TU converts every ``BatchNorm2d``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxuq.nn.norm import MC_ACCUMULATE, BatchNorm
+from jaxuq.sampling import find_layers
+
+__all__ = ["mc_batch_norm_fit", "mc_batch_norm_predict"]
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def _flags(paths) -> dict:
+    tree: dict = {}
+    for path in paths:
+        node = tree
+        for name in path:
+            node = node.setdefault(name, {})
+        node["accumulate"] = jnp.ones((), jnp.bool_)
+    return tree
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _batch_stats(model, variables, flags, batches):
+    """Stacked ``batch_stats`` ``[K, ...]`` of K calibration batches ``[K, b, ...]``."""
+
+    def one(xb):
+        _, upd = model.apply({**variables, MC_ACCUMULATE: flags}, xb, train=False, mutable=["batch_stats"])
+        return upd["batch_stats"]
+
+    return jax.vmap(one)(batches)
+
+
+def mc_batch_norm_fit(model, variables, images, num_estimators: int = 16, mc_batch_size: int = 32, key=None,
+                      preprocess=None):
+    """TU ``MCBatchNorm.fit``: the M statistics sets, a ``batch_stats`` tree with leaves ``[M, C]``.
+
+    ``images``: calibration inputs ``[N, H, W, C]`` (float, or uint8 through ``preprocess.eval``).
+    ``variables`` must hold the model's ``params`` and ``batch_stats``.
+    """
+    m = _positive_int(num_estimators, "num_estimators")
+    bs = _positive_int(mc_batch_size, "mc_batch_size")
+    n = len(images)
+    if n <= (m - 1) * bs:
+        raise ValueError(
+            f"mc_batch_norm_fit: {n} calibration images give {-(-n // bs)} batch(es) of {bs}; "
+            f"{m} estimators need more than {(m - 1) * bs} images (TU: the dataset is too small)"
+        )
+    sample = jnp.asarray(images[:1]) if preprocess is None else preprocess.eval(jnp.asarray(images[:1]))
+    layers = find_layers(model, variables, sample, BatchNorm)
+    if not layers:
+        raise ValueError(f"mc_batch_norm_fit: {type(model).__name__} has no jaxuq.nn.BatchNorm layer")
+    order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
+    order = order[: m * bs]
+    x = jnp.asarray(np.asarray(images)[order])
+    x = x if preprocess is None else preprocess.eval(x)
+    flags = _flags(p for p, _ in layers)
+    full = min(m, len(order) // bs)
+    stats = _batch_stats(model, variables, flags, x[: full * bs].reshape((full, bs) + x.shape[1:]))
+    if full < m:  # TU's partial last batch
+        last = _batch_stats(model, variables, flags, x[full * bs:][None])
+        stats = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), stats, last)
+    return stats
+
+
+@partial(jax.jit, static_argnames=("model",))
+def mc_batch_norm_predict(model, variables, stats, x):
+    """TU ``MCBatchNorm.forward`` (eval): ``[M, B, C]``, the model with each statistics set of ``stats``
+    (from :func:`mc_batch_norm_fit`) on ``x [B, ...]``; one ``vmap`` over the sets."""
+    return jax.vmap(lambda s: model.apply({**variables, "batch_stats": s}, x, train=False))(stats)
