@@ -70,14 +70,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments._compare import render_text
 from experiments._inject import bayes_noise, dropout_masks, masks_nhwc_to_torch
-from experiments._launch import render_text
 from jaxuq.data import MNIST_NORM, Preprocess
 from jaxuq.data.formats import RepeatTarget
 from jaxuq.data.pipeline import epoch_permutation
-from jaxuq.ensembles import default_members
+from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import predict
-from jaxuq.losses import ELBOLoss, cross_entropy
+from jaxuq.losses import ELBOLoss
 from jaxuq.nn.dropout import MASKS
 from jaxuq.sampling import elbo_value
 from jaxuq.train import StepSettings, TrainState, torch_adam, torch_sgd, train_chunk
@@ -218,14 +218,14 @@ def preprocess(cfg: dict) -> Preprocess:
 
 def settings(name: str, cfg: dict) -> StepSettings:
     m = _members(name, cfg)
-    return StepSettings(preprocess=preprocess(cfg), loss_fn=cross_entropy,
+    return StepSettings(preprocess=preprocess(cfg),
                         format_batch=RepeatTarget(m) if name == "packed" else None,
                         grad_scale=1.0 / m if name == "de" else 1.0)
 
 
 def run_engine(name: str, state, images, labels, idx: list[np.ndarray], cfg: dict):
     """jaxuq's engine (``train_chunk``) over the steps ``idx``: ``(state, losses [S])``."""
-    members = _Members(default_members(), per_member_inputs=False) if name == "de" else None
+    members = _Members(default_lowering(), per_member_inputs=False) if name == "de" else None
     dx, dy = jnp.asarray(images), jnp.asarray(labels.astype(np.int32))
     full = [i for i in idx if len(i) == len(idx[0])]
     chunks = [np.stack(full)] + ([idx[-1][None]] if len(full) < len(idx) else [])
@@ -379,7 +379,7 @@ def jaxuq_accuracy(name: str, module, params, images: np.ndarray, labels: np.nda
     if name == "bayes":
         module = module.clone(frozen=True)
     logits = predict(module, {"params": params}, images, preprocess=preprocess(cfg), batch_size=2000,
-                     members=default_members() if name == "de" else None)
+                     lowering=default_lowering() if name == "de" else None)
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1))
     probs = probs.mean(0) if probs.ndim == 3 else probs
     return float(np.mean(probs.argmax(-1) == labels))
