@@ -27,7 +27,8 @@ import jaxuq
 from converters import mappings
 from converters.ensemble import is_deep_ensembles_state_dict, split_deep_ensembles, stack_members
 from converters.io import CheckpointError, read_state_dict
-from jaxuq.models.io import check_path, check_replaceable, save
+from jaxuq._io import check_output_dir
+from jaxuq.models.io import KIND, check_path, intact, save
 
 __all__ = [
     "ConvertError", "convert", "convert_checkpoint", "convert_state_dicts", "split_members",
@@ -153,7 +154,9 @@ def verify_with_torch(arch: str, kwargs: dict, module, variables_list: list, sta
 def _check_output(output: Path, force: bool, sources: Sequence) -> None:
     """Refuse, before any work, an output that could not or must not be written: not UTF-8, an input
     file or a folder holding one, an existing output without ``force``, or with ``force`` anything but a
-    previous jaxuq checkpoint (:func:`jaxuq.models.io.check_replaceable`); check the folder is writable."""
+    folder jaxuq marked as its model output (the one output-folder rule,
+    :func:`jaxuq._io.check_output_dir`: never a link, a file or the working folder); check the folder
+    is writable."""
     try:
         check_path(output)
     except ValueError as e:
@@ -163,13 +166,10 @@ def _check_output(output: Path, force: bool, sources: Sequence) -> None:
         src = Path(s).resolve() if not str(s).startswith("hf://") else None
         if src is not None and (src == target or target in src.parents):
             raise ConvertError(f"output {output} is the input {s} or a folder holding it; choose another -o")
-    if output.exists() or output.is_symlink():
-        if not force:
-            raise ConvertError(f"output {output} exists; pass --force to replace it")
-        try:
-            check_replaceable(output)
-        except ValueError as e:
-            raise ConvertError(str(e)) from None
+    try:
+        check_output_dir(output, KIND, replace=force, verify=intact)
+    except (ValueError, FileExistsError) as e:
+        raise ConvertError(str(e)) from None
     parent = output.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

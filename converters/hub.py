@@ -27,8 +27,15 @@ converted model lives and whether it was a hit.
   from the state-dict keys unless ``arch`` is given.
 - Conversions are cached under ``$JAXUQ_CACHE/hub`` (default ``~/.cache/jaxuq/hub``), one
   :func:`jaxuq.models.io.save` directory per key = sha256 of (the sources' sha256, arch, kwargs). A second
-  load reads that directory and converts nothing. An entry that does not load, whose sources' sha256
-  differ, or whose arrays do not have the model's shapes is rebuilt, not trusted. Writes are atomic.
+  load reads that directory and converts nothing. Every entry is verified before use
+  (:func:`jaxuq.models.io.load` ``strict``): a real folder with jaxuq's marker, a regular ``meta.json``,
+  the content digest of its arrays and meta written at creation, the sources' sha256 and the model's
+  shapes. Anything else at the key (a flipped byte, swapped variables, edited kwargs, a link, a file, a
+  truncated entry) is removed (a link: the link only) and rebuilt, never used. A stale ``.KEY.old-PID-*``
+  folder of a killed write is put back only if it verifies. Writes are atomic.
+- Names are checked before they become paths (:func:`converters.io.check_hub_names`: repo id, file
+  name, revision; ``weight_id``); a ``config.yaml`` is read only up to 1 MiB and its parsed form (YAML
+  aliases expanded) is bounded (:data:`MAX_CONFIG_NODES`) before it is written into ``meta.json``.
 
 Errors: :class:`converters.io.CheckpointError` (missing repo/file, bad checkpoint) and
 :class:`converters.core.ConvertError` (architecture mismatch), both ``ValueError`` naming the source.
@@ -49,9 +56,18 @@ import jax
 
 from converters import mappings
 from converters.core import convert, split_members
-from converters.io import CheckpointError, HubEntryNotFoundError, read_state_dict, resolve_hf, sha256_file
+from converters.io import (
+    CheckpointError,
+    HubEntryNotFoundError,
+    check_hub_names,
+    read_state_dict,
+    resolve_hf,
+    sha256_file,
+)
 from jaxuq import models
-from jaxuq.models.io import load, save
+from jaxuq._io import clean_stale
+from jaxuq._validate import check_int
+from jaxuq.models.io import KIND, intact, load, save
 
 __all__ = [
     "TU_ORG", "cache_dir", "load_ensemble", "load_hf", "load_repo", "model_kwargs", "read_config",
@@ -60,7 +76,11 @@ __all__ = [
 
 TU_ORG = "torch-uncertainty"
 CACHE_ENV = "JAXUQ_CACHE"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: entries carry jaxuq's marker and a content digest
+MAX_CONFIG_BYTES = 1 << 20
+#: Largest parsed ``config.yaml``: nodes plus string characters, aliases expanded (a YAML alias bomb
+#: of 426 bytes expands 10x per level).
+MAX_CONFIG_NODES = 200_000
 
 
 def cache_dir() -> Path:
@@ -75,17 +95,40 @@ def tu_filenames(weight_id: str, version: int | None = 0) -> tuple[str, str]:
     return ckpt, f"{weight_id}_{version}.safetensors"
 
 
+def _expanded_size(obj, limit: int) -> int:
+    """Nodes plus string characters of ``obj`` with shared (aliased) parts counted each time they are
+    reached, stopping past ``limit`` (so a recursive alias terminates too)."""
+    n, todo = 0, [obj]
+    while todo and n <= limit:
+        x = todo.pop()
+        n += 1 + (len(x) if isinstance(x, str | bytes) else 0)
+        if isinstance(x, dict):
+            todo.extend(x.keys())
+            todo.extend(x.values())
+        elif isinstance(x, list | tuple | set):
+            todo.extend(x)
+    return n
+
+
 def read_config(repo_id: str, filename: str = "config.yaml", revision: str | None = None) -> dict:
-    """The repo's YAML config as a dict (CheckpointError when it is missing or not a YAML mapping)."""
+    """The repo's YAML config as a dict (CheckpointError when it is missing, not a YAML mapping, over
+    :data:`MAX_CONFIG_BYTES`, or expanding beyond :data:`MAX_CONFIG_NODES` through its aliases)."""
     import yaml  # noqa: PLC0415
 
     path = resolve_hf(repo_id, filename, revision=revision)
+    where = f"hf://{repo_id}/{filename}"
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{where}: {path.stat().st_size:,} bytes, more than a model config needs "
+                              f"({MAX_CONFIG_BYTES:,}); refused")
     try:
         cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"hf://{repo_id}/{filename}: not valid YAML ({e})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: not valid YAML ({str(e)[:300]})") from None
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"hf://{repo_id}/{filename}: expected a YAML mapping, got {type(cfg).__name__}")
+        raise CheckpointError(f"{where}: expected a YAML mapping, got {type(cfg).__name__}")
+    if _expanded_size(cfg, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise CheckpointError(f"{where}: its YAML aliases expand to more than {MAX_CONFIG_NODES:,} nodes "
+                              "(an alias bomb, or a recursive alias); refused")
     return cfg
 
 
@@ -117,11 +160,12 @@ def _cache_key(shas: list[str], arch: str | None, kwargs: dict) -> str:
 
 
 def _cached(entry: Path, shas: list[str]):
-    """``(module, variables, meta)`` from a valid cache entry, else ``None`` (missing or corrupt)."""
-    if not entry.is_dir():
+    """``(module, variables, meta)`` from a verified cache entry (``load(strict=True)``: marker, real
+    folder, content digest; then the sources' sha256 and the model's shapes), else ``None``."""
+    if not os.path.lexists(entry):
         return None
     try:
-        module, variables, meta = load(entry)
+        module, variables, meta = load(entry, strict=True)
         if [s["sha256"] for s in meta["sources"]] != shas:
             return None
         _, template, _ = mappings.build_template(meta["arch"], **meta["kwargs"])
@@ -133,6 +177,15 @@ def _cached(entry: Path, shas: list[str]):
     except Exception:  # noqa: BLE001 - a corrupt entry fails in many ways (JSON, orbax, shapes): rebuild it
         return None
     return module, variables, meta
+
+
+def _evict(entry: Path) -> None:
+    """Remove what sits at the cache key ``entry`` (``_cached`` refused it): a link or a file is unlinked
+    (never its target), a folder removed without following links."""
+    if os.path.islink(entry) or (os.path.lexists(entry) and not entry.is_dir()):
+        entry.unlink()
+    elif entry.is_dir():
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def model_kwargs(path, arch: str | None, kwargs: dict) -> tuple[dict, list[str]]:
@@ -152,6 +205,8 @@ def _load_paths(paths: Sequence[Path], *, arch: str | None, kwargs: dict, hub_me
     """Convert local checkpoint ``paths`` (several = a stacked ensemble) through the cache."""
     shas = [sha256_file(p) for p in paths]
     entry = cache_dir() / _cache_key(shas, arch, kwargs)
+    if cache and entry.parent.is_dir():
+        clean_stale(entry, KIND, intact)  # a killed write's leftovers; a replaced entry back if intact
     hit = _cached(entry, shas) if cache else None
     if hit is not None:
         module, variables, meta = hit
@@ -163,8 +218,7 @@ def _load_paths(paths: Sequence[Path], *, arch: str | None, kwargs: dict, hub_me
     res = convert([str(p) for p in paths], arch=arch, kwargs=kwargs or None)
     meta = {**res["meta"], "hub": _jsonable(hub_meta)}
     if cache:
-        if entry.exists() or entry.is_symlink():  # our own corrupt entry (``_cached`` refused it), which
-            shutil.rmtree(entry, ignore_errors=True)  # save(force=True) would rightly refuse to replace
+        _evict(entry)
         with contextlib.suppress(FileExistsError):  # a concurrent load cached the same entry first
             save(entry, res["variables"], meta)
     meta["cache"] = {"path": str(entry) if cache else None, "hit": False}
@@ -195,7 +249,16 @@ def tu_source(weight_id: str, version: int | None = 0, revision: str | None = No
     """TU's ``load_hf`` lookup: ``(local checkpoint path, hub meta, config kwargs)``.
 
     Repo ``torch-uncertainty/{weight_id}``; ``{weight_id}.ckpt`` / ``{weight_id}_{version}.ckpt``, else
-    ``{weight_id}_{version}.safetensors``; then ``config.yaml`` (required, as in TU)."""
+    ``{weight_id}_{version}.safetensors``; then ``config.yaml`` (required, as in TU). ``weight_id`` is
+    one name (no ``/``), ``version`` an int >= 0 (or None, TU's version 0)."""
+    check_hub_names(weight_id, "config.yaml", revision)
+    if "/" in weight_id:
+        raise CheckpointError(f"weight id {weight_id!r} must be one name (the repo is {TU_ORG}/<weight id>)")
+    if version is not None:
+        try:
+            check_int(version, "version", 0)  # a non-int: TypeError
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     repo_id = f"{TU_ORG}/{weight_id}"
     ckpt, safetensors = tu_filenames(weight_id, version)
     try:

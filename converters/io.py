@@ -16,7 +16,9 @@ stripped) and ``info: {"path", "sha256", "bytes", "format", "stripped_prefixes",
   (repeatedly).
 - Hub: a source ``hf://ORG/NAME/path/in/repo[@REVISION]`` or :func:`resolve_hf` ``(repo_id, filename)``
   goes through ``huggingface_hub.hf_hub_download`` (honours ``HF_HUB_CACHE``/``HF_HOME`` and
-  ``HF_HUB_OFFLINE``); a ``repo_id`` that is an existing local folder reads ``folder/filename``.
+  ``HF_HUB_OFFLINE``); a ``repo_id`` that is an existing local folder reads ``folder/filename``. Every
+  name that becomes a path is checked first (:func:`check_hub_names`): the revision (huggingface_hub
+  writes ``refs/<revision>`` in its cache), the repo id and the file name (no ``..``, no absolute path).
 
 All failures raise :class:`CheckpointError` (a ``ValueError``) with a message naming the file.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,8 +39,8 @@ import numpy as np
 from jaxuq._io import check_zip_sizes
 
 __all__ = [
-    "CheckpointError", "HubEntryNotFoundError", "read_state_dict", "resolve_hf", "resolve_source",
-    "sha256_file", "sniff_format", "unwrap",
+    "CheckpointError", "HubEntryNotFoundError", "check_hub_names", "read_state_dict", "resolve_hf",
+    "resolve_source", "sha256_file", "sniff_format", "unwrap",
 ]
 
 _NEST_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -60,9 +63,42 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # one path component: no "/", no leading "." or "-"
+_MAX_NAME = 255
+
+
+def _check_components(value, what: str, max_parts: int | None = None) -> None:
+    """``value``: a str of "/"-separated :data:`_NAME` components (so no "..", no absolute path, no
+    backslash or control character), at most ``max_parts`` of them; ``CheckpointError`` naming ``what``."""
+    if not isinstance(value, str):
+        raise CheckpointError(f"{what} must be a string, got {type(value).__name__} {value!r}")
+    parts = value.split("/")
+    bad = (not value or len(value) > 4 * _MAX_NAME or (max_parts is not None and len(parts) > max_parts)
+           or any(len(p) > _MAX_NAME or not _NAME.fullmatch(p) or p.endswith(".lock") for p in parts))
+    if bad:
+        raise CheckpointError(
+            f"{what} {value!r} is not a valid name: use letters, digits, '_', '-', '.' in '/'-separated "
+            "parts, none empty, none starting with '.' or '-' (no '..', no absolute path)")
+
+
+def check_hub_names(repo_id, filename, revision=None, *, local: bool = False) -> None:
+    """Check every user-supplied name that becomes a path before it is used: ``revision`` (a branch,
+    tag, ``refs/pr/N`` or commit; huggingface_hub writes ``refs/<revision>`` under its cache), ``repo_id``
+    (``ORG/NAME`` or ``NAME``; skipped for a ``local`` folder) and ``filename`` (a relative path in the
+    repo). Raises :class:`CheckpointError` naming the bad value."""
+    if revision is not None:
+        _check_components(revision, "revision")
+    if not local:
+        _check_components(repo_id, "repo id", max_parts=2)
+    _check_components(filename, "file name")
+
+
 def resolve_hf(repo_id: str, filename: str, revision: str | None = None, cache_dir=None) -> Path:
-    """Local path of ``filename`` in the Hub repo ``repo_id`` (download or cache; or a local folder)."""
-    if Path(repo_id).is_dir():
+    """Local path of ``filename`` in the Hub repo ``repo_id`` (download or cache; or a local folder);
+    the names are checked first (:func:`check_hub_names`)."""
+    local = isinstance(repo_id, str | os.PathLike) and Path(repo_id).is_dir()
+    check_hub_names(repo_id, filename, revision, local=local)
+    if local:
         p = Path(repo_id) / filename
         if not p.is_file():
             raise HubEntryNotFoundError(f"{p}: no such file in the local folder {repo_id}")

@@ -7,7 +7,18 @@
   only containers, bytes, str, numbers and plain numpy arrays; any other global is refused before it
   can run.
 - Bounded input: :func:`check_zip_sizes` and :func:`gunzip_capped` refuse archives that would inflate
-  beyond a limit, from their declared sizes, before inflating (zip/gzip bombs).
+  beyond a limit, from their declared sizes, before inflating (zip/gzip bombs); the restricted unpickler
+  builds arrays only from bytes the file holds (no strided views that materialise more).
+- Output folders (the converter's ``-o``, the launcher's ``--out``, the hub cache's entries): one rule,
+  :func:`check_output_dir` before any work and :func:`publish_dir` at the end. An output folder is
+  created fresh (written as ``.OUT.tmp-PID-*`` beside it, marked with :data:`OUTPUT_MARKER`, renamed
+  into place without replacing), or it is a folder jaxuq marked as its own output of the same kind
+  (the marker a regular file, checked with ``lstat`` and ``O_NOFOLLOW``), or an empty folder; only such
+  a folder is ever replaced (moved aside, re-checked, then removed without following symlinks). A file,
+  a symlink, the working folder (or a parent) and any unmarked folder are refused before any work.
+- Ctrl-C: :func:`sigint_deferred` holds a SIGINT during a critical write (orbax's writer threads, a
+  publish) and raises it afterwards; :func:`os_error_of` turns tensorstore's ``ValueError`` carrying an
+  ``os_error_code`` (disk full) into an ``OSError``.
 """
 
 from __future__ import annotations
@@ -19,6 +30,12 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
+import signal
+import stat
+import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -26,7 +43,15 @@ from pathlib import Path
 
 __all__ = [
     "MAX_INFLATE_RATIO",
+    "OUTPUT_MARKER",
+    "check_output_dir",
     "check_zip_sizes",
+    "clean_stale",
+    "is_own_output",
+    "new_output_tmp",
+    "os_error_of",
+    "publish_dir",
+    "sigint_deferred",
     "gunzip_capped",
     "jsonable",
     "load_pickle_restricted",
@@ -124,6 +149,182 @@ def rename_noreplace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             os.unlink(src)
     except FileExistsError:
         raise FileExistsError(errno.EEXIST, "target appeared while writing; not replaced", dst) from None
+
+
+# ------------------------------------------------------------------------------------ output folders
+#: The file that marks a folder as jaxuq's own output: ``{"format": "jaxuq-output", "kind": KIND}``.
+OUTPUT_MARKER = ".jaxuq-output"
+_MARKER_FORMAT = "jaxuq-output"
+_MARKER_MAX_BYTES = 4096
+
+
+def _write_marker(folder: Path, kind: str) -> None:
+    """Create ``folder/OUTPUT_MARKER`` (never through a link: ``O_EXCL | O_NOFOLLOW``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(folder / OUTPUT_MARKER, flags, 0o644)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"format": _MARKER_FORMAT, "kind": kind}, f)
+
+
+def _marker_kind(folder: Path) -> str | None:
+    """The kind in ``folder``'s marker, or None: ``folder`` must be a real folder (``lstat``), the marker
+    a regular file opened without following a link, small, and this format's JSON."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return None
+        fd = os.open(Path(folder) / OUTPUT_MARKER, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # missing, a link (ELOOP), unreadable
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MARKER_MAX_BYTES:
+            return None
+        try:
+            doc = json.loads(f.read(_MARKER_MAX_BYTES))
+        except ValueError:
+            return None
+    ok = isinstance(doc, dict) and doc.get("format") == _MARKER_FORMAT and isinstance(doc.get("kind"), str)
+    return doc["kind"] if ok else None
+
+
+def is_own_output(folder: str | os.PathLike, kind: str) -> bool:
+    """True when ``folder`` is a real folder that jaxuq marked as its own output of ``kind``."""
+    return _marker_kind(Path(folder).absolute()) == kind
+
+
+def _replaceable(out: Path, kind: str) -> None:
+    """Raise ``ValueError`` unless the existing ``out`` may be replaced: a real folder (not a link) that
+    is empty or marked as a ``kind`` output, and not the working folder or one of its parents."""
+    st = os.lstat(out)
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"output {out} is a symbolic link; refusing to write through it (choose another "
+                         "output folder)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"output {out} exists and is not a folder; refusing to replace it (choose another "
+                         "output folder)")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise ValueError(f"output {out} is the working folder or one of its parents; refusing to replace it")
+    if _marker_kind(out) != kind and any(os.scandir(out)):
+        raise ValueError(
+            f"output {out} exists and is not a {kind} output that jaxuq created (no {OUTPUT_MARKER} marker "
+            f"of kind {kind!r}); refusing to write into it or replace it: remove it yourself or choose "
+            "another output folder")
+
+
+def check_output_dir(out: str | os.PathLike, kind: str, *, replace: bool,
+                     verify: Callable[[Path], bool] | None = None) -> bool:
+    """Check, before any work, that a ``kind`` output may be published at ``out``; True if it exists.
+
+    ``out`` may be missing, or (with ``replace``) an empty folder or a folder jaxuq marked as its own
+    ``kind`` output. Stale temporary folders of dead processes are cleaned first (:func:`clean_stale`,
+    ``verify`` deciding whether a stale replaced output may be put back).
+    Raises ``ValueError`` (a link, a file, an unmarked folder, the working folder) or
+    ``FileExistsError`` (an existing output without ``replace``)."""
+    out = Path(out).absolute()
+    if out.parent.is_dir():
+        clean_stale(out, kind, verify)
+    if not os.path.lexists(out):
+        return False
+    _replaceable(out, kind)
+    if not replace:
+        raise FileExistsError(f"output {out} exists; pass --force (force=True) to replace it")
+    return True
+
+
+def new_output_tmp(out: str | os.PathLike, kind: str) -> Path:
+    """A fresh folder ``.OUT.tmp-PID-*`` beside ``out`` (created, with the parent), marked as a ``kind``
+    output: write the output there, then :func:`publish_dir` it."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    _write_marker(tmp, kind)
+    return tmp
+
+
+def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike, kind: str, *, replace: bool) -> None:
+    """Rename the finished ``tmp`` to ``out`` without replacing anything that appeared meanwhile; with
+    ``replace`` an existing ``out`` is moved aside, re-checked (what was moved is what was checked), and
+    removed only after the rename (``shutil.rmtree`` never follows links); on failure it is put back."""
+    tmp, out = Path(tmp), Path(out).absolute()
+    if not (replace and os.path.lexists(out)):
+        rename_noreplace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+    os.rename(out, old / "x")
+    try:
+        _replaceable(old / "x", kind)
+        rename_noreplace(tmp, out)
+    except BaseException:
+        rename_noreplace(old / "x", out)
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale(out: str | os.PathLike, kind: str,
+                verify: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Remove ``.OUT.tmp-PID-*`` / ``.OUT.old-PID-*`` folders beside ``out`` whose process ``PID`` is
+    gone (killed, interrupted). A stale ``.old`` (a replaced output, its replacement killed between two
+    renames) is put back at ``out`` only when ``out`` is missing and the folder is a marked ``kind``
+    output that passes ``verify`` (e.g. a digest check); otherwise it is removed. Returns the paths."""
+    out, done = Path(out).absolute(), []
+    prefix = f".{out.name}."
+    for p in sorted(q for q in out.parent.iterdir() if q.name.startswith(prefix)):
+        what, _, rest = p.name[len(prefix):].partition("-")
+        pid = rest.split("-", 1)[0]
+        if what not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)) or p.is_symlink():
+            continue
+        x = p / "x"
+        if (what == "old" and not os.path.lexists(out) and is_own_output(x, kind)
+                and (verify is None or verify(x))):
+            os.rename(x, out)
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    return done
+
+
+# ------------------------------------------------------------------------------------ interrupts, OS errors
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C (SIGINT) until the block is done (orbax's writer threads, a rename); yields
+    ``interrupted()`` to test for one before committing. A held SIGINT is raised as
+    ``KeyboardInterrupt`` when the block exits, so that the caller cleans up instead of racing threads.
+    Outside the main thread, or with SIGINT ignored, nothing is held."""
+    got: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: got.append(1))
+    try:
+        yield lambda: bool(got)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
+def os_error_of(e: BaseException, where: str) -> OSError | None:
+    """tensorstore reports I/O failures (disk full: ``os_error_code=28``) as a ``ValueError``: that error
+    as an ``OSError`` with the errno and one line naming ``where``; None for other exceptions."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, f"{os.strerror(code)} (while writing {where})")
 
 
 # ------------------------------------------------------------------------------------ bounded inflation

@@ -23,6 +23,7 @@ require("torch_uncertainty")
 
 import jaxuq.models.io as mio  # noqa: E402
 from converters.cli import main  # noqa: E402
+from jaxuq._io import clean_stale  # noqa: E402
 from tests.torch_models import randomize_, torch_model  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -57,7 +58,8 @@ def test_force_refuses_a_folder_that_is_not_a_jaxuq_output(tmp_path, capsys):
     notes = tmp_path / "project"
     notes.mkdir()
     (notes / "notes.md").write_text("keep me")
-    _refused(capsys, "convert", _ckpt(tmp_path / "a.pt"), "-o", notes, "--force", needle="not a jaxuq checkpoint")
+    _refused(capsys, "convert", _ckpt(tmp_path / "a.pt"), "-o", notes, "--force",
+             needle="not a model output that jaxuq created")
     assert (notes / "notes.md").read_text() == "keep me"
 
 
@@ -150,7 +152,7 @@ def test_stale_temporary_folders_are_cleaned_on_the_next_run(tmp_path, capsys):
     old = tmp_path / f".out.old-{_dead_pid()}-abcd1234"
     old.mkdir()
     (tmp_path / "keep").rename(old / "x")
-    assert mio.clean_stale(tmp_path / "out") == [old]
+    assert clean_stale(tmp_path / "out", mio.KIND, mio.intact) == [old]
     assert (tmp_path / "out" / "meta.json").is_file() and not old.exists()
 
 

@@ -94,11 +94,13 @@ def factory(name: str):
         raise ValueError(f"model {name!r}: {full} has no factory {fn_name!r}") from None
 
 
-def load(path):
-    """``(module, variables, meta)`` from a checkpoint directory written by ``jaxuq-convert``/:func:`save`."""
+def load(path, *, strict: bool = False):
+    """``(module, variables, meta)`` from a checkpoint directory written by ``jaxuq-convert``/:func:`save`;
+    its content digest is checked (``strict``: required, with jaxuq's marker; see
+    :func:`jaxuq.models.io.load`)."""
     from jaxuq.models.io import load as _load  # noqa: PLC0415
 
-    return _load(path)
+    return _load(path, strict=strict)
 
 
 def save(path, variables, meta: dict, force: bool = False):

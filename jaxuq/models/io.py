@@ -9,35 +9,51 @@ Layout of a checkpoint directory ``out/``::
 ``num_members = M`` marks a stacked ensemble: every leaf has a leading member axis ``[M, ...]``
 (``jax.vmap(module.apply, in_axes=(0, None))`` gives logits ``[M, N, C]``).
 
-Writes are atomic: everything goes into a temporary directory ``.out.tmp-PID-*`` beside ``out`` that is
-renamed to ``out`` at the end without replacing (an ``out`` that appeared meanwhile makes the save fail);
-a failure leaves no partial output. ``force=True`` replaces only a previous jaxuq checkpoint (a folder
-with this format's ``meta.json``), never the working folder or a parent of it. Temporary folders left by
-killed saves are removed by the next save to the same ``out``.
+Writes follow the one output-folder rule (:func:`jaxuq._io.check_output_dir`): everything goes into
+``.out.tmp-PID-*`` beside ``out``, marked as a ``"model"`` output (:data:`jaxuq._io.OUTPUT_MARKER`), and
+is renamed to ``out`` at the end without replacing (an ``out`` that appeared meanwhile makes the save
+fail); a failure leaves no partial output. ``force=True`` replaces only a folder jaxuq marked as its own
+model output (or an empty folder), never a link, a file, the working folder or a parent of it.
+Temporary folders left by killed saves are removed by the next save to the same ``out``.
+
+Verified content: ``meta.json`` holds ``digest``, the sha256 of the meta (without the digest) and of
+every array (path, dtype, shape, bytes) written at creation; :func:`load` recomputes it (``strict``:
+the marker and the digest are required, as for the hub cache), so a flipped byte, swapped variables or
+edited ``kwargs`` are refused instead of used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import signal
-import tempfile
-import threading
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "META_FILE", "VARIABLES_DIR", "check_path", "check_replaceable", "clean_stale", "load",
+from jaxuq._io import (
+    check_output_dir,
+    is_own_output,
+    jsonable,
+    new_output_tmp,
+    os_error_of,
+    publish_dir,
+    sigint_deferred,
+)
+
+__all__ = ["FORMAT", "KIND", "META_FILE", "VARIABLES_DIR", "check_path", "content_digest", "intact", "load",
            "read_meta", "save"]
 
 FORMAT = "jaxuq-model"
+KIND = "model"  # the output-folder marker's kind
 META_FILE = "meta.json"
 VARIABLES_DIR = "variables"
+_MAX_META_BYTES = 16 << 20
 
 
 def _checkpointer():
@@ -48,37 +64,33 @@ def _checkpointer():
 
 def save(path, variables: Any, meta: dict, force: bool = False) -> Path:
     """Write ``variables`` (a pytree of arrays) and ``meta`` (JSON-able, must hold ``arch``/``kwargs``)
-    to the directory ``path`` atomically.
+    to the directory ``path`` atomically, with the content digest in ``meta.json`` (module doc).
 
     Raises ``FileExistsError`` when ``path`` exists and not ``force``, or when it appears while writing
-    (the final rename never replaces); ``ValueError`` when ``force`` would replace something that is not
-    a jaxuq checkpoint (no ``meta.json`` of this format) or the working folder / one of its parents;
-    ``OSError`` when the parent cannot be written. Temporary folders of interrupted saves of ``path``
-    (their process is gone) are removed first.
+    (the final rename never replaces); ``ValueError`` when ``path`` may not be replaced (a link, a file,
+    a folder jaxuq did not mark as its model output, the working folder or a parent) or is not UTF-8;
+    ``OSError`` when the parent cannot be written (disk full: errno 28, one line). Temporary folders of
+    interrupted saves of ``path`` (their process is gone) are removed first.
     """
     import jax  # noqa: PLC0415
-
-    from jaxuq._io import jsonable  # noqa: PLC0415
 
     out = Path(path).absolute()
     check_path(out)
     if "arch" not in meta or "kwargs" not in meta:
         raise ValueError("save: meta needs 'arch' and 'kwargs'")
-    text = json.dumps(jsonable({"format": FORMAT, "format_version": 1, **meta}), indent=2, allow_nan=False)
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise FileExistsError(f"{out} exists (use force=True / --force to replace it)")
-        check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    body = json.loads(json.dumps(jsonable({"format": FORMAT, "format_version": 1, **meta}), allow_nan=False))
+    host = jax.tree.map(np.asarray, variables)
+    body["digest"] = {"sha256": content_digest(host, body)}
+    text = json.dumps(body, indent=2, allow_nan=False)
+    check_output_dir(out, KIND, replace=force, verify=intact)
+    tmp = new_output_tmp(out, KIND)
     try:
-        with _sigint_deferred() as interrupted:
-            _write_variables(tmp / VARIABLES_DIR, jax.tree.map(np.asarray, variables))
+        with sigint_deferred() as interrupted:
+            _write_variables(tmp / VARIABLES_DIR, host)
             (tmp / META_FILE).write_text(text + "\n")
             if interrupted():
                 raise KeyboardInterrupt
-            _move_into_place(tmp, out, force)
+            publish_dir(tmp, out, KIND, replace=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -94,25 +106,6 @@ def check_path(out: Path) -> None:
                          "writer (tensorstore) requires; choose a UTF-8 name") from None
 
 
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold a Ctrl-C (SIGINT) until orbax's writer threads are done; yields ``interrupted()`` to test
-    for one before committing. A pending SIGINT is raised as ``KeyboardInterrupt`` at the latest on exit,
-    so that the caller removes a finished temporary folder instead of racing the writer threads."""
-    got: list[int] = []
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
-        yield lambda: False
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: got.append(1))
-    try:
-        yield lambda: bool(got)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if got:
-        raise KeyboardInterrupt
-
-
 def _write_variables(dest: Path, tree) -> None:
     """orbax save of ``tree`` to ``dest``; tensorstore's I/O failures (a ``ValueError`` carrying
     ``os_error_code``, e.g. 28 = disk full) become ``OSError`` with that errno, and orbax's background
@@ -124,105 +117,103 @@ def _write_variables(dest: Path, tree) -> None:
     try:
         ckptr.save(dest, tree)
         ckptr.wait_until_finished()
-    except OSError:
-        raise
     except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError for OS errors
-        m = re.search(r"os_error_code='?(\d+)", str(e))
-        if m is None:
+        err = os_error_of(e, str(dest))
+        if err is None or err is e:
             raise
-        code = int(m.group(1))
-        raise OSError(code, f"{os.strerror(code)} (while writing {dest})") from None
+        raise err from None
     finally:
         with contextlib.suppress(Exception):
             ckptr.close()
         absl_log.setLevel(level)
 
 
-def check_replaceable(out: Path) -> None:
-    """Raise ``ValueError`` unless ``out`` is a previous jaxuq checkpoint that may be replaced: a real
-    folder (not a link) holding this format's ``meta.json``, and not the working folder or a parent of it."""
-    out = Path(out).absolute()
-    cwd = Path.cwd().resolve()
-    if out.is_symlink() or not out.is_dir():
-        raise ValueError(f"{out} exists and is not a jaxuq checkpoint folder; refusing to replace it "
-                         "(remove it yourself or choose another output)")
-    if out.resolve() == cwd or out.resolve() in cwd.parents:
-        raise ValueError(f"{out} is the working folder or one of its parents; refusing to replace it")
-    try:
-        read_meta(out)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{out} exists and is not a jaxuq checkpoint ({e}); --force/force=True only "
-                         "replaces a previous jaxuq output; remove it yourself or choose another output"
-                         ) from None
+def _leaves(tree) -> list[tuple[str, np.ndarray]]:
+    import jax  # noqa: PLC0415
+
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return sorted(((jax.tree_util.keystr(k), np.asarray(v)) for k, v in flat), key=lambda t: t[0])
 
 
-def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished ``tmp`` to ``out`` without ever replacing a folder that appeared meanwhile;
-    with ``force`` a previous jaxuq checkpoint at ``out`` is first moved aside (and restored on failure)."""
-    from jaxuq._io import rename_noreplace  # noqa: PLC0415
-
-    if not (force and out.exists()):
-        rename_noreplace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
-    os.rename(out, old / "x")
-    try:
-        check_replaceable(old / "x")  # what was moved is what was checked (no swap in between)
-        rename_noreplace(tmp, out)
-    except BaseException:
-        rename_noreplace(old / "x", out)
-        os.rmdir(old)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def content_digest(variables, meta: dict) -> str:
+    """sha256 of ``meta`` (canonical JSON, without its ``digest`` entry) and of every array of
+    ``variables`` (its path, dtype, shape and bytes, in path order)."""
+    h = hashlib.sha256()
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    h.update(json.dumps(jsonable(body), sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+    for name, a in _leaves(variables):
+        a = np.ascontiguousarray(a)
+        h.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale(out: Path) -> list[Path]:
-    """Remove ``.{name}.tmp-PID-*`` folders beside ``out`` left by saves whose process ``PID`` is gone
-    (killed, interrupted); a stale ``.{name}.old-PID-*`` (a replaced checkpoint) is put back at ``out``
-    when ``out`` is missing, else removed. Returns the removed/restored paths."""
-    done, prefix = [], f".{Path(out).name}."
-    for p in sorted(q for q in Path(out).parent.iterdir() if q.name.startswith(prefix)):
-        kind, _, rest = p.name[len(prefix):].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        if kind == "old" and (p / "x").is_dir() and not out.exists():
-            os.rename(p / "x", out)
-        shutil.rmtree(p, ignore_errors=True)
-        done.append(p)
-    return done
-
-
-def read_meta(path) -> dict:
+def read_meta(path, *, strict: bool = False) -> dict:
+    """``meta.json`` of the checkpoint ``path`` (this format; ``strict``: a regular file, not a link)."""
     p = Path(path) / META_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: not a jaxuq checkpoint (no {META_FILE})")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{p}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        fd = os.open(p, os.O_RDONLY | (getattr(os, "O_NOFOLLOW", 0) if strict else 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not a jaxuq checkpoint (no {META_FILE})") from None
+    except OSError as e:
+        raise ValueError(f"{p}: cannot be read ({e.strerror}; a link is not accepted here)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_META_BYTES:
+            raise ValueError(f"{p}: not a regular file of at most {_MAX_META_BYTES:,} bytes")
+        meta = json.loads(f.read())
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{p}: format {got!r}, expected {FORMAT!r}")
     return meta
 
 
-def load(path):
+def _restore(folder: Path):
+    ckptr = _checkpointer()
+    try:
+        return ckptr.restore(folder)
+    finally:
+        with contextlib.suppress(Exception):
+            ckptr.close()
+
+
+def _check_digest(path: Path, raw, meta: dict, strict: bool) -> None:
+    digest = meta.get("digest")
+    want = digest.get("sha256") if isinstance(digest, dict) else None
+    if want is None:
+        if strict:
+            raise ValueError(f"{path}: {META_FILE} holds no content digest; not trusted")
+        return
+    if content_digest(raw, meta) != want:
+        raise ValueError(f"{path}: the arrays or {META_FILE} changed since they were written (content digest "
+                         "mismatch: a flipped byte, swapped or edited variables, edited kwargs); not used")
+
+
+def load(path, *, strict: bool = False):
     """``(module, variables, meta)``: the module is ``jaxuq.models.get(meta['arch'], **meta['kwargs'])``;
-    ``variables`` a dict of jax arrays (leading ``[M]`` axis when ``meta['num_members']`` is set)."""
+    ``variables`` a dict of jax arrays (leading ``[M]`` axis when ``meta['num_members']`` is set).
+
+    The content digest in ``meta.json`` is checked when present; ``strict`` (the hub cache) also requires
+    it and jaxuq's model marker, a real folder, a regular ``meta.json`` and a real ``variables`` folder."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
     from jaxuq.models import get  # noqa: PLC0415
 
-    meta = read_meta(path)
+    path = Path(path).absolute()
+    if strict and not (is_own_output(path, KIND) and stat.S_ISDIR(os.lstat(path / VARIABLES_DIR).st_mode)):
+        raise ValueError(f"{path}: not a jaxuq model folder (a link, no marker, or no variables folder)")
+    meta = read_meta(path, strict=strict)
+    raw = _restore(path / VARIABLES_DIR)
+    _check_digest(path, raw, meta, strict)
     module = get(meta["arch"], **meta["kwargs"])
-    raw = _checkpointer().restore(Path(path).absolute() / VARIABLES_DIR)
-    variables = jax.tree.map(jnp.asarray, raw)
-    return module, variables, meta
+    return module, jax.tree.map(jnp.asarray, raw), meta
+
+
+def intact(path) -> bool:
+    """True when ``path`` loads with :func:`load` ``(strict=True)`` (marker, layout and digest)."""
+    try:
+        load(path, strict=True)
+    except Exception:  # noqa: BLE001 - any failure means "not intact"
+        return False
+    return True
