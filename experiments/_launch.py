@@ -11,11 +11,18 @@ docstring's first line is its summary; the docstring documents every config key.
     python -m experiments.<name> [...]                      # the same
 
 Every run writes ``DIR/config.json``, ``DIR/results.json`` (stamped with date, machine, versions and
-wall-clock seconds: :func:`jaxuq._env.stamp`), ``DIR/table.txt`` and the experiment's plots, each file
-atomically; a failed run leaves ``DIR`` as it was. ``results.json`` holds no folder of the machine: a
+wall-clock seconds: :func:`jaxuq._env.stamp`), ``DIR/table.txt`` and the experiment's plots into a
+fresh folder beside ``DIR`` that replaces ``DIR`` only when the run succeeded; a failed or interrupted
+run leaves ``DIR`` as it was. ``DIR`` follows the one output-folder rule (:func:`jaxuq._io.check_output_dir`,
+checked before the run): it is missing, empty, or a folder the launcher marked as its own experiment
+output (a previous run, which is replaced); a file, a link, the working folder or any other folder
+(a data folder, a project) is refused. ``results.json`` holds no folder of the machine: a
 path under the data folder reads ``<data_dir>/...``, under the run folder ``<run>/...``, under the home
 folder ``~/...`` (:func:`jaxuq._env.portable_paths`); ``config.json`` is the settings as given.
-Exit status 2 on bad input (unknown key, bad value, missing data).
+``--set`` values are checked against the key's default: an int default takes an int (within int64), a
+float default a finite number, a bool default a bool; no value may hold NaN or inf.
+Exit status 2 on bad input (unknown key, bad value, refused output folder, missing data, a write error
+such as a full disk), with one line on stderr; 130 on Ctrl-C, after removing the temporary folder.
 """
 
 from __future__ import annotations
@@ -25,20 +32,27 @@ import ast
 import difflib
 import importlib
 import json
-import os
+import math
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from jaxuq import _env
-from jaxuq._io import write_json_atomic, write_text_atomic
+from jaxuq._io import (
+    check_output_dir,
+    new_output_tmp,
+    publish_dir,
+    sigint_deferred,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = ["EXPERIMENTS_DIR", "discover", "launch", "launch_module", "parse_overrides", "stamp"]
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 PACKAGE = "experiments"
+KIND = "experiment"  # the output-folder marker's kind
 
 
 class UsageError(Exception):
@@ -64,10 +78,37 @@ def discover(folder: Path = EXPERIMENTS_DIR) -> dict[str, str]:
     return found
 
 
+def _nonfinite(value) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_nonfinite(v) for v in value.values())
+    return isinstance(value, list) and any(_nonfinite(v) for v in value)
+
+
+def _checked(key: str, raw: str, value, default):
+    """``value`` (``raw`` parsed) if it suits ``key``'s default; else ``UsageError`` naming both."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    want = None
+    if isinstance(default, bool):
+        want = None if isinstance(value, bool) else "true or false"
+    elif isinstance(default, int):
+        want = None if is_int and -(2**63) <= value < 2**63 else "an integer within int64"
+    elif isinstance(default, float):
+        want = None if is_int or isinstance(value, float) else "a number"
+    if want is None and _nonfinite(value):
+        want = "finite (no NaN or inf)"
+    if want is not None:
+        got = f"the string {value!r}" if isinstance(value, str) else json.dumps(value)
+        raise UsageError(f"--set {key}={raw}: {key} must be {want} (its default is {json.dumps(default)}), "
+                         f"got {got[:80]}")
+    return value
+
+
 def parse_overrides(pairs: list[str], config: dict) -> dict:
     """``["key=value", ...]`` -> ``{key: value}``; the value is parsed as JSON, else kept as a
-    string. Raises ``UsageError`` for a pair without ``=`` or an unknown key (listing the valid
-    keys, with a did-you-mean)."""
+    string, and checked against the key's default (:func:`_checked`). Raises ``UsageError`` for a pair
+    without ``=``, an unknown key (listing the valid keys, with a did-you-mean) or a bad value."""
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -78,9 +119,10 @@ def parse_overrides(pairs: list[str], config: dict) -> dict:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UsageError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(config)}")
         try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
+            value = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            value = raw
+        out[key] = _checked(key, raw, value, config[key])
     return out
 
 
@@ -129,44 +171,42 @@ def _roots(config: dict, out: Path, staging: Path) -> dict:
     return roots
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Move every file of ``staging`` into ``out`` with ``os.replace`` (atomic per file)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in sorted(staging.iterdir()):
-        os.replace(f, out / f.name)
-
-
 def execute(name: str, module, config: dict, out: Path) -> dict:
-    """Run ``module`` with ``config``; plots go to a staging folder beside ``out`` and are moved in
-    only when the run succeeded; then config.json, results.json and table.txt are written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """Run ``module`` with ``config`` into a fresh marked folder beside ``out`` (plots, then config.json,
+    results.json, table.txt), which replaces ``out`` only when the run succeeded. ``out`` is checked
+    before the run (:func:`jaxuq._io.check_output_dir`: missing, empty, or a previous experiment
+    output; ``ValueError`` otherwise)."""
+    check_output_dir(out, KIND, replace=True)
+    staging = new_output_tmp(out, KIND)
     try:
         t0 = time.perf_counter()
         results, table = module.run(dict(config), staging)
         results = {"experiment": name, **results, **stamp(time.perf_counter() - t0)}
-        results = _env.portable_paths(results, _roots(config, out, staging))
-        _publish(staging, out)
-    finally:
+        results = _env.portable_paths(results, _roots(config, Path(out).absolute(), staging))
+        write_json_atomic(staging / "config.json", config, indent=2)
+        write_json_atomic(staging / "results.json", results, indent=2)
+        write_text_atomic(staging / "table.txt", table)
+        with sigint_deferred():
+            publish_dir(staging, out, KIND, replace=True)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-    write_json_atomic(out / "config.json", config, indent=2)
-    write_json_atomic(out / "results.json", results, indent=2)
-    write_text_atomic(out / "table.txt", table)
+        raise
     return results
 
 
 def launch(name: str, argv: list[str], module=None) -> int:
     """Parse ``argv`` for experiment ``name`` (imported unless ``module`` is given), run it, print
-    its table. 0 on success, 2 on bad input or missing data."""
+    its table. 0 on success, 2 on bad input, a refused output folder, missing data or a write error
+    (one line on stderr), 130 on Ctrl-C (the temporary folder removed, ``--out`` as it was)."""
     if module is None:
         module = importlib.import_module(f"{PACKAGE}.{name}")
     args = _parser(name, module).parse_args(argv)
     config = module.get_config()
+    out = args.out if args.out is not None else Path("runs") / name
     try:
         if args.small:
             config.update(module.SMALL)
         config.update(parse_overrides(args.set, config))
-        out = args.out if args.out is not None else Path("runs") / name
         results = execute(name, module, config, out)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -174,9 +214,12 @@ def launch(name: str, argv: list[str], module=None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}\n(set JAXUQ_DATA_DIR to the data folder, or --set data_dir=PATH)", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; {out} left as it was", file=sys.stderr)
+        return 130
     print((out / "table.txt").read_text())
     print(
         f"{name}: config.json, results.json, table.txt and plots in {out} ({results['wall_seconds']:.1f} s)"

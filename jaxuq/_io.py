@@ -207,8 +207,8 @@ def _replaceable(out: Path, kind: str) -> None:
         raise ValueError(f"output {out} is the working folder or one of its parents; refusing to replace it")
     if _marker_kind(out) != kind and any(os.scandir(out)):
         raise ValueError(
-            f"output {out} exists and is not a {kind} output that jaxuq created (no {OUTPUT_MARKER} marker "
-            f"of kind {kind!r}); refusing to write into it or replace it: remove it yourself or choose "
+            f"output {out} exists and jaxuq did not create it as a {kind!r} output (no {OUTPUT_MARKER} "
+            "marker of that kind); refusing to write into it or replace it: remove it yourself or choose "
             "another output folder")
 
 

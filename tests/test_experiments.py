@@ -134,7 +134,7 @@ def test_launch_writes_four_outputs_and_parses_values(tmp_path):
     assert launch("fake", ["--set", "b=not json", "--out", str(tmp_path / "o")], _fake(run)) == 0
     assert seen["b"] == "not json"
     files = {p.name for p in (tmp_path / "o").iterdir()}
-    assert files == {"config.json", "results.json", "table.txt", "plot.png"}
+    assert files == {"config.json", "results.json", "table.txt", "plot.png", ".jaxuq-output"}
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert STAMP <= set(res) and res["experiment"] == "fake"
     assert json.loads((tmp_path / "o" / "config.json").read_text()) == {"a": 1, "b": "not json"}

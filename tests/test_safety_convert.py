@@ -59,7 +59,7 @@ def test_force_refuses_a_folder_that_is_not_a_jaxuq_output(tmp_path, capsys):
     notes.mkdir()
     (notes / "notes.md").write_text("keep me")
     _refused(capsys, "convert", _ckpt(tmp_path / "a.pt"), "-o", notes, "--force",
-             needle="not a model output that jaxuq created")
+             needle="jaxuq did not create it as a 'model' output")
     assert (notes / "notes.md").read_text() == "keep me"
 
 
