@@ -60,6 +60,7 @@ from converters.io import (
     CheckpointError,
     HubEntryNotFoundError,
     check_hub_names,
+    check_name,
     read_state_dict,
     resolve_hf,
     sha256_file,
@@ -251,9 +252,8 @@ def tu_source(weight_id: str, version: int | None = 0, revision: str | None = No
     Repo ``torch-uncertainty/{weight_id}``; ``{weight_id}.ckpt`` / ``{weight_id}_{version}.ckpt``, else
     ``{weight_id}_{version}.safetensors``; then ``config.yaml`` (required, as in TU). ``weight_id`` is
     one name (no ``/``), ``version`` an int >= 0 (or None, TU's version 0)."""
-    check_hub_names(weight_id, "config.yaml", revision)
-    if "/" in weight_id:
-        raise CheckpointError(f"weight id {weight_id!r} must be one name (the repo is {TU_ORG}/<weight id>)")
+    check_name(weight_id, "weight id", max_parts=1)  # one name: the repo is torch-uncertainty/<weight id>
+    check_hub_names(TU_ORG, "config.yaml", revision)
     if version is not None:
         try:
             check_int(version, "version", 0)  # a non-int: TypeError

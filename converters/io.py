@@ -39,8 +39,8 @@ import numpy as np
 from jaxuq._io import check_zip_sizes
 
 __all__ = [
-    "CheckpointError", "HubEntryNotFoundError", "check_hub_names", "read_state_dict", "resolve_hf",
-    "resolve_source", "sha256_file", "sniff_format", "unwrap",
+    "CheckpointError", "HubEntryNotFoundError", "check_hub_names", "check_name", "read_state_dict",
+    "resolve_hf", "resolve_source", "sha256_file", "sniff_format", "unwrap",
 ]
 
 _NEST_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -67,7 +67,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # one path component: no "/
 _MAX_NAME = 255
 
 
-def _check_components(value, what: str, max_parts: int | None = None) -> None:
+def check_name(value, what: str, max_parts: int | None = None) -> None:
     """``value``: a str of "/"-separated :data:`_NAME` components (so no "..", no absolute path, no
     backslash or control character), at most ``max_parts`` of them; ``CheckpointError`` naming ``what``."""
     if not isinstance(value, str):
@@ -87,10 +87,10 @@ def check_hub_names(repo_id, filename, revision=None, *, local: bool = False) ->
     (``ORG/NAME`` or ``NAME``; skipped for a ``local`` folder) and ``filename`` (a relative path in the
     repo). Raises :class:`CheckpointError` naming the bad value."""
     if revision is not None:
-        _check_components(revision, "revision")
+        check_name(revision, "revision")
     if not local:
-        _check_components(repo_id, "repo id", max_parts=2)
-    _check_components(filename, "file name")
+        check_name(repo_id, "repo id", max_parts=2)
+    check_name(filename, "file name")
 
 
 def resolve_hf(repo_id: str, filename: str, revision: str | None = None, cache_dir=None) -> Path:

@@ -14,6 +14,7 @@ import os
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import require
@@ -177,3 +178,231 @@ def test_launcher_good_values_still_parse(tmp_path, capsys):
     rc, err, calls = _launch(capsys, argv, config=SETTINGS)
     assert rc == 0, err
     assert calls == [{"epochs": 2, "seed": 0, "lr": 1, "crop": False, "model": "vgg", "data_dir": "/x"}]
+
+
+# ============================================================================ 2. hub names that become paths
+def _files(folder: Path, skip: Path | None = None) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not (skip is not None and p.is_relative_to(skip))}
+
+
+@pytest.mark.parametrize("revision", ["../../../somewhere/notes.txt", "/abs/notes", "main/../../x", "..", ""])
+def test_hub_revision_is_validated_before_any_request(tmp_path, monkeypatch, capsys, revision):
+    require("huggingface_hub")
+    from converters.io import CheckpointError, resolve_hf
+    from tests.hub_server import hub_env, serve_hub
+
+    repo = tmp_path / "srv" / "org" / "name"
+    repo.mkdir(parents=True)
+    (repo / "w.ckpt").write_bytes(b"weights")
+    (tmp_path / "somewhere").mkdir()
+    (tmp_path / "somewhere" / "notes.txt").write_text("my notes")
+    before = _files(tmp_path, skip=tmp_path / "hf")
+    with serve_hub(tmp_path / "srv") as (endpoint, log):
+        hub_env(monkeypatch, endpoint=endpoint, hf_cache=tmp_path / "hf" / "cache", jaxuq_cache=tmp_path / "jx")
+        with pytest.raises(CheckpointError, match="revision"):
+            resolve_hf("org/name", "w.ckpt", revision=revision)
+        rc, err = _convert(capsys, "convert", f"hf://org/name/w.ckpt@{revision}", "-o", tmp_path / "out")
+        assert rc == 2 and "revision" in err and "Traceback" not in err, err
+        rc, err = _convert(capsys, "convert", "--hf-repo", "org/name", "--hf-file", "w.ckpt",
+                           "--revision", revision, "-o", tmp_path / "out")
+        assert rc == 2 and "revision" in err, err
+        assert log == []  # refused before any request
+    assert _files(tmp_path, skip=tmp_path / "hf") == before  # nothing written outside the cache
+    assert (tmp_path / "somewhere" / "notes.txt").read_text() == "my notes"
+
+
+@pytest.mark.parametrize(("repo_id", "filename", "what"), [
+    ("org/../../etc", "w.ckpt", "repo id"), ("org/name/extra", "w.ckpt", "repo id"),
+    ("org/name", "../../secret", "file name"), ("org/name", "/etc/passwd", "file name"),
+])
+def test_hub_repo_id_and_file_name_are_validated(tmp_path, monkeypatch, repo_id, filename, what):
+    require("huggingface_hub")
+    from converters import hub
+    from converters.io import CheckpointError, resolve_hf
+    from tests.hub_server import hub_env
+
+    hub_env(monkeypatch, hf_cache=tmp_path / "hf", jaxuq_cache=tmp_path / "jx", offline=True)
+    with pytest.raises(CheckpointError, match=what):
+        resolve_hf(repo_id, filename)
+    local = tmp_path / "local"  # a local folder as the repo: the file name may not leave it
+    local.mkdir()
+    (tmp_path / "secret").write_text("s")
+    with pytest.raises(CheckpointError, match="file name"):
+        resolve_hf(str(local), "../secret")
+    with pytest.raises(CheckpointError, match="weight id"):
+        hub.tu_source("../lenet")
+    with pytest.raises(ValueError, match="version"):
+        hub.tu_source("lenet", version=-1)
+    with pytest.raises(TypeError, match="version"):
+        hub.tu_source("lenet", version=1.5)
+
+
+# ============================================================================ 5. YAML alias bomb
+def _alias_bomb(depth: int) -> str:
+    lines = ['a0: &a0 ["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"]']
+    for i in range(1, depth + 1):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    return "\n".join(lines) + f"\nmodel:\n  init_args:\n    in_channels: 1\n    bomb: *a{depth}\n"
+
+
+def test_yaml_alias_bomb_is_refused_before_meta_json(tmp_path):
+    require("yaml")
+    from converters import hub
+    from converters.io import CheckpointError
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config.yaml").write_text(_alias_bomb(6))  # ~0.5 kB -> 10**6 lists of a 50-char string
+    assert (repo / "config.yaml").stat().st_size < 1000
+    with pytest.raises(CheckpointError, match="alias"):
+        hub.read_config(str(repo))
+    (repo / "config.yaml").write_text("model: &m\n  init_args: {in_channels: 1}\n  again: *m\nx: &x [*x]\n")
+    with pytest.raises(CheckpointError, match="alias"):  # a recursive alias
+        hub.read_config(str(repo))
+    (repo / "config.yaml").write_text("base: &b {num_classes: 10}\nmodel:\n  init_args: *b\n")
+    assert hub.read_config(str(repo))["model"]["init_args"] == {"num_classes": 10}  # plain aliases still work
+
+
+# ============================================================================ 7, 14. the hub conversion cache
+@pytest.fixture
+def cached_repo(tmp_path, monkeypatch, lenet_ckpt):
+    """A local-folder repo holding one LeNet checkpoint, loaded once into a fresh conversion cache.
+    Returns ``(load, entry, variables, meta)``; ``load()`` loads it again and counts conversions."""
+    import jax
+
+    from converters import hub
+
+    monkeypatch.setenv("JAXUQ_CACHE", str(tmp_path / "jx"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    lenet_ckpt("a.pt").rename(repo / "a.ckpt")
+    calls = []
+    real = hub.convert
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(hub, "convert", counted)
+
+    def load():
+        n = len(calls)
+        module, variables, meta = hub.load_repo(str(repo), "a.ckpt")
+        return module, jax.tree.map(np.asarray, variables), meta, len(calls) > n
+
+    _, variables, meta, converted = load()
+    assert converted and not meta["cache"]["hit"]
+    return load, Path(meta["cache"]["path"]), variables, meta
+
+
+def _same(a, b) -> bool:
+    import jax
+
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _rebuilt(load, variables, meta):
+    """The next load converts again and gives the true model; the one after is a verified hit."""
+    module, v, m, converted = load()
+    assert converted and not m["cache"]["hit"] and _same(v, variables) and m["kwargs"] == meta["kwargs"]
+    _, v2, m2, converted = load()
+    assert not converted and m2["cache"]["hit"] and _same(v2, variables)
+
+
+def test_cache_flipped_byte_is_rebuilt(cached_repo):
+    load, entry, variables, meta = cached_repo
+    big = max((p for p in (entry / "variables").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(big.read_bytes())
+    raw[len(raw) // 2] ^= 0x40  # orbax decodes it to other weights (no error of its own)
+    big.write_bytes(bytes(raw))
+    _rebuilt(load, variables, meta)
+
+
+def test_cache_swapped_variables_and_tampered_kwargs_are_rebuilt(cached_repo):
+    import orbax.checkpoint as ocp
+
+    load, entry, variables, meta = cached_repo
+    swapped = {**variables, "batch_stats": {**variables["batch_stats"]}}
+    bn = swapped["batch_stats"]["norm1"]
+    swapped["batch_stats"]["norm1"] = {"mean": bn["var"], "var": bn["mean"]}  # same shapes, other names
+    import shutil
+
+    shutil.rmtree(entry / "variables")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(entry / "variables", swapped)
+    ckptr.wait_until_finished()
+    ckptr.close()
+    _rebuilt(load, variables, meta)
+    doc = json.loads((entry / "meta.json").read_text())
+    doc["kwargs"]["activation"] = "tanh"
+    (entry / "meta.json").write_text(json.dumps(doc))
+    _rebuilt(load, variables, meta)
+
+
+def test_cache_links_files_and_foreign_folders_are_replaced(cached_repo, tmp_path):
+    import shutil
+
+    load, entry, variables, meta = cached_repo
+    shutil.copytree(entry, tmp_path / "copy", symlinks=True)  # a valid entry elsewhere, then a link to it
+    shutil.rmtree(entry)
+    entry.symlink_to(tmp_path / "copy")
+    _rebuilt(load, variables, meta)
+    assert not entry.is_symlink() and (tmp_path / "copy" / "meta.json").is_file()  # the target is untouched
+    shutil.rmtree(entry)
+    entry.write_text("not a folder")  # a file where an entry should be
+    _rebuilt(load, variables, meta)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("keep")
+    shutil.rmtree(entry)
+    entry.symlink_to(tmp_path / "mine")  # a link to a folder that is not a jaxuq entry
+    _rebuilt(load, variables, meta)
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "keep"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_cache_leftover_old_folder_is_checked_before_use(cached_repo):
+    import shutil
+
+    load, entry, variables, meta = cached_repo
+    old = entry.parent / f".{entry.name}.old-{_dead_pid()}-abcd1234"
+    old.mkdir()
+    shutil.copytree(entry, old / "x")
+    (old / "x" / "meta.json").write_text((old / "x" / "meta.json").read_text().replace('"lenet"', '"vgg"'))
+    shutil.rmtree(entry)
+    _rebuilt(load, variables, meta)  # the tampered .old is removed, not moved into place
+    assert not old.exists()
+    old.mkdir()
+    entry.rename(old / "x")  # an intact .old (a replacement killed between its renames) is put back
+    _, v, m, converted = load()
+    assert not converted and m["cache"]["hit"] and _same(v, variables) and not old.exists()
+
+
+def test_cache_truncated_entry_is_rebuilt_without_tracebacks(cached_repo, capfd, monkeypatch):
+    """orbax's reader threads, failing midway, used to print "Event loop is closed" tracebacks (through
+    sys.unraisablehook); the files are now checked against their recorded sizes and digests first."""
+    import sys
+    import time
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    load, entry, variables, meta = cached_repo
+    for pattern in ("variables/manifest.ocdbt", "variables/d/*", "variables/ocdbt.process_0/d/*"):
+        p = max(entry.glob(pattern), key=lambda q: q.stat().st_size)
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        capfd.readouterr()
+        _rebuilt(load, variables, meta)
+        time.sleep(0.5)  # late callbacks of reader threads
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Event loop is closed" not in err, (pattern, err[-2000:])
+        assert not unraisable, (pattern, [str(u.exc_value) for u in unraisable][:3])

@@ -16,10 +16,12 @@ fail); a failure leaves no partial output. ``force=True`` replaces only a folder
 model output (or an empty folder), never a link, a file, the working folder or a parent of it.
 Temporary folders left by killed saves are removed by the next save to the same ``out``.
 
-Verified content: ``meta.json`` holds ``digest``, the sha256 of the meta (without the digest) and of
-every array (path, dtype, shape, bytes) written at creation; :func:`load` recomputes it (``strict``:
-the marker and the digest are required, as for the hub cache), so a flipped byte, swapped variables or
-edited ``kwargs`` are refused instead of used.
+Verified content: ``meta.json`` holds ``files`` (size and sha256 of every file orbax wrote under
+``variables/``) and ``digest``, the sha256 of the meta (without the digest) and of every array (path,
+dtype, shape, bytes), both written at creation. :func:`load` checks the files before orbax reads them
+(a truncated or altered file is refused without orbax's reader threads failing midway) and the digest
+after (``strict``: both required, with jaxuq's marker and no link or unlisted file, as for the hub
+cache), so a flipped byte, swapped variables or edited ``kwargs`` are refused instead of used.
 """
 
 from __future__ import annotations
@@ -79,15 +81,16 @@ def save(path, variables: Any, meta: dict, force: bool = False) -> Path:
     if "arch" not in meta or "kwargs" not in meta:
         raise ValueError("save: meta needs 'arch' and 'kwargs'")
     body = json.loads(json.dumps(jsonable({"format": FORMAT, "format_version": 1, **meta}), allow_nan=False))
+    body.pop("digest", None)
     host = jax.tree.map(np.asarray, variables)
-    body["digest"] = {"sha256": content_digest(host, body)}
-    text = json.dumps(body, indent=2, allow_nan=False)
     check_output_dir(out, KIND, replace=force, verify=intact)
     tmp = new_output_tmp(out, KIND)
     try:
         with sigint_deferred() as interrupted:
             _write_variables(tmp / VARIABLES_DIR, host)
-            (tmp / META_FILE).write_text(text + "\n")
+            body["files"] = _file_digests(tmp / VARIABLES_DIR)
+            body["digest"] = {"sha256": content_digest(host, body)}
+            (tmp / META_FILE).write_text(json.dumps(body, indent=2, allow_nan=False) + "\n")
             if interrupted():
                 raise KeyboardInterrupt
             publish_dir(tmp, out, KIND, replace=force)
@@ -148,6 +151,52 @@ def content_digest(variables, meta: dict) -> str:
     return h.hexdigest()
 
 
+def _file_digests(folder: Path) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of every file under ``folder`` (links are not followed)."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            p = Path(root) / name
+            out[p.relative_to(folder).as_posix()] = [p.lstat().st_size, _sha256(p)]
+    return dict(sorted(out.items()))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_files(folder: Path, meta: dict, strict: bool) -> None:
+    """The files under ``folder`` are the ones written (``meta["files"]``: regular files of that size and
+    sha256; ``strict``: required, and no other file, link or special file), before orbax reads them."""
+    want = meta.get("files")
+    if not isinstance(want, dict):
+        if strict:
+            raise ValueError(f"{folder.parent}: {META_FILE} lists no variables files; not trusted")
+        return
+    problems = []
+    for rel, (size, sha) in want.items():
+        p = folder / rel
+        try:
+            st = os.lstat(p)
+        except OSError:
+            problems.append(f"{rel} missing")
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size or _sha256(p) != sha:
+            problems.append(f"{rel} changed")
+    if strict:
+        for root, dirs, names in os.walk(folder):
+            for name in names + [d for d in dirs if os.path.islink(Path(root) / d)]:
+                rel = (Path(root) / name).relative_to(folder).as_posix()
+                if rel not in want:
+                    problems.append(f"{rel} unexpected")
+    if problems:
+        raise ValueError(f"{folder}: files differ from those written ({', '.join(problems[:5])}); not used")
+
+
 def read_meta(path, *, strict: bool = False) -> dict:
     """``meta.json`` of the checkpoint ``path`` (this format; ``strict``: a regular file, not a link)."""
     p = Path(path) / META_FILE
@@ -193,8 +242,9 @@ def load(path, *, strict: bool = False):
     """``(module, variables, meta)``: the module is ``jaxuq.models.get(meta['arch'], **meta['kwargs'])``;
     ``variables`` a dict of jax arrays (leading ``[M]`` axis when ``meta['num_members']`` is set).
 
-    The content digest in ``meta.json`` is checked when present; ``strict`` (the hub cache) also requires
-    it and jaxuq's model marker, a real folder, a regular ``meta.json`` and a real ``variables`` folder."""
+    The stored files and the content digest listed in ``meta.json`` are checked when present (module
+    doc); ``strict`` (the hub cache) requires both, jaxuq's model marker, a real folder, a regular
+    ``meta.json``, a real ``variables`` folder and no unlisted file in it."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -204,6 +254,7 @@ def load(path, *, strict: bool = False):
     if strict and not (is_own_output(path, KIND) and stat.S_ISDIR(os.lstat(path / VARIABLES_DIR).st_mode)):
         raise ValueError(f"{path}: not a jaxuq model folder (a link, no marker, or no variables folder)")
     meta = read_meta(path, strict=strict)
+    _check_files(path / VARIABLES_DIR, meta, strict)
     raw = _restore(path / VARIABLES_DIR)
     _check_digest(path, raw, meta, strict)
     module = get(meta["arch"], **meta["kwargs"])
