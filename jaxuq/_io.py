@@ -381,6 +381,20 @@ def gunzip_capped(raw: bytes, path: str | os.PathLike, limit: int | None = None,
 
 
 # ------------------------------------------------------------------------------------ restricted pickle
+class _NdarrayName:
+    """What the global ``numpy.ndarray`` resolves to: only a marker for ``_reconstruct``'s first argument.
+    Calling it (``ndarray(shape, dtype, buffer, offset, strides)``) is refused: zero or overlapping strides
+    make a view of a few bytes look like gigabytes, which a later copy materialises."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError(
+            "numpy.ndarray(shape, dtype, buffer, offset, strides) is not allowed in a data pickle: it can "
+            "describe far more memory than the file holds (arrays are read from their own bytes only)")
+
+
+_NDARRAY = _NdarrayName()
+
+
 def _safe_globals() -> dict:
     import numpy as np  # noqa: PLC0415
 
@@ -392,14 +406,19 @@ def _safe_globals() -> dict:
             raise pickle.UnpicklingError(f"numpy dtype {dt} holds Python objects; not allowed")
         return dt
 
+    def reconstruct(cls, shape, dt):  # numpy's pickles: _reconstruct(ndarray, (0,), b'b'), then the bytes
+        if cls is not _NDARRAY or tuple(shape) != (0,):  # (their size is checked by ndarray.__setstate__)
+            raise pickle.UnpicklingError(f"numpy _reconstruct({cls!r}, {shape!r}) is not a plain array")
+        return core.multiarray._reconstruct(np.ndarray, (0,), dt)
+
     def encode(text: str, encoding: str = "utf-8"):  # how protocol-2 pickles spell bytes
         if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
             raise pickle.UnpicklingError(f"_codecs.encode(..., {encoding!r}) not allowed")
         return text.encode(encoding)
 
-    g = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): dtype, ("_codecs", "encode"): encode}
-    for mod in ("numpy.core", "numpy._core"):
-        g[(f"{mod}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+    g = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): dtype, ("_codecs", "encode"): encode}
+    for mod in ("numpy.core", "numpy._core"):  # _frombuffer: frombuffer(buf).reshape(shape), same bytes
+        g[(f"{mod}.multiarray", "_reconstruct")] = reconstruct
         g[(f"{mod}.numeric", "_frombuffer")] = core.numeric._frombuffer
     return g
 
@@ -417,7 +436,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_pickle_restricted(path: str | os.PathLike, encoding: str = "latin1"):
     """Unpickle the file ``path`` admitting only builtin containers, bytes, str, numbers and numpy
-    arrays (``numpy.ndarray`` / ``dtype`` / ``_reconstruct`` / ``_frombuffer``). Anything else
-    raises ``pickle.UnpicklingError`` before any code of the pickle runs."""
+    arrays built from their own bytes (``_reconstruct`` + the array's bytes, or ``_frombuffer``; never
+    ``numpy.ndarray(...)`` with a buffer and strides, which can view more than the file holds). Anything
+    else raises ``pickle.UnpicklingError`` before any code of the pickle runs. Memory stays bounded by
+    the file: arrays hold at most the bytes they were read from, containers a pointer per reference."""
     with open(path, "rb") as f:
         return _RestrictedUnpickler(f, encoding=encoding).load()

@@ -121,3 +121,46 @@ def test_npz_bad_labels_are_refused(tmp_path, labels, msg):
     np.savez(tmp_path / "l.npz", images=np.zeros((2, 32, 32, 3), np.uint8), labels=labels)
     with pytest.raises(DataFileError, match=msg):
         readers.load_npz(tmp_path / "l.npz")
+
+
+# ------------------------------------------------------------------ issue 24, items 4 and 6 (CIFAR reader)
+class _Strided:
+    """``numpy.ndarray((n, 3072), 'u1', buf, 0, strides=(0, 1))``: a 3 kB buffer viewed as n x 3072 bytes."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __reduce__(self):
+        return (np.ndarray, ((self.n, 3072), np.dtype("u1"), b"\0" * 3072, 0, (0, 1)))
+
+
+def test_strided_ndarray_bomb_is_refused_before_allocating(tmp_path):
+    with open(tmp_path / "b", "wb") as f:
+        pickle.dump({"labels": [0] * 4, "data": _Strided(1_000_000)}, f, protocol=2)
+    assert os.path.getsize(tmp_path / "b") < 8000  # would be 3 GB once copied
+    with pytest.raises(DataFileError, match="numpy.ndarray.*not allowed"):
+        readers.load_cifar_batch(tmp_path / "b")
+
+
+@pytest.mark.parametrize("labels, msg", [
+    (np.array([0, 2**32, 1], dtype=np.int64), r"\[0, 10\)"),
+    (np.array([0, 2**32, 1], dtype=np.uint64), r"\[0, 10\)"),
+    (np.array([0, -2**32 + 1, 1], dtype=np.int64), r"\[0, 10\)"),
+    ([0, 1.7, 2], "integer class indices"),
+    ([0, "3", 2], "integer class indices"),
+    (np.array([0.0, 1.0, 2.0]), "integer class indices"),
+    ([0, 1], "3 entries"),
+])
+def test_cifar_labels_checked_in_their_original_dtype(tmp_path, labels, msg):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({**_batch(), "labels": labels}, f, protocol=2)
+    with pytest.raises(DataFileError, match=msg):
+        readers.load_cifar10("test", tmp_path, verify=False)
+
+
+def test_cifar_uint64_beyond_int64_refused_without_num_classes(tmp_path):
+    with open(tmp_path / "b", "wb") as f:
+        pickle.dump({**_batch(), "labels": np.array([0, 2**64 - 1, 1], dtype=np.uint64)}, f)
+    with pytest.raises(DataFileError, match="must lie in"):
+        readers.load_cifar_batch(tmp_path / "b")

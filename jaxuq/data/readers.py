@@ -204,11 +204,37 @@ def load_fashion_mnist(
     return _load_idx_dataset("FashionMNIST", split, data_dir, verify, FASHION_MNIST_MD5)
 
 
+def _cifar_labels(values, n: int, num_classes: int | None, path: Path, key: str) -> np.ndarray:
+    """``values`` (a list of Python ints, or an integer ndarray ``[n]``) as int64 ``[n]``, checked in
+    their original form first: a float (1.7 would truncate to 1), a string, a bool or a value outside
+    ``[0, num_classes)`` (or int64) is refused; the length is checked before anything is converted."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+            raise DataFileError(f"{path}: '{key}' must be integer class indices [N], got {values.dtype} "
+                                f"{values.shape}")
+    elif not isinstance(values, list | tuple) or not all(type(v) is int for v in values):
+        bad = next((v for v in values if type(v) is not int), values) if isinstance(values, list | tuple) \
+            else values
+        raise DataFileError(f"{path}: '{key}' must be a list of integer class indices, got "
+                            f"{type(bad).__name__} {str(bad)[:40]!r}")
+    if len(values) != n:
+        raise DataFileError(f"{path}: '{key}' must have {n} entries (one per image), got {len(values)}")
+    lo, hi = (int(min(values)), int(max(values))) if n else (0, 0)
+    top = num_classes if num_classes is not None else 2**63
+    if lo < 0 or hi >= top:
+        raise DataFileError(f"{path}: '{key}' must lie in [0, {top}) (class indices), got range [{lo}, {hi}]")
+    return np.asarray(values, dtype=np.int64)
+
+
 def load_cifar_batch(
-    path: str | os.PathLike, expected_md5: str | None = None
+    path: str | os.PathLike, expected_md5: str | None = None, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR python batch (pickle dict, ``data`` uint8 [N, 3072] in CHW order, ``labels`` or
-    ``fine_labels``) -> images uint8 ``[N, 32, 32, 3]``, labels int64 ``[N]``."""
+    ``fine_labels``) -> images uint8 ``[N, 32, 32, 3]``, labels int64 ``[N]`` in ``[0, num_classes)``.
+
+    The pickle is read by :func:`jaxuq._io.load_pickle_restricted` (arrays only from their own bytes:
+    memory is bounded by the file size); ``data`` must be a uint8 array and the labels integers, checked
+    before any conversion (even without ``expected_md5``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"missing data file {path}")
@@ -227,12 +253,11 @@ def load_cifar_batch(
     key = "labels" if "labels" in entry else "fine_labels" if "fine_labels" in entry else None
     if key is None:
         raise DataFileError(f"{path}: expected key 'labels' or 'fine_labels', found {sorted(entry)}")
-    data = np.asarray(entry["data"])
-    labels = np.asarray(entry[key], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataFileError(f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
-    if labels.shape != (data.shape[0],):
-        raise DataFileError(f"{path}: '{key}' must have {data.shape[0]} entries, got shape {labels.shape}")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise DataFileError(f"{path}: 'data' must be uint8 [N, 3072], got {what}")
+    labels = _cifar_labels(entry[key], data.shape[0], num_classes, path, key)
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
 
@@ -242,7 +267,7 @@ def load_cifar10(split: str = "train", data_dir=None, verify: bool = True) -> tu
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    parts = [load_cifar_batch(folder / n, CIFAR10_MD5[n] if verify else None) for n in names]
+    parts = [load_cifar_batch(folder / n, CIFAR10_MD5[n] if verify else None, 10) for n in names]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -251,7 +276,7 @@ def load_cifar100(split: str = "train", data_dir=None, verify: bool = True) -> t
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = _root(data_dir) / "cifar-100-python" / split
-    return load_cifar_batch(path, CIFAR100_MD5[split] if verify else None)
+    return load_cifar_batch(path, CIFAR100_MD5[split] if verify else None, 100)
 
 
 def load_svhn(split: str = "test", data_dir=None, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
