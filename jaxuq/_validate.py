@@ -236,7 +236,8 @@ def check_same_len(name_a: str, a, name_b: str, b) -> None:
 
 
 def check_fraction(value: float, name: str, *, open_left: bool = False) -> float:
-    value = float(value)
+    """A real number in [0, 1] (``open_left``: (0, 1]); a string or bool is a TypeError, never coerced."""
+    value = check_real(value, name)
     ok = (0.0 < value <= 1.0) if open_left else (0.0 <= value <= 1.0)
     if not ok:
         rng = "(0, 1]" if open_left else "[0, 1]"

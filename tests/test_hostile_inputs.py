@@ -406,3 +406,104 @@ def test_cache_truncated_entry_is_rebuilt_without_tracebacks(cached_repo, capfd,
         err = capfd.readouterr().err
         assert "Traceback" not in err and "Event loop is closed" not in err, (pattern, err[-2000:])
         assert not unraisable, (pattern, [str(u.exc_value) for u in unraisable][:3])
+
+
+# ============================================================================ 8, 15, 16. numeric settings
+def _logits(n=120, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    z = rng.normal(size=(n, c)).astype(np.float32)
+    z[np.arange(n), y] += 3.0
+    return z, y
+
+
+def _raises(exc, needle, fn):
+    with pytest.raises(exc, match=needle):
+        fn()
+
+
+@pytest.mark.parametrize("case", ["temp_lr_nan", "temp_lr_inf", "vector_lr_nan", "temp_eps_neg", "ts_lr_nan",
+                                  "ts_max_iter_float"])
+def test_optimiser_settings_are_finite_and_in_range(case):
+    from jaxuq.calibration import conformal as C
+    from jaxuq.calibration import scaling as S
+
+    z, y = _logits()
+    nan, inf = float("nan"), float("inf")
+    fn, exc, needle = {
+        "temp_lr_nan": (lambda: S.temperature_fit(z, y, lr=nan), ValueError, "`lr` must be finite"),
+        "temp_lr_inf": (lambda: S.temperature_fit(z, y, lr=inf), ValueError, "`lr` must be finite"),
+        "vector_lr_nan": (lambda: S.vector_fit(z, y, lr=nan), ValueError, "`lr` must be finite"),
+        "temp_eps_neg": (lambda: S.temperature_fit(z, y, eps=-1), ValueError, "`eps` must be > 0"),
+        "ts_lr_nan": (lambda: C.conformal_fit(z, y, enable_ts=True, ts_lr=nan), ValueError, "`ts_lr`"),
+        "ts_max_iter_float": (lambda: C.conformal_fit(z, y, enable_ts=True, ts_max_iter=1.5), TypeError,
+                              "`ts_max_iter`"),
+    }[case]
+    _raises(exc, needle, fn)
+
+
+def test_coverage_rate_checks_labels_for_both_averages_as_tu_raises():
+    from jaxuq.calibration.conformal import coverage_rate
+
+    sets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], bool)
+    _raises(ValueError, "`num_classes` must be >= 2", lambda: coverage_rate(sets, [0, 1, 2], average="macro",
+                                                                             num_classes=1))
+    _raises(TypeError, "`num_classes` must be an int", lambda: coverage_rate(sets, [0, 1, 2], average="macro",
+                                                                              num_classes=3.0))
+    _raises(ValueError, "but `sets` has 3 columns", lambda: coverage_rate(sets, [0, 1, 2], average="macro",
+                                                                           num_classes=5))
+    for average in ("micro", "macro"):  # was 1.0 (micro) and a silently dropped label (macro)
+        _raises(ValueError, r"`labels` values must lie in \[0, 2\]",
+                lambda a=average: coverage_rate(sets, [0, 1, 5], average=a))
+    _raises(ValueError, "average must be", lambda: coverage_rate(sets, [0, 1, 2], average="weighted"))
+    assert float(coverage_rate(sets, [0, 1, 2])) == pytest.approx(2 / 3)
+    assert float(coverage_rate(sets, [0, 1, 2], average="macro", num_classes=3)) == pytest.approx(2 / 3)
+
+
+def test_cov_at_risk_does_not_coerce_strings():
+    import jax
+
+    from jaxuq.metrics import streaming
+    from jaxuq.metrics.selective import cov_at_risk, risk_at_cov
+
+    z, y = _logits()
+    p = np.asarray(jax.nn.softmax(z))
+    _raises(TypeError, "`risk` must be a real number", lambda: cov_at_risk(p, y, risk="0.5"))
+    _raises(TypeError, "`risk` must be a real number", lambda: streaming.cov_at_risk(risk="0.5"))
+    _raises(ValueError, "`risk` must be finite", lambda: cov_at_risk(p, y, risk=float("nan")))
+    _raises(ValueError, "`cov` must be in", lambda: streaming.risk_at_cov(cov=1.5))
+    _raises(TypeError, "`cov` must be a real number", lambda: risk_at_cov(p, y, cov="0.8"))
+
+
+@pytest.mark.parametrize("layer", ["dense", "conv"])
+@pytest.mark.parametrize("kw, exc, needle", [
+    ({"num_estimators": None}, ValueError, "`num_estimators`"),   # TU: ValueError (was int(None) TypeError)
+    ({"num_estimators": 1.5}, TypeError, "`num_estimators` should be an int"),  # TU: TypeError (was ValueError)
+    ({"num_estimators": 0}, ValueError, "`num_estimators` should be >= 1"),
+    ({"gamma": 0.5}, TypeError, "`gamma` should be an int"),
+    ({"gamma": 0}, ValueError, "`gamma` should be >= 1"),
+    ({"alpha": None}, ValueError, "`alpha`"),
+    ({"alpha": float("nan")}, ValueError, "`alpha` should be > 0"),
+])
+def test_packed_layers_raise_tu_exception_types(layer, kw, exc, needle):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxuq.nn.packed import PackedConv, PackedDense
+
+    base = {"alpha": 2, "num_estimators": 2, **kw}
+    if layer == "dense":
+        m, x = PackedDense(in_features=4, out_features=4, **base), jnp.ones((1, 8))
+    else:
+        m, x = PackedConv(in_channels=4, out_channels=4, kernel_size=1, **base), jnp.ones((1, 2, 2, 8))
+    _raises(exc, needle, lambda: m.init(jax.random.key(0), x))
+
+
+def test_raps_regularization_rank_type_is_a_type_error():
+    from jaxuq.calibration.conformal import conformal_fit
+
+    z, y = _logits()
+    _raises(TypeError, "regularization_rank should be an integer",
+            lambda: conformal_fit(z, y, method="raps", regularization_rank=0.1))
+    _raises(ValueError, "regularization_rank should be strictly positive",
+            lambda: conformal_fit(z, y, method="raps", regularization_rank=0))

@@ -29,7 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxuq._validate import check_labels, finite_logits
+from jaxuq._validate import check_int, check_labels, check_real, finite_logits
 from jaxuq.calibration.scaling import temperature_apply, temperature_fit
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 
 
 def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
+    if not 0 < check_real(alpha, "alpha") < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
 
 
@@ -165,19 +165,27 @@ def coverage_rate(sets, labels, *, average: str = "micro", num_classes: int | No
 
     ``sets``: [N, C] bool, or TU's normalised set indicator (nonzero = in the set).
     ``average="macro"``: mean of per-class coverages (classes absent from ``labels`` count 0,
-    as with torchmetrics' ``_safe_divide``).
+    as with torchmetrics' ``_safe_divide``). ``labels`` [N] must lie in ``[0, C)`` for both averages and
+    ``num_classes`` (an int >= 2, as TU requires) must equal C; otherwise ``ValueError`` (``TypeError``
+    for a non-int ``num_classes``). TU raises on such labels too (an index error).
     """
+    if average not in ("macro", "micro"):
+        raise ValueError("average must be either 'macro' or 'micro'.")
     sets = jnp.asarray(sets)
-    labels = jnp.asarray(labels).astype(jnp.int32)
+    if sets.ndim != 2:
+        raise ValueError(f"`sets` must be [N, C], got shape {sets.shape}")
+    c = sets.shape[-1]
+    if num_classes is not None:  # TU: an integer larger than 1; the sets must have that many columns
+        check_int(num_classes, "num_classes", 2)
+        if num_classes != c:
+            raise ValueError(f"`num_classes` is {num_classes} but `sets` has {c} columns")
+    labels = check_labels(labels, sets.shape[0], c)  # micro and macro alike (TU indexes preds[i, y_i])
     covered = jnp.take_along_axis(sets, labels[:, None], -1)[:, 0] != 0
     if average == "micro":
         return covered.mean(dtype=jnp.float32)
-    if average == "macro":
-        c = num_classes if num_classes is not None else sets.shape[-1]
-        hit = jnp.zeros(c).at[labels].add(covered.astype(jnp.float32))
-        tot = jnp.zeros(c).at[labels].add(1.0)
-        return jnp.where(tot > 0, hit / jnp.where(tot > 0, tot, 1.0), 0.0).mean()
-    raise ValueError("average must be either 'macro' or 'micro'.")
+    hit = jnp.zeros(c).at[labels].add(covered.astype(jnp.float32))
+    tot = jnp.zeros(c).at[labels].add(1.0)
+    return jnp.where(tot > 0, hit / jnp.where(tot > 0, tot, 1.0), 0.0).mean()
 
 
 def set_size(sets, reduction: str = "mean") -> jax.Array:
@@ -225,9 +233,15 @@ def conformal_fit(
     if method == "raps":
         if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
             raise ValueError(f"penalty should be finite and non-negative. Got {penalty=}.")
-        if not (isinstance(regularization_rank, int) and regularization_rank >= 1):
-            raise ValueError(f"regularization_rank should be a positive integer. Got {regularization_rank=}.")
+        if isinstance(regularization_rank, bool) or not isinstance(regularization_rank, int):  # TU's types
+            raise TypeError(f"regularization_rank should be an integer. Got {regularization_rank=}.")
+        if regularization_rank < 1:
+            raise ValueError(f"regularization_rank should be strictly positive. Got {regularization_rank=}.")
     ts = _DEFAULT_TS[method] if enable_ts is None else enable_ts
+    if ts:  # named here, before temperature_fit would report them as its own `lr` / `max_iter`
+        check_real(ts_init_val, "ts_init_val", low=0.0, low_open=True)
+        check_real(ts_lr, "ts_lr", low=0.0, low_open=True)
+        check_int(ts_max_iter, "ts_max_iter", 1)
     logits = finite_logits(logits)
     labels = check_labels(labels, logits.shape[0], logits.shape[1])
     params = {

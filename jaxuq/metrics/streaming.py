@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxuq import _validate
 from jaxuq.metrics import calibration as _cal
 from jaxuq.metrics import classification as _cls
 from jaxuq.metrics import ensemble as _ens
@@ -344,7 +345,8 @@ def augrc() -> StreamingMetric:
 
 @functools.cache
 def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
-    """Streaming coverage at risk; ``update(state, probs [B, C], labels [B])``."""
+    """Streaming coverage at risk; ``update(state, probs [B, C], labels [B])``; ``risk`` in [0, 1]."""
+    risk = _validate.check_fraction(risk, "risk")
     return _conf_acc_metric(
         lambda c, a: _sel.selective_from_scores(c, 1.0 - a, risk=float(risk))["Cov_5Risk"]
     )
@@ -352,7 +354,8 @@ def cov_at_risk(risk: float = 0.05) -> StreamingMetric:
 
 @functools.cache
 def risk_at_cov(cov: float = 0.8) -> StreamingMetric:
-    """Streaming risk at coverage; ``update(state, probs [B, C], labels [B])``."""
+    """Streaming risk at coverage; ``update(state, probs [B, C], labels [B])``; ``cov`` in (0, 1]."""
+    cov = _validate.check_fraction(cov, "cov", open_left=True)
     return _conf_acc_metric(
         lambda c, a: _sel.selective_from_scores(c, 1.0 - a, cov=float(cov))["Risk_80Cov"]
     )

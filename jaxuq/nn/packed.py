@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxuq.nn.conv import Conv, conv_general_dilated
@@ -59,12 +60,25 @@ __all__ = [
 
 
 def _check(alpha: float, gamma: int, num_estimators: int) -> None:
-    if alpha is None or alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    if int(gamma) != gamma or gamma <= 0:
-        raise ValueError(f"gamma must be an int >= 1, got {gamma}")
-    if int(num_estimators) != num_estimators or num_estimators <= 0:
-        raise ValueError(f"num_estimators must be an int >= 1, got {num_estimators}")
+    """TU's ``check_packed_parameters_consistency``: a missing value or one out of range is a ValueError,
+    a value of the wrong type (``num_estimators=1.5``, ``gamma=0.5``) a TypeError, naming the argument."""
+    if alpha is None:
+        raise ValueError("You must specify the value of the arg. `alpha`")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.integer | np.floating):
+        raise TypeError(f"Attribute `alpha` should be a number, not {type(alpha).__name__}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"Attribute `alpha` should be > 0, not {alpha}")
+    if isinstance(gamma, bool) or not isinstance(gamma, int | np.integer):
+        raise TypeError(f"Attribute `gamma` should be an int, not {type(gamma).__name__} {gamma!r}")
+    if gamma < 1:
+        raise ValueError(f"Attribute `gamma` should be >= 1, not {gamma}")
+    if num_estimators is None:
+        raise ValueError("You must specify the value of the arg. `num_estimators`")
+    if isinstance(num_estimators, bool) or not isinstance(num_estimators, int | np.integer):
+        raise TypeError(f"Attribute `num_estimators` should be an int, not {type(num_estimators).__name__} "
+                        f"{num_estimators!r}")
+    if num_estimators < 1:
+        raise ValueError(f"Attribute `num_estimators` should be >= 1, not {num_estimators}")
 
 
 def packed_conv_sizes(
