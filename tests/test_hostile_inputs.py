@@ -507,3 +507,81 @@ def test_raps_regularization_rank_type_is_a_type_error():
             lambda: conformal_fit(z, y, method="raps", regularization_rank=0.1))
     _raises(ValueError, "regularization_rank should be strictly positive",
             lambda: conformal_fit(z, y, method="raps", regularization_rank=0))
+
+
+# ============================================================================ 6, 9, 13. fit
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (32, 16, 16, 1)).astype(np.uint8), rng.integers(0, 10, 32).astype(np.int64)
+
+
+def _cfg(**kw):
+    import optax
+
+    from jaxuq.train import TrainConfig
+
+    return TrainConfig(**{"optimizer": optax.sgd(0.05), "epochs": 1, "batch_size": 16, "quiet": True, **kw})
+
+
+def test_an_epoch_with_every_step_skipped_logs_nan_not_zero(tiny):
+    import jax.numpy as jnp
+
+    from jaxuq.train import fit
+    from tests.tiny_models import TinyCNN
+
+    def nan_loss(out, y):
+        return jnp.mean(out) * jnp.nan
+
+    with pytest.warns(RuntimeWarning, match="every step had a non-finite loss and was skipped"):
+        r = fit(TinyCNN(), tiny, _cfg(on_nonfinite="skip", loss_fn=nan_loss))
+    h = r.history[0]
+    assert np.isnan(h["train_loss"]) and np.isnan(h["train_acc"]) and h["nonfinite_steps"] == 2
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("lr", "the optimizer .* changed"), ("seed", "seed 0 -> 1"), ("data", "the training set changed"),
+])
+def test_resume_with_another_lr_seed_or_training_set_is_refused(tiny, tmp_path, change, needle):
+    import optax
+
+    from jaxuq.train import fit
+    from tests.tiny_models import TinyCNN
+
+    fit(TinyCNN(), tiny, _cfg(), workdir=tmp_path)
+    x, y = tiny
+    cfg, data = _cfg(epochs=2), tiny
+    if change == "lr":
+        cfg = cfg.replace(optimizer=optax.sgd(0.5))
+    elif change == "seed":
+        cfg = cfg.replace(seed=1)
+    else:
+        data = (x[::-1].copy(), y)
+    with pytest.raises(ValueError, match=f"cannot resume from checkpoint 2 .*{needle}"):
+        fit(TinyCNN(), data, cfg, workdir=tmp_path)
+
+
+def test_fit_labels_are_checked_in_their_original_dtype(tiny):
+    from jaxuq.train import fit
+    from tests.tiny_models import TinyCNN
+
+    x, y = tiny
+    for bad in (np.int64(2**32), np.int64(-(2**32) + 1)):
+        yb = y.copy()
+        yb[3] = bad  # int32 would wrap it to class 0 / 1
+        with pytest.raises(ValueError, match=r"train labels must be in \[0, 10\)"):
+            fit(TinyCNN(), (x, yb), _cfg())
+    with pytest.raises(ValueError, match=r"train labels must be in \[0, 10\)"):
+        fit(TinyCNN(), (x, y.astype(np.uint64) + np.uint64(2**32)), _cfg())
+
+
+def test_a_log_path_that_is_a_directory_fails_before_training(tiny, tmp_path):
+    from jaxuq.train import JsonlLogger, fit
+    from tests.tiny_models import TinyCNN
+
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(ValueError, match="is not a regular file"):
+        JsonlLogger(tmp_path / "metrics.jsonl")
+    with pytest.raises(ValueError, match="is not a regular file"):
+        fit(TinyCNN(), tiny, _cfg(), workdir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

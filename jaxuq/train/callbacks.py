@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import jax
@@ -64,6 +65,9 @@ class JsonlLogger(Callback):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         check_writable(self.path.parent, "log directory")
+        if os.path.lexists(self.path) and not stat.S_ISREG(os.lstat(self.path).st_mode):
+            raise ValueError(f"log file {self.path} exists and is not a regular file (a directory or a "
+                             "link); remove it or log elsewhere")
 
     def on_epoch_end(self, state, record: dict):
         if jax.process_index() != 0:

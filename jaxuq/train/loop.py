@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -224,17 +226,48 @@ def _check_mesh(roles: MeshRoles, cfg: TrainConfig, plan: _Plan) -> None:
         )
 
 
-def _check_resume(meta: dict, plan: _Plan, where: str) -> None:
-    """Refuse a resume whose epoch layout changed (batch size, dataset size, members)."""
-    now = {"steps_per_epoch": plan.spe, "batch_size": plan.batch_size, "n_train": plan.n,
-           "num_members": plan.num_members}
-    diff = {k: (meta[k], v) for k, v in now.items() if k in meta and meta[k] != v}
+def _fingerprint(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, plan: _Plan) -> dict:
+    """What a resume must not change besides the layout: the seed, the optimizer (its first two updates
+    of a fixed probe, to 6 significant digits: the learning rate, momentum, weight decay and the start
+    of the schedule, whatever form ``cfg.optimizer`` takes) and the training set (sha256 of its bytes)."""
+    tx = _make_tx(cfg.optimizer, plan.spe)
+    probe = {"w": jnp.linspace(0.5, 1.5, 3, dtype=jnp.float32)}
+    try:
+        opt, updates = tx.init(probe), []
+        for g in (1.0, -0.5):
+            u, opt = tx.update(jax.tree.map(lambda p, g=g: jnp.full_like(p, g), probe), opt, probe)
+            updates += np.asarray(u["w"], np.float64).tolist()
+        optimizer = ",".join(f"{v:.6g}" for v in updates)
+    except Exception:  # noqa: BLE001 - a transformation tied to the model's own tree: not fingerprinted
+        optimizer = None
+    data = hashlib.sha256()
+    for a in (x, y):
+        data.update(f"{a.dtype.str}{a.shape}".encode())
+        data.update(np.ascontiguousarray(a).data)
+    return {"seed": cfg.seed, "optimizer": optimizer, "data": data.hexdigest()}
+
+
+def _run_meta(plan: _Plan, fingerprint: dict) -> dict:
+    """The checkpoint meta a resume is checked against (layout and fingerprint)."""
+    return {"steps_per_epoch": plan.spe, "batch_size": plan.batch_size, "n_train": plan.n,
+            "num_members": plan.num_members, **fingerprint}
+
+
+_CHANGED = {"optimizer": "the optimizer (learning rate, momentum, weight decay or schedule) changed",
+            "data": "the training set changed (same size, other contents)"}
+
+
+def _check_resume(meta: dict, now: dict, where: str) -> None:
+    """Refuse a resume whose epoch layout (batch size, dataset size, members), seed, optimizer or training
+    set changed (checkpoints written before the fingerprint are checked for their layout only)."""
+    skip = {"optimizer"} if None in (now.get("optimizer"), meta.get("optimizer")) else set()  # not probed
+    diff = {k: (meta[k], v) for k, v in now.items() if k in meta and k not in skip and meta[k] != v}
     if diff:
-        changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        changes = ", ".join(_CHANGED.get(k, f"{k} {a} -> {b}") for k, (a, b) in diff.items())
         raise ValueError(
-            f"cannot resume from {where}: {changes} since it was written (the data order and the "
-            "step count of an epoch would change). Resume with the original settings, or start a "
-            "fresh run in another checkpoint directory."
+            f"cannot resume from {where}: {changes} since it was written (the run would silently mix "
+            "two trainings). Resume with the original settings and data, or start a fresh run in "
+            "another checkpoint directory."
         )
 
 
@@ -242,14 +275,14 @@ def _host_step(state) -> int:
     return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
-def _restore(ckpt: Checkpointer | None, state, plan: _Plan):
+def _restore(ckpt: Checkpointer | None, state, now: dict):
     """``(state, meta, resumed_from)``: the newest intact checkpoint's, or the state as given."""
     if ckpt is None:
         return state, None, None
     state, meta = ckpt.restore(state)
     if meta is None:
         return state, None, None
-    _check_resume(meta, plan, f"checkpoint {ckpt.latest_step()} under {ckpt.directory}")
+    _check_resume(meta, now, f"checkpoint {ckpt.latest_step()} under {ckpt.directory}")
     return state, meta, _host_step(state)
 
 
@@ -372,10 +405,17 @@ def _accumulate(acc: dict, m: dict, dt: float) -> None:
 
 
 def _record(acc: dict, epoch: int, step: int, members: bool) -> dict:
+    """The epoch's record; a member (or model) whose every step was skipped (``on_nonfinite="skip"``)
+    has NaN loss and accuracy, not 0, and a ``RuntimeWarning`` says so."""
+    seen = acc["count"] > 0
     count = np.maximum(acc["count"], 1)
-    loss = acc["loss_sum"] / count
+    loss = np.where(seen, acc["loss_sum"] / count, np.nan)
+    if not np.all(seen):
+        warnings.warn(f"epoch {epoch + 1}: every step{' of some member' if members else ''} had a non-finite "
+                      "loss and was skipped (on_nonfinite='skip'): train_loss is NaN, nothing was learned",
+                      RuntimeWarning, stacklevel=4)
     record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(loss))}
-    accuracy = acc["correct"] / count if "correct" in acc else None
+    accuracy = np.where(seen, acc["correct"] / count, np.nan) if "correct" in acc else None
     if accuracy is not None:
         record["train_acc"] = float(np.mean(accuracy))
     record["seconds"] = acc["seconds"]
@@ -420,6 +460,7 @@ class _Run:
     validate: Callable | None  # state -> {"val_loss", ...}
     ckpt: Checkpointer | None
     callbacks: tuple
+    run_meta: dict  # _run_meta: written with every checkpoint, checked on resume
 
     def train(self, state, meta: dict | None) -> tuple[Any, list[dict]]:
         plan, cfg = self.plan, self.cfg
@@ -489,8 +530,7 @@ class _Run:
         )
 
     def _save(self, state, meta: dict) -> None:
-        p = self.plan
-        meta.update(steps_per_epoch=p.spe, batch_size=p.batch_size, n_train=p.n, num_members=p.num_members)
+        meta.update(self.run_meta)
         self.ckpt.save(state, meta)
         for cb in self.callbacks:
             if hasattr(cb, "on_checkpoint"):
@@ -545,7 +585,8 @@ def fit(model, data, config: TrainConfig | None = None, *, eval_data=None, mesh=
     for cb in callbacks:
         init_state = cb.on_fit_start(init_state) if hasattr(cb, "on_fit_start") else init_state
     init_state = init_state.replace(extras=jax.tree.map(jnp.copy, init_state.extras))  # donated: no aliases
-    state, meta, resumed_from = _restore(ckpt, init_state, plan)
+    run_meta = _run_meta(plan, _fingerprint(cfg, x, y, plan)) if ckpt is not None else {}
+    state, meta, resumed_from = _restore(ckpt, init_state, run_meta)
     members = _members_of(cfg, roles)
     lowering = None if members is None else members.lowering
     run = _Run(
@@ -553,7 +594,7 @@ def fit(model, data, config: TrainConfig | None = None, *, eval_data=None, mesh=
         feed=_Feed(x, y, plan, k_data, on_device=cfg.on_device, roles=roles,
                    per_member=members is not None and members.per_member_inputs),
         validate=None if eval_data is None else partial(_validation, model, eval_data, cfg, roles, lowering),
-        ckpt=ckpt, callbacks=callbacks,
+        ckpt=ckpt, callbacks=callbacks, run_meta=run_meta,
     )
     state, history = run.train(roles.place(state), meta)
     return FitResult(state=state, history=history, resumed_from=resumed_from)
