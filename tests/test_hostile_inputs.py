@@ -585,3 +585,54 @@ def test_a_log_path_that_is_a_directory_fails_before_training(tiny, tmp_path):
     with pytest.raises(ValueError, match="is not a regular file"):
         fit(TinyCNN(), tiny, _cfg(), workdir=tmp_path)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+# ============================================================================ 11, 12. Ctrl-C and a full disk in fit
+class _SaveFails:
+    """Patches orbax's CheckpointManager.save: the ``n``-th save leaves a tmp step folder, then raises."""
+
+    def __init__(self, monkeypatch, n: int, exc: BaseException):
+        import orbax.checkpoint as ocp
+
+        self.real, self.n, self.exc, self.calls = ocp.CheckpointManager.save, n, exc, 0
+        monkeypatch.setattr(ocp.CheckpointManager, "save", self)
+
+    def __get__(self, manager, owner):  # bound like a method
+        return lambda step, *a, **k: self(manager, step, *a, **k)
+
+    def __call__(self, manager, step, *a, **k):
+        self.calls += 1
+        if self.calls < self.n:
+            return self.real(manager, step, *a, **k)
+        (Path(manager.directory) / f"{step}.orbax-checkpoint-tmp-1234").mkdir()
+        raise self.exc
+
+
+def _left(ckdir: Path) -> list[str]:
+    return sorted(p.name for p in ckdir.iterdir())
+
+
+def test_ctrl_c_in_fit_is_a_clean_stop_that_says_how_to_resume(tiny, tmp_path, monkeypatch):
+    from jaxuq.train import fit
+    from tests.tiny_models import TinyCNN
+
+    _SaveFails(monkeypatch, 2, KeyboardInterrupt())  # Ctrl-C while the second checkpoint is written
+    with pytest.raises(KeyboardInterrupt, match="last checkpoint: step 2 under .*same workdir .*to resume"):
+        fit(TinyCNN(), tiny, _cfg(epochs=2), workdir=tmp_path)
+    assert _left(tmp_path / "checkpoints") == ["2"]  # the last checkpoint kept, no *.orbax-checkpoint-tmp*
+    monkeypatch.undo()
+    r = fit(TinyCNN(), tiny, _cfg(epochs=2), workdir=tmp_path)
+    assert r.resumed_from == 2 and [h["epoch"] for h in r.history] == [2]
+
+
+def test_a_full_disk_in_fit_is_one_line_and_leaves_no_tmp_folder(tiny, tmp_path, monkeypatch):
+    from jaxuq.train import fit
+    from tests.tiny_models import TinyCNN
+
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing "params": Failed to write 4096 bytes: No space left '
+                      "on device [os_error_code='28']")  # what tensorstore raises
+    _SaveFails(monkeypatch, 1, full)
+    with pytest.raises(OSError, match="no space left on device: checkpoint 2 under .* to resume") as e:
+        fit(TinyCNN(), tiny, _cfg(), workdir=tmp_path)
+    assert e.value.__cause__ is None and e.value.__suppress_context__ and "\n" not in str(e.value)
+    assert _left(tmp_path / "checkpoints") == []

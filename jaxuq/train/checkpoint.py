@@ -12,7 +12,9 @@ truncated file) is skipped on restore with a warning, and the newest intact one 
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -117,8 +119,27 @@ class Checkpointer:
             )
             if not self.async_save:
                 self.manager.wait_until_finished()
-        except OSError as e:
-            raise PermissionError(f"could not write checkpoint {step} under {self.directory}: {e}") from e
+        except BaseException as e:  # a failed or interrupted save leaves no half-written step folder
+            self.clean_tmp()
+            if _disk_full(e):  # tensorstore reports ENOSPC as a ValueError
+                raise OSError(errno.ENOSPC, f"no space left on device: checkpoint {step} under "
+                              f"{self.directory} was not written (the earlier ones are intact); free space "
+                              "and call fit again with the same workdir to resume") from None
+            if isinstance(e, OSError):
+                raise PermissionError(f"could not write checkpoint {step} under {self.directory}: {e}") from e
+            raise
+
+    def clean_tmp(self) -> list[str]:
+        """Remove orbax's unfinished ``*.orbax-checkpoint-tmp*`` step folders (never a finished step); returns
+        their names. Links are unlinked, not followed."""
+        gone = []
+        for p in sorted(self.directory.glob("*.orbax-checkpoint-tmp*")):
+            if p.is_symlink() or not p.is_dir():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+        return gone
 
     def _restore_step(self, step: int, target):
         where = f"checkpoint {step} under {self.directory}"
@@ -168,9 +189,22 @@ class Checkpointer:
             return restored, dict(out["meta"] or {})
         return state, None
 
+    def finish(self) -> None:
+        """Wait for orbax's writer, then remove unfinished step folders (a save cut short by Ctrl-C)."""
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.clean_tmp()
+
     def close(self):
-        self.manager.wait_until_finished()
+        """:meth:`finish`, then close the manager."""
+        self.finish()
         self.manager.close()
+
+
+def _disk_full(e: BaseException) -> bool:
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
+        isinstance(e, ValueError) and ("No space left on device" in str(e) or "RESOURCE_EXHAUSTED" in str(e)))
 
 
 class _Corrupt(Exception):

@@ -482,10 +482,20 @@ class _Run:
                     state, record = self._end_epoch(state, acc, epoch, step)
                     history.append(record)
                     acc = None
+        except KeyboardInterrupt:  # a clean stop: the writer finished, no tmp folder, how to resume
+            raise KeyboardInterrupt(self._interrupted(step)) from None
         finally:
             if self.ckpt is not None:
                 self.ckpt.close()
         return state, history
+
+    def _interrupted(self, step: int) -> str:
+        if self.ckpt is None:
+            return f"training interrupted near step {step}; no workdir, so nothing was saved"
+        self.ckpt.finish()  # waits for orbax's writer and removes unfinished step folders
+        last = self.ckpt.latest_step()
+        return (f"training interrupted near step {step}; last checkpoint: step {last} under "
+                f"{self.ckpt.directory}. Call fit again with the same workdir and settings to resume.")
 
     def _epoch(self, state, epoch: int, pos: int, acc: dict, advance, label: str):
         """Train the rest of ``epoch`` from step ``pos``, adding to ``acc``; mid-epoch checkpoints."""
