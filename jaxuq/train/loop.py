@@ -413,7 +413,7 @@ def _record(acc: dict, epoch: int, step: int, members: bool) -> dict:
     if not np.all(seen):
         warnings.warn(f"epoch {epoch + 1}: every step{' of some member' if members else ''} had a non-finite "
                       "loss and was skipped (on_nonfinite='skip'): train_loss is NaN, nothing was learned",
-                      RuntimeWarning, stacklevel=4)
+                      RuntimeWarning, stacklevel=2)
     record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(loss))}
     accuracy = np.where(seen, acc["correct"] / count, np.nan) if "correct" in acc else None
     if accuracy is not None:
