@@ -204,6 +204,22 @@ def set_size(sets, reduction: str = "mean") -> jax.Array:
 _DEFAULT_TS = {"thr": True, "aps": True, "raps": False}
 
 
+def _check_raps(penalty, regularization_rank) -> None:
+    """TU's RAPS checks: a non-int rank is a TypeError; a rank < 1 or a bad penalty a ValueError."""
+    if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
+        raise ValueError(f"penalty should be finite and non-negative. Got {penalty=}.")
+    if isinstance(regularization_rank, bool) or not isinstance(regularization_rank, int):
+        raise TypeError(f"regularization_rank should be an integer. Got {regularization_rank=}.")
+    if regularization_rank < 1:
+        raise ValueError(f"regularization_rank should be strictly positive. Got {regularization_rank=}.")
+
+
+def _check_ts(ts_init_val, ts_lr, ts_max_iter) -> None:
+    check_real(ts_init_val, "ts_init_val", low=0.0, low_open=True)
+    check_real(ts_lr, "ts_lr", low=0.0, low_open=True)
+    check_int(ts_max_iter, "ts_max_iter", 1)
+
+
 def conformal_fit(
     logits,
     labels,
@@ -231,17 +247,10 @@ def conformal_fit(
         raise ValueError(f"method must be 'thr', 'aps' or 'raps'; got {method!r}")
     _check_alpha(alpha)
     if method == "raps":
-        if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
-            raise ValueError(f"penalty should be finite and non-negative. Got {penalty=}.")
-        if isinstance(regularization_rank, bool) or not isinstance(regularization_rank, int):  # TU's types
-            raise TypeError(f"regularization_rank should be an integer. Got {regularization_rank=}.")
-        if regularization_rank < 1:
-            raise ValueError(f"regularization_rank should be strictly positive. Got {regularization_rank=}.")
+        _check_raps(penalty, regularization_rank)
     ts = _DEFAULT_TS[method] if enable_ts is None else enable_ts
     if ts:  # named here, before temperature_fit would report them as its own `lr` / `max_iter`
-        check_real(ts_init_val, "ts_init_val", low=0.0, low_open=True)
-        check_real(ts_lr, "ts_lr", low=0.0, low_open=True)
-        check_int(ts_max_iter, "ts_max_iter", 1)
+        _check_ts(ts_init_val, ts_lr, ts_max_iter)
     logits = finite_logits(logits)
     labels = check_labels(labels, logits.shape[0], logits.shape[1])
     params = {
