@@ -524,6 +524,7 @@ def _cfg(**kw):
     return TrainConfig(**{"optimizer": optax.sgd(0.05), "epochs": 1, "batch_size": 16, "quiet": True, **kw})
 
 
+@pytest.mark.slow  # 36-45 s on the loaded 2-core box (compiles two fits)
 def test_an_epoch_with_every_step_skipped_logs_nan_not_zero(tiny):
     import jax.numpy as jnp
 
@@ -612,6 +613,7 @@ def _left(ckdir: Path) -> list[str]:
     return sorted(p.name for p in ckdir.iterdir())
 
 
+@pytest.mark.slow  # 36-45 s on the loaded 2-core box (compiles two fits)
 def test_ctrl_c_in_fit_is_a_clean_stop_that_says_how_to_resume(tiny, tmp_path, monkeypatch):
     from jaxuq.train import fit
     from tests.tiny_models import TinyCNN
