@@ -201,3 +201,12 @@ def test_cotangents_inside_shard_map_match_lax():
     r = subprocess.run([sys.executable, "-c", _SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_auto_lowering_follows_the_measured_table():
+    """bench/results/conv.md: gemm for strided convs and >= 25-tap kernels over >= 2 channels, else conv."""
+    pick = conv_mod._auto_lowering
+    assert pick((128, 12, 12, 6), (5, 5, 6, 16), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "gemm"
+    assert pick((128, 28, 28, 1), (5, 5, 1, 6), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "conv"
+    assert pick((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((1, 1),) * 2, (1, 1), 1) == "gemm"
+    assert pick((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1) == "conv"

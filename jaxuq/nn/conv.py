@@ -80,8 +80,8 @@ def _check_conv_lowering(lowering) -> str:
 def set_conv_lowering(lowering: str) -> None:
     """The process-wide lowering of :func:`conv_general_dilated` (default ``"auto"``).
 
-    - ``"auto"``: per backend and shape, as measured by ``bench/conv.py`` (see :func:`_auto_lowering`);
-      GPU/TPU: ``"lax"``.
+    - ``"auto"``: on CPU ``"gemm"`` or ``"conv"`` per shape, as measured by ``bench/conv.py`` (see
+      :func:`_auto_lowering`); GPU/TPU: ``"lax"``.
     - ``"gemm"``: patches by slicing + one matrix product (a batched one over groups); plain autodiff.
     - ``"conv"``: ``lax.conv_general_dilated`` forward, both gradients as channels-last convolutions
       (a ``jax.custom_vjp``: forward-mode autodiff, ``jax.jvp``/``jax.hessian``, is unavailable).
@@ -158,8 +158,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def _auto_lowering(lhs_shape, rhs_shape, strides, pads, rhs_dil, groups) -> str:
-    """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution (bench/results/conv.md)."""
-    return "gemm"
+    """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution, from ``bench/conv.py``
+    (bench/results/conv.md: forward + both gradients, 10 steps in ``lax.scan``, interleaved, measured
+    under load 8-13 on 2 cores, 2026-12-06): ``"gemm"`` won for strided convs (ResNet-20 3x3 16->32 s2:
+    613 vs 812 ms) and for kernels of >= 25 taps over >= 2 input channels per group (LeNet conv2 5x5
+    6->16: 117 vs 183 ms); ``"conv"`` won for stride-1 3x3 convs (ResNet-20 16->16 32x32: 1152 vs 2048 ms,
+    64->64 8x8: 432 vs 702 ms) and for one input channel (LeNet conv1: 424 vs 601 ms)."""
+    del lhs_shape, pads, rhs_dil, groups
+    if any(s > 1 for s in strides):
+        return "gemm"
+    return "gemm" if math.prod(rhs_shape[:-2]) >= 25 and rhs_shape[-2] >= 2 else "conv"
 
 
 def _conv_plain(lhs, rhs, strides, pads, rhs_dil, groups, precision):
