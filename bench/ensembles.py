@@ -1,8 +1,8 @@
 """Benchmark: one MNIST training epoch of 1 and 8 LeNet members.
 
 Compares, in the same run and on the same real MNIST images (``JAXUQ_DATA_DIR``):
-- jaxuq: ``jaxuq.train.fit`` of the stacked ensemble (lowering ``"vmap"``, ``"map"``, ``"unroll"``),
-  SGD lr 0.05, one jitted scan over the epoch;
+- jaxuq: ``jaxuq.train.fit`` of the stacked ensemble (member lowerings ``"vmap"``, ``"gemm"``, ``"map"``,
+  ``"unroll"``), SGD lr 0.05, one jitted scan over the epoch;
 - torch: a plain Python loop over members (each with its own SGD), one step per member per batch;
 - TU: ``torch_uncertainty.methods.deep_ensembles`` of TU ``lenet``s, CE over its ``(M*B, C)`` logits
   against ``RepeatTarget(M)`` targets, one SGD over all parameters (M >= 2 only).
@@ -24,6 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import bench_parser, markdown_header, markdown_table, start, timeit, write_results  # noqa: E402
+
+MEMBER_LOWERINGS = ("vmap", "gemm", "map", "unroll")
+JAXUQ_IMPLS = tuple(f"jaxuq {low}" for low in MEMBER_LOWERINGS)
 
 
 def bench_jaxuq(images, labels, m, bs, members, repeats):
@@ -132,12 +135,12 @@ def _ratios(rows, members):
 
     ratios, mmax = {}, max(members)
     if 1 in members and mmax > 1:
-        for impl in ("jaxuq vmap", "jaxuq map", "jaxuq unroll", "torch loop"):
+        for impl in (*JAXUQ_IMPLS, "torch loop"):
             one, many = t(impl if not impl.startswith("jaxuq") else "jaxuq vmap", 1), t(impl, mmax)
             if one and many:
                 ratios[f"{impl}: {mmax} members / 1 member"] = many / one
     tu = t("TU deep_ensembles", mmax)
-    for impl in ("jaxuq vmap", "jaxuq map", "jaxuq unroll"):
+    for impl in JAXUQ_IMPLS:
         if tu and t(impl, mmax):
             ratios[f"TU deep_ensembles / {impl} ({mmax} members)"] = tu / t(impl, mmax)
     return ratios
@@ -173,7 +176,7 @@ def main(argv=None):
 
     rows = []
     for m in args.members:
-        for members in ("vmap", "map", "unroll"):
+        for members in MEMBER_LOWERINGS:
             if m == 1 and members != "vmap":
                 continue
             r = bench_jaxuq(images, y, m, args.batch_size, members, args.repeats)

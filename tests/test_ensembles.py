@@ -45,7 +45,7 @@ def test_stacked_init_matches_split_keys_and_lowerings_agree():
             np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b))
     lv = E.apply_members(LENET, v, x, lowering="vmap")
     assert lv.shape == (3, 8, 10)
-    for mem in ("map", "unroll", None):
+    for mem in ("gemm", "map", "unroll", None):
         lm = E.apply_members(LENET, v, x, lowering=mem)
         np.testing.assert_allclose(np.asarray(lv), np.asarray(lm), atol=1e-5)
     one = LENET.apply(jax.tree.map(lambda a: a[2], v), x)
@@ -75,8 +75,8 @@ def test_train_step_bn_vmap_equals_map():
     x, y = _u8(1, (8, 8, 8, 3)), np.arange(8) % 10
     cfg = TrainConfig(optimizer=optax.sgd(0.1, momentum=0.9), epochs=2, batch_size=8, quiet=True)
     outs = {mem: fit(model, (x, y), cfg.replace(ensemble=EnsembleConfig(2, lowering=mem))).state
-            for mem in ("vmap", "map", "unroll")}
-    for other in ("map", "unroll"):
+            for mem in ("vmap", "gemm", "map", "unroll")}
+    for other in ("gemm", "map", "unroll"):
         for a, b in zip(jax.tree.leaves(outs["vmap"].params), jax.tree.leaves(outs[other].params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
         for a, b in zip(jax.tree.leaves(outs["vmap"].batch_stats), jax.tree.leaves(outs[other].batch_stats)):

@@ -78,7 +78,7 @@ def test_single_and_stacked_layouts(bn):
     model, v, x = bn
     one = _member(v, 1)
     np.testing.assert_array_equal(forward(model, one, x), model.apply(one, x))
-    for lowering in ("vmap", "map", "unroll"):
+    for lowering in ("vmap", "gemm", "map", "unroll"):
         out = forward(model, v, x, lowering=lowering)
         assert out.shape == (3, 6, 5) and out.dtype == jnp.float32
         for m in range(3):

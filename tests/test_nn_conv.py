@@ -1,8 +1,9 @@
 """jaxuq.nn.Conv / conv_general_dilated: same values and gradients as lax.conv_general_dilated.
 
-The weight gradient is rewritten as a channels-last conv on XLA:CPU (fast inside lax.scan); these tests
-pin that the rewrite is exact up to float32 summation order, for every stride/padding/dilation/group
-shape the model zoo uses, under jit, scan and vmap, in fp32 and bf16.
+On XLA:CPU the convolution has two rewrites (``conv_lowering``): "conv" (lax.conv forward, both gradients
+as channels-last convs: fast inside lax.scan) and "gemm" (patches + one matrix product). These tests pin
+that each is exact up to float32 summation order ("conv": a bitwise forward), for every
+stride/padding/dilation/group shape the model zoo uses, under jit, scan and vmap, in fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ CASES = [  # (h, w, k, stride, padding, dilation, groups, cin, cout)
 ]
 
 
-def _pair(case):
+def _pair(case, lowering="conv"):
     h, w, k, s, p, d, g, cin, cout = case
     pad = ((p, p), (p, p)) if isinstance(p, int) else p
     x = jax.random.normal(jax.random.key(0), (3, h, w, cin))
@@ -44,8 +45,9 @@ def _pair(case):
                                         feature_group_count=g)
 
     def new(x, wt):
-        return conv_mod.conv_general_dilated(x, wt, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=dn,
-                                             feature_group_count=g)
+        with conv_mod.conv_lowering(lowering):
+            return conv_mod.conv_general_dilated(x, wt, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=dn,
+                                                 feature_group_count=g)
 
     return x, wt, ref, new
 
@@ -54,11 +56,12 @@ def _rel(a, b):
     return float(jnp.abs(a - b).max() / jnp.abs(a).max())
 
 
+@pytest.mark.parametrize("lowering", ["conv", "gemm"])
 @pytest.mark.parametrize("case", CASES, ids=[str(c[:7]) for c in CASES])
-def test_values_and_gradients_match_lax(case):
-    x, wt, ref, new = _pair(case)
+def test_values_and_gradients_match_lax(case, lowering):
+    x, wt, ref, new = _pair(case, lowering)
     y0, y1 = ref(x, wt), new(x, wt)
-    assert _rel(y0, y1) == 0.0
+    assert _rel(y0, y1) <= (0.0 if lowering == "conv" else 1e-6)
     ct = jax.random.normal(jax.random.key(2), y0.shape)
     g0 = jax.vjp(ref, x, wt)[1](ct)
     g1 = jax.jit(lambda x, wt, ct: jax.vjp(new, x, wt)[1](ct))(x, wt, ct)
@@ -66,9 +69,10 @@ def test_values_and_gradients_match_lax(case):
     assert _rel(g0[1], g1[1]) <= 1e-6
 
 
+@pytest.mark.parametrize("lowering", ["conv", "gemm"])
 @pytest.mark.parametrize("case", CASES[:3], ids=[str(c[:7]) for c in CASES[:3]])
-def test_weight_gradient_inside_scan_and_vmap(case):
-    x, wt, ref, new = _pair(case)
+def test_weight_gradient_inside_scan_and_vmap(case, lowering):
+    x, wt, ref, new = _pair(case, lowering)
     ct = jax.random.normal(jax.random.key(2), ref(x, wt).shape)
 
     def looped(f):
@@ -87,6 +91,7 @@ def test_weight_gradient_inside_scan_and_vmap(case):
         assert _rel(a, b) <= 1e-6
 
 
+@conv_mod.conv_lowering("conv")
 def test_same_padding_string_and_bf16():
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     wt = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
@@ -103,16 +108,35 @@ def test_same_padding_string_and_bf16():
     np.testing.assert_array_equal(np.asarray(gb, np.float32), np.asarray(g0, np.float32))
 
 
-def test_flax_module_same_variables_and_outputs_as_nn_conv():
+def test_gemm_bf16_stays_bf16_and_close_to_fp32():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    wt = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    dn = lax.conv_dimension_numbers(x.shape, wt.shape, DN)
+
+    def loss(w, x):
+        with conv_mod.conv_lowering("gemm"):
+            y = conv_mod.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+        return y.astype(jnp.float32).sum(), y
+
+    (_, yb), gb = jax.value_and_grad(loss, has_aux=True)(wt.astype(jnp.bfloat16), x.astype(jnp.bfloat16))
+    (_, y), g = jax.value_and_grad(loss, has_aux=True)(wt, x)
+    assert yb.dtype == gb.dtype == jnp.bfloat16
+    assert _rel(y, yb.astype(jnp.float32)) <= 2e-2 and _rel(g, gb.astype(jnp.float32)) <= 2e-2
+
+
+@pytest.mark.parametrize("lowering", ["conv", "gemm"])
+def test_flax_module_same_variables_and_outputs_as_nn_conv(lowering):
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
     kw = dict(features=6, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=2)
     v = nn.Conv(**kw).init(jax.random.key(1), x)
     v2 = Conv(**kw).init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v2)
-    np.testing.assert_array_equal(nn.Conv(**kw).apply(v, x), Conv(**kw).apply(v, x))
+    with conv_mod.conv_lowering(lowering):
+        y = Conv(**kw).apply(v, x)
+    assert _rel(nn.Conv(**kw).apply(v, x), y) <= (0.0 if lowering == "conv" else 1e-6)
 
 
-def test_forward_mode_needs_the_rewrite_off():
+def test_forward_mode_needs_a_lowering_without_custom_vjp():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
     wt = jax.random.normal(jax.random.key(1), (3, 3, 2, 3))
     dn = lax.conv_dimension_numbers(x.shape, wt.shape, DN)
@@ -121,14 +145,23 @@ def test_forward_mode_needs_the_rewrite_off():
         return conv_mod.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
 
     if jax.default_backend() == "cpu":
-        with pytest.raises(TypeError, match="forward-mode"):
+        with conv_mod.conv_lowering("conv"), pytest.raises(TypeError, match="forward-mode"):
             jax.jvp(f, (wt,), (wt,))
-    conv_mod.set_cpu_weight_gradient(False)
-    try:
-        y, t = jax.jvp(f, (wt,), (wt,))
-    finally:
-        conv_mod.set_cpu_weight_gradient(True)
-    np.testing.assert_allclose(t, f(wt), rtol=1e-6, atol=1e-5)  # conv is linear in w
+    for lowering in ("lax", "gemm"):
+        conv_mod.set_conv_lowering(lowering)
+        try:
+            y, t = jax.jvp(f, (wt,), (wt,))
+        finally:
+            conv_mod.set_conv_lowering("auto")
+        np.testing.assert_allclose(t, f(wt), rtol=1e-6, atol=1e-5)  # conv is linear in w
+
+
+def test_lowering_choice_is_validated():
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        conv_mod.set_conv_lowering("fast")
+    with pytest.raises(TypeError, match="lowering must be a string"):
+        with conv_mod.conv_lowering(None):
+            pass
 
 
 _SHARD_MAP_SCRIPT = r"""
@@ -168,3 +201,12 @@ def test_cotangents_inside_shard_map_match_lax():
     r = subprocess.run([sys.executable, "-c", _SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_auto_lowering_follows_the_measured_table():
+    """bench/results/conv.md: gemm for strided convs and >= 25-tap kernels over >= 2 channels, else conv."""
+    pick = conv_mod._auto_lowering
+    assert pick((128, 12, 12, 6), (5, 5, 6, 16), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "gemm"
+    assert pick((128, 28, 28, 1), (5, 5, 1, 6), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "conv"
+    assert pick((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((1, 1),) * 2, (1, 1), 1) == "gemm"
+    assert pick((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1) == "conv"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import itertools
+import math
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import flax.linen as nn
@@ -10,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["Conv", "DepthwiseConv2d", "conv_general_dilated", "set_cpu_weight_gradient"]
+__all__ = ["CONV_LOWERINGS", "Conv", "DepthwiseConv2d", "conv_general_dilated", "conv_lowering",
+           "conv_patches", "set_conv_lowering"]
 
 
 class DepthwiseConv2d(nn.Module):
@@ -59,18 +64,46 @@ class DepthwiseConv2d(nn.Module):
 # written the same way (explicit HWIO kernel), which is 4x faster inside loops for stride-1 3x3 convs.
 # --------------------------------------------------------------------------------------------------------
 
-_CPU_WGRAD = True
+CONV_LOWERINGS = ("auto", "gemm", "conv", "lax")
+_DEFAULT = "auto"
+_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxuq_conv_lowering", default=None)
 
 
-def set_cpu_weight_gradient(enabled: bool) -> None:
-    """Turn the XLA:CPU weight-gradient rewrite of :func:`conv_general_dilated` on (default) or off.
+def _check_conv_lowering(lowering) -> str:
+    if not isinstance(lowering, str):
+        raise TypeError(f"lowering must be a string, got {type(lowering).__name__}")
+    if lowering not in CONV_LOWERINGS:
+        raise ValueError(f"lowering must be one of {CONV_LOWERINGS}, got {lowering!r}")
+    return lowering
 
-    The rewrite is a ``jax.custom_vjp``, so forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``,
-    ``jax.hessian``) through a conv is unavailable while it is on; turn it off for that. It only applies
-    when JAX's default backend is CPU at trace time; GPU/TPU always use ``lax.conv_general_dilated``.
+
+def set_conv_lowering(lowering: str) -> None:
+    """The process-wide lowering of :func:`conv_general_dilated` (default ``"auto"``).
+
+    - ``"auto"``: on CPU ``"gemm"`` or ``"conv"`` per shape, as measured by ``bench/conv.py`` (see
+      :func:`_auto_lowering`); GPU/TPU: ``"lax"``.
+    - ``"gemm"``: patches by slicing + one matrix product (a batched one over groups); plain autodiff.
+    - ``"conv"``: ``lax.conv_general_dilated`` forward, both gradients as channels-last convolutions
+      (a ``jax.custom_vjp``: forward-mode autodiff, ``jax.jvp``/``jax.hessian``, is unavailable).
+    - ``"lax"``: ``lax.conv_general_dilated`` and JAX's own gradients.
+
+    The CPU-only rewrites ("gemm", "conv") apply only when JAX's default backend is CPU at trace time;
+    a function already compiled keeps the lowering it was traced with (``jax.clear_caches()`` retraces).
     """
-    global _CPU_WGRAD
-    _CPU_WGRAD = bool(enabled)
+    global _DEFAULT
+    _DEFAULT = _check_conv_lowering(lowering)
+
+
+@contextlib.contextmanager
+def conv_lowering(lowering: str) -> Iterator[None]:
+    """Trace the convolutions inside the ``with`` block with ``lowering`` (see :func:`set_conv_lowering`);
+    the ensemble lowering ``"gemm"`` (:mod:`jaxuq.ensembles`) runs its vmapped members under
+    ``conv_lowering("gemm")``, so member-stacked convolutions become batched matrix products."""
+    token = _OVERRIDE.set(_check_conv_lowering(lowering))
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def _channels_last(nd: int) -> lax.ConvDimensionNumbers:
@@ -104,8 +137,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = tuple(lax.padtype_to_pads(lhs.shape[1:-1], dilated_k, window_strides, padding))
     else:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    fast = (
-        _CPU_WGRAD
+    lowering = _OVERRIDE.get() or _DEFAULT
+    cpu_ok = (
+        lowering != "lax"
         and jax.default_backend() == "cpu"
         and channels_last
         and (lhs_dilation is None or all(d == 1 for d in lhs_dilation))
@@ -113,9 +147,27 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         and preferred_element_type is None
         and all(lo >= 0 and hi >= 0 for lo, hi in pads)
     )
-    if not fast:
+    if not cpu_ok:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
-    return _conv_cl(lhs, rhs, tuple(window_strides), pads, rhs_dil, int(feature_group_count), precision)
+    args = (tuple(window_strides), pads, rhs_dil, int(feature_group_count), precision)
+    if lowering == "auto":
+        lowering = _auto_lowering(lhs.shape, rhs.shape, *args[:4])
+    if lowering == "gemm":
+        return _conv_gemm(lhs, rhs, *args)
+    return _conv_cl(lhs, rhs, *args)
+
+
+def _auto_lowering(lhs_shape, rhs_shape, strides, pads, rhs_dil, groups) -> str:
+    """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution, from ``bench/conv.py``
+    (bench/results/conv.md: forward + both gradients, 10 steps in ``lax.scan``, interleaved, measured
+    under load 8-13 on 2 cores, 2026-12-06): ``"gemm"`` won for strided convs (ResNet-20 3x3 16->32 s2:
+    613 vs 812 ms) and for kernels of >= 25 taps over >= 2 input channels per group (LeNet conv2 5x5
+    6->16: 117 vs 183 ms); ``"conv"`` won for stride-1 3x3 convs (ResNet-20 16->16 32x32: 1152 vs 2048 ms,
+    64->64 8x8: 432 vs 702 ms) and for one input channel (LeNet conv1: 424 vs 601 ms)."""
+    del lhs_shape, pads, rhs_dil, groups
+    if any(s > 1 for s in strides):
+        return "gemm"
+    return "gemm" if math.prod(rhs_shape[:-2]) >= 25 and rhs_shape[-2] >= 2 else "conv"
 
 
 def _conv_plain(lhs, rhs, strides, pads, rhs_dil, groups, precision):
@@ -202,6 +254,53 @@ def _weight_gradient(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precisio
                                    precision=precision)  # [c, *P, Co], P >= K
     out = out[(slice(None),) + tuple(slice(0, k) for k in rhs_shape[:nd])]
     return jnp.moveaxis(out, 0, nd)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Convolution as patches + one matrix product ("gemm").
+#
+# XLA:CPU's direct convolution kernels (Eigen) are slow for the small channel counts of LeNet-like and
+# CIFAR ResNet layers, and a grouped convolution (Packed layers, ``jax.vmap`` over members) is lowered to a
+# loop over groups. The same arithmetic as ``patches [P, K*C] @ kernel [K*C, O]`` (grouped: one batched
+# product over the groups) runs on XLA's matrix-product kernels; under ``jax.vmap`` over ensemble members it
+# becomes one batched product over the member axis, and a batch shared by every member (TU's deep-ensemble
+# recipe) gives one product with M*O output columns. Gradients are JAX's own: the weight gradient is
+# ``patches^T @ g``, the input gradient the sum of the K padded slices of ``g @ kernel^T`` (col2im).
+# --------------------------------------------------------------------------------------------------------
+
+
+def conv_patches(x, kernel_size, strides, pads, rhs_dilation):
+    """``x [N, *S, C]`` -> ``[N, *O, K, C]``: for every output position the ``K = prod(kernel_size)``
+    input vectors its window reads (zero padding ``pads``, kernel dilation ``rhs_dilation``), in the
+    kernel's row-major order, by ``K`` strided slices of the padded input."""
+    xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+    out = [(xp.shape[1 + i] - d * (k - 1) - 1) // s + 1
+           for i, (k, s, d) in enumerate(zip(kernel_size, strides, rhs_dilation, strict=True))]
+    cols = []
+    for offset in itertools.product(*(range(k) for k in kernel_size)):
+        first = tuple(o * d for o, d in zip(offset, rhs_dilation, strict=True))
+        last = tuple(f + (n - 1) * s + 1 for f, n, s in zip(first, out, strides, strict=True))
+        cols.append(lax.slice(xp, (0, *first, 0), (x.shape[0], *last, x.shape[-1]), (1, *strides, 1)))
+    return jnp.stack(cols, axis=-2)
+
+
+def _conv_gemm(lhs, rhs, strides, pads, rhs_dil, groups, precision):
+    """``conv_general_dilated`` for channels-last ``lhs [N, *S, G*c]``, ``rhs [*k, c, G*o]`` as a GEMM."""
+    nd = lhs.ndim - 2
+    k, c, co = rhs.shape[:nd], rhs.shape[nd], rhs.shape[-1]
+    kk = math.prod(k)
+    pt = conv_patches(lhs, k, strides, pads, rhs_dil)  # [N, *O, K, G*c]
+    lead = pt.shape[:-2]
+    dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+    if groups == 1:
+        out = jnp.dot(pt.reshape(-1, kk * c), rhs.reshape(kk * c, co), precision=precision,
+                      preferred_element_type=dtype)
+    else:
+        pt = pt.reshape(-1, kk, groups, c)
+        out = jnp.einsum("pkgc,kcgo->pgo", pt, rhs.reshape(kk, c, groups, co // groups), precision=precision,
+                         preferred_element_type=dtype)
+    return out.reshape(lead + (co,))
+
 
 
 class Conv(nn.Conv):
