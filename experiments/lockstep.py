@@ -23,8 +23,9 @@ Methods (the DE->PE tutorial recipe: MNIST, batch 512, plain SGD 0.05, RandomCro
 - ``mc_dropout``: TU ``lenet(dropout_rate)`` trained with dropout; jaxuq's engine draws the masks (its
   ``'dropout'`` keys) and TU's ``F.dropout``/``F.dropout2d`` use them.
 - ``bayes``: TU ``bayesian_lenet`` + ``ELBOLoss(CE, kl_weight, bayes_samples)`` with SGD (or Adam); jaxuq
-  ``bayesian_lenet`` + ``jaxuq.sampling.elbo_value`` in a jitted step written here (the engine has no
-  objective hook yet: a test instrument only). The noise is drawn here (numpy) and fed to both sides.
+  ``bayesian_lenet`` + ``ELBOLoss`` over the injected noise (vmapped) in a jitted step written here (a test
+  instrument; ``fit`` trains it with ``jaxuq.train.ELBOObjective``, whose noise comes from its keys).
+  The noise is drawn here (numpy) and fed to both sides.
   TU's ELBO is lower by ``kl_weight * offset`` (TU's log-posterior constant, README deviations); the
   drift is measured after adding it back.
 
@@ -77,9 +78,9 @@ from jaxuq.data.formats import RepeatTarget
 from jaxuq.data.pipeline import epoch_permutation
 from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import predict
-from jaxuq.losses import ELBOLoss
+from jaxuq.losses import ELBOLoss, kl_divergence
+from jaxuq.nn.bayesian import EPS, KL
 from jaxuq.nn.dropout import MASKS
-from jaxuq.sampling import elbo_value
 from jaxuq.train import StepSettings, TrainState, torch_adam, torch_sgd, train_chunk
 from jaxuq.train.loop import _Members  # the engine's member lowering (phase 1 API)
 
@@ -239,8 +240,13 @@ def run_engine(name: str, state, images, labels, idx: list[np.ndarray], cfg: dic
 
 @partial(jax.jit, static_argnames=("module", "loss", "tx"))
 def _bayes_step(module, loss, tx, params, opt_state, x, y, noise):
-    def value(p):
-        return elbo_value(loss, module, {"params": p}, x, y, jax.random.key(0), noise=noise)[0]
+    def value(p):  # the samples' injected noise, vmapped (bayesian_lenet has no BatchNorm)
+        def one(eps):
+            out, cols = module.apply({"params": p, EPS: eps}, x, train=True, mutable=[KL])
+            return out, kl_divergence(cols[KL])
+
+        outs, kls = jax.vmap(one)(noise)
+        return loss(outs, y, kls)
 
     val, grads = jax.value_and_grad(value)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

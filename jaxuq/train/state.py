@@ -130,6 +130,7 @@ def _train_apply(state: TrainState, compute_dtype: str, default_rngs: dict):
             holder["batch_stats"] = _cast_floats(cols.pop("batch_stats"), jnp.float32)
         return jax.tree.map(lambda a: a.astype(jnp.float32), out), cols
 
+    apply.threads_batch_stats = bool(state.batch_stats)  # successive calls share the BN statistics
     return apply, holder
 
 
