@@ -256,7 +256,8 @@ def test_config_surface():
     with pytest.raises(ValueError, match="ensemble.num_members must be >= 1"):
         EnsembleConfig(0)
     de = tu_deep_ensembles(3, 0.05, cfg)
-    assert de.ensemble == EnsembleConfig(3, lowering="map", shared_order=True, tu_gradient_scaling=True)
+    assert de.ensemble == EnsembleConfig(3, lowering="map", shared_order=True, tu_gradient_scaling=True,
+                                         shared_augmentation=True)
     assert de.epochs == 2 and isinstance(de.optimizer, optax.GradientTransformation)
     for lr in (float("nan"), 0.0, -1.0):
         with pytest.raises(ValueError, match="lr must be finite and > 0"):

@@ -63,7 +63,7 @@ from jaxuq.train.checkpoint import Checkpointer
 from jaxuq.train.config import TrainConfig
 from jaxuq.train.objective import LossObjective
 from jaxuq.train.optim import recipe
-from jaxuq.train.state import StepSettings, TrainState, create_train_state, train_step
+from jaxuq.train.state import StepSettings, TrainState, create_train_state, prepare_batch, train_step
 
 __all__ = ["FitResult", "fit", "train_chunk"]
 
@@ -85,6 +85,7 @@ class _Members:
     lowering: str
     per_member_inputs: bool
     mesh: Any = None  # member mesh
+    shared_augmentation: bool = False  # one augmented/formatted batch for every member (member 0's key)
 
 
 def _step_fn(settings: StepSettings, members: _Members | None):
@@ -93,7 +94,16 @@ def _step_fn(settings: StepSettings, members: _Members | None):
         return one
     if members.per_member_inputs:
         return lambda state, x, y: over_members(one, members.lowering, state, x, y, mesh=members.mesh)
-    return lambda state, x, y: over_members(one, members.lowering, state, shared=(x, y), mesh=members.mesh)
+    if not members.shared_augmentation:
+        return lambda state, x, y: over_members(one, members.lowering, state, shared=(x, y),
+                                                mesh=members.mesh)
+    raw = partial(train_step, settings=dataclasses.replace(settings, preprocess=None, format_batch=None))
+
+    def shared(state, x, y):
+        x, y = prepare_batch(settings, state.key[0], state.step[0], x, y)
+        return over_members(raw, members.lowering, state, shared=(x, y), mesh=members.mesh)
+
+    return shared
 
 
 @partial(jax.jit, static_argnames=("settings", "members"), donate_argnums=0)
@@ -288,7 +298,7 @@ def _members_of(cfg: TrainConfig, roles: MeshRoles) -> _Members | None:
         return None
     ens = cfg.ensemble
     return _Members(lowering=ens.lowering or default_lowering(), per_member_inputs=not ens.shared_order,
-                    mesh=roles.members)
+                    mesh=roles.members, shared_augmentation=ens.shared_augmentation)
 
 
 # ----------------------------------------------------------------------------- data feed
