@@ -16,8 +16,8 @@ Methods (the DE->PE tutorial recipe: MNIST, batch 512, plain SGD 0.05, RandomCro
 - ``de``: TU ``deep_ensembles(lenet, 2)`` + ``RepeatTarget(2)`` at LR x 2; jaxuq: the stacked ensemble with
   TU's gradient scaling (``grad_scale = 1/M``) and one shared data order. Every member gets the same
   augmented batch, as in TU, which shares the batch across its members: the members' state keys are
-  made equal (``fit`` gives each member its own key, hence its own crops — a difference from TU's
-  recipe that ``fit``'s ensemble settings do not cover yet).
+  made equal here (``fit`` reproduces it with ``EnsembleConfig.shared_augmentation``, which
+  ``tu_deep_ensembles`` sets, keeping per-member dropout keys).
 - ``packed``: TU ``packed_lenet(alpha=2, gamma=1, M=4)`` + ``RepeatTarget(4)`` at LR x 4; jaxuq the same
   through the engine.
 - ``mc_dropout``: TU ``lenet(dropout_rate)`` trained with dropout; jaxuq's engine draws the masks (its
