@@ -122,6 +122,8 @@ class TrainConfig:
     on_nonfinite: str = _f("stop", "(none) 'stop': error at the first NaN/inf loss; 'skip': drop that update")
     eval_batch_size: int = _f(1024, "DataModule(eval_batch_size)")
     quiet: bool = _f(False, "Trainer(enable_progress_bar=False)")
+    record_steps: bool = _f(False, "(none) every step's loss in the epoch record (train_loss_steps: [S] or "
+                                   "[S][M]; the lockstep tool)")
 
     def __post_init__(self):
         if isinstance(self.ensemble, dict):
@@ -135,7 +137,7 @@ class TrainConfig:
             _int(getattr(self, name), name, 1)
         _int(self.checkpoint_every, "checkpoint_every", 1, allow_none=True)
         _int(self.seed, "seed", -(2**63))
-        for name in ("drop_last", "on_device", "quiet"):
+        for name in ("drop_last", "on_device", "quiet", "record_steps"):
             _bool(getattr(self, name), name)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")

@@ -367,12 +367,15 @@ def _acc_to_json(acc: dict) -> dict:
 
 
 def _acc_from_json(d: dict) -> dict:
-    return {k: (v if k == "seconds" else np.asarray(v, np.float64)) for k, v in d.items()}
+    return {k: (v if k in ("seconds", "steps") else np.asarray(v, np.float64)) for k, v in d.items()}
 
 
-def _accumulate(acc: dict, m: dict, dt: float) -> None:
-    """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only."""
+def _accumulate(acc: dict, m: dict, dt: float, record_steps: bool = False) -> None:
+    """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only;
+    ``record_steps``: keep every step's loss too (``acc["steps"]``)."""
     finite = np.asarray(m["finite"], bool)
+    if record_steps:
+        acc["steps"] = acc.get("steps", []) + np.asarray(m["loss"], np.float64).tolist()
     acc["loss_sum"] = acc["loss_sum"] + np.sum(np.where(finite, m["loss"] * m["count"], 0.0), axis=0)
     if "correct" in m:  # integer class targets and outputs from the objective
         acc["correct"] = acc.get("correct", 0.0) + np.sum(np.where(finite, m["correct"], 0), axis=0)
@@ -396,6 +399,8 @@ def _record(acc: dict, epoch: int, step: int, members: bool) -> dict:
             record["train_acc_members"] = accuracy.tolist()
     if np.any(acc["nonfinite"]):
         record["nonfinite_steps"] = int(np.max(acc["nonfinite"]))
+    if "steps" in acc:
+        record["train_loss_steps"] = acc["steps"]
     return record
 
 
@@ -463,7 +468,7 @@ class _Run:
             state, m = train_chunk(state, *args, self.settings, self.members)
             m = to_host(m)
             self._check_finite(m, epoch, start)
-            _accumulate(acc, m, time.perf_counter() - t0)
+            _accumulate(acc, m, time.perf_counter() - t0, self.cfg.record_steps)
             ips = float(np.max(acc["count"])) / max(acc["seconds"], 1e-9)  # images/s, epoch so far
             advance(len(m["loss"]), description=label, loss=float(np.mean(m["loss"][-1])), ips=ips)
             if end < self.plan.spe and self.ckpt is not None and end % self.plan.chunk == 0:
