@@ -69,7 +69,7 @@ def bayes_noise(eps_of: Callable):
     orig = TrainableDistribution.sample
 
     def sample(self):
-        w_sample = torch.as_tensor(np.asarray(eps_of(self)), dtype=self.mu.dtype)
+        w_sample = torch.as_tensor(np.array(eps_of(self)), dtype=self.mu.dtype)
         if w_sample.shape != self.mu.shape:
             raise RuntimeError(f"bayes_noise: eps {tuple(w_sample.shape)} for mu {tuple(self.mu.shape)}")
         self.sigma = torch.log1p(torch.exp(self.rho)).to(self.mu.device)

@@ -12,24 +12,26 @@ drift in scale: TU with 1 thread against TU with the default threads, and TU fro
 
 Methods (the DE->PE tutorial recipe: MNIST, batch 512, plain SGD 0.05, RandomCrop(28, 4)):
 
-- ``single``: TU ``lenet(1, 10)``; jaxuq ``lenet`` through the engine (``train_chunk`` of ``train_step``).
+- ``single``: TU ``lenet(1, 10)``; jaxuq ``lenet`` through ``fit``.
 - ``de``: TU ``deep_ensembles(lenet, 2)`` + ``RepeatTarget(2)`` at LR x 2; jaxuq: the stacked ensemble with
   TU's gradient scaling (``grad_scale = 1/M``) and one shared data order. Every member gets the same
   augmented batch, as in TU, which shares the batch across its members: the members' state keys are
-  made equal (``fit`` gives each member its own key, hence its own crops — a difference from TU's
-  recipe that ``fit``'s ensemble settings do not cover yet).
+  made equal here (``fit`` reproduces it with ``EnsembleConfig.shared_augmentation``, which
+  ``tu_deep_ensembles`` sets, keeping per-member dropout keys).
 - ``packed``: TU ``packed_lenet(alpha=2, gamma=1, M=4)`` + ``RepeatTarget(4)`` at LR x 4; jaxuq the same
   through the engine.
 - ``mc_dropout``: TU ``lenet(dropout_rate)`` trained with dropout; jaxuq's engine draws the masks (its
   ``'dropout'`` keys) and TU's ``F.dropout``/``F.dropout2d`` use them.
 - ``bayes``: TU ``bayesian_lenet`` + ``ELBOLoss(CE, kl_weight, bayes_samples)`` with SGD (or Adam); jaxuq
-  ``bayesian_lenet`` + ``jaxuq.sampling.elbo_value`` in a jitted step written here (the engine has no
-  objective hook yet: a test instrument only). The noise is drawn here (numpy) and fed to both sides.
+  ``bayesian_lenet`` + ``ELBOLoss`` over the injected noise (vmapped) in a jitted step written here (a test
+  instrument; ``fit`` trains it with ``jaxuq.train.ELBOObjective``, whose noise comes from its keys).
+  The noise is drawn here (numpy) and fed to both sides.
   TU's ELBO is lower by ``kl_weight * offset`` (TU's log-posterior constant, README deviations); the
   drift is measured after adding it back.
 
-The jaxuq side of ``single``/``de``/``packed``/``mc_dropout`` is ``jaxuq.train.train_chunk`` with the
-``StepSettings`` that ``fit`` builds; the TU side is ``ClassificationRoutine.training_step`` with its
+The jaxuq side of ``single``/``de``/``packed``/``mc_dropout`` is ``jaxuq.train.fit`` itself (one epoch,
+``TrainConfig.record_steps``: every step's loss; ``steps`` shortens the training set to that many
+batches, since fit runs whole epochs); the TU side is ``ClassificationRoutine.training_step`` with its
 optimiser, stepped as Lightning's automatic optimisation does (zero_grad, training_step, backward, step).
 
 Config keys:
@@ -37,7 +39,7 @@ Config keys:
   train_images   60000   first k MNIST training images: one epoch over them
   test_images    10000   first k MNIST test images for the final accuracies (0: none)
   batch_size     512
-  steps          null    stop after this many steps (null: the whole epoch)
+  steps          null    train on the first steps * batch_size images only (null: all train_images)
   lr             0.05    SGD learning rate (x de_members for de, x packed_members for packed)
   crop           true    RandomCrop(28, padding=4) as the tutorial (drawn by jaxuq, fed to TU)
   de_members     2
@@ -77,11 +79,10 @@ from jaxuq.data.formats import RepeatTarget
 from jaxuq.data.pipeline import epoch_permutation
 from jaxuq.ensembles import default_lowering
 from jaxuq.evaluation import predict
-from jaxuq.losses import ELBOLoss
+from jaxuq.losses import ELBOLoss, kl_divergence
+from jaxuq.nn.bayesian import EPS, KL
 from jaxuq.nn.dropout import MASKS
-from jaxuq.sampling import elbo_value
-from jaxuq.train import StepSettings, TrainState, torch_adam, torch_sgd, train_chunk
-from jaxuq.train.loop import _Members  # the engine's member lowering (phase 1 API)
+from jaxuq.train import TrainConfig, TrainState, fit, torch_adam, torch_sgd, tu_deep_ensembles
 
 METHODS = ("single", "de", "packed", "mc_dropout", "bayes")
 NOTES = [
@@ -216,31 +217,37 @@ def preprocess(cfg: dict) -> Preprocess:
     return Preprocess(*MNIST_NORM, crop=28, padding=4) if cfg["crop"] else Preprocess(*MNIST_NORM)
 
 
-def settings(name: str, cfg: dict) -> StepSettings:
+def fit_config(name: str, cfg: dict) -> TrainConfig:
+    """``fit``'s settings for ``name``: one epoch, every step's loss recorded (``record_steps``); ``de``:
+    :func:`jaxuq.train.tu_deep_ensembles` (shared order and augmented batch, grads / M); ``packed``:
+    ``RepeatTarget(M)``. The optimiser is the initial state's."""
     m = _members(name, cfg)
-    return StepSettings(preprocess=preprocess(cfg),
-                        format_batch=RepeatTarget(m) if name == "packed" else None,
-                        grad_scale=1.0 / m if name == "de" else 1.0)
+    base = TrainConfig(epochs=1, batch_size=cfg["batch_size"], preprocess=preprocess(cfg), seed=cfg["seed"],
+                       format_batch=RepeatTarget(m) if name == "packed" else None, quiet=True,
+                       record_steps=True)
+    return tu_deep_ensembles(m, cfg["lr"], base, optimizer=torch_sgd) if name == "de" else base
 
 
-def run_engine(name: str, state, images, labels, idx: list[np.ndarray], cfg: dict):
-    """jaxuq's engine (``train_chunk``) over the steps ``idx``: ``(state, losses [S])``."""
-    members = _Members(default_lowering(), per_member_inputs=False) if name == "de" else None
-    dx, dy = jnp.asarray(images), jnp.asarray(labels.astype(np.int32))
-    full = [i for i in idx if len(i) == len(idx[0])]
-    chunks = [np.stack(full)] + ([idx[-1][None]] if len(full) < len(idx) else [])
-    losses = []
-    for c in chunks:
-        state, metrics = train_chunk(state, dx, dy, jnp.asarray(c), settings(name, cfg), members)
-        loss = np.asarray(metrics["loss"], np.float64)
-        losses.append(loss.mean(axis=1) if loss.ndim == 2 else loss)  # TU's CE over (m b) rows
-    return state, np.concatenate(losses)
+def run_engine(name: str, module, state, images, labels, idx: list[np.ndarray], cfg: dict):
+    """jaxuq's ``fit`` from ``state`` over one epoch of ``images`` (its steps are ``idx``):
+    ``(state, losses [S])``; an ensemble's step loss is the members' mean (TU's CE over (m b) rows)."""
+    r = fit(module, (images, labels), fit_config(name, cfg), init_state=state)
+    losses = np.asarray(r.history[0]["train_loss_steps"], np.float64)
+    losses = losses.mean(axis=1) if losses.ndim == 2 else losses
+    if len(losses) != len(idx):
+        raise ValueError(f"fit ran {len(losses)} steps, the TU side {len(idx)}: give steps = the epoch's")
+    return r.state, losses
 
 
 @partial(jax.jit, static_argnames=("module", "loss", "tx"))
 def _bayes_step(module, loss, tx, params, opt_state, x, y, noise):
-    def value(p):
-        return elbo_value(loss, module, {"params": p}, x, y, jax.random.key(0), noise=noise)[0]
+    def value(p):  # the samples' injected noise, vmapped (bayesian_lenet has no BatchNorm)
+        def one(eps):
+            out, cols = module.apply({"params": p, EPS: eps}, x, train=True, mutable=[KL])
+            return out, kl_divergence(cols[KL])
+
+        outs, kls = jax.vmap(one)(noise)
+        return loss(outs, y, kls)
 
     val, grads = jax.value_and_grad(value)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -419,7 +426,7 @@ def profile(name: str, cfg: dict, data: dict) -> dict:
         triples = [(s["x"], s["y"], _noise_tree(s["draws"])) for s in steps]
         state, losses = run_bayes(module, state, triples, cfg)
     else:
-        state, losses = run_engine(name, state, *data["train"], idx, cfg)
+        state, losses = run_engine(name, module, state, *data["train"], idx, cfg)
     offset = _tu_offset(name, tu0, cfg)
     runs = {"tu": run_tu(name, cfg, steps, threads=cfg["tu_threads"])}
     if cfg["tu_vs_tu"]:
@@ -444,7 +451,9 @@ def load_data(cfg: dict) -> dict:
     from jaxuq.data import load_mnist
 
     x, y = load_mnist("train", cfg["data_dir"])
-    data = {"train": (x[: cfg["train_images"]], y[: cfg["train_images"]])}
+    n = cfg["train_images"]
+    n = min(n, cfg["steps"] * cfg["batch_size"]) if cfg["steps"] else n
+    data = {"train": (x[:n], y[:n])}  # fit runs whole epochs: `steps` is the epoch's length
     if cfg["test_images"]:
         xt, yt = load_mnist("test", cfg["data_dir"])
         data["test"] = (xt[: cfg["test_images"]], yt[: cfg["test_images"]])

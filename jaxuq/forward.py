@@ -45,6 +45,10 @@ class Sampler(Protocol):
     collections are shared), so index-based methods (M sets of BatchNorm statistics, checkpoint
     snapshots) and key-based ones (dropout masks, weight noise) use the same hook. ``draw`` must be
     jittable; a sampler is hashable (a frozen dataclass), since it is part of the compiled program.
+
+    Optional attributes: ``lowering`` (``"vmap"``/``"map"``/``"unroll"``: how the samples run when the
+    caller gives none; TU's ``on_batch=True`` is ``"vmap"``, a loop ``"map"``) and ``random`` (default
+    True; False: ``draw`` ignores its key, so none is needed).
     """
 
     num_samples: int
@@ -60,6 +64,7 @@ class StackedBatchStats:
 
     num_samples: int
     per_sample: ClassVar[tuple[str, ...]] = ("batch_stats",)
+    random: ClassVar[bool] = False
 
     def draw(self, variables, key):
         return variables, {}
@@ -104,7 +109,7 @@ def _check_sampler(sampler, key) -> int:
         raise TypeError(f"sampler.num_samples must be an int, got {type(m).__name__}")
     if m < 1:
         raise ValueError(f"sampler.num_samples must be >= 1, got {m}")
-    if key is None:
+    if key is None and getattr(sampler, "random", True):
         raise ValueError("a sampler needs `key` (a jax.random.key): each sample draws from split(key, M)")
     return m
 
@@ -123,12 +128,14 @@ def _sampled(model, variables, x, sampler, key, lowering, mesh, dtype: str):
             raise ValueError(f"{type(sampler).__name__}: collections {list(per)} need a leading axis of "
                              f"num_samples={m}, got a leaf of shape {leaf.shape}")
     shared = {c: v for c, v in variables.items() if c not in per}
+    keys = jax.random.split(jax.random.key(0) if key is None else key, m)  # no key: the sampler draws nothing
 
     def one(k, st, base, xs):
         v, rngs = sampler.draw({**base, **st}, k)
         return model.apply(_cast_params(v, dtype), xs, train=False, rngs=rngs or {})
 
-    return over_members(one, lowering, jax.random.split(key, m), stacked, shared=(shared, x), mesh=mesh)
+    lowering = lowering or getattr(sampler, "lowering", None)
+    return over_members(one, lowering, keys, stacked, shared=(shared, x), mesh=mesh)
 
 
 def forward(model, variables, x, *, preprocess=None, compute_dtype="float32", lowering=None, mesh=None,
@@ -145,10 +152,11 @@ def forward(model, variables, x, *, preprocess=None, compute_dtype="float32", lo
         outputs are float32.
       lowering: "vmap" / "map" / "unroll": how the member or sample axis is run
         (:mod:`jaxuq.ensembles`). Given without a sampler, ``variables`` are a stacked ensemble; with a
-        sampler, None picks the backend's default.
+        sampler, None takes the sampler's ``lowering`` (TU's ``on_batch``), else the backend's default.
       mesh: a ``Mesh`` or :class:`jaxuq.sharding.MeshRoles`; a member mesh splits the members/samples
         over devices, a data mesh constrains the batch to its ``data`` axis.
-      sampler, key: a :class:`Sampler` and the typed key its samples are split from.
+      sampler, key: a :class:`Sampler` and the typed key its samples are split from (None for a
+        sampler with ``random = False``, e.g. :class:`StackedBatchStats`).
     Returns:
       ``[B, C]``, or ``[M, B, C]`` for a stacked ensemble, a ``members_in_batch`` model or a sampler.
     """

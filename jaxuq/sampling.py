@@ -1,46 +1,37 @@
 """Samplers: M predictions of one network from M random draws, one ``vmap`` where TU loops.
 
-A *sampler* is a hashable object with ``num_samples: int`` and ``draw(variables, key) -> (variables_m,
-rngs_m)``; the forward pass maps ``model.apply(variables_m, x, train=False, rngs=rngs_m)`` over
-``num_samples`` keys split from one key, giving ``[M, B, C]`` (the evaluation path then sees an
-ensemble). :func:`sample_predict` is that map until ``jaxuq.forward`` takes samplers.
+A *sampler* (:class:`jaxuq.forward.Sampler`) is a hashable object with ``num_samples: int`` and
+``draw(variables, key) -> (variables_m, rngs_m)``; :func:`jaxuq.forward.forward` (below
+:func:`jaxuq.predict` and :func:`jaxuq.evaluate`, ``sampler=, key=``) maps
+``model.apply(variables_m, x, train=False, rngs=rngs_m)`` over ``num_samples`` keys split from one key,
+giving ``[M, B, C]``, so the evaluation path sees an ensemble (``test/ens_*`` keys).
 
 - :class:`MCDropout` / :func:`mc_dropout` — TU ``mc_dropout(model, num_estimators, last_layer, on_batch)``:
   the selected :class:`jaxuq.nn.Dropout` layers draw masks at evaluation (``'mc_dropout'`` rng), BatchNorm
-  and the other layers stay in eval mode. :func:`mc_dropout_predict` is the one-call form.
+  and the other layers stay in eval mode.
 - :class:`BayesSampler` — TU ``StochasticModel``'s evaluation: every forward draws new weights in the
   Bayesian layers (``jaxuq.nn.bayesian``, ``'bayes'`` rng).
-- :func:`elbo_value` — TU ``ELBOLoss.forward``: ``num_samples`` training forwards with fresh noise keys,
-  vmapped, and their KL terms (``jaxuq.losses.bayesian``).
+- MC-BatchNorm's M statistics sets are :class:`jaxuq.forward.StackedBatchStats` (index-based, no key);
+  training a Bayesian network is :class:`jaxuq.train.ELBOObjective` for ``fit``.
 
 Layout: TU returns ``[(M B), C]`` (``torch.cat`` of the samples, or one forward on the input repeated
 M times with ``on_batch=True``); here every sampler gives ``[M, B, C]``, whichever ``on_batch``.
-``on_batch`` only chooses how the samples are lowered: ``True`` -> ``jax.vmap`` (all M at once, more
-memory), ``False`` -> ``lax.map`` (one at a time). Both give the same numbers from the same key.
+``on_batch`` only chooses how the samples are lowered when the caller names no ``lowering``
+(the sampler's ``lowering``): ``True`` -> ``"vmap"`` (all M at once, more memory), ``False`` ->
+``"map"`` (one at a time). Both give the same numbers from the same key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-from jaxuq.losses.bayesian import ELBOLoss, kl_divergence
-from jaxuq.nn.bayesian import EPS, KL
 from jaxuq.nn.bayesian import RNG as BAYES_RNG
 from jaxuq.nn.dropout import MC_FLAGS, MC_RNG, Dropout
 
-__all__ = [
-    "BayesSampler",
-    "MCDropout",
-    "elbo_value",
-    "find_layers",
-    "mc_dropout",
-    "mc_dropout_predict",
-    "sample_predict",
-]
+__all__ = ["BayesSampler", "MCDropout", "find_layers", "mc_dropout"]
 
 
 def _check_count(value, name: str) -> int:
@@ -97,6 +88,11 @@ class MCDropout:
     def num_samples(self) -> int:
         return self.num_estimators
 
+    @property
+    def lowering(self) -> str:
+        """TU's ``on_batch``: ``"vmap"`` (all samples at once) or ``"map"`` (one after the other)."""
+        return "vmap" if self.on_batch else "map"
+
     def draw(self, variables, key):
         return {**variables, MC_FLAGS: _flags(self.layers)}, {MC_RNG: key}
 
@@ -136,56 +132,9 @@ class BayesSampler:
     def __post_init__(self):
         _check_count(self.num_samples, "num_samples")
 
+    @property
+    def lowering(self) -> str:
+        return "vmap" if self.on_batch else "map"
+
     def draw(self, variables, key):
         return variables, {BAYES_RNG: key}
-
-
-@partial(jax.jit, static_argnames=("model", "sampler"))
-def sample_predict(model, variables, x, sampler, key):
-    """``[M, B, C]``: ``model`` evaluated once per key of ``split(key, sampler.num_samples)``, through
-    ``sampler.draw``; vmapped (``sampler.on_batch``, default) or ``lax.map``-ped."""
-    keys = jax.random.split(key, sampler.num_samples)
-
-    def one(k):
-        v, rngs = sampler.draw(variables, k)
-        return model.apply(v, x, train=False, rngs=rngs)
-
-    return jax.vmap(one)(keys) if getattr(sampler, "on_batch", True) else jax.lax.map(one, keys)
-
-
-def mc_dropout_predict(model, variables, x, num_estimators: int, key, last_layer: bool = False,
-                       on_batch: bool = True):
-    """MC Dropout predictions ``[M, B, C]`` of ``model`` on ``x [B, ...]`` (see :func:`mc_dropout`)."""
-    sampler = mc_dropout(model, variables, x, num_estimators, last_layer, on_batch)
-    return sample_predict(model, variables, x, sampler, key)
-
-
-def elbo_value(loss: ELBOLoss, model, variables, x, y, key, noise=None, train: bool = True):
-    """TU ``ELBOLoss.forward``: ``(value, aux)`` from ``loss.num_samples`` forwards of ``model``.
-
-    Sample s uses ``split(split(key, S)[s])`` as its ``'bayes'`` and ``'dropout'`` keys, or the injected
-    ``noise[s]`` (a ``bayes_eps`` tree with a leading ``[S]`` axis) for the Bayesian layers. Without
-    ``batch_stats`` the samples are one ``vmap``; with them (train mode) a ``lax.scan``, because TU's
-    sequential forwards update the running statistics one after the other.
-    ``aux``: ``outputs [S, B, C]``, ``kl [S]``, ``batch_stats`` (updated, or None).
-    Differentiate with ``jax.grad(lambda p: elbo_value(loss, model, {**v, "params": p}, ...)[0])``.
-    """
-    keys = jax.random.split(key, loss.num_samples)
-    stats = (variables.get("batch_stats") or None) if train else None
-
-    def one(batch_stats, k, eps):
-        kb, kd = jax.random.split(k)
-        v = dict(variables)
-        if batch_stats is not None:
-            v["batch_stats"] = batch_stats
-        if eps is not None:
-            v[EPS] = eps
-        mutable = [KL] + (["batch_stats"] if batch_stats is not None else [])
-        out, state = model.apply(v, x, train=train, rngs={BAYES_RNG: kb, "dropout": kd}, mutable=mutable)
-        return state.get("batch_stats", batch_stats), (out, kl_divergence(state[KL]))
-
-    if stats is None:
-        outs, kls = jax.vmap(lambda k, e: one(None, k, e)[1])(keys, noise)
-    else:
-        stats, (outs, kls) = jax.lax.scan(lambda s, ke: one(s, *ke), stats, (keys, noise))
-    return loss(outs, y, kls), {"outputs": outs, "kl": kls, "batch_stats": stats}

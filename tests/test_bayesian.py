@@ -1,7 +1,10 @@
 """Bayesian layers, KLDiv/ELBO and bayesian_lenet against TU 0.13.0 with injected noise.
 
 The test draws ``eps`` (numpy, torch layout); jaxuq gets it through the ``bayes_eps`` collection, TU
-through ``experiments._inject.bayes_noise`` (its ``TrainableDistribution.sample``). One deviation is
+through ``experiments._inject.bayes_noise`` (its ``TrainableDistribution.sample``). Training goes through
+``fit`` with ``ELBOObjective``: there jaxuq draws the noise from its keys, the test replays them (the
+draws are sown into ``bayes_noise``) and hands TU the same eps. Prediction goes through the one forward
+pass with ``BayesSampler``. One deviation is
 pinned here: TU's log-posterior is the Gaussian log-density minus 0.5 per weight (see
 ``jaxuq.nn.bayesian``); every comparison of log q, KL and ELBO adds that constant back to TU's value.
 """
@@ -14,10 +17,13 @@ import numpy as np
 import optax
 import pytest
 
+from jaxuq.data.pipeline import epoch_permutation
+from jaxuq.forward import forward
 from jaxuq.losses import ELBOLoss, cross_entropy, kl_divergence
 from jaxuq.models.bayesian_lenet import bayesian_lenet
-from jaxuq.nn.bayesian import EPS, KL, BayesConv, BayesDense
-from jaxuq.sampling import BayesSampler, elbo_value, sample_predict
+from jaxuq.nn.bayesian import EPS, KL, NOISE, BayesConv, BayesDense
+from jaxuq.sampling import BayesSampler
+from jaxuq.train import ELBOObjective, TrainConfig, TrainState, fit
 from tests.helpers import require
 
 pytestmark = pytest.mark.parity
@@ -142,8 +148,29 @@ def test_bayesian_lenet_logits_and_kl_match_tu(tu_bayes_lenet):
     assert abs(kl - (tu_kl + _tu_offset(layers))) <= 1e-5 * abs(kl)
 
 
+def _torch_layout(a: np.ndarray) -> np.ndarray:
+    return np.transpose(a, (3, 2, 0, 1)) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+
+
+def _fit_draws(module, variables, x, state_key, num_samples: int) -> list[dict]:
+    """The eps ``fit``'s first step draws with ``ELBOObjective`` (torch layout): its keys replayed
+    (step key ``split(fold_in(key, 0))[1]``, sample ``s`` ``split(.., S)[s]``, streams ``('bayes',
+    'dropout')``), the draws read from the sown ``bayes_noise`` collection."""
+    k_drop = jax.random.split(jax.random.fold_in(state_key, 0))[1]
+    draws = []
+    for k in jax.random.split(k_drop, num_samples):
+        kb, kd = jax.random.split(k)
+        _, cols = module.apply(variables, x, train=True, rngs={"bayes": kb, "dropout": kd},
+                               mutable=[NOISE, "batch_stats"])
+        draws.append({n: {w: _torch_layout(np.asarray(v[0])) for w, v in d.items()} for n, d in cols[NOISE].items()})
+    return draws
+
+
 @pytest.mark.parametrize("norm", ["none", "batchnorm"])
-def test_elbo_value_and_one_sgd_step_match_tu(norm):
+def test_elbo_through_fit_one_sgd_step_matches_tu(norm):
+    """One ``fit`` step with ``ELBOObjective`` (2 samples; vmapped without BatchNorm, sequential with it,
+    as TU's running statistics need) against TU's ``ELBOLoss`` + SGD on the same batch and noise: the
+    ELBO value (the epoch's train_loss), the parameters and the BatchNorm statistics after the step."""
     torch = require("torch")
     require("torch_uncertainty")
     from torch import nn
@@ -163,32 +190,32 @@ def test_elbo_value_and_one_sgd_step_match_tu(norm):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((B, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, B)
-    draws, kl_weight, lr = _draw_eps(layers, 2, seed=8), 0.02, 0.1
+    kl_weight, lr, key = 0.02, 0.1, jax.random.key(11)
+    cfg = TrainConfig(epochs=1, batch_size=B, preprocess=None, quiet=True,
+                      objective=ELBOObjective(ELBOLoss(kl_weight=kl_weight, num_samples=2)))
+    perm = np.asarray(epoch_permutation(jax.random.split(jax.random.key(cfg.seed))[1], 0, B))  # fit's order
+    xb, yb = x[perm], y[perm]
+    draws = _fit_draws(module, variables, xb, key, 2)
     tu_loss = TUELBOLoss(tu, nn.CrossEntropyLoss(), kl_weight=kl_weight, num_samples=2)
     opt = torch.optim.SGD(tu.parameters(), lr=lr)
     with bayes_noise(_tu_eps(layers, draws)):
-        value_tu = tu_loss(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(y))
+        value_tu = tu_loss(torch.from_numpy(xb.transpose(0, 3, 1, 2).copy()), torch.from_numpy(yb))
         opt.zero_grad()
         value_tu.backward()
         opt.step()
-    loss = ELBOLoss(kl_weight=kl_weight, num_samples=2)
-    noise = _jax_eps(draws)
-
-    def value(p):
-        v, aux = elbo_value(loss, module, {**variables, "params": p}, x, y, jax.random.key(0), noise=noise)
-        return v, aux
-
-    (val, aux), grads = jax.jit(jax.value_and_grad(value, has_aux=True))(variables["params"])
-    expected = float(value_tu.detach()) + kl_weight * _tu_offset(layers)
-    assert abs(float(val) - expected) <= 1e-5 * abs(expected)  # relative: |ELBO| ~ 1e2-1e3
     tx = optax.sgd(lr)
-    upd, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
-    new = optax.apply_updates(variables["params"], upd)
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    state = TrainState(step=jnp.zeros((), jnp.int32), apply_fn=module.apply, params=params, tx=tx,
+                       opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}), key=key)
+    r = fit(module, (x, y), cfg, init_state=state)
+    expected = float(value_tu.detach()) + kl_weight * _tu_offset(layers)
+    got = r.history[0]["train_loss"]
+    assert abs(got - expected) <= 1e-5 * abs(expected), (got, expected)  # relative: |ELBO| ~ 1e2-1e3
     ref = mappings.convert_state_dict(arch, state_dict_numpy(tu), **kw)[1]
-    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), new, ref["params"])
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), r.state.params, ref["params"])
     assert max(jax.tree.leaves(diffs)) <= 1e-5, diffs
     if norm == "batchnorm":  # two sequential train forwards update the running statistics twice, as TU
-        bs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), aux["batch_stats"],
+        bs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), r.state.batch_stats,
                           ref["batch_stats"])
         assert max(jax.tree.leaves(bs)) <= 1e-5, bs
 
@@ -196,10 +223,10 @@ def test_elbo_value_and_one_sgd_step_match_tu(norm):
 def test_sampler_draws_and_frozen_model_matches_tu(tu_bayes_lenet):
     torch = require("torch")
     tu, module, variables, x, _ = tu_bayes_lenet
-    out = np.asarray(sample_predict(module, variables, x, BayesSampler(3), jax.random.key(0)))
+    out = np.asarray(forward(module, variables, x, sampler=BayesSampler(3), key=jax.random.key(0)))
     assert out.shape == (3, B, 10) and np.std(out, axis=0).max() > 1e-4
-    again = np.asarray(sample_predict(module, variables, x, BayesSampler(3, on_batch=False), jax.random.key(0)))
-    np.testing.assert_allclose(out, again, atol=1e-6)
+    again = forward(module, variables, x, sampler=BayesSampler(3, on_batch=False), key=jax.random.key(0))
+    np.testing.assert_allclose(out, np.asarray(again), atol=1e-6)
     tu.eval()
     tu.freeze()
     try:
@@ -227,6 +254,8 @@ def test_bad_input_is_refused():
         kl_divergence({})
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         BayesSampler(0)
+    with pytest.raises(TypeError, match="loss must be a jaxuq.losses.ELBOLoss"):
+        ELBOObjective(cross_entropy)
     m = bayesian_lenet(1, 10)
     x = jnp.zeros((2, 28, 28, 1))
     v = jax.eval_shape(lambda: m.init(jax.random.key(0), x))  # the errors are raised while tracing

@@ -159,7 +159,8 @@ def test_tu_gradient_scaling_is_one_over_m():
                       ensemble=EnsembleConfig(4, lowering="vmap", shared_order=True))
     ind = fit(LENET, (x, y), cfg).state
     tu_cfg = tu_deep_ensembles(4, 0.1, cfg, optimizer=optax.sgd)  # the TU deep_ensembles recipe in one line
-    assert tu_cfg.ensemble == EnsembleConfig(4, lowering="vmap", shared_order=True, tu_gradient_scaling=True)
+    assert tu_cfg.ensemble == EnsembleConfig(4, lowering="vmap", shared_order=True, tu_gradient_scaling=True,
+                                             shared_augmentation=True)
     tu = fit(LENET, (x, y), tu_cfg).state
     moved = 0.0
     for a, b, p0 in zip(
@@ -174,6 +175,28 @@ def test_tu_gradient_scaling_is_one_over_m():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
         moved = max(moved, float(jnp.abs(a - p0).max()))
     assert moved > 1e-4  # one step was taken
+
+
+def test_tu_deep_ensembles_share_the_augmented_batch_and_draw_their_own_dropout():
+    """TU's deep_ensembles gets one augmented batch from the DataLoader for every member, and each
+    member draws its own dropout masks: two members started from the same weights stay bitwise equal
+    after an epoch with RandomCrop when they have no dropout, and part with dropout. (Before
+    ``shared_augmentation``, each member cropped with its own key and they parted in both cases.)"""
+    from jaxuq.data import MNIST_NORM
+
+    x, y = _u8(3, (32, 28, 28, 1)), np.arange(32) % 10
+    base = TrainConfig(epochs=1, batch_size=16, quiet=True, preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4))
+    cfg = tu_deep_ensembles(2, 0.1, base, optimizer=optax.sgd)
+    for rate in (0.0, 0.5):
+        model = jm.get("lenet", in_channels=1, num_classes=10, dropout_rate=rate)
+        one = create_train_state(model, optax.sgd(0.2), jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+        twins = jax.tree.map(lambda a: jnp.stack([a, a]), one)
+        twins = twins.replace(key=jax.random.split(jax.random.key(1), 2))  # members' own keys
+        p = fit(model, (x, y), cfg, init_state=twins).state.params
+        diff = max(float(jnp.max(jnp.abs(a[0] - a[1]))) for a in jax.tree.leaves(p))
+        assert (diff == 0.0) if rate == 0.0 else (diff > 1e-5), (rate, diff)
+    with pytest.raises(ValueError, match="shared_augmentation needs ensemble.shared_order"):
+        EnsembleConfig(2, shared_augmentation=True)
 
 
 # ----------------------------------------------------------------------------- TU parity

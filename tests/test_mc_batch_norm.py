@@ -1,5 +1,6 @@
 """MC-BatchNorm (``jaxuq.calibration.mc_batch_norm``) against TU 0.13.0's ``MCBatchNorm`` on the same
-unshuffled calibration batches: the M statistics sets and the M predictions."""
+unshuffled calibration batches: the M statistics sets, and the M predictions through the one forward
+pass (``jaxuq.predict`` with ``sampler=StackedBatchStats(M)``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxuq
 from jaxuq import models
-from jaxuq.calibration import mc_batch_norm_fit, mc_batch_norm_predict
+from jaxuq.calibration import mc_batch_norm_fit
+from jaxuq.forward import StackedBatchStats
 from tests.helpers import require
 
 pytestmark = pytest.mark.parity
@@ -57,10 +60,13 @@ def test_statistics_and_logits_match_tu(bn_lenet, n_cal):
         assert stats[name]["mean"].shape == (M, layer.num_features)
         assert np.max(np.abs(np.asarray(stats[name]["mean"]) - layer.means.numpy())) <= 1e-5
         assert np.max(np.abs(np.asarray(stats[name]["var"]) - layer.vars.numpy())) <= 1e-5
-    out = np.asarray(mc_batch_norm_predict(module, variables, stats, x))
+    out = jaxuq.predict(module, {**variables, "batch_stats": stats}, x, sampler=StackedBatchStats(M))  # no key
     assert out.shape == (M, 4, 10)
     assert np.max(np.abs(out.reshape(M * 4, 10) - ref)) <= 1e-5
     assert np.std(out, axis=0).max() > 1e-3  # the sets differ
+    table = jaxuq.evaluate(module, {**variables, "batch_stats": stats}, (x, np.arange(4)), sampler=StackedBatchStats(M),
+                           smece=False, progress=False)
+    assert {"test/ens_Disagreement", "test/ens_MI", "test/ens_Entropy"} <= set(table)  # an ensemble for TU's table
 
 
 def test_shuffled_calibration_and_uint8_preprocess(bn_lenet):

@@ -1,4 +1,6 @@
-"""MC Dropout (``jaxuq.sampling.mc_dropout``) against TU 0.13.0's ``mc_dropout`` with injected masks.
+"""MC Dropout (``jaxuq.sampling.mc_dropout``) against TU 0.13.0's ``mc_dropout`` with injected masks,
+predicted through the one forward pass (``jaxuq.forward.forward`` / ``predict`` / ``evaluate`` with
+``sampler=``).
 
 jaxuq draws the masks (``jaxuq.nn.Dropout`` sows them into ``dropout_masks``), torch's dropout is made
 to use the very same masks (``experiments._inject.dropout_masks``), so the check is exact.
@@ -11,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxuq
 from jaxuq import models
+from jaxuq.forward import forward
 from jaxuq.nn import Dropout
 from jaxuq.nn.dropout import MASKS
-from jaxuq.sampling import MCDropout, find_layers, mc_dropout, mc_dropout_predict, sample_predict
+from jaxuq.sampling import MCDropout, find_layers, mc_dropout
 from tests.helpers import require
 
 M, B = 3, 4
@@ -41,7 +45,8 @@ def tu_lenet():
 
 
 def _sampled(module, variables, x, sampler, key):
-    """Logits [M, B, C] and the sown masks of each sample, by the sampler's own draw."""
+    """Logits [M, B, C] and the sown masks of each sample, by the sampler's own draw with the forward
+    pass's keys (``split(key, M)``)."""
 
     def one(k):
         v, rngs = sampler.draw(variables, k)
@@ -83,7 +88,9 @@ def test_logits_equal_tu_with_injected_masks(tu_lenet, last_layer, on_batch):
                               (("conv_dropout",), ("fc_dropout",), ("last_fc_dropout",)))
     key = jax.random.key(7)
     logits, masks = _sampled(module, variables, x, sampler, key)
-    np.testing.assert_allclose(np.asarray(sample_predict(module, variables, x, sampler, key)), logits, atol=1e-6)
+    assert sampler.lowering == ("vmap" if on_batch else "map")  # TU's on_batch: all at once or a loop
+    np.testing.assert_allclose(np.asarray(forward(module, variables, x, sampler=sampler, key=key)), logits,
+                               atol=1e-6)
     wrapped = tu_mc_dropout(tu, num_estimators=M, last_layer=last_layer, on_batch=on_batch).eval()
     with dropout_masks(_torch_masks(masks, on_batch)), torch.no_grad():
         ref = wrapped(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
@@ -105,20 +112,23 @@ def test_rate_zero_layers_give_the_plain_model(tu_lenet):
         if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             m.p = 0.3
     sampler = MCDropout(M, (("conv_dropout",), ("fc_dropout",), ("last_fc_dropout",)))
-    out = np.asarray(sample_predict(plain, variables, x, sampler, jax.random.key(0)))
+    out = np.asarray(forward(plain, variables, x, sampler=sampler, key=jax.random.key(0)))
     assert out.shape == (M, B, 10)
     assert np.max(np.abs(out - ref[None])) <= 1e-5
     np.testing.assert_array_equal(out[0], np.asarray(plain.apply(variables, x)))
 
 
-def test_predict_helper_vmap_and_map_agree(tu_lenet):
+def test_predict_on_batch_true_and_false_agree(tu_lenet):
     _, module, variables, x = tu_lenet
-    a = mc_dropout_predict(module, variables, x, M, jax.random.key(3))
-    b = mc_dropout_predict(module, variables, x, M, jax.random.key(3), on_batch=False)
+
+    def run(key, on_batch=True):
+        return jaxuq.predict(module, variables, x, sampler=mc_dropout(module, variables, x, M, on_batch=on_batch),
+                             key=jax.random.key(key), batch_size=3)  # two batches: fold_in(key, i)
+
+    a, b, c = run(3), run(3, on_batch=False), run(4)
     assert a.shape == (M, B, 10)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    c = mc_dropout_predict(module, variables, x, M, jax.random.key(4))
-    assert np.max(np.abs(np.asarray(a) - np.asarray(c))) > 1e-3
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.max(np.abs(a - c)) > 1e-3
 
 
 def test_layers_found_in_resnet_and_last_layer():
@@ -152,10 +162,9 @@ def test_bad_input_is_refused(tu_lenet):
 
 
 def test_samples_are_an_ensemble_for_the_table(tu_lenet):
-    from jaxuq.evaluation import classification_table
-
     _, module, variables, x = tu_lenet
-    logits = mc_dropout_predict(module, variables, x, M, jax.random.key(5))
-    table = classification_table(logits=np.asarray(logits), labels=np.arange(B) % 10, smece=False)
+    sampler = mc_dropout(module, variables, x, M)
+    table = jaxuq.evaluate(module, variables, (x, np.arange(B) % 10), sampler=sampler, key=jax.random.key(5),
+                           smece=False, progress=False)
     assert {"test/ens_Disagreement", "test/ens_MI", "test/ens_Entropy"} <= set(table)
     assert table["test/ens_Disagreement"] > 0

@@ -218,6 +218,21 @@ def test_extras_updated_in_the_step_are_checkpointed_and_resumed(tabular, tmp_pa
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_record_steps_gives_every_step_loss_across_chunks(tabular):
+    """``record_steps``: the epoch record lists every step's loss ([S], or [S][M] for an ensemble), across
+    lax.scan chunks, and their count-weighted mean is ``train_loss`` (3 steps of 8, 8, 8 rows)."""
+    x, y = tabular
+    for ens in (None, EnsembleConfig(2, lowering="map")):
+        cfg = CFG.replace(batch_size=8, steps_per_call=2, ensemble=ens, record_steps=True)
+        rec = fit(_MLP(), (x, y), cfg).history[0]
+        steps = np.asarray(rec["train_loss_steps"])
+        assert steps.shape == ((3,) if ens is None else (3, 2))
+        np.testing.assert_allclose(steps.mean(), rec["train_loss"], rtol=1e-6)
+    assert "train_loss_steps" not in fit(_MLP(), (x, y), CFG).history[0]
+    with pytest.raises(TypeError, match="record_steps"):
+        CFG.replace(record_steps=1)
+
+
 def test_callback_contracts(tabular):
     x, y = tabular
 
@@ -256,7 +271,8 @@ def test_config_surface():
     with pytest.raises(ValueError, match="ensemble.num_members must be >= 1"):
         EnsembleConfig(0)
     de = tu_deep_ensembles(3, 0.05, cfg)
-    assert de.ensemble == EnsembleConfig(3, lowering="map", shared_order=True, tu_gradient_scaling=True)
+    assert de.ensemble == EnsembleConfig(3, lowering="map", shared_order=True, tu_gradient_scaling=True,
+                                         shared_augmentation=True)
     assert de.epochs == 2 and isinstance(de.optimizer, optax.GradientTransformation)
     for lr in (float("nan"), 0.0, -1.0):
         with pytest.raises(ValueError, match="lr must be finite and > 0"):

@@ -48,6 +48,6 @@ __all__ = [
     "dirichlet_fit",
 ]
 
-from jaxuq.calibration.mc_batch_norm import mc_batch_norm_fit, mc_batch_norm_predict  # noqa: E402
+from jaxuq.calibration.mc_batch_norm import mc_batch_norm_fit  # noqa: E402
 
-__all__ += ["mc_batch_norm_fit", "mc_batch_norm_predict"]
+__all__ += ["mc_batch_norm_fit"]

@@ -7,8 +7,14 @@ statistics set m (a direct replacement, TU's documented choice). Prediction runs
 ``[(M B), C]`` in TU, ``[M, B, C]`` here.
 
 Here the M sets are one stacked ``batch_stats`` tree (leaves ``[M, C]``), computed by one ``vmap`` over the
-M calibration batches (:func:`mc_batch_norm_fit`), and evaluation is one ``vmap`` over the sets
-(:func:`mc_batch_norm_predict`): a stacked ensemble whose members share the parameters.
+M calibration batches (:func:`mc_batch_norm_fit`). Evaluation is the one forward pass with the sampler
+:class:`jaxuq.forward.StackedBatchStats` (sample m: the shared parameters with statistics set m, mapped
+over the sets)::
+
+    stats = mc_batch_norm_fit(model, variables, cal_images, num_estimators=M, mc_batch_size=32)
+    v = {**variables, "batch_stats": stats}
+    logits = jaxuq.predict(model, v, images, sampler=StackedBatchStats(M))     # [M, N, C]
+    table = jaxuq.evaluate(model, v, (images, labels), sampler=StackedBatchStats(M))
 
 - Batches: ``key=None`` takes the images in order (TU with an unshuffled loader); a key draws one
   permutation first (a shuffled loader). As in TU's DataLoader (``drop_last=False``) the M-th batch may
@@ -27,7 +33,7 @@ import numpy as np
 from jaxuq.nn.norm import MC_ACCUMULATE, BatchNorm
 from jaxuq.sampling import find_layers
 
-__all__ = ["mc_batch_norm_fit", "mc_batch_norm_predict"]
+__all__ = ["mc_batch_norm_fit"]
 
 
 def _positive_int(value, name: str) -> int:
@@ -61,7 +67,8 @@ def _batch_stats(model, variables, flags, batches):
 
 def mc_batch_norm_fit(model, variables, images, num_estimators: int = 16, mc_batch_size: int = 32, key=None,
                       preprocess=None):
-    """TU ``MCBatchNorm.fit``: the M statistics sets, a ``batch_stats`` tree with leaves ``[M, C]``.
+    """TU ``MCBatchNorm.fit``: the M statistics sets, a ``batch_stats`` tree with leaves ``[M, C]``
+    (predict with ``sampler=StackedBatchStats(M)``, module doc).
 
     ``images``: calibration inputs ``[N, H, W, C]`` (float, or uint8 through ``preprocess.eval``).
     ``variables`` must hold the model's ``params`` and ``batch_stats``.
@@ -89,10 +96,3 @@ def mc_batch_norm_fit(model, variables, images, num_estimators: int = 16, mc_bat
         last = _batch_stats(model, variables, flags, x[full * bs:][None])
         stats = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), stats, last)
     return stats
-
-
-@partial(jax.jit, static_argnames=("model",))
-def mc_batch_norm_predict(model, variables, stats, x):
-    """TU ``MCBatchNorm.forward`` (eval): ``[M, B, C]``, the model with each statistics set of ``stats``
-    (from :func:`mc_batch_norm_fit`) on ``x [B, ...]``; one ``vmap`` over the sets."""
-    return jax.vmap(lambda s: model.apply({**variables, "batch_stats": s}, x, train=False))(stats)

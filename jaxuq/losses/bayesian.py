@@ -1,7 +1,7 @@
 """Bayesian losses (TU 0.13.0 ``torch_uncertainty/losses/bayesian.py``: ``KLDiv``, ``ELBOLoss``).
 
 Pure functions of what the forward samples produced; running the samples (one ``vmap`` over keys)
-is :func:`jaxuq.sampling.elbo_value`.
+is :class:`jaxuq.train.ELBOObjective` (``fit``'s objective).
 
 - :func:`kl_divergence` (TU ``KLDiv``): the **mean over the Bayesian layers** of each layer's one-sample
   estimate ``log q(w) - log p(w)``, read from the terms the layers ``sow`` (``jaxuq.nn.bayesian.KL``).

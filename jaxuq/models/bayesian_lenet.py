@@ -7,9 +7,10 @@ own default, as TU's factory does (conv: prior_sigma_2 0.002, sigma_init -6; den
 
 One ``apply`` is one weight sample (``rngs={"bayes": key}``): ``x [N, H, W, C] -> [N, num_classes]``.
 TU wraps the network in ``StochasticModel(num_samples)``, whose evaluation concatenates ``num_samples``
-forwards into ``[(S N), C]``; here ``jaxuq.sampling.BayesSampler(model.num_samples)`` gives ``[S, N, C]``
-and ``jaxuq.sampling.elbo_value`` trains it. ``frozen=True`` (TU ``StochasticModel.freeze()``) uses the
-means.
+forwards into ``[(S N), C]``; here ``jaxuq.predict`` / ``jaxuq.evaluate`` with
+``sampler=jaxuq.sampling.BayesSampler(model.num_samples)`` give ``[S, N, C]``, and ``fit`` trains it
+with ``TrainConfig(objective=jaxuq.train.ELBOObjective(ELBOLoss(...)))``. ``frozen=True`` (TU
+``StochasticModel.freeze()``) uses the means.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ Randomness: ``eps`` comes from the ``'bayes'`` rng stream (``RNG``), or, when th
 collection ``EPS`` (``bayes_eps/<layer path>/{weight,bias}``, arrays shaped like the mu's), from there —
 the injection path the parity tests and the lockstep tool use. The layer ``sow``s ``log_posterior`` and
 ``log_prior`` (float32 scalars, weight + bias) into the collection ``KL`` when it is mutable;
-``jaxuq.losses.bayesian.kl_divergence`` reads them.
+``jaxuq.losses.bayesian.kl_divergence`` reads them. Every ``eps`` drawn from the rng is ``sow``n into
+``NOISE`` (``bayes_noise/<layer path>/{weight,bias}``, one array per call) when that collection is
+mutable, so the draws of a training step can be handed to TU (as ``jaxuq.nn.Dropout`` sows its masks).
 
 ``frozen=True`` (TU ``freeze()``) uses the means and records nothing; so does ``model.init``. TU's
 frozen layers keep the values of their last unfrozen forward and its ``KLDiv`` still counts them; here
@@ -43,11 +45,13 @@ import jax.numpy as jnp
 
 from jaxuq.nn.conv import conv_general_dilated
 
-__all__ = ["EPS", "KL", "RNG", "BayesConv", "BayesDense", "gaussian_log_posterior", "mixture_log_prior"]
+__all__ = ["EPS", "KL", "NOISE", "RNG", "BayesConv", "BayesDense", "gaussian_log_posterior",
+           "mixture_log_prior"]
 
 RNG = "bayes"  # rng stream of the weight noise
 EPS = "bayes_eps"  # variables collection: injected noise, EPS/<layer path>/{weight, bias}
 KL = "bayes_kl"  # sow collection: KL/<layer path>/{log_posterior, log_prior}
+NOISE = "bayes_noise"  # sow collection: the eps drawn from the rng, NOISE/<layer path>/{weight, bias}
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
@@ -93,7 +97,9 @@ class _Sampled:
                 f"Bayesian layer {where} samples its weights but no {RNG!r} rng was given: pass "
                 f"rngs={{{RNG!r}: key}} (or freeze the layer, or inject {EPS!r} noise)"
             )
-        return jax.random.normal(self.make_rng(RNG), shape, jnp.float32)
+        eps = jax.random.normal(self.make_rng(RNG), shape, jnp.float32)
+        self.sow(NOISE, name, eps)
+        return eps
 
     def _draw(self, name: str, mu, rho, prior):
         sigma = jnp.log1p(jnp.exp(rho))

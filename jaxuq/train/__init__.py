@@ -20,13 +20,21 @@ from jaxuq.train.callbacks import Callback, JsonlLogger, MetricWriterCallback
 from jaxuq.train.checkpoint import Checkpointer, check_writable
 from jaxuq.train.config import EnsembleConfig, TrainConfig, tu_deep_ensembles
 from jaxuq.train.loop import FitResult, fit, train_chunk
-from jaxuq.train.objective import LossObjective, Objective, SampledLoss, StepContext
+from jaxuq.train.objective import (
+    ELBOObjective,
+    LossObjective,
+    Objective,
+    SampledLoss,
+    StepContext,
+    sample_forwards,
+)
 from jaxuq.train.optim import RECIPES, cosine_lr, multistep_lr, recipe, torch_adam, torch_adamw, torch_sgd
 from jaxuq.train.state import StepSettings, TrainState, create_train_state, train_step
 
 __all__ = [
     "Callback",
     "Checkpointer",
+    "ELBOObjective",
     "EnsembleConfig",
     "FitResult",
     "JsonlLogger",
@@ -55,6 +63,7 @@ __all__ = [
     "recipe",
     "replicate",
     "replicated",
+    "sample_forwards",
     "split_mesh",
     "to_host",
     "torch_adam",

@@ -29,10 +29,12 @@ after the training of epoch ``epoch`` (0-based ``current_epoch``) and ``EMA.upda
   every ``cycle_length`` epochs from ``cycle_start`` (inclusive), or at the epochs of
   ``save_schedule``; predicts with the kept copies plus (``use_final_model``) the final model.
 
-Prediction as an ensemble: :meth:`SWAG.sample_stack` and :meth:`CheckpointCollector.members` give a
-stacked variables pytree (leaves ``[M, ...]``) for ``jaxuq.evaluation.predict(..., lowering=...)`` /
-``jaxuq.evaluate``; :meth:`SWAG.sampler` gives a ``Sampler`` (``num_samples`` +
-``draw(variables, key) -> (variables_m, rngs_m)``) for a forward pass that maps over sample keys.
+Prediction through the one forward pass: :meth:`SWAG.members` (samples + their BatchNorm update) and
+:meth:`CheckpointCollector.members` give a stacked variables pytree (leaves ``[M, ...]``) for
+``jaxuq.predict(..., lowering=...)`` / ``jaxuq.evaluate`` (the ``ens_*`` keys); SWA's average and EMA's
+params are single variables. In ``fit`` each method is a :class:`WeightAveraging` callback: its state
+in ``TrainState.extras``, EMA updated in the step (before the optimizer update, as TU), the others at
+each epoch end, checkpointed and resumed with the run.
 
 Deviation from TU 0.13.0 (see README): TU's ``SWA`` counts its first snapshot twice (it sets
 ``num_avgd_models = 1`` and then increments it, so the second snapshot is averaged in with weight
@@ -54,6 +56,7 @@ import numpy as np
 
 from jaxuq._validate import check_int, check_real, is_traced
 from jaxuq.nn import BatchNorm
+from jaxuq.train.callbacks import Callback
 
 __all__ = [
     "EMA",
@@ -61,11 +64,11 @@ __all__ = [
     "SWA",
     "SWAG",
     "SWAGNoise",
-    "SWAGSampler",
     "SWAGState",
     "SWAState",
     "CheckpointCollector",
     "CollectorState",
+    "WeightAveraging",
     "bn_update",
 ]
 
@@ -290,28 +293,24 @@ class SWAG:
     def _stack(self, state: SWAGState, keys):
         return jax.vmap(lambda k: self.sample(state, self.noise(state, k)))(keys)
 
-    def sampler(self, state: SWAGState) -> SWAGSampler:
-        """A ``Sampler`` for a forward pass mapped over sample keys (models without BatchNorm; with
-        BatchNorm use :meth:`sample_stack` + :func:`bn_update`, as TU updates each sample's BN)."""
-        self._check_fitted(state)
-        return SWAGSampler(self, state)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SWAGSampler:
-    """``num_samples`` SWAG weight samples: ``draw(variables, key)`` returns ``variables`` with
-    ``params`` replaced by one sample and no extra rngs."""
-
-    swag: SWAG
-    state: SWAGState
-
-    @property
-    def num_samples(self) -> int:
-        return self.swag.num_estimators
-
-    def draw(self, variables, key):
-        params = self.swag.sample(self.state, self.swag.noise(self.state, key))
-        return dict(variables, params=params), {}
+    def members(self, state: SWAGState, key, variables, *, model=None, batches=None, preprocess=None,
+                num_samples: int | None = None) -> dict:
+        """TU's ``SWAG`` at test time as a stacked ensemble (leaves ``[M, ...]``): :meth:`sample_stack`'s
+        params, ``variables``' other collections repeated for every sample (TU's samples are copies of the
+        core model), and, given ``model`` and ``batches``, every sample's BatchNorm statistics
+        recomputed over ``batches`` by :func:`bn_update` (TU ``SWAG.bn_update`` over the training
+        loader). Predict with ``jaxuq.predict`` / ``jaxuq.evaluate(model, members, ..., lowering=...)``:
+        ``[M, N, C]``. The samples are fixed for the whole test set, as TU's."""
+        params = self.sample_stack(state, key, num_samples)
+        m = jax.tree.leaves(params)[0].shape[0]
+        out = {c: jax.tree.map(lambda a: jnp.broadcast_to(a, (m, *jnp.shape(a))), v)
+               for c, v in variables.items() if c != "params"}
+        out["params"] = params
+        if batches is not None and out.get("batch_stats"):
+            if model is None:
+                raise ValueError("SWAG.members: the BatchNorm update over `batches` needs `model`")
+            out["batch_stats"] = bn_update(model, out, batches, preprocess=preprocess, stacked=True)
+        return out
 
 
 # ------------------------------------------------------------------------------- CheckpointCollector
@@ -476,3 +475,107 @@ def bn_update(model, variables, batches: Iterable, *, preprocess=None, key=None,
     if stats is None:
         raise ValueError("bn_update: `batches` is empty")
     return _stats_tree(variables["batch_stats"], stats)
+
+
+# ------------------------------------------------------------------------------ the fit callback
+def _stacked(state) -> bool:
+    """Whether ``state`` is a stacked ensemble's (``step: [M]``)."""
+    return jnp.ndim(state.step) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightAveraging(Callback):
+    """``fit`` callback running ``method`` (:class:`SWA`, :class:`EMA`, :class:`SWAG` or
+    :class:`CheckpointCollector`) where TU's ``ClassificationRoutine`` calls its ``update_wrapper``;
+    its NamedTuple state lives in ``state.extras[name]`` (donated, checkpointed, resumed with the run).
+
+    - EMA: ``on_step`` with the params *before* the step's optimizer update (TU: in ``training_step``,
+      before ``backward``/``step``): ``before_update`` is True.
+    - SWA, SWAG (of ``state.params``), CheckpointCollector (of ``state.variables()``, TU deep-copies the
+      whole model): ``on_epoch_end`` with the 0-based epoch (TU: ``on_validation_start`` after that
+      epoch's training). ``capacity``: the collector's buffer (default: the length of its
+      ``save_schedule``; else give ``len(collector.kept_epochs(epochs))``).
+
+    A stacked ensemble keeps one method state per member (vmapped). :meth:`variables` gives what to
+    predict with (single variables, or stacked ``[M, ...]`` when :attr:`stacked`).
+    """
+
+    method: Any
+    name: str = "averaging"
+    capacity: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.method, SWA | EMA | SWAG | CheckpointCollector):
+            raise TypeError("method must be a SWA, EMA, SWAG or CheckpointCollector, got "
+                            f"{type(self.method).__name__}")
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty str, got {self.name!r}")
+        if isinstance(self.method, CheckpointCollector):
+            cap = self.capacity
+            if cap is None and self.method.mode == "schedule":
+                cap = len(self.method.save_schedule)
+            if cap is None:
+                raise ValueError("WeightAveraging(CheckpointCollector): give capacity "
+                                 "(len(collector.kept_epochs(epochs)))")
+            object.__setattr__(self, "capacity", check_int(cap, "capacity", minimum=1))
+
+    @property
+    def before_update(self) -> bool:
+        """EMA runs on the state before the optimizer update (the engine reads this)."""
+        return isinstance(self.method, EMA)
+
+    @property
+    def stacked(self) -> bool:
+        """Whether :meth:`variables` is a stacked ensemble (SWAG samples, collected checkpoints)."""
+        return isinstance(self.method, SWAG | CheckpointCollector)
+
+    def _init(self, state):
+        if isinstance(self.method, CheckpointCollector):
+            return self.method.init(state.variables(), self.capacity)
+        return self.method.init(state.params)
+
+    def _update(self, st, state, epoch):
+        if isinstance(self.method, CheckpointCollector):
+            return self.method.update(st, state.variables(), epoch)
+        return self.method.update(st, state.params, epoch)
+
+    def on_fit_start(self, state):
+        st = jax.vmap(self._init)(state) if _stacked(state) else self._init(state)
+        return state.replace(extras={**state.extras, self.name: st})
+
+    def on_step(self, state):
+        if not self.before_update:
+            return state
+        st = self.method.update(state.extras[self.name], state.params)
+        return state.replace(extras={**state.extras, self.name: st})
+
+    def on_epoch_end(self, state, record: dict):
+        if self.before_update:
+            return state
+        epoch, st = record["epoch"] - 1, state.extras[self.name]
+        if _stacked(state):
+            st = jax.vmap(lambda s, x: self._update(s, x, epoch))(st, state)
+        else:
+            st = self._update(st, state, epoch)
+        return state.replace(extras={**state.extras, self.name: st})
+
+    def variables(self, state, *, key=None, model=None, batches=None, preprocess=None) -> dict:
+        """The variables TU's wrapper predicts with, from a single model's ``state``: SWA's average
+        (the current params before any snapshot), EMA's params, SWAG's :meth:`SWAG.members` (``key``
+        draws them), the collector's :meth:`CheckpointCollector.members`; the trained model's
+        BatchNorm statistics, recomputed by :func:`bn_update` over ``batches`` when ``model`` and
+        ``batches`` are given (SWA, SWAG and EMA; TU updates SWA's and SWAG's)."""
+        if _stacked(state):
+            raise ValueError("WeightAveraging.variables takes one model's state; index a member first")
+        st, base = state.extras[self.name], state.variables()
+        if isinstance(self.method, CheckpointCollector):
+            return self.method.members(st, base)
+        if isinstance(self.method, SWAG):
+            if key is None:
+                raise ValueError("SWAG samples need `key`")
+            return self.method.members(st, key, base, model=model, batches=batches, preprocess=preprocess)
+        params = self.method.params(st, state.params) if isinstance(self.method, SWA) else st.params
+        out = {**base, "params": params}
+        if model is not None and batches is not None and out.get("batch_stats"):
+            out["batch_stats"] = bn_update(model, out, batches, preprocess=preprocess)
+        return out

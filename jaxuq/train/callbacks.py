@@ -7,7 +7,9 @@ A callback overrides any of:
   ``[M, ...]`` for an ensemble) *before* a checkpoint is restored into it: create ``state.extras``
   here (its structure must be the same on every run so that a resume finds it in the checkpoint).
 - ``on_step(state) -> state``: *inside* the jitted step, after the update, on one model's state
-  (an ensemble maps it over its members): pure per-step updates of ``state.extras`` (an EMA). The
+  (an ensemble maps it over its members): pure per-step updates of ``state.extras`` (an EMA). A
+  callback whose ``before_update`` is True gets the state the step starts from instead (before the
+  forward pass and the optimizer update: TU's EMA, ``jaxuq.train.averaging.WeightAveraging``). The
   callback is part of the compiled program: it must be hashable (a plain object, hashed by
   identity, or a frozen dataclass); reuse the same object across ``fit`` calls to reuse the
   compilation.
@@ -36,6 +38,8 @@ __all__ = ["Callback", "JsonlLogger", "MetricWriterCallback"]
 
 class Callback:
     """Base class with no-op hooks (module doc); subclass and override what you need."""
+
+    before_update = False  # True: on_step runs before the step's update (module doc)
 
     def on_fit_start(self, state):
         return state

@@ -74,12 +74,18 @@ class EnsembleConfig:
     shared_order: bool = _f(False, "(none) one data order for all members (TU deep_ensembles); False: "
                                    "one order per member")
     tu_gradient_scaling: bool = _f(False, "deep_ensembles + RepeatTarget: CE over (m b) rows -> grads / M")
+    shared_augmentation: bool = _f(False, "(none) one augmented batch for all members (TU deep_ensembles: "
+                                          "the DataLoader's batch); False: each member its own crops")
 
     def __post_init__(self):
         _int(self.num_members, "ensemble.num_members", 1)
         check_lowering(self.lowering, "ensemble.lowering")
         _bool(self.shared_order, "ensemble.shared_order")
         _bool(self.tu_gradient_scaling, "ensemble.tu_gradient_scaling")
+        _bool(self.shared_augmentation, "ensemble.shared_augmentation")
+        if self.shared_augmentation and not self.shared_order:
+            raise ValueError("ensemble.shared_augmentation needs ensemble.shared_order=True (one batch to "
+                             "augment for all members)")
 
 
 # the flat settings EnsembleConfig replaced, for the did-you-mean of an old key
@@ -116,6 +122,8 @@ class TrainConfig:
     on_nonfinite: str = _f("stop", "(none) 'stop': error at the first NaN/inf loss; 'skip': drop that update")
     eval_batch_size: int = _f(1024, "DataModule(eval_batch_size)")
     quiet: bool = _f(False, "Trainer(enable_progress_bar=False)")
+    record_steps: bool = _f(False, "(none) every step's loss in the epoch record (train_loss_steps: [S] or "
+                                   "[S][M]; the lockstep tool)")
 
     def __post_init__(self):
         if isinstance(self.ensemble, dict):
@@ -129,7 +137,7 @@ class TrainConfig:
             _int(getattr(self, name), name, 1)
         _int(self.checkpoint_every, "checkpoint_every", 1, allow_none=True)
         _int(self.seed, "seed", -(2**63))
-        for name in ("drop_last", "on_device", "quiet"):
+        for name in ("drop_last", "on_device", "quiet", "record_steps"):
             _bool(getattr(self, name), name)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
@@ -194,7 +202,9 @@ def tu_deep_ensembles(num_members: int, lr: float, config: TrainConfig | None = 
 
     TU stacks the members' outputs to ``[(M B), C]`` and takes one cross-entropy over the ``M * B``
     rows against the repeated targets: every member sees the same batches in the same order
-    (``shared_order``) and gets ``1/M`` of its own gradient (``tu_gradient_scaling``), which the
+    (``shared_order``), augmented once by the DataLoader (``shared_augmentation``: the same crops for
+    every member; each member still draws its own dropout masks, as TU's members do), and gets ``1/M``
+    of its own gradient (``tu_gradient_scaling``), which the
     tutorial compensates with a learning rate ``M`` times the single model's. Returns ``config`` (default
     ``TrainConfig()``) with that ensemble block (its lowering kept) and ``optimizer(lr * M)``
     (``optimizer``: a factory ``f(lr) -> optax transformation``, default :func:`torch_sgd`).
@@ -206,5 +216,6 @@ def tu_deep_ensembles(num_members: int, lr: float, config: TrainConfig | None = 
         raise ValueError(f"lr must be finite and > 0, got {lr!r}")
     base = config if config is not None else TrainConfig()
     lowering = base.ensemble.lowering if base.ensemble is not None else None
-    ensemble = EnsembleConfig(num_members, lowering=lowering, shared_order=True, tu_gradient_scaling=True)
+    ensemble = EnsembleConfig(num_members, lowering=lowering, shared_order=True, tu_gradient_scaling=True,
+                              shared_augmentation=True)
     return base.replace(ensemble=ensemble, optimizer=optimizer(lr * num_members))

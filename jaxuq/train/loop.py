@@ -65,7 +65,7 @@ from jaxuq.train.checkpoint import Checkpointer
 from jaxuq.train.config import TrainConfig
 from jaxuq.train.objective import LossObjective
 from jaxuq.train.optim import recipe
-from jaxuq.train.state import StepSettings, TrainState, create_train_state, train_step
+from jaxuq.train.state import StepSettings, TrainState, create_train_state, prepare_batch, train_step
 
 __all__ = ["FitResult", "fit", "train_chunk"]
 
@@ -87,6 +87,7 @@ class _Members:
     lowering: str
     per_member_inputs: bool
     mesh: Any = None  # member mesh
+    shared_augmentation: bool = False  # one augmented/formatted batch for every member (member 0's key)
 
 
 def _step_fn(settings: StepSettings, members: _Members | None):
@@ -95,7 +96,16 @@ def _step_fn(settings: StepSettings, members: _Members | None):
         return one
     if members.per_member_inputs:
         return lambda state, x, y: over_members(one, members.lowering, state, x, y, mesh=members.mesh)
-    return lambda state, x, y: over_members(one, members.lowering, state, shared=(x, y), mesh=members.mesh)
+    if not members.shared_augmentation:
+        return lambda state, x, y: over_members(one, members.lowering, state, shared=(x, y),
+                                                mesh=members.mesh)
+    raw = partial(train_step, settings=dataclasses.replace(settings, preprocess=None, format_batch=None))
+
+    def shared(state, x, y):
+        x, y = prepare_batch(settings, state.key[0], state.step[0], x, y)
+        return over_members(raw, members.lowering, state, shared=(x, y), mesh=members.mesh)
+
+    return shared
 
 
 @partial(jax.jit, static_argnames=("settings", "members"), donate_argnums=0)
@@ -321,7 +331,7 @@ def _members_of(cfg: TrainConfig, roles: MeshRoles) -> _Members | None:
         return None
     ens = cfg.ensemble
     return _Members(lowering=ens.lowering or default_lowering(), per_member_inputs=not ens.shared_order,
-                    mesh=roles.members)
+                    mesh=roles.members, shared_augmentation=ens.shared_augmentation)
 
 
 # ----------------------------------------------------------------------------- data feed
@@ -390,12 +400,15 @@ def _acc_to_json(acc: dict) -> dict:
 
 
 def _acc_from_json(d: dict) -> dict:
-    return {k: (v if k == "seconds" else np.asarray(v, np.float64)) for k, v in d.items()}
+    return {k: (v if k in ("seconds", "steps") else np.asarray(v, np.float64)) for k, v in d.items()}
 
 
-def _accumulate(acc: dict, m: dict, dt: float) -> None:
-    """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only."""
+def _accumulate(acc: dict, m: dict, dt: float, record_steps: bool = False) -> None:
+    """Add a chunk's metrics (``[S]`` or ``[S, M]``) to the epoch sums, counting finite steps only;
+    ``record_steps``: keep every step's loss too (``acc["steps"]``)."""
     finite = np.asarray(m["finite"], bool)
+    if record_steps:
+        acc["steps"] = acc.get("steps", []) + np.asarray(m["loss"], np.float64).tolist()
     acc["loss_sum"] = acc["loss_sum"] + np.sum(np.where(finite, m["loss"] * m["count"], 0.0), axis=0)
     if "correct" in m:  # integer class targets and outputs from the objective
         acc["correct"] = acc.get("correct", 0.0) + np.sum(np.where(finite, m["correct"], 0), axis=0)
@@ -426,6 +439,8 @@ def _record(acc: dict, epoch: int, step: int, members: bool) -> dict:
             record["train_acc_members"] = accuracy.tolist()
     if np.any(acc["nonfinite"]):
         record["nonfinite_steps"] = int(np.max(acc["nonfinite"]))
+    if "steps" in acc:
+        record["train_loss_steps"] = acc["steps"]
     return record
 
 
@@ -504,7 +519,7 @@ class _Run:
             state, m = train_chunk(state, *args, self.settings, self.members)
             m = to_host(m)
             self._check_finite(m, epoch, start)
-            _accumulate(acc, m, time.perf_counter() - t0)
+            _accumulate(acc, m, time.perf_counter() - t0, self.cfg.record_steps)
             ips = float(np.max(acc["count"])) / max(acc["seconds"], 1e-9)  # images/s, epoch so far
             advance(len(m["loss"]), description=label, loss=float(np.mean(m["loss"][-1])), ips=ips)
             if end < self.plan.spe and self.ckpt is not None and end % self.plan.chunk == 0:

@@ -10,9 +10,9 @@ an evidential loss annealed over epochs) is an :class:`Objective` (``TrainConfig
 - ``apply(params, x, rngs=None) -> (outputs, collections)`` runs the model in train mode: float32
   outputs, the compute dtype applied, BatchNorm statistics threaded through successive calls (each
   call starts from the statistics the previous one left, as successive torch forwards do; call it
-  sequentially, not under ``jax.vmap``, when the model has BatchNorm), and ``collections`` = the
-  other mutable collections the layers ``sow`` into (e.g. ``{"losses": {...}}``). ``rngs=None``
-  uses ``{"dropout": ctx.key}``.
+  sequentially, not under ``jax.vmap``, when the model has BatchNorm: ``apply.threads_batch_stats``
+  says so), and ``collections`` = the other mutable collections the layers ``sow`` into (e.g.
+  ``{"losses": {...}}``). ``rngs=None`` uses ``{"dropout": ctx.key}``.
 - ``x``, ``y``: the step's preprocessed (and batch-formatted) inputs and targets.
 - ``ctx``: a :class:`StepContext` (this step's key, step and steps per epoch; ``ctx.epoch``).
 - ``aux``: a dict; ``aux["outputs"]`` (``[B, C]``), when present and the targets are integer
@@ -30,7 +30,12 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-__all__ = ["LossObjective", "Objective", "SampledLoss", "StepContext"]
+from jaxuq.ensembles import check_lowering, over_members
+from jaxuq.losses.bayesian import ELBOLoss, kl_divergence
+from jaxuq.nn.bayesian import KL
+from jaxuq.nn.bayesian import RNG as BAYES_RNG
+
+__all__ = ["ELBOObjective", "LossObjective", "Objective", "SampledLoss", "StepContext", "sample_forwards"]
 
 
 class StepContext(NamedTuple):
@@ -65,29 +70,79 @@ class LossObjective:
         return self.loss_fn(outputs, y), {"outputs": outputs}
 
 
+def sample_forwards(apply, params, x, key, num_samples: int, rngs: tuple[str, ...], lowering=None):
+    """``num_samples`` train-mode forward passes: ``(outputs [S, ...], collections [S, ...])``.
+
+    Sample ``s`` uses ``k_s = split(key, S)[s]`` and, for the rng streams ``rngs``, ``split(k_s,
+    len(rngs))`` in that order. The samples are mapped with ``lowering`` (:mod:`jaxuq.ensembles`; None:
+    the backend's default) unless ``apply.threads_batch_stats`` (a model with BatchNorm): then they
+    run one after the other, each starting from the statistics the previous one left (TU's loop)."""
+    keys = jax.random.split(key, num_samples)
+
+    def one(k):
+        return apply(params, x, dict(zip(rngs, jax.random.split(k, len(rngs)), strict=True)))
+
+    if getattr(apply, "threads_batch_stats", True):
+        outs = [one(k) for k in keys]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return over_members(one, lowering, keys)
+
+
+def _check_samples(num_samples, rngs) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not isinstance(rngs, tuple) or not rngs or not all(isinstance(r, str) for r in rngs):
+        raise TypeError(f"rngs must be a non-empty tuple of rng stream names, got {rngs!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SampledLoss:
-    """The mean of ``loss_fn`` over ``num_samples`` train-mode forward passes, sample ``i`` with the
-    key ``split(ctx.key, num_samples)[i]`` for every rng stream in ``rngs`` (one key per stream, split
-    from the sample's key in the order given). ``aux["outputs"]``: the mean of the samples' outputs."""
+    """The mean of ``loss_fn`` over ``num_samples`` train-mode forward passes
+    (:func:`sample_forwards`: keys ``split(ctx.key, num_samples)``, one per rng stream of ``rngs``;
+    mapped with ``lowering``, sequential with BatchNorm). ``aux["outputs"]``: the mean of the samples'
+    outputs."""
 
     loss_fn: Callable
     num_samples: int
     rngs: tuple[str, ...] = ("dropout",)
+    lowering: str | None = None
 
     def __post_init__(self):
-        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int):
-            raise TypeError(f"num_samples must be an int, got {type(self.num_samples).__name__}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if not self.rngs or not all(isinstance(r, str) for r in self.rngs):
-            raise TypeError(f"rngs must be a non-empty tuple of rng stream names, got {self.rngs!r}")
+        _check_samples(self.num_samples, self.rngs)
+        check_lowering(self.lowering)
 
     def __call__(self, apply, params, x, y, ctx):
-        losses, outs = [], []
-        for k in jax.random.split(ctx.key, self.num_samples):  # sequential: BatchNorm stats thread through
-            rngs = dict(zip(self.rngs, jax.random.split(k, len(self.rngs))))
-            out, _ = apply(params, x, rngs)
-            losses.append(self.loss_fn(out, y))
-            outs.append(out)
-        return jnp.mean(jnp.stack(losses)), {"outputs": jnp.mean(jnp.stack(outs), axis=0)}
+        outs, _ = sample_forwards(apply, params, x, ctx.key, self.num_samples, self.rngs, self.lowering)
+        losses = jnp.stack([self.loss_fn(outs[i], y) for i in range(self.num_samples)])
+        return jnp.mean(losses), {"outputs": jnp.mean(outs, axis=0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ELBOObjective:
+    """TU's ``ELBOLoss`` as ``fit``'s objective (``TrainConfig(objective=ELBOObjective(ELBOLoss(...)))``):
+    ``loss.num_samples`` forward passes (:func:`sample_forwards`; streams ``rngs``, default the
+    Bayesian layers' ``'bayes'`` then ``'dropout'``), each one's KL read from what the Bayesian layers
+    ``sow`` (``jaxuq.nn.bayesian.KL``, :func:`jaxuq.losses.kl_divergence`: TU's mean over layers), then
+    ``mean_s(inner(outputs_s, y) + kl_weight * KL_s)``. ``aux``: ``outputs`` (the samples' mean) and
+    ``kl [S]``. The noise of every sample is sown (``jaxuq.nn.bayesian.NOISE``), so a test or the
+    lockstep tool can replay the keys and hand TU the very same draws."""
+
+    loss: ELBOLoss
+    rngs: tuple[str, ...] = (BAYES_RNG, "dropout")
+    lowering: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.loss, ELBOLoss):
+            raise TypeError(f"loss must be a jaxuq.losses.ELBOLoss, got {type(self.loss).__name__}")
+        _check_samples(self.loss.num_samples, self.rngs)
+        check_lowering(self.lowering)
+
+    def __call__(self, apply, params, x, y, ctx):
+        outs, cols = sample_forwards(apply, params, x, ctx.key, self.loss.num_samples, self.rngs,
+                                     self.lowering)
+        if KL not in cols:
+            raise ValueError("ELBOObjective: the model sowed no KL terms (no Bayesian layer sampled)")
+        kls = jax.vmap(kl_divergence)(cols[KL])
+        return self.loss(outs, y, kls), {"outputs": jnp.mean(outs, axis=0), "kl": kls}

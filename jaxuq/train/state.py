@@ -42,7 +42,7 @@ from jaxuq.data.pipeline import Preprocess
 from jaxuq.losses import cross_entropy
 from jaxuq.train.objective import LossObjective, Objective, StepContext
 
-__all__ = ["StepSettings", "TrainState", "create_train_state", "train_step"]
+__all__ = ["StepSettings", "TrainState", "create_train_state", "prepare_batch", "train_step"]
 
 
 class TrainState(train_state.TrainState):
@@ -104,7 +104,8 @@ class StepSettings:
     grad_scale: float = 1.0
     mesh: Any = None  # data-parallel mesh (axis "data"): batches constrained to it
     steps_per_epoch: int = 1  # for StepContext (epoch-dependent objectives)
-    step_callbacks: tuple = ()  # callbacks whose ``on_step(state) -> state`` runs after the update
+    step_callbacks: tuple = ()  # callbacks' ``on_step(state) -> state``: after the update, or before it
+    # (on the state the step starts from) for a callback whose ``before_update`` is True (TU's EMA)
 
 
 def _cast_floats(tree, dtype):
@@ -130,6 +131,7 @@ def _train_apply(state: TrainState, compute_dtype: str, default_rngs: dict):
             holder["batch_stats"] = _cast_floats(cols.pop("batch_stats"), jnp.float32)
         return jax.tree.map(lambda a: a.astype(jnp.float32), out), cols
 
+    apply.threads_batch_stats = bool(state.batch_stats)  # successive calls share the BN statistics
     return apply, holder
 
 
@@ -141,6 +143,25 @@ def _constrain(settings: StepSettings, images, labels):
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), (images, labels))
 
 
+def prepare_batch(settings: StepSettings, key, step, images, labels):
+    """The step's inputs: ``preprocess.train`` (augmentation key ``split(fold_in(key, step))[0]``), then
+    ``format_batch`` (key ``fold_in`` of it, 1). An ensemble with ``shared_augmentation`` calls it once
+    with member 0's key and gives every member the result (TU: one augmented batch for all members)."""
+    k_aug = jax.random.split(jax.random.fold_in(key, step))[0]
+    x = images if settings.preprocess is None else settings.preprocess.train(k_aug, images)
+    if settings.format_batch is not None:
+        x, labels = settings.format_batch(x, labels, jax.random.fold_in(k_aug, 1))
+    return x, labels
+
+
+def _step_callbacks(state: TrainState, callbacks: tuple, before: bool) -> TrainState:
+    """``on_step`` of the callbacks whose ``before_update`` equals ``before``, in order."""
+    for cb in callbacks:
+        if bool(getattr(cb, "before_update", False)) == before:
+            state = cb.on_step(state)
+    return state
+
+
 def train_step(state: TrainState, images, labels, settings: StepSettings):
     """One optimisation step: ``(state, inputs [B, ...], targets [B, ...]) -> (state, metrics)``.
 
@@ -149,10 +170,8 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     objective returns ``aux["outputs"]``.
     """
     images, labels = _constrain(settings, images, labels)
-    k_aug, k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))
-    x = images if settings.preprocess is None else settings.preprocess.train(k_aug, images)
-    if settings.format_batch is not None:
-        x, labels = settings.format_batch(x, labels, jax.random.fold_in(k_aug, 1))
+    k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))[1]
+    x, labels = prepare_batch(settings, state.key, state.step, images, labels)
     ctx = StepContext(key=k_drop, step=state.step, steps_per_epoch=settings.steps_per_epoch)
 
     def loss_of(params):
@@ -160,6 +179,7 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
         loss, aux = settings.objective(apply, params, x, labels, ctx)
         return loss.astype(jnp.float32), (aux, holder["batch_stats"])
 
+    state = _step_callbacks(state, settings.step_callbacks, before=True)
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     if settings.grad_scale != 1.0:
         grads = jax.tree.map(lambda g: g * settings.grad_scale, grads)
@@ -171,8 +191,7 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
         opt_state=keep(new.opt_state, state.opt_state),
         batch_stats=keep(new.batch_stats, state.batch_stats),
     )
-    for cb in settings.step_callbacks:
-        new = cb.on_step(new)
+    new = _step_callbacks(new, settings.step_callbacks, before=False)
     metrics = {"loss": loss, "count": jnp.asarray(labels.shape[0], jnp.int32), "finite": finite}
     outputs = aux.get("outputs") if isinstance(aux, dict) else None
     if outputs is not None and jnp.issubdtype(labels.dtype, jnp.integer):
