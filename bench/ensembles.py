@@ -146,6 +146,27 @@ def _ratios(rows, members):
     return ratios
 
 
+def _measure(args, images, y, x, backend: str, tdev: str) -> list[dict]:
+    """One row per (members, implementation): each jaxuq member lowering, the torch loop and TU."""
+    rows = []
+    for m in args.members:
+        for members in MEMBER_LOWERINGS:
+            if m == 1 and members != "vmap":
+                continue
+            r = bench_jaxuq(images, y, m, args.batch_size, members, args.repeats)
+            rows.append({"impl": f"jaxuq {members}", "members": m, "device": backend, **r})
+            print(rows[-1], flush=True)
+        if not args.no_torch:
+            r = bench_torch_loop(x, y, m, args.batch_size, tdev, args.repeats)
+            rows.append({"impl": "torch loop", "members": m, "device": tdev, **r})
+            print(rows[-1], flush=True)
+            if m >= 2:
+                r = bench_tu(x, y, m, args.batch_size, tdev, args.repeats)
+                rows.append({"impl": "TU deep_ensembles", "members": m, "device": tdev, **r})
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = bench_parser(__doc__)
     ap.set_defaults(repeats=1)
@@ -174,22 +195,7 @@ def main(argv=None):
     backend = jax.default_backend()
     tdev = meta["threads"].get("torch_device", "cpu")
 
-    rows = []
-    for m in args.members:
-        for members in MEMBER_LOWERINGS:
-            if m == 1 and members != "vmap":
-                continue
-            r = bench_jaxuq(images, y, m, args.batch_size, members, args.repeats)
-            rows.append({"impl": f"jaxuq {members}", "members": m, "device": backend, **r})
-            print(rows[-1], flush=True)
-        if not args.no_torch:
-            r = bench_torch_loop(x, y, m, args.batch_size, tdev, args.repeats)
-            rows.append({"impl": "torch loop", "members": m, "device": tdev, **r})
-            print(rows[-1], flush=True)
-            if m >= 2:
-                r = bench_tu(x, y, m, args.batch_size, tdev, args.repeats)
-                rows.append({"impl": "TU deep_ensembles", "members": m, "device": tdev, **r})
-                print(rows[-1], flush=True)
+    rows = _measure(args, images, y, x, backend, tdev)
     for r in rows:
         r["img_per_s"] = r["images"] / r["seconds"]
         r["epoch_s_60k"] = 60_000 / r["img_per_s"]

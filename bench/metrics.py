@@ -69,8 +69,8 @@ def bench_jaxuq(probs, labels, scores, ood_probs, repeats):
     return {k: _ms(v) for k, v in t.items()}, t
 
 
-def bench_tu(probs, labels, scores, ood_probs, repeats):
-    import torch
+def _tu_groups(p, y, s, is_ood, errs, op):
+    """TU's metric objects per row of the table (built once, not timed) and how each is updated."""
     from torch_uncertainty.metrics.classification import (
         AUGRC,
         AURC,
@@ -85,9 +85,45 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
         RiskAt80Cov,
         SCODCovAt5Risk,
         SCODRiskAt80Cov,
-        SmoothCalibrationError,
     )
     from torchmetrics.classification import Accuracy, BinaryAUROC, BinaryAveragePrecision
+
+    return {
+        "cls (Acc, Brier, NLL, Entropy)": (
+            lambda: [
+                Accuracy(task="multiclass", num_classes=C),
+                BrierScore(num_classes=C),
+                CategoricalNLL(),
+                Entropy(),
+            ],
+            lambda ms: [m.update(p, y) for m in ms[:3]] + [ms[3].update(p)],
+        ),
+        "cal (ECE, MCE, aECE)": (
+            lambda: [
+                CalibrationError(task="multiclass", num_bins=15, num_classes=C),
+                CalibrationError(task="multiclass", num_bins=15, num_classes=C, norm="max"),
+                CalibrationError(task="multiclass", adaptive=True, num_bins=15, num_classes=C),
+            ],
+            lambda ms: [m.update(p, y) for m in ms],
+        ),
+        "sc (AURC, AUGRC, Cov_5Risk, Risk_80Cov)": (
+            lambda: [AURC(), AUGRC(), CovAt5Risk(), RiskAt80Cov()],
+            lambda ms: [m.update(p, y) for m in ms],
+        ),
+        "ood (AUROC, AUPR, FPR95, Entropy)": (
+            lambda: [BinaryAUROC(), BinaryAveragePrecision(), FPR95(pos_label=1), Entropy()],
+            lambda ms: [m.update(s, is_ood) for m in ms[:3]] + [ms[3].update(op)],
+        ),
+        "ood SCOD (4)": (
+            lambda: [SCODAURC(), SCODAUGRC(), SCODCovAt5Risk(), SCODRiskAt80Cov()],
+            lambda ms: [m.update(s, classification_errors=errs, is_ood=is_ood.bool()) for m in ms],
+        ),
+    }
+
+
+def bench_tu(probs, labels, scores, ood_probs, repeats):
+    import torch
+    from torch_uncertainty.metrics.classification import SmoothCalibrationError
 
     n_id, n_ood = len(labels), len(scores) - len(labels)
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU row compares GPU with GPU
@@ -96,39 +132,6 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
     is_ood = torch.cat([torch.zeros(n_id, dtype=torch.long), torch.ones(n_ood, dtype=torch.long)]).to(dev)
     errs = torch.cat([p.argmax(-1).cpu() != y.cpu(), torch.zeros(n_ood, dtype=torch.bool)]).to(dev)
     op = torch.as_tensor(ood_probs, device=dev)
-
-    def groups():
-        return {
-            "cls (Acc, Brier, NLL, Entropy)": (
-                lambda: [
-                    Accuracy(task="multiclass", num_classes=C),
-                    BrierScore(num_classes=C),
-                    CategoricalNLL(),
-                    Entropy(),
-                ],
-                lambda ms: [m.update(p, y) for m in ms[:3]] + [ms[3].update(p)],
-            ),
-            "cal (ECE, MCE, aECE)": (
-                lambda: [
-                    CalibrationError(task="multiclass", num_bins=15, num_classes=C),
-                    CalibrationError(task="multiclass", num_bins=15, num_classes=C, norm="max"),
-                    CalibrationError(task="multiclass", adaptive=True, num_bins=15, num_classes=C),
-                ],
-                lambda ms: [m.update(p, y) for m in ms],
-            ),
-            "sc (AURC, AUGRC, Cov_5Risk, Risk_80Cov)": (
-                lambda: [AURC(), AUGRC(), CovAt5Risk(), RiskAt80Cov()],
-                lambda ms: [m.update(p, y) for m in ms],
-            ),
-            "ood (AUROC, AUPR, FPR95, Entropy)": (
-                lambda: [BinaryAUROC(), BinaryAveragePrecision(), FPR95(pos_label=1), Entropy()],
-                lambda ms: [m.update(s, is_ood) for m in ms[:3]] + [ms[3].update(op)],
-            ),
-            "ood SCOD (4)": (
-                lambda: [SCODAURC(), SCODAUGRC(), SCODCovAt5Risk(), SCODRiskAt80Cov()],
-                lambda ms: [m.update(s, classification_errors=errs, is_ood=is_ood.bool()) for m in ms],
-            ),
-        }
 
     # metric objects are built once (not timed); each timed run is reset + update + compute
     def run(ms, upd):
@@ -142,7 +145,7 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
 
     with torch.no_grad():
         times = {}
-        for name, (mk, up) in groups().items():
+        for name, (mk, up) in _tu_groups(p, y, s, is_ood, errs, op).items():
             ms = [m.to(dev) for m in mk()]
             times[name] = _ms(timeit(lambda ms=ms, up=up: run(ms, up), repeats=repeats))
         sm_ms = [SmoothCalibrationError().to(dev)]

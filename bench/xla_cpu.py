@@ -117,30 +117,8 @@ def torch_anchor(model: str, images: int, batch: int, steps: int, repeats: int, 
     ]
 
 
-def main(argv=None):
-    ap = bench_parser(__doc__)
-    ap.set_defaults(repeats=3)
-    ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
-    ap.add_argument("--models", nargs="+", default=["lenet", "resnet18"], choices=["lenet", "resnet18"])
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
-    ap.add_argument(
-        "--steps-per-call",
-        nargs="+",
-        type=int,
-        default=[100],
-        help="scan chunk lengths (0: one chunk per epoch)",
-    )
-    ap.add_argument("--images", type=int, default=10_000, help="LeNet images per epoch")
-    ap.add_argument("--resnet-images", type=int, default=512, help="ResNet-18 images per epoch")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per cell (the first compiles)")
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--child", default=None, help=argparse_hidden())
-    args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
-        return
-    meta = start(args, torch=True)
+def _measure(args) -> list[dict]:
+    """One row per (model, batch): the torch loop's anchor, then each option and steps-per-call cell."""
     rows = []
     for model in args.models:
         n = args.images if model == "lenet" else args.resnet_images
@@ -175,6 +153,34 @@ def main(argv=None):
                         }
                     )
                     print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = bench_parser(__doc__)
+    ap.set_defaults(repeats=3)
+    ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    ap.add_argument("--models", nargs="+", default=["lenet", "resnet18"], choices=["lenet", "resnet18"])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
+    ap.add_argument(
+        "--steps-per-call",
+        nargs="+",
+        type=int,
+        default=[100],
+        help="scan chunk lengths (0: one chunk per epoch)",
+    )
+    ap.add_argument("--images", type=int, default=10_000, help="LeNet images per epoch")
+    ap.add_argument("--resnet-images", type=int, default=512, help="ResNet-18 images per epoch")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per cell (the first compiles)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--child", default=None, help=argparse_hidden())
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    meta = start(args, torch=True)
+    rows = _measure(args)
     cols = [(k, k, "{}") for k in ("model", "batch")] + [
         ("steps/call", "steps_per_call", "{}"),
         ("option", "option", "{}"),

@@ -41,6 +41,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 __all__ = [
     "MAX_INFLATE_RATIO",
     "OUTPUT_MARKER",
@@ -396,8 +398,6 @@ _NDARRAY = _NdarrayName()
 
 
 def _safe_globals() -> dict:
-    import numpy as np  # noqa: PLC0415
-
     core = getattr(np, "_core", None) or np.core
 
     def dtype(*args):  # numpy.dtype, refusing object arrays (their items would be unpickled objects)

@@ -58,7 +58,7 @@ def test_registry_names_and_errors():
         with pytest.raises(ValueError, match="not available"):
             models.get("_missing_for_test")
     finally:
-        models._REGISTRY.pop("_missing_for_test")
+        models.registry._REGISTRY.pop("_missing_for_test")
     with pytest.raises(ValueError, match="Unknown ResNet architecture"):
         models.get("resnet", in_channels=3, num_classes=10, arch=19)
 

@@ -36,6 +36,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxuq._io import (
@@ -47,6 +49,7 @@ from jaxuq._io import (
     publish_dir,
     sigint_deferred,
 )
+from jaxuq.models.registry import get
 
 __all__ = ["FORMAT", "KIND", "META_FILE", "VARIABLES_DIR", "check_path", "content_digest", "intact", "load",
            "read_meta", "save"]
@@ -74,8 +77,6 @@ def save(path, variables: Any, meta: dict, force: bool = False) -> Path:
     ``OSError`` when the parent cannot be written (disk full: errno 28, one line). Temporary folders of
     interrupted saves of ``path`` (their process is gone) are removed first.
     """
-    import jax  # noqa: PLC0415
-
     out = Path(path).absolute()
     check_path(out)
     if "arch" not in meta or "kwargs" not in meta:
@@ -132,8 +133,6 @@ def _write_variables(dest: Path, tree) -> None:
 
 
 def _leaves(tree) -> list[tuple[str, np.ndarray]]:
-    import jax  # noqa: PLC0415
-
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return sorted(((jax.tree_util.keystr(k), np.asarray(v)) for k, v in flat), key=lambda t: t[0])
 
@@ -245,11 +244,6 @@ def load(path, *, strict: bool = False):
     The stored files and the content digest listed in ``meta.json`` are checked when present (module
     doc); ``strict`` (the hub cache) requires both, jaxuq's model marker, a real folder, a regular
     ``meta.json``, a real ``variables`` folder and no unlisted file in it."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from jaxuq.models import get  # noqa: PLC0415
-
     path = Path(path).absolute()
     if strict and not (is_own_output(path, KIND) and stat.S_ISDIR(os.lstat(path / VARIABLES_DIR).st_mode)):
         raise ValueError(f"{path}: not a jaxuq model folder (a link, no marker, or no variables folder)")
