@@ -191,7 +191,7 @@ def tu_regression_table(models: list, x, y, family: str | None, batch_size: int 
     """TU 0.13.0's ``RegressionRoutine`` test table (``test_step`` per batch, then its collections'
     ``compute()``) of one torch model or the ``deep_ensembles`` of several, on ``x [N, 1]``, ``y [N]``."""
     import torch
-    from torch_uncertainty.models import deep_ensembles
+    from torch_uncertainty.methods import deep_ensembles
     from torch_uncertainty.routines import RegressionRoutine
 
     many = len(models) > 1

@@ -1,0 +1,52 @@
+"""experiments/regression_cubic through the launcher at its SMALL size: TU beside jaxuq on the same data,
+weights and steps (training losses, the test tables, CQR's q_hat and intervals), the plot, and the config
+keys documented (as tests/test_experiments.py checks for the classification tutorials)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import require
+
+
+def test_regression_cubic_help_lists_every_config_key(capsys):
+    from experiments import regression_cubic as module
+    from experiments.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["regression_cubic", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for key, value in module.get_config().items():
+        assert f"{key} = {json.dumps(value)}" in text, key
+        assert f"{key}:" in module.__doc__, key
+    assert set(module.SMALL) <= set(module.get_config())
+
+
+def test_regression_cubic_refuses_unknown_family(tmp_path, capsys):
+    from experiments.__main__ import main
+
+    assert main(["regression_cubic", "--small", "--set", 'families=["gauss"]', "--out", str(tmp_path / "o")]) != 0
+
+
+@pytest.mark.parity
+@pytest.mark.slow  # ~3 min on the loaded 2-core machine (TU imports, jit compiles, 3 x 50 steps per side)
+def test_regression_cubic_small(tmp_path):
+    require("torch_uncertainty")
+    from experiments.__main__ import main
+
+    out = tmp_path / "cubic"
+    assert main(["regression_cubic", "--small", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == {"normal", "der", "ensemble of 3 normal"}
+    for name, m in res["models"].items():
+        assert set(m["jaxuq"]) - {"test/cplx/params", "test/cplx/flops"} == set(m["tu"]), name
+        assert m["loss_max_rel_diff"] <= 1e-5, name  # the same 50 Adam steps from the same weights
+        for k, v in m["tu"].items():  # the tables after those steps: float32 training drift only
+            assert v != v and m["jaxuq"][k] != m["jaxuq"][k] or abs(m["jaxuq"][k] - v) <= 2e-5 * max(1, abs(v)), k
+    cqr = res["cqr"]
+    assert cqr["q_hat"] == cqr["tu_q_hat"] and cqr["intervals_max_abs_diff"] == 0.0
+    assert cqr["CQR"]["coverage"] >= 0.85 and cqr["split conformal"]["coverage"] >= 0.85  # target 0.9
+    assert (out / "regression_cubic.png").stat().st_size > 0
