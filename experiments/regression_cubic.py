@@ -70,7 +70,7 @@ def _data(config):
     return out
 
 
-def _members(family: str, config, num: int):
+def _members(family: str, config, num: int, in_features: int = 1):
     """``num`` TU mlps (seeds ``seed + m``) and the converted jaxuq module with the stacked variables."""
     import torch
     from torch_uncertainty.models.mlp import mlp as tu_mlp
@@ -81,7 +81,8 @@ def _members(family: str, config, num: int):
     tus, variables = [], []
     for m in range(num):
         torch.manual_seed(config["seed"] + m)
-        tu = tu_mlp(in_features=1, num_outputs=1, hidden_dims=list(config["hidden_dims"]), dist_family=family)
+        tu = tu_mlp(in_features=in_features, num_outputs=1, hidden_dims=list(config["hidden_dims"]),
+                    dist_family=family)
         sd = {k: v.detach().numpy().copy() for k, v in tu.state_dict().items()}
         arch, kw = _resolve_arch(None, {"dist_family": family}, sd, "TU mlp")  # what `convert` does
         module, v = mappings.convert_state_dict(arch, sd, **kw)
@@ -134,7 +135,7 @@ def _model(name: str, config, train, test, members: int | None):
     from experiments._tu import tu_regression_table
 
     family = FAMILY[name]
-    tus, module, stacked = _members(family, config, members or 1)
+    tus, module, stacked = _members(family, config, members or 1, train[0].shape[1])
     jloss, tloss = _losses(name, config)
     lr = config["der_lr"] if name == "der" else config["lr"]
     params, jl, t_jx = _jaxuq_fit(module, stacked, *train, jloss, config["steps"], lr, members)
@@ -224,7 +225,7 @@ def _curve(module, params, x, family: str, alpha: float, lowering=None):
     return mean, lo, hi
 
 
-def run(config: dict, out_dir) -> tuple[dict, str]:
+def check_families(config: dict) -> None:
     unknown = set(config["families"]) - set(FAMILY)
     if unknown or config["ensemble_family"] not in FAMILY:
         bad = sorted(unknown or [config["ensemble_family"]])
@@ -232,7 +233,11 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     if config["ensemble_family"] not in config["families"]:
         raise ValueError(f"ensemble_family {config['ensemble_family']!r} must be one of `families` (its "
                          "single model gives CQR's quantiles)")
-    train, test = _data(config)
+
+
+def compare_all(config: dict, train, test, title: str) -> tuple[dict, str, dict]:
+    """Every family and the ensemble on both sides, CQR on ``test``: ``(results, table text, curves)``."""
+    check_families(config)
     models, rows, curves = {}, [], {}
     runs = [(n, None) for n in config["families"]] + [(config["ensemble_family"], config["num_estimators"])]
     for name, members in runs:
@@ -247,7 +252,6 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         if name == config["ensemble_family"] and not members:
             cqr = _cqr(module, params, test, FAMILY[name], config)
             rows.append(compare_row(f"{label}: CQR q_hat", cqr["q_hat"], cqr.get("tu_q_hat")))
-    _plot(curves, train, test, config["alpha"], out_dir / "regression_cubic.png")
     diffs = [r["abs_diff"] for r in rows if r["abs_diff"] is not None]
     loss_diffs = [m["loss_max_rel_diff"] for m in models.values() if "loss_max_rel_diff" in m]
     results = {"models": models, "cqr": cqr, "comparison": rows,
@@ -256,8 +260,14 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     lines = [f"CQR ({1 - config['alpha']:.0%}, {cqr['n_heldout']} held-out points): "
              + ", ".join(f"{k} coverage {cqr[k]['coverage']:.3f} width {cqr[k]['mean_width']:.2f}"
                          for k in ("raw quantiles", "CQR", "split conformal"))]
-    title = "Cubic toy regression: TU 0.13.0 | jaxuq"
-    table = "\n".join(lines) + "\n" + render_text(comparison_table(rows, title))
+    return results, "\n".join(lines) + "\n" + render_text(comparison_table(rows, title)), curves
+
+
+def run(config: dict, out_dir) -> tuple[dict, str]:
+    check_families(config)
+    train, test = _data(config)
+    results, table, curves = compare_all(config, train, test, "Cubic toy regression: TU 0.13.0 | jaxuq")
+    _plot(curves, train, test, config["alpha"], out_dir / "regression_cubic.png")
     return results, table
 
 

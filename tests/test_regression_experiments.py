@@ -1,4 +1,4 @@
-"""experiments/regression_cubic through the launcher at its SMALL size: TU beside jaxuq on the same data,
+"""experiments/regression_cubic and regression_tabular through the launcher at its SMALL size: TU beside jaxuq on the same data,
 weights and steps (training losses, the test tables, CQR's q_hat and intervals), the plot, and the config
 keys documented (as tests/test_experiments.py checks for the classification tutorials)."""
 
@@ -11,12 +11,15 @@ import pytest
 from tests.helpers import require
 
 
-def test_regression_cubic_help_lists_every_config_key(capsys):
-    from experiments import regression_cubic as module
+@pytest.mark.parametrize("name", ["regression_cubic", "regression_tabular"])
+def test_regression_experiments_help_lists_every_config_key(name, capsys):
+    import importlib
+
     from experiments.__main__ import main
 
+    module = importlib.import_module(f"experiments.{name}")
     with pytest.raises(SystemExit) as e:
-        main(["regression_cubic", "--help"])
+        main([name, "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     for key, value in module.get_config().items():
@@ -50,3 +53,22 @@ def test_regression_cubic_small(tmp_path):
     assert cqr["q_hat"] == cqr["tu_q_hat"] and cqr["intervals_max_abs_diff"] == 0.0
     assert cqr["CQR"]["coverage"] >= 0.85 and cqr["split conformal"]["coverage"] >= 0.85  # target 0.9
     assert (out / "regression_cubic.png").stat().st_size > 0
+
+
+@pytest.mark.parity
+@pytest.mark.slow  # ~2 min on the loaded 2-core machine
+def test_regression_tabular_small(tmp_path):
+    require("torch_uncertainty")
+    require("sklearn")
+    from experiments.__main__ import main
+
+    out = tmp_path / "diabetes"
+    assert main(["regression_tabular", "--small", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["data"]["n_train"] == 265 and res["data"]["n_test"] == 177
+    assert set(res["models"]) == {"normal", "ensemble of 3 normal"}
+    for name, m in res["models"].items():
+        assert m["loss_max_rel_diff"] <= 1e-5, name
+        for k, v in m["tu"].items():
+            assert abs(m["jaxuq"][k] - v) <= 2e-5 * max(1, abs(v)), k
+    assert res["cqr"]["q_hat"] == res["cqr"]["tu_q_hat"] and res["cqr"]["intervals_max_abs_diff"] == 0.0
