@@ -64,12 +64,13 @@ def _resolve_arch(arch: str | None, kwargs: dict | None, sd: dict, source: str) 
                 f"{source}: cannot recognise the architecture from its keys; pass --arch "
                 f"(known: {', '.join(mappings.arch_names())}) and its kwargs"
             )
-        return guess[0], {**guess[1], **(kwargs or {})}
-    if arch not in mappings.arch_names():
+        arch, kwargs = guess[0], {**guess[1], **(kwargs or {})}
+    elif arch not in mappings.arch_names():
         raise ConvertError(f"unknown architecture {arch!r}; known: {', '.join(mappings.arch_names())}")
-    if guess is not None and guess[0] == arch:
-        return arch, {**guess[1], **(kwargs or {})}
-    complete = getattr(mappings.family_of(arch), "complete", None)  # e.g. MIMO: kwargs from the shapes + M
+    elif guess is not None and guess[0] == arch:
+        kwargs = {**guess[1], **(kwargs or {})}
+    # e.g. MIMO: kwargs from the shapes + M; a regression head: its width + -k dist_family
+    complete = getattr(mappings.family_of(arch), "complete", None)
     if complete is not None:
         try:
             return arch, {**complete(arch, sd, dict(kwargs or {})), **(kwargs or {})}
@@ -141,14 +142,21 @@ def verify_with_torch(arch: str, kwargs: dict, module, variables_list: list, sta
         tm = make(arch, **kwargs)
         tm.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in sd.items()}, strict=True)
         tm.eval()
-        with torch.no_grad():
-            ref = tm(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-        got = np.asarray(apply(v, x))
+        with torch.no_grad():  # images NHWC -> NCHW; feature vectors as they are
+            ref = tm(torch.from_numpy(x.transpose(0, 3, 1, 2).copy() if x.ndim == 4 else x))
+        ref, got = _flat_outputs(ref), _flat_outputs(apply(v, x))
         if got.shape != ref.shape:
             raise ConvertError(f"--verify: Flax logits {got.shape} vs torch {ref.shape}")
         diff = float(np.max(np.abs(got - ref)))
         results.append({"max_abs_diff": diff, "max_abs": float(np.max(np.abs(ref)))})
     return results
+
+
+def _flat_outputs(out) -> np.ndarray:
+    """Logits as they are; a regression head's parameter dict as its values side by side (sorted keys)."""
+    if isinstance(out, dict):
+        return np.concatenate([np.asarray(out[k]) for k in sorted(out)], axis=-1)
+    return np.asarray(out)
 
 
 def _check_output(output: Path, force: bool, sources: Sequence) -> None:

@@ -22,8 +22,8 @@ from jaxuq._env import data_dir as _data_dir
 from jaxuq._env import data_file
 
 __all__ = [
-    "torch_loader", "torch_model_of", "torchvision_root", "tu_lenet_ensemble_table", "tu_test",
-    "tu_test_table", "tu_trainer",
+    "torch_loader", "torch_model_of", "torchvision_root", "tu_cqr", "tu_lenet_ensemble_table",
+    "tu_regression_fit", "tu_regression_table", "tu_test", "tu_test_table", "tu_trainer",
 ]  # fmt: skip
 
 
@@ -162,3 +162,66 @@ def tu_lenet_ensemble_table(
         return tu_test_table(tu_trainer(), routine, dm)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- regression
+def tu_regression_fit(model, x, y, loss, steps: int, lr: float, family: str | None = None) -> list[float]:
+    """TU's ``RegressionRoutine.training_step`` (``Independent(dist(**out), 1)`` on ``y.unsqueeze(-1)``
+    for a ``family`` head) full-batch with ``torch.optim.Adam(lr)`` for ``steps`` steps, in place; the
+    per-step losses."""
+    import torch
+    from torch.distributions import Independent
+    from torch_uncertainty.utils.distributions import get_dist_class
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).unsqueeze(-1)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        out = model(xt)
+        value = loss(Independent(get_dist_class(family)(**out), 1) if family else out, yt)
+        value.backward()
+        opt.step()
+        losses.append(value.item())
+    return losses
+
+
+def tu_regression_table(models: list, x, y, family: str | None, batch_size: int = 256) -> dict[str, float]:
+    """TU 0.13.0's ``RegressionRoutine`` test table (``test_step`` per batch, then its collections'
+    ``compute()``) of one torch model or the ``deep_ensembles`` of several, on ``x [N, 1]``, ``y [N]``."""
+    import torch
+    from torch_uncertainty.methods import deep_ensembles
+    from torch_uncertainty.routines import RegressionRoutine
+
+    many = len(models) > 1
+    model = deep_ensembles(models, task="regression", probabilistic=family is not None,
+                           reset_model_parameters=False) if many else models[0]
+    routine = RegressionRoutine(model, output_dim=1, dist_family=family, is_ensemble=many).eval()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            routine.test_step((xt[i:i + batch_size], yt[i:i + batch_size]), i // batch_size)
+    res = routine.test_metrics.compute()
+    if family is not None:
+        res |= routine.test_prob_metrics.compute()
+    return {k: float(v) for k, v in res.items()}
+
+
+def tu_cqr(alpha: float, cal_quantiles, cal_y, test_quantiles) -> tuple[float, np.ndarray]:
+    """TU's ``ConformalRegCQR`` fitted on fixed calibration quantiles ``[N, 2]`` (a lookup model):
+    ``(q_hat, test intervals [M, 2])``."""
+    import torch
+    from torch_uncertainty.post_processing import ConformalRegCQR
+
+    table = torch.from_numpy(np.concatenate([cal_quantiles, test_quantiles]).astype(np.float32))
+
+    class Lookup(torch.nn.Module):
+        def forward(self, idx):
+            return table[idx[:, 0].long()]
+
+    cqr = ConformalRegCQR(alpha=alpha, model=Lookup())
+    n = len(cal_quantiles)
+    cqr.fit(torch_loader(np.arange(n, dtype=np.float32)[:, None], cal_y.astype(np.float32), batch_size=256))
+    test_idx = torch.arange(n, n + len(test_quantiles), dtype=torch.float32)[:, None]
+    return float(cqr.q_hat), cqr(test_idx).numpy()

@@ -32,7 +32,9 @@ Several processes work as in ``jaxuq.train``: each feeds its own rows of every b
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -41,12 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxuq import _validate
+from jaxuq import distributions as _dist
 from jaxuq._progress import progress_bar
 from jaxuq.data.pipeline import is_arrays, num_batches, padded_batches
 from jaxuq.forward import forward, members_in_batch
+from jaxuq.losses.regression import regression_targets
 from jaxuq.metrics import streaming as S
 from jaxuq.metrics.calibration import _smece_conf_acc, top_label
 from jaxuq.metrics.complexity import count_params
+from jaxuq.metrics.regression import MEMBERS, predictive, qce_levels
 from jaxuq.metrics.suite import KEYS, rank_metrics, table_core
 from jaxuq.ood.criteria import get_criterion
 from jaxuq.sharding import (
@@ -61,7 +66,7 @@ from jaxuq.sharding import (
     to_host,
 )
 
-__all__ = ["classification_table", "evaluate", "padded_batches", "predict"]
+__all__ = ["classification_table", "evaluate", "padded_batches", "predict", "regression_table"]
 
 
 def _split_members(x, name: str, pending):
@@ -234,7 +239,8 @@ def _batch_key(key, *path: int):
 def predict(model, variables, images, *, preprocess=None, batch_size: int = 1024, lowering=None,
             compute_dtype="float32", mesh=None, sampler=None, key=None) -> np.ndarray:
     """Eval-mode outputs of ``model`` over ``images [N, ...]`` in batches (:func:`jaxuq.forward.forward`):
-    float32 ``[N, C]``, or ``[M, N, C]`` for stacked ``variables`` with a ``lowering``
+    float32 ``[N, C]`` (a regression head: its parameter dict of such arrays), or ``[M, N, C]`` for
+    stacked ``variables`` with a ``lowering``
     (``"vmap"``/``"map"``/``"unroll"``), a ``members_in_batch`` model (Packed-Ensembles: TU's
     ``[(M B), C]`` split per batch) or a ``sampler`` (batch ``i`` draws from ``fold_in(key, i)``).
 
@@ -253,8 +259,8 @@ def predict(model, variables, images, *, preprocess=None, batch_size: int = 1024
     variables = replicate(variables, dmesh) if dmesh is not None else variables
     batches = enumerate(padded_batches((images,), batch_size, dmesh))
     outs = (fn(variables, _batch_key(key, i), *_to_device(b, dmesh)) for i, (_, b) in batches)
-    out = np.concatenate(list(_one_behind(outs)), axis=spec.row_axis)
-    return out[(slice(None),) * spec.row_axis + (slice(len(images)),)]
+    rows = (slice(None),) * spec.row_axis + (slice(len(images)),)  # outputs may be a pytree (a head's dict)
+    return jax.tree.map(lambda *a: np.concatenate(a, axis=spec.row_axis)[rows], *_one_behind(outs))
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -369,7 +375,8 @@ class _Pass:
 def evaluate(model, variables, data, *, ood_data=None, preprocess=None, batch_size: int = 1024, lowering=None,
              criterion="msp", compute_dtype="float32", mesh=None, sampler=None, key=None,
              flops: int | None = None, params: int | None = None, num_bins: int = 15, smece: bool = True,
-             scod_ood_cost: float = 0.5, progress: bool = True) -> dict[str, float]:
+             scod_ood_cost: float = 0.5, progress: bool = True, dist_family: str | None = None,
+             estimate: str = "mean", members: str = "mixture") -> dict[str, float]:
     """TU's full test table of ``model`` on ``data`` in one streaming pass (see the module doc).
 
     Args:
@@ -390,11 +397,29 @@ def evaluate(model, variables, data, *, ood_data=None, preprocess=None, batch_si
       num_bins: ECE bins; TU's table uses 15 (the only value the streaming states hold).
       smece, scod_ood_cost: as :func:`classification_table`.
       progress: a progress bar over the batches.
+      dist_family, estimate, members: regression (see below).
     Returns:
       ``{key: float}``: the keys and values of :func:`classification_table` on the same
       predictions; the rank metrics come from the same function (:func:`jaxuq.metrics.suite.rank_metrics`)
       and are equal, the sums differ by float32 summation order (measured <= 4e-7, SmECE the largest).
+
+    Regression (TU's ``RegressionRoutine`` table, the keys of :func:`regression_table`) when the model
+    has a distribution head (its ``dist_family``, or the ``dist_family`` argument) or the targets are
+    floats: ``data`` is ``(inputs [N, ...], targets [N] or [N, D])``; ``estimate``, ``members`` and
+    ``num_bins`` (QCE levels) as :func:`regression_table`. No OOD set.
     """
+    family = dist_family if dist_family is not None else getattr(model, "dist_family", None)
+    data, labels_dtype = _peek(data)
+    if family is not None or np.issubdtype(labels_dtype, np.floating):
+        if ood_data is not None:
+            raise ValueError("`ood_data`: regression has no OOD evaluation (TU: NotImplementedError)")
+        reg = _Reg.of(family, estimate, members, num_bins)
+        spec = _Spec.of(model, preprocess, compute_dtype, lowering, mesh, sampler)
+        total = num_batches(data, batch_size, spec.roles.data)
+        with progress_bar("evaluate", total, quiet=not progress) as advance:
+            res = _regression_pass(spec, reg, variables, data, key, batch_size, advance)
+        params = count_params(variables.get("params", {})) if params is None else params
+        return res | _host_keys({}, None, None, False, flops, params)
     if num_bins != 15:
         raise ValueError(f"num_bins={num_bins}: the streaming ECE state holds TU's 15 bins only")
     scod_ood_cost = _validate.check_fraction(scod_ood_cost, "scod_ood_cost")
@@ -418,3 +443,155 @@ def evaluate(model, variables, data, *, ood_data=None, preprocess=None, batch_si
     rank = rank_metrics(conf, acc, **ood, ood_cost=scod_ood_cost)
     params = count_params(variables.get("params", {})) if params is None else params
     return res | _host_keys(rank, conf, acc, smece, flops, params)
+
+
+# ----------------------------------------------------------------------------- regression
+def _peek(data):
+    """``(data, targets dtype)`` without consuming an iterable of batches."""
+    if is_arrays(data):
+        return data, np.asarray(data[1]).dtype if len(data) > 1 else np.dtype(np.int32)
+    it = iter(data)
+    first = next(it, None)
+    if first is None:  # the classification pass reports it
+        return iter(()), np.dtype(np.int32)
+    return itertools.chain([first], it), np.asarray(first[1]).dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reg:
+    """The regression table's settings (hashable: part of the compiled step)."""
+
+    family: str | None
+    estimate: str
+    members: str
+    num_bins: int
+
+    @classmethod
+    def of(cls, family, estimate: str, members: str, num_bins: int) -> _Reg:
+        family = None if family is None else _dist.check_family(family)
+        _validate.check_choice(estimate, "estimate", ("mean", "mode"))
+        _validate.check_choice(members, "members", MEMBERS)
+        qce_levels(_validate.check_int(num_bins, "num_bins", 1))
+        if family == "nig" and estimate == "mode":
+            raise ValueError("estimate='mode': the 'nig' distribution has no mode (TU: NotImplementedError)")
+        return cls(family, estimate, members, num_bins)
+
+    def metrics(self, mixture: bool) -> dict:
+        ms = {KEYS["mae"]: S.mae(), KEYS["mse"]: S.mse()}
+        if self.family is not None:
+            ms[KEYS["reg_nll"]] = S.distribution_nll(self.family, mixture)
+            ms[KEYS["qce"]] = S.quantile_calibration_error(self.family, self.num_bins, "l1", mixture)
+        return ms
+
+    def mixture(self, outputs, stacked: bool) -> bool:
+        m = jax.tree.leaves(outputs)[0].shape[0]
+        return self.family is not None and stacked and self.members == "mixture" and m > 1
+
+    def update(self, states: dict | None, outputs, targets, stacked: bool, mask=None) -> dict:
+        """The states (None: fresh ones) after one batch of model ``outputs`` and float ``targets``."""
+        point, dist, mixture = predictive(outputs, self.family, self.estimate, self.members, stacked)
+        y = regression_targets(targets, point.shape)
+        metrics = self.metrics(mixture)
+        states = {k: m.init() for k, m in metrics.items()} if states is None else states
+        new = {k: metrics[k].update(states[k], point, y, mask=mask) for k in (KEYS["mae"], KEYS["mse"])}
+        if dist is not None:
+            prob = (KEYS["reg_nll"], KEYS["qce"])
+            new |= {k: metrics[k].update(states[k], dist, y, mask=mask) for k in prob}
+        return new
+
+    def compute(self, states: dict, mixture: bool) -> dict[str, float]:
+        out = {k: float(m.compute(states[k])) for k, m in self.metrics(mixture).items()}
+        out[KEYS["rmse"]] = float(np.sqrt(np.float32(out[KEYS["mse"]])))
+        return out
+
+
+def _regression_outputs(x, name: str, stacked_ok: bool = True):
+    """Point predictions ``[N]`` / ``[N, D]`` / ``[M, N, D]`` (members), float and finite."""
+    arr = _validate.as_array(x, name, (1, 2, 3) if stacked_ok else (1, 2))
+    _validate.check_finite(arr, f"`{name}`")
+    return arr.astype(jnp.float32)
+
+
+def regression_table(preds=None, targets=None, *, dist=None, dist_family: str | None = None,
+                     estimate: str = "mean", members: str = "mixture", num_bins: int = 15,
+                     flops: int | None = None, params: int | None = None) -> dict[str, float]:
+    """TU's ``RegressionRoutine`` test table from predictions.
+
+    Args:
+      preds: point predictions ``[N]`` / ``[N, D]``, or ``[M, N, D]`` for M members (averaged).
+      targets: float targets ``[N]`` or ``[N, D]`` (finite).
+      dist, dist_family: instead of ``preds``, a distribution head's parameters ``{name: [N, D]}`` (or
+        ``[M, N, D]``) of the family (:mod:`jaxuq.distributions`); adds ``test/reg/NLL`` and
+        ``test/cal/QCE``.
+      estimate: the point estimate of a distribution, "mean" or "mode" (TU's ``dist_estimate``).
+      members: "mixture" (default: the members' uniform mixture, a deep ensemble's predictive
+        distribution) or "average" (TU 0.13.0's routine: one distribution with the members' averaged
+        parameters).
+      num_bins: QCE's number of levels (TU's ``num_bins_calibration_error``).
+      flops, params: ``test/cplx/*``.
+    Returns:
+      ``{key: float}``: ``test/reg/{MAE, MSE, RMSE}`` (+ ``test/reg/NLL``, ``test/cal/QCE``).
+    """
+    if (preds is None) == (dist is None):
+        raise ValueError("give exactly one of `preds` (point regression) or `dist` (with `dist_family`)")
+    if dist is not None and dist_family is None:
+        raise ValueError("`dist` needs its `dist_family`")
+    reg = _Reg.of(dist_family if dist is not None else None, estimate, members, num_bins)
+    y = _regression_outputs(targets, "targets", stacked_ok=False)
+    if dist is None:
+        out = _regression_outputs(preds, "preds")
+    else:
+        out = _dist.check_params(dist_family, dist, "dist")
+        if jax.tree.leaves(out)[0].ndim not in (2, 3):
+            shape = jax.tree.leaves(out)[0].shape
+            raise ValueError(f"`dist` parameters must be [N, D] or [M, N, D], got {shape}")
+    stacked = jax.tree.leaves(out)[0].ndim == 3
+    res = reg.compute(reg.update(None, out, y, stacked), reg.mixture(out, stacked))
+    return res | _host_keys({}, None, None, False, flops, params)
+
+
+@functools.cache
+def _jitted_regression_step(spec: _Spec, reg: _Reg):
+    """``step(states, variables, key, n_valid, x [B, ...], y [B, ...]) -> states``; rows ``>= n_valid``
+    are padding, masked out."""
+
+    def step(states, variables, key, n_valid, x, y):
+        out = spec.forward(variables, key, x)
+        mask = jnp.arange(x.shape[0]) < n_valid
+        new = reg.update(states["metrics"], out, y, spec.row_axis == 1, mask)
+        bad = sum(jnp.sum(~jnp.isfinite(a) & _row(mask, a, spec.row_axis)) for a in jax.tree.leaves(out))
+        return {"metrics": new, "nonfinite": states["nonfinite"] + bad.astype(jnp.int32)}
+
+    return _jit(step, spec.roles, 4, 2)
+
+
+def _row(mask, a, row_axis: int):
+    return mask.reshape((1,) * row_axis + mask.shape + (1,) * (a.ndim - row_axis - 1))
+
+
+def _regression_pass(spec: _Spec, reg: _Reg, variables, data, key, batch_size: int, advance) -> dict:
+    """One streaming pass of ``model`` over ``(inputs, targets)`` batches -> TU's regression keys."""
+    mesh = spec.roles.data
+    variables = replicate(variables, mesh) if mesh is not None else variables
+    states, mixture = None, None
+    for i, (k, batch) in enumerate(padded_batches(data, batch_size, mesh)):
+        if len(batch) != 2:
+            raise ValueError(f"regression `data` must be (inputs, targets), got {len(batch)} arrays per "
+                             "batch")
+        _validate.check_finite(np.asarray(batch[1][:k]), "the targets")
+        if states is None:
+            x = jax.ShapeDtypeStruct(batch[0].shape, batch[0].dtype)
+            shape = jax.eval_shape(spec.forward, variables, _batch_key(key, 0), x)
+            mixture = reg.mixture(shape, spec.row_axis == 1)
+            init = {k: m.init() for k, m in reg.metrics(mixture).items()}
+            states = {"metrics": init, "nonfinite": jnp.zeros((), jnp.int32)}
+            states = replicate(states, mesh) if mesh is not None else states
+        step = _jitted_regression_step(spec, reg)
+        states = step(states, variables, _batch_key(key, 0, i), jnp.int32(k), *_to_device(batch, mesh))
+        advance()
+    if states is None:
+        raise ValueError("the data yielded no batch")
+    if int(states["nonfinite"]):
+        raise ValueError(f"the model gave {int(states['nonfinite'])} non-finite outputs (NaN/inf in the "
+                         "weights or the inputs?)")
+    return reg.compute(states["metrics"], mixture)

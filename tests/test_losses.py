@@ -251,7 +251,7 @@ def test_special_functions_match_torch():
     """DEC's lgamma/digamma/log and derivatives vs torch's float32 CPU kernels: within 1-2 ulp (of max(|y|, 1))
     (XLA's gammaln is 3 ulp off at x = 40), digamma/trigamma = ATen's algorithm."""
     torch = require("torch")
-    from jaxuq.losses import _special as S
+    from jaxuq import _special as S
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(0.01, 1, 4000), rng.uniform(1, 50, 12000), rng.uniform(50, 5000, 4000)])

@@ -24,7 +24,7 @@ import numpy as np
 from converters.mappings import Entry, apply_table, bn_entries, linear_to_dense, oihw_to_hwio
 from jaxuq.models.bayesian_lenet import bayesian_lenet
 
-__all__ = ["ARCHS", "infer", "table", "torch_to_flax"]
+__all__ = ["ARCHS", "check_copies", "infer", "layer_entries", "table", "torch_to_flax"]
 
 CONVS, DENSES = ("conv1", "conv2"), ("fc1", "fc2", "fc3")
 PREFIX = "core_model."
@@ -47,12 +47,15 @@ def _strip(sd: dict) -> dict:
     return dict(sd)
 
 
-def _layer_entries(name: str, conv: bool) -> dict:
+def layer_entries(name: str, conv: bool, path: tuple[str, ...] | None = None) -> dict:
+    """The rows of one ``BayesConv2d`` / ``BayesLinear`` at torch prefix ``name`` (Flax module ``path``,
+    default ``(name,)``), its sampler copies and prior buffers consumed."""
     w = (oihw_to_hwio, "oihw->hwio", 4) if conv else (linear_to_dense, ".T", 2)
+    path = (name,) if path is None else path
     t = {}
     for part in ("mu", "sigma"):
-        t[f"{name}.weight_{part}"] = Entry(("params", name, f"weight_{part}"), *w)
-        t[f"{name}.bias_{part}"] = Entry(("params", name, f"bias_{part}"), torch_ndim=1)
+        t[f"{name}.weight_{part}"] = Entry(("params", *path, f"weight_{part}"), *w)
+        t[f"{name}.bias_{part}"] = Entry(("params", *path, f"bias_{part}"), torch_ndim=1)
     for kind in ("weight", "bias"):
         t[f"{name}.{kind}_sampler.mu"] = Entry(None, torch_ndim=w[2] if kind == "weight" else 1)
         t[f"{name}.{kind}_sampler.rho"] = Entry(None, torch_ndim=w[2] if kind == "weight" else 1)
@@ -64,18 +67,19 @@ def _layer_entries(name: str, conv: bool) -> dict:
 def table(model_name: str = "bayesian_lenet", norm: str = "none", **_) -> dict:
     t: dict = {}
     for i, name in enumerate(CONVS, 1):
-        t.update(_layer_entries(name, conv=True))
+        t.update(layer_entries(name, conv=True))
         if norm == "batchnorm":
             t.update(bn_entries(f"norm{i}", (f"norm{i}",)))
     for name in DENSES:
-        t.update(_layer_entries(name, conv=False))
+        t.update(layer_entries(name, conv=False))
     return t
 
 
-def _check_copies(sd: dict, source: str) -> None:
-    """The sampler's ``mu``/``rho`` are the layer's ``*_mu``/``*_sigma`` (one parameter, two keys)."""
+def check_copies(sd: dict, source: str, names=CONVS + DENSES) -> None:
+    """The sampler's ``mu``/``rho`` are the layer's ``*_mu``/``*_sigma`` (one parameter, two keys), for the
+    layers ``names``."""
     bad = []
-    for name in CONVS + DENSES:
+    for name in names:
         for kind in ("weight", "bias"):
             for copy, own in (("mu", "mu"), ("rho", "sigma")):
                 a, b = sd.get(f"{name}.{kind}_sampler.{copy}"), sd.get(f"{name}.{kind}_{own}")
@@ -87,7 +91,7 @@ def _check_copies(sd: dict, source: str) -> None:
 
 def torch_to_flax(state_dict, template, source="<state_dict>"):
     sd = _strip(state_dict)
-    _check_copies(sd, source)
+    check_copies(sd, source)
     norm = "batchnorm" if "batch_stats" in template else "none"
     return apply_table(sd, table(norm=norm), template, source)
 

@@ -1,5 +1,6 @@
 """jaxuq.calibration: post-hoc calibration (temperature / vector / matrix / Dirichlet scaling,
-histogram binning, isotonic regression, BBQ), conformal prediction sets (THR, APS, RAPS), DEUP, Laplace
+histogram binning, isotonic regression, BBQ), conformal prediction sets (THR, APS, RAPS), conformal
+regression intervals (CQR, split conformal), DEUP, Laplace
 and MC-BatchNorm, with torch-uncertainty 0.13.0 semantics."""
 
 from jaxuq.calibration.bbq import bbq_apply, bbq_apply_probs, bbq_fit, bbq_fit_probs
@@ -23,6 +24,13 @@ from jaxuq.calibration.conformal import (
     thr_scores,
     thr_sets,
 )
+from jaxuq.calibration.conformal_regression import (
+    cqr_intervals,
+    cqr_quantile,
+    cqr_scores,
+    split_conformal_intervals,
+    split_conformal_quantile,
+)
 from jaxuq.calibration.deup import deup_features, deup_fit, deup_score
 from jaxuq.calibration.dirichlet import dirichlet_apply, dirichlet_fit
 from jaxuq.calibration.isotonic import isotonic_apply, isotonic_apply_probs, isotonic_fit, isotonic_fit_probs
@@ -45,7 +53,8 @@ __all__ = [
     "bbq_apply", "bbq_apply_probs", "bbq_fit", "bbq_fit_probs", "histogram_binning_apply",
     "histogram_binning_apply_probs", "histogram_binning_fit", "histogram_binning_fit_probs",
     "isotonic_apply", "isotonic_apply_probs", "isotonic_fit", "isotonic_fit_probs", "dirichlet_apply",
-    "dirichlet_fit",
+    "dirichlet_fit", "cqr_intervals", "cqr_quantile", "cqr_scores", "split_conformal_intervals",
+    "split_conformal_quantile",
 ]
 
 from jaxuq.calibration.mc_batch_norm import mc_batch_norm_fit  # noqa: E402

@@ -28,6 +28,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxuq._validate import check_int, check_labels, check_real, finite_logits
 from jaxuq.calibration.scaling import temperature_apply, temperature_fit
@@ -59,6 +60,8 @@ def conformal_quantile(scores, alpha: float, correction: str = "tu") -> jax.Arra
 
     ``correction="tu"``: ``torch.quantile(scores, 1 - alpha)`` (linear interpolation, float32).
     ``correction="finite_sample"``: the ``ceil((n+1)(1-alpha))``-th smallest score, or +inf.
+    ``correction="cqr"``: TU's ``ConformalRegCQR``, ``torch.quantile(scores, min(ceil((n+1)(1-alpha)) / n, 1),
+    interpolation="higher")`` (level and rank in float32 as torch).
     """
     _check_alpha(alpha)
     s = jnp.sort(jnp.asarray(scores, jnp.float32).ravel())
@@ -75,7 +78,10 @@ def conformal_quantile(scores, alpha: float, correction: str = "tu") -> jax.Arra
     if correction == "finite_sample":
         k = math.ceil((n + 1) * (1 - alpha))
         return jnp.float32(jnp.inf) if k > n else s[k - 1]
-    raise ValueError(f"correction must be 'tu' or 'finite_sample'; got {correction!r}")
+    if correction == "cqr":
+        level = np.float32(min(math.ceil((n + 1) * (1.0 - alpha)) / n, 1.0))
+        return s[int(np.ceil(level * np.float32(n - 1)))]
+    raise ValueError(f"correction must be 'tu', 'finite_sample' or 'cqr'; got {correction!r}")
 
 
 # ----------------------------------------------------------------------------- THR / LAC

@@ -2,7 +2,9 @@
 
 A loss is a pure function (or a frozen, hashable dataclass holding its hyper-parameters) of the
 model outputs and the targets, ``loss(outputs, targets) -> float32 scalar``, mean-reduced like
-torch's default. ``jaxuq.train.TrainConfig(loss_fn=...)`` takes any of them. The Bayesian ELBO
+torch's default. Classification losses take logits and class labels, the regression losses
+(``jaxuq.losses.regression``) a head's parameter dict or predictions and float targets.
+``jaxuq.train.TrainConfig(loss_fn=...)`` takes any of them. The Bayesian ELBO
 (``jaxuq.losses.bayesian``) also reads the KL terms of several forward samples.
 """
 
@@ -16,9 +18,14 @@ from jaxuq.losses.classification import (
     FocalLoss,
     cross_entropy,
 )
+from jaxuq.losses.regression import BetaNLL, DERLoss, DistributionNLLLoss, PinballLoss
 
 __all__ = [
     "BCEWithLogitsLSLoss",
+    "BetaNLL",
+    "DERLoss",
+    "DistributionNLLLoss",
+    "PinballLoss",
     "ConfidencePenaltyLoss",
     "ConflictualLoss",
     "CrossEntropyMaxSupLoss",

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxuq.losses._special import digamma, lgamma, log
+from jaxuq._special import digamma, lgamma, log
 
 __all__ = [
     "BCEWithLogitsLSLoss",

@@ -1,4 +1,5 @@
-"""jaxuq.metrics: torch-uncertainty 0.13.0's classification metric suite as pure JAX functions.
+"""jaxuq.metrics: torch-uncertainty 0.13.0's classification and regression metric suites as pure JAX
+functions (regression: :mod:`jaxuq.metrics.regression`).
 
 Every public function validates its inputs (shapes, NaN/inf, label ranges, probabilities summing to
 one) with one device->host check and raises ``ValueError`` naming the argument, then calls a
@@ -27,9 +28,41 @@ from jaxuq.metrics.classification import accuracy, brier_score, entropy, nll
 from jaxuq.metrics.complexity import count_flops, count_params
 from jaxuq.metrics.ensemble import disagreement, ensemble_entropy, mutual_information, variation_ratio
 from jaxuq.metrics.ood import auc, aupr, auroc, fpr95, fpr_at_tpr, tpr_at_fpr
+from jaxuq.metrics.regression import (
+    distribution_nll,
+    interval_coverage,
+    interval_score,
+    inverse_absolute_error,
+    inverse_squared_error,
+    log10_error,
+    mean_absolute_error,
+    mean_interval_width,
+    mean_squared_error,
+    mean_squared_log_error,
+    quantile_calibration_error,
+    relative_absolute_error,
+    relative_squared_error,
+    silog,
+    threshold_accuracy,
+)
 from jaxuq.metrics.selective import augrc, aurc, cov_at_risk, risk_at_cov, scod_metrics
 
 __all__ = [
+    "distribution_nll",
+    "interval_coverage",
+    "interval_score",
+    "inverse_absolute_error",
+    "inverse_squared_error",
+    "log10_error",
+    "mean_absolute_error",
+    "mean_interval_width",
+    "mean_squared_error",
+    "mean_squared_log_error",
+    "quantile_calibration_error",
+    "relative_absolute_error",
+    "relative_squared_error",
+    "silog",
+    "threshold_accuracy",
     "ECE_EDGES",
     "ReliabilityData",
     "accuracy",

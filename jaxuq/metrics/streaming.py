@@ -10,6 +10,8 @@ per-device states) gives the full-array answer whatever the batching:
 * **binned** (ECE, MCE, reliability data): :class:`BinnedState` = the 16-slot float32 sums of
   confidence and accuracy plus exact int32 counts; bin membership is per sample, so the state is
   batching-invariant up to float32 summation order.
+* **regression** (MAE, MSE, RMSE, DistributionNLL: :class:`SumState` over the target *elements*;
+  QuantileCalibrationError: :class:`CountState`, exact int32 counts per level).
 * **list type** (aECE, SmECE, AURC family, AUROC, AUPR, FPR@TPR, partial AUC, TPR@FPR): these
   need a global sort, so :class:`ListState` keeps the concatenated per-sample arrays (confidence
   and error, or score and OOD label; O(N) memory, like torchmetrics' list states) and ``compute``
@@ -50,6 +52,7 @@ from jaxuq.metrics import calibration as _cal
 from jaxuq.metrics import classification as _cls
 from jaxuq.metrics import ensemble as _ens
 from jaxuq.metrics import ood as _ood
+from jaxuq.metrics import regression as _reg
 from jaxuq.metrics import selective as _sel
 
 __all__ = [
@@ -78,6 +81,12 @@ __all__ = [
     "fpr_at_tpr",
     "auc",
     "tpr_at_fpr",
+    "CountState",
+    "mae",
+    "mse",
+    "rmse",
+    "distribution_nll",
+    "quantile_calibration_error",
 ]
 
 F32 = jnp.float32
@@ -403,3 +412,102 @@ def tpr_at_fpr(max_fpr: float) -> StreamingMetric:
     return _score_metric(
         lambda s, y: _ood._tpr_at_fpr_from_points(_ood.roc_points(s, y), float(max_fpr))
     )
+
+
+# ---------------------------------------------------------------------------- regression
+class CountState(NamedTuple):
+    covered: jax.Array  # int32 [K]: target elements inside each level's central interval
+    total: jax.Array  # int32 scalar
+
+
+def _row_mask(mask, shape):
+    """``mask [B]`` broadcast over the trailing axes of ``shape`` (all True without a mask)."""
+    if mask is None:
+        return jnp.ones(shape, bool)
+    return jnp.broadcast_to(jnp.reshape(mask, mask.shape + (1,) * (len(shape) - 1)), shape)
+
+
+def _elementwise_metric(err: Callable, compute=_mean_compute) -> StreamingMetric:
+    """Sum over the target elements of ``err(preds, targets)``; count = elements (torchmetrics' n_obs)."""
+
+    @jax.jit
+    def batch_sum(p, t, mask):
+        keep = _row_mask(mask, t.shape)
+        return jnp.sum(jnp.where(keep, err(p, t), 0.0)), jnp.sum(keep).astype(jnp.int32)
+
+    def update(state: SumState, preds, targets, mask=None) -> SumState:
+        p, t = _reg._pair(preds, targets)
+        total, count = batch_sum(p, t, _check_mask(mask, t.shape[0]))
+        return SumState(state.total + total, state.count + count)
+
+    return StreamingMetric(_sum_init, update, _sum_merge, compute)
+
+
+@functools.cache
+def mae() -> StreamingMetric:
+    """Streaming MAE; ``update(state, preds [B, ...], targets [B, ...])``."""
+    return _elementwise_metric(lambda p, t: jnp.abs(p - t))
+
+
+@functools.cache
+def mse() -> StreamingMetric:
+    """Streaming MSE; ``update(state, preds [B, ...], targets [B, ...])``."""
+    return _elementwise_metric(lambda p, t: (p - t) * (p - t))
+
+
+@functools.cache
+def rmse() -> StreamingMetric:
+    """Streaming RMSE (the state of :func:`mse`)."""
+    return _elementwise_metric(lambda p, t: (p - t) * (p - t), lambda s: jnp.sqrt(_mean_compute(s)))
+
+
+def _dist_args(params, targets, mixture: bool):
+    y = jnp.asarray(targets, F32)
+    lead = (1,) if mixture else ()
+    for k, v in params.items():
+        if jnp.ndim(v) != y.ndim + mixture or jnp.shape(v)[len(lead):] != y.shape:
+            want = ("[M, " if mixture else "[") + ", ".join(map(str, y.shape)) + "]"
+            raise ValueError(f"`params[{k!r}]` has shape {jnp.shape(v)}, expected {want} for targets "
+                             f"{y.shape}")
+    return {k: jnp.asarray(v, F32) for k, v in params.items()}, y
+
+
+@functools.cache
+def distribution_nll(family: str, mixture: bool = False) -> StreamingMetric:
+    """Streaming TU ``DistributionNLL``; ``update(state, params {name: [B, D]} ([M, B, D] for a mixture),
+    targets [B, D])``: the NaN-skipping sum of the samples' joint NLL over the number of target elements."""
+
+    @jax.jit
+    def batch_sum(params, y, mask):
+        nll = _reg.nll_per_sample(family, params, y, mixture)
+        keep = _row_mask(mask, nll.shape) & ~jnp.isnan(nll)
+        return jnp.sum(jnp.where(keep, nll, 0.0)), jnp.sum(_row_mask(mask, y.shape)).astype(jnp.int32)
+
+    def update(state: SumState, params, targets, mask=None) -> SumState:
+        params, y = _dist_args(params, targets, mixture)
+        total, count = batch_sum(params, y, _check_mask(mask, y.shape[0]))
+        return SumState(state.total + total, state.count + count)
+
+    return StreamingMetric(_sum_init, update, _sum_merge, _mean_compute)
+
+
+@functools.cache
+def quantile_calibration_error(family: str, num_bins: int = 15, norm: str = "l1",
+                               mixture: bool = False) -> StreamingMetric:
+    """Streaming TU ``QuantileCalibrationError``: exact per-level counts; ``update(state, params, targets)``
+    as :func:`distribution_nll`."""
+    _reg.qce_levels(num_bins)
+    batch = jax.jit(lambda p, y, mask: _reg.qce_counts(family, p, y, num_bins, mixture, mask))
+
+    def init() -> CountState:
+        return CountState(jnp.zeros((num_bins,), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def update(state: CountState, params, targets, mask=None) -> CountState:
+        params, y = _dist_args(params, targets, mixture)
+        covered, total = batch(params, y, _check_mask(mask, y.shape[0]))
+        return CountState(state.covered + covered, state.total + total)
+
+    def merge(a: CountState, b: CountState) -> CountState:
+        return CountState(a.covered + b.covered, a.total + b.total)
+
+    return StreamingMetric(init, update, merge, lambda s: _reg.qce_from_counts(family, *s, num_bins, norm))

@@ -29,7 +29,8 @@ __all__ = ["KEYS", "rank_metrics", "table_core"]
 
 F32 = jnp.float32
 
-#: jaxuq metric name -> TU 0.13.0 ``ClassificationRoutine`` test-table key (the only place they are spelt).
+#: jaxuq metric name -> TU 0.13.0 ``ClassificationRoutine`` / ``RegressionRoutine`` test-table key (the only
+#: place they are spelt).
 KEYS = {
     "acc": "test/cls/Acc", "brier": "test/cls/Brier", "nll": "test/cls/NLL", "entropy": "test/cls/Entropy",
     "ece": "test/cal/ECE", "mce": "test/cal/MCE", "aece": "test/cal/aECE", "smece": "test/cal/SmECE",
@@ -42,6 +43,9 @@ KEYS = {
     "ood_ens_disagreement": "ood/ens_Disagreement", "ood_ens_mi": "ood/ens_MI",
     "ood_ens_entropy": "ood/ens_Entropy",
     "flops": "test/cplx/flops", "params": "test/cplx/params",
+    # RegressionRoutine
+    "mae": "test/reg/MAE", "mse": "test/reg/MSE", "rmse": "test/reg/RMSE", "reg_nll": "test/reg/NLL",
+    "qce": "test/cal/QCE",
 }
 _SELECTIVE = {"AURC": "aurc", "AUGRC": "augrc", "Cov_5Risk": "cov_5risk", "Risk_80Cov": "risk_80cov"}
 

@@ -107,8 +107,9 @@ class Kind:
                           stride=stride, padding=pad, groups=groups, bias=bias, first=first, name=name)
 
     def dense(self, cin: int, cout: int, *, name: str, bias: bool = True, last: bool = False,
-              gamma: int | None = None, index: int = 0, **init) -> nn.Module:
-        """A dense layer ``cin -> cout`` of this kind (packed: ``last`` emits ``[(M B), cout]``)."""
+              first: bool = False, gamma: int | None = None, index: int = 0, **init) -> nn.Module:
+        """A dense layer ``cin -> cout`` of this kind (packed: ``first`` reads the plain input, ``last``
+        emits ``[(M B), cout]``)."""
         m = self.num_estimators
         if self.name in ("std", "mimo"):
             return nn.Dense(cout, use_bias=bias, name=name, **(init or torch_inits(self.torch_init, cin)))
@@ -117,7 +118,7 @@ class Kind:
         if self.name == "masked":
             return MaskedDense(cin, cout, m, self.scale, use_bias=bias, seed=(self.seed, index), name=name)
         return PackedDense(cin, cout, self.alpha, m, gamma=self.gamma if gamma is None else gamma, bias=bias,
-                           last=last, implementation=self.linear_implementation, name=name)
+                           first=first, last=last, implementation=self.linear_implementation, name=name)
 
     def inputs(self, x, train: bool):
         """TU's input handling: the eval-time repetition (batched/masked; also in training with

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     "vgg": "vgg:vgg",
     "packed_vgg": "vgg:packed_vgg",
     "bayesian_lenet": "bayesian_lenet:bayesian_lenet",
+    **{f"{form}mlp": f"mlp:{form}mlp" for form in ("", "packed_", "batched_", "mimo_", "bayesian_")},
 }
 
 

@@ -457,7 +457,9 @@ def _validation(model, data, cfg: TrainConfig, roles: MeshRoles, lowering, state
         return {"val_loss": float(M.nll(probs, y)), "val_acc": float(M.accuracy(probs, y))}
     if cfg.loss_fn is None:
         return {}
-    return {"val_loss": float(np.mean([cfg.loss_fn(o, y) for o in (out if stacked else [out])]))}
+    num = jax.tree.leaves(out)[0].shape[0] if stacked else 1  # outputs may be a head's parameter dict
+    members = [jax.tree.map(lambda a, m=m: a[m], out) for m in range(num)] if stacked else [out]
+    return {"val_loss": float(np.mean([cfg.loss_fn(o, y) for o in members]))}
 
 
 # ----------------------------------------------------------------------------- the run

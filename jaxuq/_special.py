@@ -1,5 +1,7 @@
-"""float32 ``log``, ``lgamma``, ``digamma`` and ``trigamma`` as torch computes them on CPU, for losses
-whose TU parity depends on them (``DECLoss``).
+"""float32 ``log``, ``lgamma``, ``digamma`` and ``trigamma`` as torch computes them on CPU, for losses and
+log-densities whose TU parity depends on them (``DECLoss``; Student-t, Gamma and NIG in
+:mod:`jaxuq.distributions`). A bottom-layer module (jax/numpy only), shared by ``jaxuq.losses`` and
+``jaxuq.distributions``.
 
 XLA's float32 ``lgamma`` is off by up to ~3 ulp (2.3e-5 at x = 40) and its ``log`` is not correctly
 rounded in ~5% of cases, while torch's (Sleef ``lgammaf_u10``, ``logf``) are nearly correctly rounded;
