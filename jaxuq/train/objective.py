@@ -19,6 +19,11 @@ an evidential loss annealed over epochs) is an :class:`Objective` (``TrainConfig
   classes, gives the step's ``correct`` count.
 
 An objective is part of the compiled step, so it must be hashable: a frozen dataclass.
+
+A loss that reads the step (TU's routine passes ``current_epoch`` to ``DECLoss``; ``ConflictualLoss``
+draws a class per call) says so with the class attribute ``uses_step_context = True`` and is called
+``loss_fn(outputs, targets, ctx=ctx)`` by :class:`LossObjective` and :class:`SampledLoss`
+(:func:`call_loss`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-__all__ = ["LossObjective", "Objective", "SampledLoss", "StepContext"]
+__all__ = ["LossObjective", "Objective", "SampledLoss", "StepContext", "call_loss"]
 
 
 class StepContext(NamedTuple):
@@ -54,15 +59,23 @@ class Objective(Protocol):
                  ctx: StepContext) -> tuple[jax.Array, dict]: ...
 
 
+def call_loss(loss_fn: Callable, outputs, targets, ctx: StepContext) -> jax.Array:
+    """``loss_fn(outputs, targets)``, or ``loss_fn(outputs, targets, ctx=ctx)`` for a loss with
+    ``uses_step_context = True`` (module doc)."""
+    if getattr(loss_fn, "uses_step_context", False):
+        return loss_fn(outputs, targets, ctx=ctx)
+    return loss_fn(outputs, targets)
+
+
 @dataclasses.dataclass(frozen=True)
 class LossObjective:
-    """The default objective: one train-mode forward, ``loss_fn(outputs, targets)``."""
+    """The default objective: one train-mode forward, ``loss_fn(outputs, targets)`` (:func:`call_loss`)."""
 
     loss_fn: Callable
 
     def __call__(self, apply, params, x, y, ctx):
         outputs, _ = apply(params, x)
-        return self.loss_fn(outputs, y), {"outputs": outputs}
+        return call_loss(self.loss_fn, outputs, y, ctx), {"outputs": outputs}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +101,6 @@ class SampledLoss:
         for k in jax.random.split(ctx.key, self.num_samples):  # sequential: BatchNorm stats thread through
             rngs = dict(zip(self.rngs, jax.random.split(k, len(self.rngs))))
             out, _ = apply(params, x, rngs)
-            losses.append(self.loss_fn(out, y))
+            losses.append(call_loss(self.loss_fn, out, y, ctx))
             outs.append(out)
         return jnp.mean(jnp.stack(losses)), {"outputs": jnp.mean(jnp.stack(outs), axis=0)}

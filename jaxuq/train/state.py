@@ -42,7 +42,7 @@ from jaxuq.data.pipeline import Preprocess
 from jaxuq.losses import cross_entropy
 from jaxuq.train.objective import LossObjective, Objective, StepContext
 
-__all__ = ["StepSettings", "TrainState", "create_train_state", "train_step"]
+__all__ = ["StepSettings", "TrainState", "create_train_state", "step_keys", "train_step"]
 
 
 class TrainState(train_state.TrainState):
@@ -141,6 +141,13 @@ def _constrain(settings: StepSettings, images, labels):
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), (images, labels))
 
 
+def step_keys(key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+    """``(augmentation key, dropout key)`` of step ``step`` of a state with run key ``key``: ``split(
+    fold_in(key, step))``; the dropout key is the objective's ``StepContext.key``."""
+    k_aug, k_drop = jax.random.split(jax.random.fold_in(key, step))
+    return k_aug, k_drop
+
+
 def train_step(state: TrainState, images, labels, settings: StepSettings):
     """One optimisation step: ``(state, inputs [B, ...], targets [B, ...]) -> (state, metrics)``.
 
@@ -149,7 +156,7 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     objective returns ``aux["outputs"]``.
     """
     images, labels = _constrain(settings, images, labels)
-    k_aug, k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))
+    k_aug, k_drop = step_keys(state.key, state.step)
     x = images if settings.preprocess is None else settings.preprocess.train(k_aug, images)
     if settings.format_batch is not None:
         x, labels = settings.format_batch(x, labels, jax.random.fold_in(k_aug, 1))
@@ -176,5 +183,6 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     metrics = {"loss": loss, "count": jnp.asarray(labels.shape[0], jnp.int32), "finite": finite}
     outputs = aux.get("outputs") if isinstance(aux, dict) else None
     if outputs is not None and jnp.issubdtype(labels.dtype, jnp.integer):
-        metrics["correct"] = jnp.sum(jnp.argmax(outputs, -1) == labels).astype(jnp.int32)
+        pred = (outputs[..., 0] > 0) if outputs.shape[-1] == 1 else jnp.argmax(outputs, -1)  # binary: p > 0.5
+        metrics["correct"] = jnp.sum(pred == labels).astype(jnp.int32)
     return new, metrics
