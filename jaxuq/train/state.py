@@ -42,13 +42,18 @@ from jaxuq.data.pipeline import Preprocess
 from jaxuq.losses import cross_entropy
 from jaxuq.train.objective import LossObjective, Objective, StepContext
 
-__all__ = ["StepSettings", "TrainState", "create_train_state", "step_keys", "train_step"]
+__all__ = ["CONSTANTS", "StepSettings", "TrainState", "create_train_state", "step_keys", "train_step"]
+
+#: the variable collection of model constants (Masksembles masks): carried, read-only, never trained
+CONSTANTS = "constants"
 
 
 class TrainState(train_state.TrainState):
-    """flax's TrainState plus ``batch_stats`` ({} if the model has none), ``key`` (typed PRNG key) and
+    """flax's TrainState plus ``batch_stats`` ({} if the model has none), ``key`` (typed PRNG key),
     ``extras``: a pytree for callback/transform state (EMA/SWA weights, snapshots; default ``{}``),
-    donated, sharded, checkpointed and resumed with the rest.
+    donated, sharded, checkpointed and resumed with the rest, and ``constants``: the model's
+    ``"constants"`` collection (Masksembles masks; default ``{}``), read by every forward pass and
+    never written (not trained, not mutable in the step), checkpointed with the rest.
 
     Ensembles: every leaf has a leading member axis ``[M, ...]`` (``step: [M]``, ``key: [M]``; extras
     too: build them from the state's leaves, e.g. ``jnp.zeros_like(state.step)`` for a counter)."""
@@ -56,11 +61,14 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     key: jax.Array
     extras: Any = struct.field(default_factory=dict)
+    constants: Any = struct.field(default_factory=dict)
 
     def variables(self) -> dict:
         v = {"params": self.params}
         if self.batch_stats:
             v["batch_stats"] = self.batch_stats
+        if self.constants:
+            v[CONSTANTS] = self.constants
         return v
 
 
@@ -76,6 +84,7 @@ def _create_one(model, tx, key, sample_input) -> TrainState:
         opt_state=tx.init(params),
         batch_stats=variables.get("batch_stats", {}),
         key=k_run,
+        constants=variables.get(CONSTANTS, {}),
     )
 
 
@@ -123,8 +132,9 @@ def _train_apply(state: TrainState, compute_dtype: str, default_rngs: dict):
             params = _cast_floats(params, compute_dtype)
             x = x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
         variables = {"params": params} | ({"batch_stats": holder["batch_stats"]} if state.batch_stats else {})
+        variables |= {CONSTANTS: state.constants} if state.constants else {}
         out, cols = state.apply_fn(variables, x, train=True, rngs=default_rngs if rngs is None else rngs,
-                                   mutable=nn.DenyList("params"))
+                                   mutable=nn.DenyList(("params", CONSTANTS)))
         cols = dict(cols)
         if "batch_stats" in cols:
             holder["batch_stats"] = _cast_floats(cols.pop("batch_stats"), jnp.float32)
