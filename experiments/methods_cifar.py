@@ -30,7 +30,8 @@ Config keys:
     them, the ResNet-18 forms the first ``resnet_seeds``.
   resnet_seeds: how many of ``seeds`` the ResNet-18 forms use.
   num_estimators: M of every ensemble form.
-  width: ResNet width multiplier (TU's ``width_multiplier``).
+  width: ResNet width multiplier (TU's ``width_multiplier``; ``masked_resnet18`` needs >= 0.25: TU refuses
+    Masksembles layers of fewer than 10 channels).
   epochs: training epochs (both sides).
   batch_size: training batch (must divide the training set: MIMO's fixed permutations need full batches).
   lr: SGD learning rate.
