@@ -33,7 +33,8 @@ Config keys:
   width: ResNet width multiplier (TU's ``width_multiplier``; ``masked_resnet18`` needs >= 0.25: TU refuses
     Masksembles layers of fewer than 10 channels).
   epochs: training epochs (both sides).
-  batch_size: training batch (must divide the training set: MIMO's fixed permutations need full batches).
+  batch_size: training batch (even, a multiple of num_estimators, dividing the training sets: the batched /
+    masked layers split it into M members, MIMO's fixed permutations need full batches).
   lr: SGD learning rate.
   cifar_train, cifar_test: CIFAR-10 subset images used (<= 5000 / 1000).
   mnist_train, mnist_test: MNIST images used (<= 60000 / 10000).
@@ -107,9 +108,11 @@ def _check(config: dict) -> None:
     for key in ("epochs", "batch_size", "num_estimators", "resnet_seeds"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"{key} must be a positive int; got {config[key]!r}")
-    for key in ("cifar_train", "mnist_train"):
-        if config[key] % config["batch_size"] or config["batch_size"] % 2:
-            raise ValueError(f"batch_size must be even and divide {key}; got {config['batch_size']}")
+    bs, m = config["batch_size"], config["num_estimators"]
+    for key in ("cifar_train", "mnist_train"):  # full batches that split into M members and MIMO's halves
+        if config[key] % bs or bs % 2 or bs % m:
+            raise ValueError(f"batch_size must be even, a multiple of num_estimators ({m}) and divide {key}; "
+                             f"got {bs}")
 
 
 def load_data(config: dict) -> dict:
