@@ -28,8 +28,24 @@ spread over sample orders, which the TU side records as ``T order spread`` (TU's
 set in its order and 5 seeded permutations: the same loss summed in other float32 orders). The ECE
 after scaling stays within 1e-4.
 
+The other post-hoc scalers (``scalers``) run on the same split, each fitted by TU 0.13.0's class (its
+defaults; calibration loader batches of 32 as above) and by jaxuq's ``*_fit`` / ``*_apply``, and scored
+by post-calibration ECE (15 bins) and NLL of the softmax of the calibrated logits: torchmetrics'
+``CalibrationError`` and TU's ``CategoricalNLL`` beside ``jaxuq.metrics.ece`` / ``nll``
+(``results["scalers"]``, rows ``results["scaler_comparison"]``). Histogram binning, isotonic regression
+and BBQ are deterministic; vector/matrix/Dirichlet scaling run TU's 200 fixed LBFGS steps, whose float32
+result is order-sensitive on these nearly separable logits (see ``tests/test_calibration_dirichlet.py``),
+so their |diff| measures that spread, not a port error. Measured (2026-12-06, the committed run): binning,
+isotonic and BBQ within 2.4e-7 on both models; vector scaling 4.0e-5 (NLL); matrix and Dirichlet, 110
+parameters fitted on the 100 calibration images, overfit on both sides (ECE 0.13-0.17) and end 2e-3 to
+6e-3 apart in ECE, with some evaluation probabilities underflowing to 0 (NLL inf) on one or both sides;
+at ``scaler_max_iter=30`` they are still 2e-6 (matrix) and 1.2e-3 (Dirichlet) apart. Their parity on a
+500-image split is in ``tests/test_calibration.py`` and ``tests/test_calibration_dirichlet.py``.
+
 Config keys:
   model: checkpoint name(s): "resnet20", "resnet56" (a string or a list).
+  scalers: other scalers run beside temperature scaling (a list of SCALERS' keys; [] for none).
+  scaler_max_iter: LBFGS steps of vector/matrix/Dirichlet scaling on both sides (null: TU's 200).
   n_images: real CIFAR-10 test images used (<= 1000).
   cal_fraction: share of them that calibrates (the tutorial's 1000 / 10000 = 0.1).
   batch_size: inference batch (the tutorial's 32; only speed depends on it).
@@ -51,6 +67,15 @@ from experiments._launch import launch_module
 from jaxuq.evaluation import predict
 
 PUBLISHED = {"ECE before": 0.108, "ECE after": 0.014}  # CIFAR-100 ResNet-20, the tutorial's print
+# scaler -> (TU 0.13.0 class in torch_uncertainty.post_processing, needs num_classes?, jaxuq fit / apply)
+SCALERS = {
+    "vector": ("VectorScaler", True, "vector"),
+    "matrix": ("MatrixScaler", True, "matrix"),
+    "dirichlet": ("DirichletScaler", True, "dirichlet"),
+    "histogram_binning": ("HistogramBinningScaler", False, "histogram_binning"),
+    "isotonic": ("IsotonicRegressionScaler", False, "isotonic"),
+    "bbq": ("BBQScaler", False, "bbq"),
+}
 
 
 def get_config() -> dict:
@@ -60,6 +85,8 @@ def get_config() -> dict:
         "cal_fraction": 0.1,
         "batch_size": 32,
         "compare_tu": True,
+        "scalers": list(SCALERS),
+        "scaler_max_iter": None,
         "seed": 0,
         "data_dir": None,
     }
@@ -67,7 +94,7 @@ def get_config() -> dict:
 
 # the full 1000 images even in CI: with 30 calibration images TU's 100 fixed LBFGS steps end 8e-4 (in T)
 # apart between its own float32 and float64 runs, so a 1e-4 comparison needs the tutorial's 100
-SMALL = {"model": ["resnet20"], "batch_size": 250}
+SMALL = {"model": ["resnet20"], "batch_size": 250, "scalers": ["histogram_binning", "isotonic"]}
 
 
 def _jaxuq(z_cal, y_cal, z_test, y_test):
@@ -87,16 +114,17 @@ def _jaxuq(z_cal, y_cal, z_test, y_test):
     return out, time.perf_counter() - t0, (np.asarray(p_before), np.asarray(p_after))
 
 
-def _tu_scaler(z_cal, y_cal):
-    """TU's ``TemperatureScaler`` fitted on the given calibration logits (loader batches of 32)."""
+def _tu_scaler(z_cal, y_cal, cls_name: str = "TemperatureScaler", **kw):
+    """TU's scaler ``cls_name`` (default ``TemperatureScaler``) fitted on the given calibration logits
+    (loader batches of 32)."""
     import logging
 
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-    from torch_uncertainty.post_processing import TemperatureScaler
+    from torch_uncertainty import post_processing
 
     cal = DataLoader(TensorDataset(torch.tensor(z_cal), torch.tensor(y_cal)), batch_size=32)
-    scaler = TemperatureScaler()
+    scaler = getattr(post_processing, cls_name)(**kw)
     logging.disable(logging.WARNING)
     try:
         scaler.fit(cal, progress=False)
@@ -136,6 +164,54 @@ def _tu(z_cal, y_cal, z_test, y_test):
     return out, seconds
 
 
+def _check_scalers(names) -> list[str]:
+    if not isinstance(names, list) or any(n not in SCALERS for n in names):
+        raise ValueError(f"scalers must be a list of {sorted(SCALERS)}; got {names!r}")
+    return names
+
+
+def _scaler_jaxuq(scaler: str, kw: dict, z_cal, y_cal, z_test, y_test) -> dict:
+    """jaxuq's ``<scaler>_fit`` on the calibration logits, ``<scaler>_apply`` on the evaluation ones:
+    ECE and NLL of their softmax."""
+    from jaxuq import calibration
+    from jaxuq.metrics import ece, nll
+
+    stem = SCALERS[scaler][2]
+    params = getattr(calibration, f"{stem}_fit")(z_cal, y_cal, **kw)
+    p = jax.nn.softmax(getattr(calibration, f"{stem}_apply")(params, z_test), -1)
+    return {"ECE": float(ece(p, y_test)), "NLL": float(nll(p, y_test))}
+
+
+def _scaler_tu(scaler: str, kw: dict, z_cal, y_cal, z_test, y_test) -> dict:
+    """TU's scaler class (defaults) fitted as the tutorial fits its TemperatureScaler; torchmetrics'
+    ECE (15 bins) and TU's ``CategoricalNLL`` of the softmax of its calibrated logits."""
+    import torch
+    from torch_uncertainty.metrics import CategoricalNLL
+    from torchmetrics import CalibrationError
+
+    cls_name, needs_c, _ = SCALERS[scaler]
+    s = _tu_scaler(z_cal, y_cal, cls_name, **({"num_classes": z_cal.shape[1]} if needs_c else {}), **kw)
+    with torch.no_grad():
+        p = s(torch.tensor(z_test)).softmax(-1)
+    yt = torch.tensor(y_test)
+    e = CalibrationError(task="multiclass", num_classes=z_test.shape[1])
+    return {"ECE": float(e(p, yt)), "NLL": float(CategoricalNLL()(p, yt))}
+
+
+def _scalers(name, config, args) -> tuple[dict, list[dict]]:
+    """Every scaler of ``config["scalers"]`` on one model's split ``args``: per side ECE/NLL and rows."""
+    out, rows = {}, []
+    steps = config["scaler_max_iter"]
+    for scaler in config["scalers"]:
+        kw = {"max_iter": steps} if steps is not None and SCALERS[scaler][1] else {}
+        jx = _scaler_jaxuq(scaler, kw, *args)
+        tu = _scaler_tu(scaler, kw, *args) if config["compare_tu"] else None
+        out[scaler] = {"jaxuq": jx, "tu": tu}
+        rows += [compare_row(f"{name}: {scaler} {k} after", jx[k], None if tu is None else tu[k])
+                 for k in ("ECE", "NLL")]
+    return out, rows
+
+
 def _model(name, config, x, y, cal, test, out_dir):
     """Logits of checkpoint ``name``; both sides on the split ``cal`` / ``test``; the two diagrams."""
     from jaxuq.report.plots import reliability_diagram
@@ -161,13 +237,15 @@ def _model(name, config, x, y, cal, test, out_dir):
         for k in ("T", "ECE before", "ECE after")
     ]
     rows.append(compare_row(f"{name}: accuracy (evaluation part)", jx["accuracy"]))
+    scalers, scaler_rows = _scalers(name, config, args)
     return {
         "n_cal": len(cal),
         "n_eval": len(test),
         "jaxuq": jx,
         "tu": tu,
+        "scalers": scalers,
         "seconds": {"jaxuq_fit_and_ece": t_jx, "tu_fit_and_ece": t_tu},
-    }, rows
+    }, rows, scaler_rows
 
 
 def run(config: dict, out_dir) -> tuple[dict, str]:
@@ -176,12 +254,17 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
     if not 20 <= n <= 1000:
         raise ValueError(f"n_images must be in [20, 1000]; got {n}")
     cal, test = _inputs.calibration_split(n, config["cal_fraction"], config["seed"])  # checks it first
+    _check_scalers(config["scalers"])
+    if config["scaler_max_iter"] is not None and not (isinstance(config["scaler_max_iter"], int)
+                                                     and config["scaler_max_iter"] >= 1):
+        raise ValueError(f"scaler_max_iter must be a positive int or null; got {config['scaler_max_iter']!r}")
     _, te = _inputs.load_cifar_heads(config["data_dir"])
     x, y = te["images"][:n], te["labels"][:n]
-    per_model, rows = {}, []
+    per_model, rows, scaler_rows = {}, [], []
     for name in names:
-        per_model[name], r = _model(name, config, x, y, cal, test, out_dir)
+        per_model[name], r, sr = _model(name, config, x, y, cal, test, out_dir)
         rows += r
+        scaler_rows += sr
     lines = [
         f"[{name}] ECE before scaling - {100 * m['jaxuq']['ECE before']:.3}%.  ECE after scaling - "
         f"{100 * m['jaxuq']['ECE after']:.3}%.  (T = {m['jaxuq']['T']:.4f}; calibration {m['n_cal']}, "
@@ -195,6 +278,9 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
             comparison_table(rows, "Temperature scaling: published (CIFAR-100 ResNet-20) | TU 0.13.0 | jaxuq")
         )
     )
+    if scaler_rows:
+        title = "Other scalers, post-calibration: TU 0.13.0 | jaxuq"
+        table += "\n" + render_text(comparison_table(scaler_rows, title))
     diffs = [r["abs_diff"] for r in rows if r["abs_diff"] is not None]
     results = {
         "substituted": [
@@ -205,6 +291,7 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         "models": per_model,
         "comparison": rows,
         "max_abs_diff": max(diffs) if diffs else None,
+        "scaler_comparison": scaler_rows,
     }
     return results, table
 

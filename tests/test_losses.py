@@ -167,16 +167,24 @@ def test_conflictual_loss_matches_tu_with_injected_class(monkeypatch, reduction,
     _check(torch, lambda z, t, k: ours(z, t, class_index=k), tu_with, cases, diag=reduction == "none")
 
 
-def test_conflictual_loss_draws_a_class_per_key_and_per_batch():
+def test_conflictual_loss_draws_a_class_per_key_and_needs_a_source():
+    """The class comes from ``class_index``, ``key`` or fit's step context: exactly one of them (no key
+    derived from the logits' bits)."""
+    from jaxuq.train import StepContext
+
     z, y = _data(3)
     loss = ConflictualLoss()
     drawn = {int(loss.class_index(jnp.asarray(z), jax.random.key(s))) for s in range(40)}
     assert drawn == set(range(C))  # uniform over all classes
-    keyless = {int(loss.class_index(jnp.asarray(_data(s)[0]))) for s in range(40)}
-    assert len(keyless) > 1  # without a key the draw still changes with the batch
     a = loss(z, y, key=jax.random.key(5))
     b = loss(z, y, class_index=loss.class_index(jnp.asarray(z), jax.random.key(5)))
     assert float(a) == float(b)
+    ctx = StepContext(key=jax.random.key(9), step=jnp.int32(3), steps_per_epoch=2)
+    k = loss.class_index(jnp.asarray(z), jax.random.fold_in(jax.random.key(9), ConflictualLoss.CLASS_KEY_TAG))
+    assert float(loss(z, y, ctx=ctx)) == float(loss(z, y, class_index=k))
+    for kw in ({}, {"key": jax.random.key(1), "class_index": 2}):
+        with pytest.raises(ValueError, match="exactly one"):
+            loss(z, y, **kw)
 
 
 FOCAL = [("none", g, a) for g in (0, 0.0, 0.5, 2, 3.5) for a in (False, True)] + \
@@ -323,7 +331,7 @@ def test_none_reduction_is_none():
     (lambda: ConfidencePenaltyLoss(reg_weight=-0.1), ValueError, "regularization weight"),
     (lambda: ConfidencePenaltyLoss(reduction=3), TypeError, "reduction"),
     (lambda: ConflictualLoss(reg_weight=-2), ValueError, "regularization weight"),
-    (lambda: ConflictualLoss(seed=1.5), TypeError, "seed"),
+    (lambda: ConflictualLoss(reg_weight="1"), TypeError, "reg_weight"),
     (lambda: FocalLoss(gamma=-1.0), ValueError, "gamma"),
     (lambda: FocalLoss(gamma="2"), TypeError, "gamma"),
     (lambda: FocalLoss(gamma=True), TypeError, "gamma"),
@@ -351,6 +359,8 @@ def test_bad_inputs_rejected():
         DECLoss(annealing_step=3)(z, y)
     with pytest.raises(TypeError, match="current_epoch"):
         DECLoss(annealing_step=3)(z, y, current_epoch=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        DECLoss(annealing_step=3)(z, y, current_epoch=1, ctx=object())
     with pytest.raises(NotImplementedError, match="mixup"):
         DECLoss()(z, np.eye(C, dtype=np.float32)[y])
     with pytest.raises(TypeError, match="targets"):
@@ -376,13 +386,13 @@ def test_losses_are_hashable_configs():
 
 
 # ------------------------------------------------------------------------- one fit step against TU
-def _tiny_model():
+def _tiny_model(c: int = C):
     import flax.linen as nn
 
     class Tiny(nn.Module):
         @nn.compact
         def __call__(self, x, train: bool = False):
-            return nn.Dense(C, name="fc")(x.reshape(x.shape[0], -1))
+            return nn.Dense(c, name="fc")(x.reshape(x.shape[0], -1))
 
     return Tiny()
 
@@ -414,6 +424,18 @@ def _fit_cases(torch):
     ]
 
 
+def _fit_classes(loss: ConflictualLoss, state_key, steps: int, steps_per_epoch: int, c: int) -> list[int]:
+    """The classes ``fit``'s steps 0..steps-1 draw for ``loss`` (its step key from the state's run key)."""
+    from jaxuq.train import StepContext
+    from jaxuq.train.state import step_keys
+
+    out = []
+    for s in range(steps):
+        ctx = StepContext(key=step_keys(state_key, s)[1], step=jnp.int32(s), steps_per_epoch=steps_per_epoch)
+        out.append(int(loss.class_index(jnp.zeros((1, c)), loss.step_key(ctx))))
+    return out
+
+
 def _tu_sgd_step(torch, tloss, w0, b0, x, y, lr):
     lin = torch.nn.Linear(w0.shape[0], w0.shape[1])
     with torch.no_grad():
@@ -429,8 +451,8 @@ def _tu_sgd_step(torch, tloss, w0, b0, x, y, lr):
 @pytest.mark.parity
 def test_each_loss_trains_one_fit_step_like_tu(monkeypatch):
     """``fit(loss_fn=loss)`` one SGD step on a linear model == TU's loss + ``torch.optim.SGD`` step
-    (loss and parameters <= 1e-5). ConflictualLoss draws its class inside fit's jitted step (keyless:
-    from the logits' bits), so TU is run with each class injected and must match for one of them."""
+    (loss and parameters <= 1e-5). ConflictualLoss draws its class inside fit's jitted step from the
+    step's key (``ConflictualLoss.step_key``); TU gets that class injected."""
     torch = require("torch")
     import optax
 
@@ -448,15 +470,96 @@ def test_each_loss_trains_one_fit_step_like_tu(monkeypatch):
         st = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
         st = st.replace(params=params, opt_state=tx.init(params))
         cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=8, loss_fn=jloss, quiet=True)
-        r = fit(model, (xu, y), cfg, init_state=st)
+        r = fit(model, (xu, y), cfg, init_state=jax.tree.map(jnp.copy, st))  # the state given is donated
         got = r.history[0]["train_loss"], np.asarray(r.state.params["fc"]["kernel"]), \
             np.asarray(r.state.params["fc"]["bias"])
-        refs = []
-        for k in range(C) if name == "conflictual" else [None]:
-            if k is not None:
-                monkeypatch.setattr(torch, "randint", lambda lo, hi, size, k=k, **kw: torch.full(size, k))
-            refs.append(_tu_sgd_step(torch, tloss, w0, b0, x, y, 0.5))
-        ref = min(refs, key=lambda t: abs(t[0] - got[0]))
+        if name == "conflictual":
+            k = _fit_classes(jloss, st.key, 1, 1, C)[0]
+            monkeypatch.setattr(torch, "randint", lambda lo, hi, size, k=k, **kw: torch.full(size, k))
+        ref = _tu_sgd_step(torch, tloss, w0, b0, x, y, 0.5)
         assert abs(got[0] - ref[0]) <= 1e-5, (name, got[0], ref[0])
         np.testing.assert_allclose(got[1], ref[1], atol=1e-5, err_msg=name)
         np.testing.assert_allclose(got[2], ref[2], atol=1e-5, err_msg=name)
+
+
+class _EpochOrders:
+    """A torch sampler serving the engine's order of each epoch (``epoch_permutation``) in turn."""
+
+    def __init__(self, orders):
+        self.orders, self.epoch = orders, 0
+
+    def __iter__(self):
+        order = self.orders[self.epoch]
+        self.epoch += 1
+        return iter(order.tolist())
+
+    def __len__(self):
+        return len(self.orders[0])
+
+
+def _tu_routine_fit(torch, tloss, w0, b0, x, y, orders, batch_size, lr, num_classes):
+    """TU's ``ClassificationRoutine`` + ``TUTrainer.fit`` of a linear model for ``len(orders)`` epochs
+    (the engine's batches in its order): the routine passes ``current_epoch`` to DECLoss and squeezes
+    the logits / casts the targets of its binary task (``num_classes=1``). Returns (weight [in, out], bias)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch_uncertainty.routines import ClassificationRoutine
+
+    from experiments._tu import tu_trainer
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(w0.shape[0], w0.shape[1]))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(w0.T))
+        model[1].bias.copy_(torch.tensor(b0))
+    routine = ClassificationRoutine(model=model, num_classes=num_classes, loss=tloss,
+                                    optim_recipe={"optimizer": torch.optim.SGD(model.parameters(), lr=lr)})
+    data = TensorDataset(torch.tensor(x), torch.tensor(y))
+    loader = DataLoader(data, batch_size=batch_size, sampler=_EpochOrders(orders))
+    tu_trainer(max_epochs=len(orders), num_sanity_val_steps=0, limit_val_batches=0).fit(
+        routine, train_dataloaders=loader)
+    return model[1].weight.detach().numpy().T, model[1].bias.detach().numpy()
+
+
+@pytest.mark.parity
+def test_step_context_losses_over_two_epochs_like_tu_routine(monkeypatch):
+    """Two epochs of two steps each through ``fit`` == TU's ``ClassificationRoutine`` + ``TUTrainer`` on the
+    same batches: ``DECLoss(annealing_step=2)`` gets fit's epoch (KL weight 0, then 1/2, as TU's
+    ``current_epoch``), ``ConflictualLoss`` the classes fit's step keys draw (injected into TU's
+    ``torch.randint``), ``BCEWithLogitsLSLoss`` TU's binary routine (a model of output width 1, labels
+    0/1). Parameters after the 4 steps within 1e-5."""
+    torch = require("torch")
+    require("torch_uncertainty")
+    import optax
+    from torch_uncertainty import losses as L
+
+    from jaxuq.data import epoch_permutation
+    from jaxuq.train import TrainConfig, create_train_state, fit
+
+    rng = np.random.default_rng(3)
+    n, bs, epochs = 8, 4, 2
+    xu = rng.integers(0, 256, (n, 4, 4, 1)).astype(np.uint8)
+    x = xu.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # fit's default Preprocess(): x / 255
+    k_data = jax.random.split(jax.random.key(0))[1]  # fit's data key (seed 0)
+    orders = [np.asarray(epoch_permutation(k_data, e, n)) for e in range(epochs)]
+    cases = [("dec", C, DECLoss(annealing_step=2, loss_type="log"), L.DECLoss(annealing_step=2, loss_type="log")),
+             ("conflictual", C, ConflictualLoss(0.7), L.ConflictualLoss(0.7)),
+             ("bce_binary", 1, BCEWithLogitsLSLoss(0.1), L.BCEWithLogitsLSLoss(0.1))]
+    for name, c, jloss, tloss in cases:
+        y = rng.integers(0, max(c, 2), n)
+        w0 = (rng.normal(size=(16, c)) * 2).astype(np.float32)
+        b0 = rng.normal(size=c).astype(np.float32)
+        model, tx = _tiny_model(c), optax.sgd(0.5)
+        params = {"fc": {"kernel": jnp.asarray(w0), "bias": jnp.asarray(b0)}}
+        st = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+        st = st.replace(params=params, opt_state=tx.init(params))
+        if name == "conflictual":
+            queue = _fit_classes(jloss, st.key, epochs * 2, 2, c)
+            monkeypatch.setattr(torch, "randint", lambda lo, hi, size, q=queue, **kw: torch.full(size, q.pop(0)))
+        cfg = TrainConfig(optimizer=tx, epochs=epochs, batch_size=bs, loss_fn=jloss, quiet=True)
+        r = fit(model, (xu, y), cfg, init_state=jax.tree.map(jnp.copy, st))
+        tw, tb = _tu_routine_fit(torch, tloss, w0, b0, x, y, orders, bs, 0.5, c)
+        assert name != "conflictual" or not queue  # TU drew one class per step
+        err = max(np.abs(np.asarray(r.state.params["fc"]["kernel"]) - tw).max(),
+                  np.abs(np.asarray(r.state.params["fc"]["bias"]) - tb).max())
+        moved = np.abs(np.asarray(r.state.params["fc"]["kernel"]) - w0).max()
+        print(f"{name}: params max|diff| {err:.2e} after {epochs * 2} steps (moved {moved:.2f})")
+        assert moved > 1e-2 and err <= 1e-5, (name, err)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxuq.models.lenet import lenet
+from jaxuq.models.resnet import resnet
 from jaxuq.nn.init import torch_bias_init, torch_kernel_init
 
 # LeNet(1, 10): flax leaf -> fan_in of its layer (in_channels/groups * kh * kw, or in_features)
@@ -59,3 +60,18 @@ def test_lenet_default_init_unchanged():
     """``torch_init=False`` keeps Flax's initialisers (zero biases)."""
     params = lenet(1, 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
     assert all(not np.any(np.asarray(params[k]["bias"])) for k in FAN_IN)
+
+
+def test_resnet_torch_init_follows_torch_law():
+    """``resnet(torch_init=True)`` (the plain form, as TU's ensemble forms) draws the stem conv and the
+    head from torch's law; the default keeps Flax's (lecun-normal kernels fail the uniform check)."""
+
+    x = jnp.zeros((1, 8, 8, 3))
+    params = resnet(3, 10, 18, style="cifar", width_multiplier=0.25, torch_init=True).init(
+        jax.random.key(0), x)["params"]
+    _check_uniform(params["conv1"]["kernel"], 1 / math.sqrt(27), "conv1.kernel")
+    _check_uniform(params["linear"]["kernel"], 1 / math.sqrt(128), "linear.kernel")
+    _check_uniform(params["linear"]["bias"], 1 / math.sqrt(128), "linear.bias")
+    flax_params = resnet(3, 10, 18, style="cifar", width_multiplier=0.25).init(jax.random.key(0), x)["params"]
+    with pytest.raises(AssertionError):
+        _check_uniform(flax_params["linear"]["kernel"], 1 / math.sqrt(128), "flax linear.kernel")

@@ -84,6 +84,25 @@ def test_mimo_needs_its_member_count(tmp_path):
     assert np.asarray(res["variables"]["params"]["conv1"]["kernel"]).shape == (3, 3, 9, 16)
 
 
+def test_mimo_checkpoints_cannot_say_their_member_count():
+    """Why MIMO keeps ``--arch mimo_resnet -k num_estimators=M``: TU's MIMO state dict is key for key and
+    shape for shape a plain ``resnet`` with M·in channels and M·C classes, and a TU Lightning checkpoint of
+    the training routine adds nothing (``MIMOBatchFormat`` holds no tensor; the routine saves no
+    hyper-parameters). So M=3 on 3 channels / 10 classes reads exactly like M=1 on 9 / 30."""
+    torch = require("torch")
+    from torch_uncertainty.models import classification as tu
+    from torch_uncertainty.routines import ClassificationRoutine
+    from torch_uncertainty.transforms import MIMOBatchFormat
+
+    mimo = tu.mimo_resnet(in_channels=3, num_classes=10, arch=20, num_estimators=3, style="cifar")
+    plain = tu.resnet(in_channels=9, num_classes=30, arch=20, style="cifar", conv_bias=True)
+    shapes = lambda sd: {k: tuple(v.shape) for k, v in sd.items()}  # noqa: E731
+    assert shapes(mimo.state_dict()) == shapes(plain.state_dict())
+    routine = ClassificationRoutine(model=mimo, num_classes=10, loss=torch.nn.CrossEntropyLoss(),
+                                    is_ensemble=True, format_batch_fn=MIMOBatchFormat(3, rho=0.5))
+    assert shapes(routine.state_dict()) == {f"model.{k}": v for k, v in shapes(plain.state_dict()).items()}
+
+
 def test_configurations_that_fail_in_tu_are_refused():
     import jax
     import jax.numpy as jnp

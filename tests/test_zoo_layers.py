@@ -146,12 +146,12 @@ def test_masked_resnet_masks_follow_tu_construction_order(monkeypatch):
     tm = tu_masked_resnet(3, 10, 50, 2, 2.5, style="cifar", width_multiplier=0.25)
     sd = {k: v.numpy() for k, v in tm.state_dict().items() if k.endswith("mask.masks")}
     module = masked_resnet(3, 10, 50, 2, 2.5, style="cifar", width_multiplier=0.25, seed=5)
-    masks = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["batch_stats"]
+    masks = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["constants"]
     got = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]:
         names = tuple(str(p.key) for p in path)
         if names[-1] == "masks":
-            got[flax_leaf_to_torch("batch_stats", names, 2)[0]] = np.asarray(leaf)
+            got[flax_leaf_to_torch("constants", names, 2)[0]] = np.asarray(leaf)
     assert count[0] == len(sd) == len(got) == 53  # 16 bottlenecks x 3 convs + 4 shortcuts + the head
     for k, ref in sd.items():
         np.testing.assert_array_equal(got[k], ref, err_msg=k)
@@ -174,10 +174,10 @@ def test_masked_layers_match_tu(monkeypatch):
         refc = conv(torch.from_numpy(_nchw(xc))).numpy().transpose(0, 2, 3, 1)
     p = {k: v.detach().numpy() for k, v in lin.state_dict().items()}
     v = {"params": {"linear": {"kernel": p["linear.weight"].T, "bias": p["linear.bias"]}},
-         "batch_stats": {"mask": {"masks": p["mask.masks"].astype(np.float32)}}}
+         "constants": {"mask": {"masks": p["mask.masks"].astype(np.float32)}}}
     pc = {k: v.detach().numpy() for k, v in conv.state_dict().items()}
     vc = {"params": {"conv": {"kernel": pc["conv.weight"].transpose(2, 3, 1, 0), "bias": pc["conv.bias"]}},
-          "batch_stats": {"mask": {"masks": pc["mask.masks"].astype(np.float32)}}}
+          "constants": {"mask": {"masks": pc["mask.masks"].astype(np.float32)}}}
     got = MaskedDense(20, 5, 2, 2.0).apply(v, x)
     gotc = MaskedConv(12, 6, 3, 3, 1.5, padding=1).apply(vc, xc)
     assert float(np.abs(np.asarray(got) - ref).max()) <= 1e-6
@@ -206,3 +206,35 @@ def test_mask_search_is_bounded(monkeypatch):
     monkeypatch.setattr(masksembles, "MAX_TRIES", 0)
     with pytest.raises(ValueError, match="would loop forever"):
         generation_wrapper(32, 2, 2.0, np.random.default_rng(0))
+
+
+def test_masks_are_constants_carried_by_fit_and_checkpoints(tmp_path):
+    """Masks live in the ``constants`` collection (not ``batch_stats``): fit applies them read-only,
+    checkpoints them, and a resumed run gets the masks it was started with (here masks other than the
+    seed's, as a converted TU checkpoint has), not freshly drawn ones."""
+    import flax.linen as nn
+    import optax
+
+    from jaxuq.train import TrainConfig, create_train_state, fit
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = x if train else jnp.tile(x, (2, 1))  # TU's eval-time repetition
+            return MaskedDense(12, 3, num_estimators=2, scale=2.0, name="fc")(x)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 12)).astype(np.float32), rng.integers(0, 3, 8)
+    model, tx = Net(), optax.sgd(0.1)
+    st = create_train_state(model, tx, jax.random.key(0), jnp.zeros((2, 12)))
+    seeded = np.asarray(st.constants["fc"]["mask"]["masks"])
+    assert not st.batch_stats and seeded.shape == (2, 12)
+    other = np.ascontiguousarray(seeded[::-1])  # not the seed's masks
+    st = st.replace(constants={"fc": {"mask": {"masks": jnp.asarray(other)}}})
+    cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=4, preprocess=None, quiet=True)
+    r = fit(model, (x, y), cfg, workdir=tmp_path, init_state=st)
+    np.testing.assert_array_equal(np.asarray(r.state.constants["fc"]["mask"]["masks"]), other)
+    assert set(r.state.variables()) == {"params", "constants"}
+    resumed = fit(model, (x, y), cfg.replace(epochs=2), workdir=tmp_path)  # a fresh state, then the checkpoint
+    assert resumed.resumed_from is not None
+    np.testing.assert_array_equal(np.asarray(resumed.state.constants["fc"]["mask"]["masks"]), other)

@@ -1,7 +1,7 @@
 """Parameter counts of every TU classification model jaxuq registers equal TU 0.13.0's, per form, arch and
 style: TU's module is built on torch's ``meta`` device (no memory, no init), jaxuq's variables through
 ``jax.eval_shape``. TU counts a Masksembles mask as a (``requires_grad=False``) parameter; jaxuq keeps it
-as state in ``batch_stats``: the trainable counts are compared, and the masks' sizes separately."""
+as the ``constants`` collection: the trainable counts are compared, and the masks' sizes separately."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_param_counts_equal_tu(name, kw):
     size = 32 if kw.get("style") == "cifar" else (28 if "lenet" in name else 64)
     v = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, kw["in_channels"]))))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(v["params"]))
-    masks = [x for p, x in jax.tree_util.tree_flatten_with_path(v.get("batch_stats", {}))[0]
+    masks = [x for p, x in jax.tree_util.tree_flatten_with_path(v.get("constants", {}))[0]
              if str(p[-1].key) == "masks"]
     assert n_params == tu_trainable
     assert sum(math.prod(x.shape) for x in masks) == tu_masks

@@ -69,7 +69,7 @@ def _step(name, kw, xu, y, lr=0.1, tu_format=None, jx_format=None, tu_dtype="flo
     params = jax.tree.map(jnp.asarray, v["params"])
     st = TrainState(step=jnp.zeros((), jnp.int32), apply_fn=module.apply, params=params, tx=tx,
                     opt_state=tx.init(params), batch_stats=jax.tree.map(jnp.asarray, v.get("batch_stats", {})),
-                    key=jax.random.key(0))
+                    key=jax.random.key(0), constants=jax.tree.map(jnp.asarray, v.get("constants", {})))
     cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=len(xu), format_batch=jx_format, quiet=True)
     r = fit(module, (xu, y), cfg, init_state=st)
     assert r.history[0]["step"] == 1
@@ -105,8 +105,10 @@ def test_masked_resnet_step_masks_untouched():
     xu, y = _images(8)
     kw = dict(in_channels=3, num_classes=10, arch=20, num_estimators=2, scale=2.0, style="cifar")
     r, after = _step("masked_resnet", kw, xu, y)
-    np.testing.assert_array_equal(np.asarray(r.state.batch_stats["linear"]["mask"]["masks"]),
-                                  after["batch_stats"]["linear"]["mask"]["masks"])
+    np.testing.assert_array_equal(np.asarray(r.state.constants["linear"]["mask"]["masks"]),
+                                  after["constants"]["linear"]["mask"]["masks"])
+    assert not any("masks" in jax.tree_util.keystr(p) for p, _ in
+                   jax.tree_util.tree_flatten_with_path(r.state.batch_stats)[0])  # BN statistics only
 
 
 @pytest.mark.parametrize("batch_repeat", [1, 2])

@@ -292,7 +292,7 @@ def flax_leaf_to_torch(collection: str, names: tuple[str, ...], ndim: int) -> tu
             return f"{base}.{leaf}" if base else leaf, Entry(path, torch_ndim=ndim)
     if collection == "batch_stats" and leaf in ("mean", "var"):
         return f"{base}.running_{leaf}", Entry(path, torch_ndim=1)
-    if collection == "batch_stats" and leaf == "masks":
+    if collection == "constants" and leaf == "masks":
         return f"{base}.masks", Entry(path, name="id (0/1)", torch_ndim=2, check=_binary)
     raise ValueError(f"no torch key rule for Flax leaf {collection}/{'/'.join(names)} ({ndim}-d)")
 

@@ -5,7 +5,7 @@ The table is generated from the Flax template (:func:`converters.mappings.templa
 ==============================================  ======================================  ============
 Flax leaf                                       torch key                               transform
 ==============================================  ======================================  ============
-``batch_stats/<p>/mask/masks`` [M, C]           ``<p>.mask.masks`` (M, C), float64 0/1  id (checked)
+``constants/<p>/mask/masks`` [M, C]             ``<p>.mask.masks`` (M, C), float64 0/1  id (checked)
 ``params/<p>/conv/kernel``, ``conv/bias``       ``<p>.conv.weight``, ``<p>.conv.bias``  oihw->hwio
 ``params/<p>/linear/kernel``, ``linear/bias``   ``<p>.linear.weight``, ``.linear.bias`` .T
 plain conv / BatchNorm leaves                   as in the ``resnet`` family             --

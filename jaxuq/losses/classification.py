@@ -8,13 +8,20 @@ wrong type, ``ValueError`` for a value out of range or NaN/inf, naming the argum
 messages where TU checks); inputs are checked on their shapes and dtypes only (values are traced).
 Array-valued hyper-parameters (class weights) are stored as tuples so the loss stays hashable.
 
+**Losses that read the training step.** A loss with the class attribute ``uses_step_context = True``
+(:class:`DECLoss`: TU's ``current_epoch``; :class:`ConflictualLoss`: TU's random class) is called by
+``fit``'s objective as ``loss(outputs, targets, ctx=ctx)`` with the step's
+:class:`jaxuq.train.StepContext` (``ctx.epoch``: the 0-based epoch, Lightning's ``current_epoch``;
+``ctx.key``: the step's key). Only these two attributes are read, so this package needs no
+``jaxuq.train`` import.
+
 =============================  ============================================================
 TU 0.13.0                      jaxuq
 =============================  ============================================================
 ``nn.CrossEntropyLoss``        :func:`cross_entropy` (``weight``, ``label_smoothing``, ``reduction``)
-``DECLoss``                    :class:`DECLoss` (``current_epoch`` is a call argument, as in TU)
+``DECLoss``                    :class:`DECLoss` (``current_epoch``: a call argument, or ``fit``'s epoch)
 ``ConfidencePenaltyLoss``      :class:`ConfidencePenaltyLoss`
-``ConflictualLoss``            :class:`ConflictualLoss` (the random class: ``class_index=`` / ``key=``)
+``ConflictualLoss``            :class:`ConflictualLoss` (``class_index=`` / ``key=`` / ``fit``'s key)
 ``FocalLoss``                  :class:`FocalLoss`
 ``BCEWithLogitsLSLoss``        :class:`BCEWithLogitsLSLoss`
 ``CrossEntropyMaxSupLoss``     :class:`CrossEntropyMaxSupLoss`
@@ -43,6 +50,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -171,8 +179,12 @@ class DECLoss:
     ignored, as in TU), else by ``reg_weight``, else 0.
 
     ``current_epoch`` (a call argument, as in TU's ``forward``) may be a Python int or a traced integer
-    scalar; it is required when ``annealing_step`` is set. Soft (mixup) targets are not supported.
+    scalar; it is required when ``annealing_step`` is set. Through ``fit`` it is the step's epoch
+    (``ctx.epoch``, 0-based like Lightning's ``current_epoch``, which TU's routine passes). Soft
+    (mixup) targets are not supported.
     """
+
+    uses_step_context: ClassVar[bool] = True
 
     annealing_step: float | None = None
     reg_weight: float | None = None
@@ -226,8 +238,13 @@ class DECLoss:
         second = jnp.sum((kl_alpha - 1) * (dg[:, :-1] - dg[:, -1:]), axis=-1)
         return first + second
 
-    def __call__(self, evidence: jax.Array, targets: jax.Array, current_epoch=None) -> jax.Array:
-        """``evidence [N, C]``, ``targets [N]`` int -> float32 (``[N]`` for ``"none"``)."""
+    def __call__(self, evidence: jax.Array, targets: jax.Array, current_epoch=None, *, ctx=None) -> jax.Array:
+        """``evidence [N, C]``, ``targets [N]`` int -> float32 (``[N]`` for ``"none"``); ``ctx``: ``fit``'s
+        step context, whose ``epoch`` is the current epoch (give ``current_epoch`` or ``ctx``, not both)."""
+        if ctx is not None:
+            if current_epoch is not None:
+                raise ValueError("DECLoss: give `current_epoch` or `ctx`, not both")
+            current_epoch = ctx.epoch
         coef = self._coefficient(current_epoch)
         if jnp.ndim(targets) != 1:
             raise NotImplementedError("DECLoss does not yet support mixup/cutmix.")
@@ -269,38 +286,46 @@ class ConflictualLoss:
     ``k ~ U{0..C-1}`` drawn per call (TU: ``torch.randint`` inside ``forward``).
 
     The class is ``class_index`` if given (an int or int scalar array: inject TU's draw), else drawn with
-    ``key`` (a typed PRNG key; ``fit``'s objective passes its step key in phase 2). Called as a plain
-    ``loss(logits, targets)`` (today's ``fit``), the key is ``key(seed)`` folded with a hash of the
-    logits' bits, so each step still draws its own class, deterministically.
+    ``key`` (a typed PRNG key), else, through ``fit``, from the step's key: ``key = fold_in(ctx.key,``
+    :data:`CLASS_KEY_TAG` ``)``, so each step draws its own class and a run is reproducible from its seed.
+    Exactly one of the three is needed.
     """
+
+    uses_step_context: ClassVar[bool] = True
+    #: ``fit``'s class key is ``fold_in(ctx.key, CLASS_KEY_TAG)`` (apart from the step's dropout key)
+    CLASS_KEY_TAG: ClassVar[int] = 0x636C61
 
     reg_weight: float = 1.0
     reduction: str | None = "mean"
-    seed: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "reduction", _reduction(self.reduction))
         _real("reg_weight", self.reg_weight, message=(
             f"The regularization weight should be non-negative, but got {self.reg_weight}."))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise TypeError(f"`seed` must be an int, got {type(self.seed).__name__}")
 
-    def class_index(self, logits: jax.Array, key=None) -> jax.Array:
-        """The drawn class (int32 scalar) for ``logits [N, C]``."""
-        if key is None:
-            bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(logits), jnp.uint32)
-            key = jax.random.fold_in(jax.random.key(self.seed), jnp.sum(bits, dtype=jnp.uint32))
-        return jax.random.randint(key, (), 0, logits.shape[-1], dtype=jnp.int32)
+    def class_index(self, logits: jax.Array, key: jax.Array) -> jax.Array:
+        """The class (int32 scalar) drawn with ``key`` for ``logits [N, C]``: ``U{0..C-1}``."""
+        return jax.random.randint(key, (), 0, jnp.shape(logits)[-1], dtype=jnp.int32)
 
-    def __call__(self, logits: jax.Array, targets: jax.Array, *, key=None, class_index=None) -> jax.Array:
+    @classmethod
+    def step_key(cls, ctx) -> jax.Array:
+        """The key ``fit``'s step ``ctx`` draws the class with."""
+        return jax.random.fold_in(ctx.key, cls.CLASS_KEY_TAG)
+
+    def __call__(self, logits: jax.Array, targets: jax.Array, *, key=None, class_index=None,
+                 ctx=None) -> jax.Array:
         """``logits [N, C]``, ``targets [N]`` int -> float32 (``[N]`` for ``"none"``)."""
         logits, targets = _inputs(logits, targets)
-        if class_index is None:
-            k = self.class_index(logits, key)
-        else:
+        given = [n for n, v in (("class_index", class_index), ("key", key), ("ctx", ctx)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("ConflictualLoss draws a random class each call: give exactly one of "
+                             f"`class_index`, `key` or `ctx` (fit passes its step context), got {given}")
+        if class_index is not None:
             k = jnp.asarray(class_index)
             if k.ndim != 0 or not jnp.issubdtype(k.dtype, jnp.integer):
                 raise TypeError(f"`class_index` must be an integer scalar, got {k.dtype} shape {k.shape}")
+        else:
+            k = self.class_index(logits, key if key is not None else self.step_key(ctx))
         ce = cross_entropy(logits, targets, reduction=self.reduction)
         reg = -jnp.take(jax.nn.log_softmax(logits, axis=-1), k.astype(jnp.int32), axis=-1)
         return ce + self.reg_weight * _reduce(reg, self.reduction)
@@ -335,7 +360,10 @@ class BCEWithLogitsLSLoss:
     """TU's binary cross-entropy on logits with label smoothing: targets ``t (1 - e) + e / 2``, loss
     ``-(t log s(x) + (1 - t) log s(-x))`` times ``weight`` (broadcast against the loss), then reduced.
 
-    ``logits`` and ``targets`` have the same shape (any), targets in [0, 1] (int or float).
+    ``logits`` and ``targets`` have the same shape (any), targets in [0, 1] (int or float). TU's binary
+    routine (``num_classes=1``: ``fit`` on a model of output width 1 with 0/1 labels): logits ``[N, 1]``
+    and targets ``[N]``, the logits squeezed to ``[N]`` and the targets cast to float as TU's
+    ``ClassificationRoutine.training_step`` does.
     """
 
     label_smoothing: float = 0.0
@@ -352,6 +380,8 @@ class BCEWithLogitsLSLoss:
         logits, targets = jnp.asarray(logits), jnp.asarray(targets)
         if not jnp.issubdtype(logits.dtype, jnp.floating):
             raise ValueError(f"`logits` must be a float array, got {logits.dtype}")
+        if logits.ndim == 2 and logits.shape[1] == 1 and targets.shape == logits.shape[:1]:
+            logits = logits[:, 0]  # TU's binary routine: logits.squeeze(-1), target.float()
         if targets.shape != logits.shape:
             raise ValueError(f"`targets` must have the shape of `logits` {logits.shape}, got {targets.shape}")
         x = logits.astype(jnp.float32)

@@ -128,9 +128,10 @@ class ResNet(nn.Module):
     groups: int = 1
     style: str = "imagenet"
     activation: str = "relu"
+    torch_init: bool = False  # the plain form: Flax's initialisers (True: torch's default law, as TU)
 
     def kind(self) -> Kind:
-        return _STD
+        return _STD if not self.torch_init else Kind("std", torch_init=True)
 
     def _stem(self, kind: Kind, base: int, x):
         own, use_groups, use_bias = _STEM[kind.name]
@@ -243,11 +244,13 @@ def _repeat(strategy: str) -> str:
 
 def resnet(in_channels: int, num_classes: int, arch: int, conv_bias: bool = False, dropout_rate: float = 0.0,
            width_multiplier: float = 1.0, groups: int = 1, style: str = "imagenet",
-           activation: str = "relu") -> ResNet:
-    """TU ``resnet`` (same arguments; ``style`` as a string, ``activation`` by name)."""
+           activation: str = "relu", torch_init: bool = False) -> ResNet:
+    """TU ``resnet`` (same arguments; ``style`` as a string, ``activation`` by name). ``torch_init``: draw
+    the fresh weights from torch's default law as TU's model does (default: Flax's initialisers, as
+    before; the ensemble forms always use TU's law)."""
     _check_arch(arch, _style(style))
     return ResNet(in_channels, num_classes, int(arch), conv_bias, dropout_rate, width_multiplier, groups,
-                  _style(style), activation)
+                  _style(style), activation, bool(torch_init))
 
 
 def batched_resnet(in_channels: int, num_classes: int, arch: int, num_estimators: int, conv_bias: bool = True,

@@ -14,11 +14,13 @@ layer draws its masks from ``np.random.default_rng(seed)``: the masks are a pure
 search that does not finish in ``MAX_TRIES`` steps raises ``ValueError`` instead of looping forever.
 
 **Storage.** The masks are a non-trainable variable ``masks [M, channels]`` (float32, 0/1) in the
-collection :data:`MASKS_COLLECTION` = ``"batch_stats"``: the collection that the training engine,
-the checkpoints and the evaluation path carry beside ``params`` today, so a converted TU checkpoint's
-masks (torch key ``<layer>.mask.masks``, a ``requires_grad=False`` float64 parameter) travel with the
-model and are never trained. The layers only read it (a train-mode ``mutable=["batch_stats"]`` apply
-returns it unchanged).
+collection :data:`MASKS_COLLECTION` = ``"constants"``: model constants that the training engine
+(``TrainState.constants``), its checkpoints, the forward/evaluation path (it hands ``variables`` to
+the model whole) and the converter carry beside ``params``, so a converted TU checkpoint's masks (torch
+key ``<layer>.mask.masks``, a ``requires_grad=False`` float64 parameter) travel with the model. A train
+step differentiates ``params`` only and applies the model with ``constants`` immutable, so it cannot
+change them; ``batch_stats`` holds BatchNorm statistics only, so what works on those (MC-BatchNorm,
+``bn_update``, ``StackedBatchStats``) never sees a mask.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from jaxuq.nn.init import torch_kernel_init, torch_uniform_init
 __all__ = ["MASKS_COLLECTION", "MAX_TRIES", "Mask", "MaskedConv", "MaskedDense", "apply_masks", "check_scale",
            "generate_masks", "generation_wrapper", "mask_array"]
 
-MASKS_COLLECTION = "batch_stats"
+MASKS_COLLECTION = "constants"
 MAX_TRIES = 100_000
 
 

@@ -1,6 +1,7 @@
 """orbax checkpoints of a TrainState: save every N steps / at epoch ends, restore the latest.
 
-What is saved: ``step``, ``params``, ``batch_stats``, ``opt_state``, ``extras`` (when not empty) and
+What is saved: ``step``, ``params``, ``batch_stats``, ``opt_state``, ``extras`` and ``constants`` (each
+when not empty) and
 the raw data of the run key (typed keys are stored with ``jax.random.key_data`` and re-wrapped on
 restore), plus a JSON dict of
 metadata (epoch, position in the epoch, config). Data order needs nothing more: the order of epoch
@@ -50,6 +51,8 @@ def _to_saveable(state) -> dict:
     }
     if state.extras:  # absent when empty: checkpoints without extras stay readable
         out["extras"] = state.extras
+    if state.constants:  # likewise (Masksembles masks)
+        out["constants"] = state.constants
     return out
 
 
@@ -185,6 +188,7 @@ class Checkpointer:
                 opt_state=r["opt_state"],
                 key=jax.random.wrap_key_data(r["key"], impl=jax.random.key_impl(state.key)),
                 extras=r.get("extras", state.extras),
+                constants=r.get("constants", state.constants),
             )
             return restored, dict(out["meta"] or {})
         return state, None

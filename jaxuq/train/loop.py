@@ -152,7 +152,8 @@ def _num_classes(model, sample) -> int:
 
 def _data(model, data, name: str, cfg: TrainConfig, num_classes: int | None = None):
     """``(inputs, targets, num_classes)`` checked (``_validate.fit_inputs`` / ``fit_targets``); the
-    model's output width is the class count of integer targets."""
+    model's output width is the class count of integer targets (width 1: TU's binary routine, labels
+    0/1)."""
     if not isinstance(data, tuple | list) or len(data) != 2:
         raise TypeError(f"{name} data must be a tuple (inputs [N, ...], targets [N]), got "
                         f"{type(data).__name__}")
@@ -160,7 +161,7 @@ def _data(model, data, name: str, cfg: TrainConfig, num_classes: int | None = No
     integer = np.issubdtype(np.asarray(data[1]).dtype, np.integer)
     if integer and num_classes is None:
         num_classes = _num_classes(model, _sample(x, cfg.preprocess))
-    y = _validate.fit_targets(data[1], len(x), name, num_classes if integer else None)
+    y = _validate.fit_targets(data[1], len(x), name, (max(num_classes, 2) if integer else None))
     if not integer and cfg.loss_fn is None and cfg.objective is None:
         raise ValueError(f"{name} labels must be integers (class indices) for the default cross-entropy "
                          f"loss, got dtype {y.dtype}; float (regression) targets need a loss_fn")
@@ -451,6 +452,10 @@ def _validation(model, data, cfg: TrainConfig, roles: MeshRoles, lowering, state
     out = predict(model, state.variables(), x, preprocess=cfg.preprocess, batch_size=cfg.eval_batch_size,
                   lowering=lowering, compute_dtype=cfg.compute_dtype, mesh=roles)
     stacked = lowering is not None or members_in_batch(model)
+    if np.issubdtype(y.dtype, np.integer) and np.shape(out)[-1] == 1:  # binary (TU: sigmoid, p > 0.5)
+        p = jax.nn.sigmoid(jnp.asarray(out)[..., 0])
+        p = jnp.mean(p, axis=0) if stacked else p
+        return {"val_loss": float(M.nll(p, y)), "val_acc": float(jnp.mean((p > 0.5) == y))}
     if np.issubdtype(y.dtype, np.integer):
         probs = jax.nn.softmax(jnp.asarray(out), axis=-1)
         probs = jnp.mean(probs, axis=0) if stacked else probs

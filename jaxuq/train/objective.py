@@ -19,6 +19,11 @@ an evidential loss annealed over epochs) is an :class:`Objective` (``TrainConfig
   classes, gives the step's ``correct`` count.
 
 An objective is part of the compiled step, so it must be hashable: a frozen dataclass.
+
+A loss that reads the step (TU's routine passes ``current_epoch`` to ``DECLoss``; ``ConflictualLoss``
+draws a class per call) says so with the class attribute ``uses_step_context = True`` and is called
+``loss_fn(outputs, targets, ctx=ctx)`` by :class:`LossObjective` and :class:`SampledLoss`
+(:func:`call_loss`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from jaxuq.losses.bayesian import ELBOLoss, kl_divergence
 from jaxuq.nn.bayesian import KL
 from jaxuq.nn.bayesian import RNG as BAYES_RNG
 
-__all__ = ["ELBOObjective", "LossObjective", "Objective", "SampledLoss", "StepContext", "sample_forwards"]
+__all__ = ["ELBOObjective", "LossObjective", "Objective", "SampledLoss", "StepContext", "call_loss",
+           "sample_forwards"]
 
 
 class StepContext(NamedTuple):
@@ -59,15 +65,23 @@ class Objective(Protocol):
                  ctx: StepContext) -> tuple[jax.Array, dict]: ...
 
 
+def call_loss(loss_fn: Callable, outputs, targets, ctx: StepContext) -> jax.Array:
+    """``loss_fn(outputs, targets)``, or ``loss_fn(outputs, targets, ctx=ctx)`` for a loss with
+    ``uses_step_context = True`` (module doc)."""
+    if getattr(loss_fn, "uses_step_context", False):
+        return loss_fn(outputs, targets, ctx=ctx)
+    return loss_fn(outputs, targets)
+
+
 @dataclasses.dataclass(frozen=True)
 class LossObjective:
-    """The default objective: one train-mode forward, ``loss_fn(outputs, targets)``."""
+    """The default objective: one train-mode forward, ``loss_fn(outputs, targets)`` (:func:`call_loss`)."""
 
     loss_fn: Callable
 
     def __call__(self, apply, params, x, y, ctx):
         outputs, _ = apply(params, x)
-        return self.loss_fn(outputs, y), {"outputs": outputs}
+        return call_loss(self.loss_fn, outputs, y, ctx), {"outputs": outputs}
 
 
 def sample_forwards(apply, params, x, key, num_samples: int, rngs: tuple[str, ...], lowering=None):
@@ -115,7 +129,7 @@ class SampledLoss:
 
     def __call__(self, apply, params, x, y, ctx):
         outs, _ = sample_forwards(apply, params, x, ctx.key, self.num_samples, self.rngs, self.lowering)
-        losses = jnp.stack([self.loss_fn(outs[i], y) for i in range(self.num_samples)])
+        losses = jnp.stack([call_loss(self.loss_fn, outs[i], y, ctx) for i in range(self.num_samples)])
         return jnp.mean(losses), {"outputs": jnp.mean(outs, axis=0)}
 
 

@@ -42,13 +42,19 @@ from jaxuq.data.pipeline import Preprocess
 from jaxuq.losses import cross_entropy
 from jaxuq.train.objective import LossObjective, Objective, StepContext
 
-__all__ = ["StepSettings", "TrainState", "create_train_state", "prepare_batch", "train_step"]
+__all__ = ["CONSTANTS", "StepSettings", "TrainState", "create_train_state", "prepare_batch", "step_keys",
+           "train_step"]
+
+#: the variable collection of model constants (Masksembles masks): carried, read-only, never trained
+CONSTANTS = "constants"
 
 
 class TrainState(train_state.TrainState):
-    """flax's TrainState plus ``batch_stats`` ({} if the model has none), ``key`` (typed PRNG key) and
+    """flax's TrainState plus ``batch_stats`` ({} if the model has none), ``key`` (typed PRNG key),
     ``extras``: a pytree for callback/transform state (EMA/SWA weights, snapshots; default ``{}``),
-    donated, sharded, checkpointed and resumed with the rest.
+    donated, sharded, checkpointed and resumed with the rest, and ``constants``: the model's
+    ``"constants"`` collection (Masksembles masks; default ``{}``), read by every forward pass and
+    never written (not trained, not mutable in the step), checkpointed with the rest.
 
     Ensembles: every leaf has a leading member axis ``[M, ...]`` (``step: [M]``, ``key: [M]``; extras
     too: build them from the state's leaves, e.g. ``jnp.zeros_like(state.step)`` for a counter)."""
@@ -56,11 +62,14 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     key: jax.Array
     extras: Any = struct.field(default_factory=dict)
+    constants: Any = struct.field(default_factory=dict)
 
     def variables(self) -> dict:
         v = {"params": self.params}
         if self.batch_stats:
             v["batch_stats"] = self.batch_stats
+        if self.constants:
+            v[CONSTANTS] = self.constants
         return v
 
 
@@ -76,6 +85,7 @@ def _create_one(model, tx, key, sample_input) -> TrainState:
         opt_state=tx.init(params),
         batch_stats=variables.get("batch_stats", {}),
         key=k_run,
+        constants=variables.get(CONSTANTS, {}),
     )
 
 
@@ -124,8 +134,9 @@ def _train_apply(state: TrainState, compute_dtype: str, default_rngs: dict):
             params = _cast_floats(params, compute_dtype)
             x = x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
         variables = {"params": params} | ({"batch_stats": holder["batch_stats"]} if state.batch_stats else {})
+        variables |= {CONSTANTS: state.constants} if state.constants else {}
         out, cols = state.apply_fn(variables, x, train=True, rngs=default_rngs if rngs is None else rngs,
-                                   mutable=nn.DenyList("params"))
+                                   mutable=nn.DenyList(("params", CONSTANTS)))
         cols = dict(cols)
         if "batch_stats" in cols:
             holder["batch_stats"] = _cast_floats(cols.pop("batch_stats"), jnp.float32)
@@ -143,11 +154,18 @@ def _constrain(settings: StepSettings, images, labels):
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), (images, labels))
 
 
+def step_keys(key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+    """``(augmentation key, dropout key)`` of step ``step`` of a state with run key ``key``: ``split(
+    fold_in(key, step))``; the dropout key is the objective's ``StepContext.key``."""
+    k_aug, k_drop = jax.random.split(jax.random.fold_in(key, step))
+    return k_aug, k_drop
+
+
 def prepare_batch(settings: StepSettings, key, step, images, labels):
     """The step's inputs: ``preprocess.train`` (augmentation key ``split(fold_in(key, step))[0]``), then
     ``format_batch`` (key ``fold_in`` of it, 1). An ensemble with ``shared_augmentation`` calls it once
     with member 0's key and gives every member the result (TU: one augmented batch for all members)."""
-    k_aug = jax.random.split(jax.random.fold_in(key, step))[0]
+    k_aug = step_keys(key, step)[0]
     x = images if settings.preprocess is None else settings.preprocess.train(k_aug, images)
     if settings.format_batch is not None:
         x, labels = settings.format_batch(x, labels, jax.random.fold_in(k_aug, 1))
@@ -170,7 +188,7 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     objective returns ``aux["outputs"]``.
     """
     images, labels = _constrain(settings, images, labels)
-    k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))[1]
+    k_drop = step_keys(state.key, state.step)[1]
     x, labels = prepare_batch(settings, state.key, state.step, images, labels)
     ctx = StepContext(key=k_drop, step=state.step, steps_per_epoch=settings.steps_per_epoch)
 
@@ -195,5 +213,6 @@ def train_step(state: TrainState, images, labels, settings: StepSettings):
     metrics = {"loss": loss, "count": jnp.asarray(labels.shape[0], jnp.int32), "finite": finite}
     outputs = aux.get("outputs") if isinstance(aux, dict) else None
     if outputs is not None and jnp.issubdtype(labels.dtype, jnp.integer):
-        metrics["correct"] = jnp.sum(jnp.argmax(outputs, -1) == labels).astype(jnp.int32)
+        pred = (outputs[..., 0] > 0) if outputs.shape[-1] == 1 else jnp.argmax(outputs, -1)  # binary: p > 0.5
+        metrics["correct"] = jnp.sum(pred == labels).astype(jnp.int32)
     return new, metrics
