@@ -413,22 +413,11 @@ def evaluate(model, variables, data, *, ood_data=None, preprocess=None, batch_si
     if family is not None or np.issubdtype(labels_dtype, np.floating):
         if ood_data is not None:
             raise ValueError("`ood_data`: regression has no OOD evaluation (TU: NotImplementedError)")
-        reg = _Reg.of(family, estimate, members, num_bins)
         spec = _Spec.of(model, preprocess, compute_dtype, lowering, mesh, sampler)
-        total = num_batches(data, batch_size, spec.roles.data)
-        with progress_bar("evaluate", total, quiet=not progress) as advance:
-            res = _regression_pass(spec, reg, variables, data, key, batch_size, advance)
-        params = count_params(variables.get("params", {})) if params is None else params
-        return res | _host_keys({}, None, None, False, flops, params)
-    if num_bins != 15:
-        raise ValueError(f"num_bins={num_bins}: the streaming ECE state holds TU's 15 bins only")
-    scod_ood_cost = _validate.check_fraction(scod_ood_cost, "scod_ood_cost")
-    if is_arrays(data):
-        if len(data) != 2:
-            raise ValueError(f"`data` must be (images, labels), got a tuple of {len(data)} arrays")
-        _validate.check_same_len("images", data[0], "labels", data[1])
-    if ood_data is not None:
-        ood_data = (ood_data,) if hasattr(ood_data, "shape") else ((np.asarray(b),) for b in ood_data)
+        reg = _Reg.of(family, estimate, members, num_bins)
+        return _evaluate_regression(spec, reg, variables, data, key=key, batch_size=batch_size,
+                                    progress=progress, flops=flops, params=params)
+    ood_data, scod_ood_cost = _classification_inputs(data, ood_data, num_bins, scod_ood_cost)
     spec = _Spec.of(model, preprocess, compute_dtype, lowering, mesh, sampler)
     totals = [num_batches(d, batch_size, spec.roles.data) for d in (data, ood_data) if d is not None]
     with progress_bar("evaluate", None if None in totals else sum(totals), quiet=not progress) as advance:
@@ -445,7 +434,30 @@ def evaluate(model, variables, data, *, ood_data=None, preprocess=None, batch_si
     return res | _host_keys(rank, conf, acc, smece, flops, params)
 
 
+def _classification_inputs(data, ood_data, num_bins, scod_ood_cost):
+    """:func:`evaluate`'s checks of a classification call: ``(ood batches or None, scod_ood_cost)``."""
+    if num_bins != 15:
+        raise ValueError(f"num_bins={num_bins}: the streaming ECE state holds TU's 15 bins only")
+    scod_ood_cost = _validate.check_fraction(scod_ood_cost, "scod_ood_cost")
+    if is_arrays(data):
+        if len(data) != 2:
+            raise ValueError(f"`data` must be (images, labels), got a tuple of {len(data)} arrays")
+        _validate.check_same_len("images", data[0], "labels", data[1])
+    if ood_data is not None:
+        ood_data = (ood_data,) if hasattr(ood_data, "shape") else ((np.asarray(b),) for b in ood_data)
+    return ood_data, scod_ood_cost
+
+
 # ----------------------------------------------------------------------------- regression
+def _evaluate_regression(spec, reg, variables, data, *, key, batch_size, progress, flops, params) -> dict:
+    """:func:`evaluate`'s regression branch: one streaming pass, then the complexity keys."""
+    total = num_batches(data, batch_size, spec.roles.data)
+    with progress_bar("evaluate", total, quiet=not progress) as advance:
+        res = _regression_pass(spec, reg, variables, data, key, batch_size, advance)
+    params = count_params(variables.get("params", {})) if params is None else params
+    return res | _host_keys({}, None, None, False, flops, params)
+
+
 def _peek(data):
     """``(data, targets dtype)`` without consuming an iterable of batches."""
     if is_arrays(data):
