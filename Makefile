@@ -4,6 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA    ?= $(if $(JAXUQ_DATA_DIR),$(JAXUQ_DATA_DIR),../shared/data)
 PYTEST_ARGS ?=
+# test processes (pytest-xdist, whole files per process): a crash or leak stays in one process
+TEST_WORKERS ?= 2
 LATEST  ?= .venv-latest
 
 .PHONY: run test venv install-run install-test lint bench clean docs test-latest
@@ -32,7 +34,7 @@ install-test: $(BIN)/python
 
 test: install-test
 	$(BIN)/ruff check .
-	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # API reference from the docstrings (pdoc) into docs/api; fails if a module does not import.
 docs: install-test
