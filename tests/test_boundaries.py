@@ -100,3 +100,31 @@ def test_functions_are_at_most_60_lines(root):
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > MAX_LINES:
                 long.append(f"{f.relative_to(REPO)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)")
     assert long == []
+
+
+def _package_graph() -> dict[str, set[str]]:
+    """``{"jaxuq.<package>": {"<package>", ...}}``: what each first-level part of jaxuq imports from the
+    rest of jaxuq (any import statement, at any level)."""
+    graph: dict[str, set[str]] = {}
+    for f in _files("jaxuq"):
+        parts = f.relative_to(REPO).with_suffix("").parts
+        if len(parts) < 2 or parts[1] == "__init__":
+            continue
+        src = "jaxuq." + parts[1]
+        for name, _, _ in _imports(ast.parse(f.read_text(), str(f))):
+            dst = name.split(".")
+            if dst[0] == "jaxuq" and len(dst) > 1 and dst[1] != parts[1]:
+                graph.setdefault(src, set()).add(dst[1])
+    return graph
+
+
+def test_readme_import_graph_is_the_real_one():
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- import-graph -->", 1)[1].split("<!-- /import-graph -->", 1)[0]
+    documented = {}
+    for line in block.splitlines():
+        if "->" in line:
+            src, dsts = (s.strip() for s in line.split("->"))
+            documented[src] = {d.strip() for d in dsts.split(",")}
+    assert documented == _package_graph()
+    assert not any("train" in deps for deps in documented.values())
