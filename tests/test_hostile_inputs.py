@@ -588,6 +588,27 @@ def test_a_log_path_that_is_a_directory_fails_before_training(tiny, tmp_path):
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+def test_evaluate_refuses_an_empty_batch_and_a_fractional_batch_size(tiny):
+    """Item 13: an iterable with an empty batch was a ZeroDivisionError, ``batch_size=1.5`` a bare
+    TypeError; both now name the input (``fit``'s batch size is checked by ``TrainConfig``)."""
+    import jax
+
+    from jaxuq import evaluate
+    from jaxuq.train import TrainConfig
+    from tests.tiny_models import TinyCNN
+
+    x, y = tiny
+    x = x.astype(np.float32)
+    m = TinyCNN()
+    v = m.init(jax.random.key(0), x[:1])
+    with pytest.raises(ValueError, match=r"batch 1 of `data` is empty"):
+        evaluate(m, v, iter([(x[:4], y[:4]), (x[:0], y[:0])]), progress=False)
+    with pytest.raises(TypeError, match="batch_size must be an int, got float"):
+        evaluate(m, v, (x, y), batch_size=1.5, progress=False)
+    with pytest.raises(TypeError, match="batch_size must be an int, got float"):
+        TrainConfig(batch_size=1.5)
+
+
 # ============================================================================ 11, 12. Ctrl-C and a full disk in fit
 class _SaveFails:
     """Patches orbax's CheckpointManager.save: the ``n``-th save leaves a tmp step folder, then raises."""
