@@ -36,8 +36,10 @@ Config keys:
   batch_size: training batch (even, a multiple of num_estimators, dividing the training sets: the batched /
     masked layers split it into M members, MIMO's fixed permutations need full batches).
   lr: SGD learning rate.
-  cifar_train, cifar_test: CIFAR-10 subset images used (<= 5000 / 1000).
-  mnist_train, mnist_test: MNIST images used (<= 60000 / 10000).
+  cifar_train: CIFAR-10 training images used (<= 5000, the subset in the data folder).
+  cifar_test: CIFAR-10 test images used (<= 1000).
+  mnist_train: MNIST training images used (<= 60000).
+  mnist_test: MNIST test images used (<= 10000).
   data_dir: the data folder (None: $JAXUQ_DATA_DIR).
 """
 

@@ -63,7 +63,7 @@ def test_module_help_shows_the_defaults():
     assert "--small" in out and "--set KEY=VALUE" in out
 
 
-@pytest.mark.parametrize("name", TUTORIALS)
+@pytest.mark.parametrize("name", TUTORIALS + ("regression_cubic", "regression_tabular", "methods_cifar"))
 def test_help_lists_every_config_key(name, capsys):
     import importlib
 
