@@ -437,6 +437,7 @@ def test_deup_synthetic_matches_tu_golden():
 
 @pytest.mark.realdata
 @pytest.mark.parity
+@pytest.mark.slow  # 127 s measured on the loaded 2-core machine (compile-dominated: 2 fits, 4 jits, 2 TU runs)
 def test_sampling_mnist_small(tmp_path):
     """``sampling_mnist --small``: MC Dropout (a sampler) and SWAG (a fit callback), each trained and
     tested by jaxuq and by TU 0.13.0; the same table keys on both sides (TU adds its FLOPs), sampled
