@@ -87,7 +87,10 @@ def test_bad_input_is_exit_2_with_the_valid_keys(tmp_path, capsys):
     assert main(["temperature_scaling", "--set", "n_imags=5", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'n_imags' (did you mean 'n_images'?)" in err
-    assert "valid keys: model, n_images, cal_fraction, batch_size, compare_tu, seed, data_dir" in err
+    from experiments import temperature_scaling
+
+    assert "valid keys: " + ", ".join(temperature_scaling.get_config()) + "\n" in err
+    assert "valid keys: model, n_images, cal_fraction, batch_size, compare_tu, scalers, scaler_max_iter, seed" in err
     assert main(["temperature_scaling", "--set", "n_images"]) == 2
     assert "--set expects key=value" in capsys.readouterr().err
     assert main(["temperature_scalng"]) == 2
