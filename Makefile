@@ -4,7 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA    ?= $(if $(JAXUQ_DATA_DIR),$(JAXUQ_DATA_DIR),../shared/data)
 PYTEST_ARGS ?=
-# test processes (pytest-xdist, whole files per process): a crash or leak stays in one process
+# test files run at once, each in a fresh pytest process (a long-lived process holding many freed XLA:CPU
+# executables segfaulted in libgcc_s's unwinder on CI): a crash or leak stays with one file
 TEST_WORKERS ?= 2
 LATEST  ?= .venv-latest
 
@@ -34,7 +35,8 @@ install-test: $(BIN)/python
 
 test: install-test
 	$(BIN)/ruff check .
-	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	ls tests/test_*.py | JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 xargs -P $(TEST_WORKERS) -n 1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider --durations=3 $(PYTEST_ARGS)
 
 # API reference from the docstrings (pdoc) into docs/api; fails if a module does not import.
 docs: install-test
