@@ -28,7 +28,6 @@ from converters import mappings
 from converters.core import ConvertError, convert
 from converters.hub import model_kwargs, tu_source
 from converters.io import CheckpointError, read_state_dict, resolve_hf
-from jaxuq._env import keep_triton_out
 
 __all__ = ["main"]
 
@@ -133,7 +132,6 @@ def _convert(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_triton_out()  # before torch is imported (see its docstring)
     try:
         return _main(argv)
     finally:

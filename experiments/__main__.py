@@ -9,9 +9,6 @@ import difflib
 import sys
 
 from experiments._launch import discover, launch
-from jaxuq._env import keep_triton_out
-
-keep_triton_out()  # before the TU side imports torch (see its docstring)
 
 USAGE = "usage: python -m experiments [<name> [--small] [--set KEY=VALUE ...] [--out DIR] | <name> --help]"
 

@@ -11,7 +11,6 @@ import datetime
 import os
 import platform
 import re
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -112,14 +111,3 @@ def _rewrite(obj, ordered: list[tuple[str, str]]):
     if isinstance(obj, list | tuple):
         return [_rewrite(v, ordered) for v in obj]
     return obj
-
-
-def keep_triton_out() -> None:
-    """Make ``import triton`` fail in this process (``sys.modules["triton"] = None``) unless it is already
-    imported or ``JAXUQ_ALLOW_TRITON=1``. torch-uncertainty imports ``torch._inductor``, which loads
-    Triton's own LLVM (``libtriton``) beside XLA:CPU's; in processes holding both, XLA compiles died of
-    SIGSEGV on CI (2026-12-05/06, in test_nn_conv and in lockstep's ELBO step, never reproduced by a file
-    alone). CPU torch never needs Triton. Called by the experiments launcher, the converter CLI and the
-    tests before torch is imported."""
-    if os.environ.get("JAXUQ_ALLOW_TRITON") != "1" and "triton" not in sys.modules:
-        sys.modules["triton"] = None

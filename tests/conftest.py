@@ -4,10 +4,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from jaxuq._env import keep_triton_out  # noqa: E402
-
-keep_triton_out()  # before any test imports torch / torch-uncertainty (see its docstring)
-
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "parity: compares with torch / torch-uncertainty 0.13.0")
