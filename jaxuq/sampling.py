@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jaxuq.nn.bayesian import RNG as BAYES_RNG
 from jaxuq.nn.dropout import MC_FLAGS, MC_RNG, Dropout
 
-__all__ = ["BayesSampler", "MCDropout", "find_layers", "mc_dropout"]
+__all__ = ["BayesSampler", "MCDropout", "find_layers", "flag_tree", "mc_dropout"]
 
 
 def _check_count(value, name: str) -> int:
@@ -56,14 +56,15 @@ def find_layers(model, variables, x, cls) -> list[tuple[tuple[str, ...], object]
     return list(found.items())
 
 
-def _flags(paths) -> dict:
-    """``{a: {b: {"on": True}}}`` for the paths ``(a, b)``: the MC_FLAGS collection."""
+def flag_tree(paths, leaf: str = "on") -> dict:
+    """``{a: {b: {leaf: True}}}`` for the module paths ``(a, b)``: a collection that switches those
+    layers on (MC Dropout's MC_FLAGS with ``"on"``, MC-BatchNorm's accumulate flags)."""
     tree: dict = {}
     for path in paths:
         node = tree
         for name in path:
             node = node.setdefault(name, {})
-        node["on"] = jnp.ones((), jnp.bool_)
+        node[leaf] = jnp.ones((), jnp.bool_)
     return tree
 
 
@@ -94,7 +95,7 @@ class MCDropout:
         return "vmap" if self.on_batch else "map"
 
     def draw(self, variables, key):
-        return {**variables, MC_FLAGS: _flags(self.layers)}, {MC_RNG: key}
+        return {**variables, MC_FLAGS: flag_tree(self.layers)}, {MC_RNG: key}
 
 
 def mc_dropout(model, variables, x, num_estimators: int, last_layer: bool = False,

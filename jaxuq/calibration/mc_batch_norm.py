@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxuq.nn.norm import MC_ACCUMULATE, BatchNorm
-from jaxuq.sampling import find_layers
+from jaxuq.sampling import find_layers, flag_tree
 
 __all__ = ["mc_batch_norm_fit"]
 
@@ -42,16 +42,6 @@ def _positive_int(value, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
     return int(value)
-
-
-def _flags(paths) -> dict:
-    tree: dict = {}
-    for path in paths:
-        node = tree
-        for name in path:
-            node = node.setdefault(name, {})
-        node["accumulate"] = jnp.ones((), jnp.bool_)
-    return tree
 
 
 @partial(jax.jit, static_argnames=("model",))
@@ -89,7 +79,7 @@ def mc_batch_norm_fit(model, variables, images, num_estimators: int = 16, mc_bat
     order = order[: m * bs]
     x = jnp.asarray(np.asarray(images)[order])
     x = x if preprocess is None else preprocess.eval(x)
-    flags = _flags(p for p, _ in layers)
+    flags = flag_tree((p for p, _ in layers), "accumulate")
     full = min(m, len(order) // bs)
     stats = _batch_stats(model, variables, flags, x[: full * bs].reshape((full, bs) + x.shape[1:]))
     if full < m:  # TU's partial last batch
