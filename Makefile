@@ -35,8 +35,7 @@ install-test: $(BIN)/python
 
 test: install-test
 	$(BIN)/ruff check .
-	ls tests/test_*.py | JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 xargs -P $(TEST_WORKERS) -n 1 \
-		$(BIN)/python -m pytest -q -p no:cacheprovider --durations=3 $(PYTEST_ARGS)
+	JAXUQ_DATA_DIR=$(DATA) JAXUQ_REQUIRE_PARITY=1 bash .ci/test-files $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # API reference from the docstrings (pdoc) into docs/api; fails if a module does not import.
 docs: install-test
