@@ -1,4 +1,5 @@
-"""Sampling and weight-space methods on MNIST: MC Dropout, MC-BatchNorm, SWA, EMA, SWAG, checkpoint ensembles.
+"""Sampling and weight-space methods on MNIST: MC Dropout, MC-BatchNorm, SWA, EMA, SWAG, checkpoint ensembles,
+a variational Bayesian LeNet and last-layer Laplace.
 
 LeNet on an MNIST subset, each method trained by ``jaxuq.train.fit`` and by TU 0.13.0 with the same
 CPU-sized recipe and data, each side's test table from its own routine (jaxuq: ``jaxuq.evaluate`` with the
@@ -25,7 +26,16 @@ Methods (``methods``):
   wrapped around a plain LeNet and updated by the routine's hooks (TU runs one validation batch per epoch
   so that its ``on_validation_start`` calls ``update_wrapper``); jaxuq trains ONE LeNet with the four
   ``WeightAveraging`` callbacks at once (the callbacks do not change the training), TU one run per wrapper
-  from the same seed.
+  from the same seed;
+- ``bayesian``: TU ``bayesian_lenet(1, 10, num_samples=M)`` trained with ``ELBOLoss(CE, kl_weight,
+  bayes_samples)`` (jaxuq: ``fit`` with ``ELBOObjective``, the ELBO's samples vmapped), predicted with M
+  weight draws (TU ``StochasticModel``'s loop; jaxuq ``BayesSampler``, one vmap);
+- ``laplace``: a plain LeNet (jaxuq: the averaging run's, whose callbacks leave training unchanged; TU:
+  its own run) with TU ``LaplaceApprox("classification", hessian_struct=laplace_hessian,
+  link_approx=laplace_link)`` fitted on the training images (normalised, no crop, batches of
+  ``batch_size``; TU: the routine's post-processing hook, whose ``test/post/*`` keys are its table here),
+  jaxuq ``jaxuq.calibration.LaplaceApprox`` on the same images, its table from the predictive
+  probabilities (``jaxuq.classification_table``).
 
 Timing (``timing``): seconds to predict the test images with the sampled methods, median of
 ``timing_repeats`` runs after a warm-up (jaxuq: ``jaxuq.predict`` with the sampler or stacked variables,
@@ -39,12 +49,16 @@ Config keys:
   eval_batch_size  500
   lr               0.05    SGD learning rate (constant)
   momentum         0.9     SGD momentum
-  methods          all six  which methods
+  methods          all eight  which methods
   num_estimators   16      samples / estimators M (MC Dropout, MC-BN, SWAG)
   dropout_rate     0.3     MC Dropout's LeNet dropout rate
   mc_batch_size    32      MC-BatchNorm calibration batch
   cycle_start      0       SWA / SWAG first epoch (0-based; SWAG's first snapshot is at cycle_start + 1)
   ema_momentum     0.9     EMA momentum
+  kl_weight        0.0001  bayesian: ELBO's KL weight
+  bayes_samples    3       bayesian: ELBO samples per training step
+  laplace_hessian  "kron"  laplace: "kron" or "diag"
+  laplace_link     "probit" laplace: "probit" or "mc" (100 samples)
   timing_repeats   3
   seed             0       first seed (seeds seed .. seed + num_seeds - 1, each side)
   num_seeds        3
@@ -68,21 +82,26 @@ from experiments._compare import compare_tables, render_text
 from experiments._tu import torch_loader, torchvision_root, tu_test_table, tu_trainer
 from experiments._tu_mnist import _datamodule
 from jaxuq.calibration import mc_batch_norm_fit
+from jaxuq.calibration.laplace import LaplaceApprox
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
 from jaxuq.forward import StackedBatchStats
+from jaxuq.losses import ELBOLoss
+from jaxuq.models.bayesian_lenet import bayesian_lenet
 from jaxuq.models.lenet import lenet
-from jaxuq.sampling import mc_dropout
-from jaxuq.train import TrainConfig, fit, torch_sgd
+from jaxuq.sampling import BayesSampler, mc_dropout
+from jaxuq.train import ELBOObjective, TrainConfig, fit, torch_sgd
 from jaxuq.train.averaging import EMA, SWA, SWAG, CheckpointCollector, WeightAveraging
 
-METHODS = ("mc_dropout", "mc_batch_norm", "swa", "ema", "swag", "checkpoint")
+METHODS = ("mc_dropout", "mc_batch_norm", "swa", "ema", "swag", "checkpoint", "bayesian", "laplace")
 AVERAGING = ("swa", "ema", "swag", "checkpoint")
-SAMPLED = ("mc_dropout", "mc_batch_norm", "swag", "checkpoint")  # timed: M forwards per batch
+SAMPLED = ("mc_dropout", "mc_batch_norm", "swag", "checkpoint", "bayesian")  # timed: M forwards per batch
 RECIPE_KEYS = ("train_images", "test_images", "epochs", "batch_size", "lr", "momentum", "num_estimators",
-               "dropout_rate", "mc_batch_size", "cycle_start", "ema_momentum")
+               "dropout_rate", "mc_batch_size", "cycle_start", "ema_momentum", "kl_weight", "bayes_samples",
+               "laplace_hessian", "laplace_link")
+# a sampled Bayesian network (fit's ELBO objective), a fit callback and a post-hoc fit on the same LeNet
 SMALL = {"train_images": 512, "test_images": 256, "epochs": 2, "batch_size": 128, "eval_batch_size": 256,
          "num_estimators": 4, "mc_batch_size": 16, "timing_repeats": 1, "num_seeds": 1,
-         "methods": ["mc_dropout", "swag"]}  # a sampler and a fit callback: CI in < 60 s
+         "methods": ["bayesian", "swag", "laplace"]}
 
 
 def get_config() -> dict:
@@ -90,7 +109,8 @@ def get_config() -> dict:
     return {
         "train_images": 5000, "test_images": 2000, "epochs": 3, "batch_size": 128, "eval_batch_size": 500,
         "lr": 0.05, "momentum": 0.9, "methods": list(METHODS), "num_estimators": 16, "dropout_rate": 0.3,
-        "mc_batch_size": 32, "cycle_start": 0, "ema_momentum": 0.9, "timing_repeats": 3, "seed": 0,
+        "mc_batch_size": 32, "cycle_start": 0, "ema_momentum": 0.9, "kl_weight": 1e-4, "bayes_samples": 3,
+        "laplace_hessian": "kron", "laplace_link": "probit", "timing_repeats": 3, "seed": 0,
         "num_seeds": 3, "compare_tu": True, "data_dir": None,
     }  # fmt: skip
 
@@ -100,9 +120,13 @@ def _check(config: dict) -> None:
     if bad or not config["methods"]:
         raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {config['methods']}")
     for k in ("train_images", "test_images", "epochs", "batch_size", "eval_batch_size", "num_estimators",
-              "mc_batch_size", "timing_repeats", "num_seeds"):
-        if not isinstance(config[k], int) or config[k] < 1:
+              "mc_batch_size", "timing_repeats", "num_seeds", "bayes_samples"):
+        if not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1:
             raise ValueError(f"{k} must be an int >= 1, got {config[k]!r}")
+    kl = config["kl_weight"]
+    if isinstance(kl, bool) or not isinstance(kl, int | float) or not 0 <= kl < float("inf"):
+        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl!r}")
+    LaplaceApprox(config["laplace_hessian"], config["laplace_link"])  # raises on a bad structure / link
     if config["epochs"] <= config["cycle_start"] + 1 and {"swag"} & set(config["methods"]):
         raise ValueError(f"swag takes its first snapshot at epoch cycle_start + 1 = "
                          f"{config['cycle_start'] + 1} (0-based); epochs={config['epochs']} never gets there")
@@ -136,11 +160,12 @@ def _timed(fn, repeats: int) -> float:
 PRE = Preprocess(*MNIST_NORM)
 
 
-def _fit(module, config: dict, data: dict, seed: int, callbacks=()):
+def _fit(module, config: dict, data: dict, seed: int, callbacks=(), objective=None):
+    extra = {} if objective is None else {"objective": objective}
     cfg = TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], seed=seed, quiet=True,
                       optimizer=torch_sgd(config["lr"], momentum=config["momentum"]),
                       preprocess=Preprocess(*MNIST_NORM, crop=28, padding=4),
-                      eval_batch_size=config["eval_batch_size"])
+                      eval_batch_size=config["eval_batch_size"], **extra)
     return fit(module, data["train"], cfg, callbacks=callbacks).state
 
 
@@ -158,7 +183,12 @@ def _jx_predictors(config: dict, data: dict, seed: int) -> dict:
         v = _fit(net, config, data, seed).variables()
         stats = mc_batch_norm_fit(net, v, xtr, m, config["mc_batch_size"], preprocess=PRE)
         out["mc_batch_norm"] = (net, {**v, "batch_stats": stats}, {"sampler": StackedBatchStats(m)})
-    if set(AVERAGING) & set(methods):
+    if "bayesian" in methods:
+        net = bayesian_lenet(1, 10, num_samples=m)
+        elbo = ELBOObjective(ELBOLoss(kl_weight=config["kl_weight"], num_samples=config["bayes_samples"]))
+        v = _fit(net, config, data, seed, objective=elbo).variables()
+        out["bayesian"] = (net, v, {"sampler": BayesSampler(m), "key": key})
+    if {*AVERAGING, "laplace"} & set(methods):
         net = lenet(1, 10, torch_init=True)
         cbs = {"swa": WeightAveraging(SWA(config["cycle_start"], 1), "swa"),
                "ema": WeightAveraging(EMA(config["ema_momentum"]), "ema"),
@@ -169,7 +199,30 @@ def _jx_predictors(config: dict, data: dict, seed: int) -> dict:
         for name, cb in cbs.items():
             kw = {"lowering": "vmap"} if cb.stacked else {}
             out[name] = (net, cb.variables(state, key=key, model=net), kw)
+        if "laplace" in methods:
+            la = LaplaceApprox(config["laplace_hessian"], config["laplace_link"])
+            post = la.fit(net, state.variables(), PRE.eval(xtr), data["train"][1])
+            out["laplace"] = (net, state.variables(), {"laplace": (la, post), "key": key})
     return out
+
+
+def _jx_laplace(net, v, kw: dict, data: dict) -> dict:
+    """Laplace's table and mean probabilities: its predictive probabilities on the test images."""
+    (la, post), (xte, yte) = kw["laplace"], data["test"]
+    probs = np.asarray(la.predict(post, net, v, PRE.eval(xte), key=kw["key"]))
+    return {"table": jaxuq.classification_table(probs, yte), "probs": probs}
+
+
+def _jx_table(name: str, net, v, kw: dict, config: dict, data: dict) -> dict:
+    """``jaxuq.evaluate``'s table, the mean probabilities and (sampled methods) the prediction time."""
+    (xte, yte), bs = data["test"], config["eval_batch_size"]
+    table = jaxuq.evaluate(net, v, (xte, yte), preprocess=PRE, batch_size=bs, progress=False, **kw)
+    go = functools.partial(jaxuq.predict, net, v, xte, preprocess=PRE, batch_size=bs, **kw)
+    probs = jax.nn.softmax(np.asarray(go(), np.float32), -1)
+    r = {"table": table, "probs": np.asarray(probs.mean(0) if probs.ndim == 3 else probs)}
+    if name in SAMPLED:
+        r["predict_s"] = _timed(go, config["timing_repeats"])
+    return r
 
 
 def run_jaxuq(config: dict, data: dict, seed: int) -> dict:
@@ -178,43 +231,48 @@ def run_jaxuq(config: dict, data: dict, seed: int) -> dict:
     preds = _jx_predictors(config, data, seed)
     train_s = time.perf_counter() - t0
     out = {}
-    xte, yte = data["test"]
-    bs = config["eval_batch_size"]
     for name, (net, v, kw) in preds.items():
-        table = jaxuq.evaluate(net, v, (xte, yte), preprocess=PRE, batch_size=bs, progress=False, **kw)
-        go = functools.partial(jaxuq.predict, net, v, xte, preprocess=PRE, batch_size=bs, **kw)
-        probs = jax.nn.softmax(np.asarray(go(), np.float32), -1)
-        r = {"table": table, "probs": np.asarray(probs.mean(0) if probs.ndim == 3 else probs)}
-        if name in SAMPLED:
-            r["predict_s"] = _timed(go, config["timing_repeats"])
-        print(f"jaxuq {name} seed {seed}: acc {100 * table['test/cls/Acc']:.2f} %", flush=True)
+        r = _jx_laplace(net, v, kw, data) if name == "laplace" else _jx_table(name, net, v, kw, config, data)
         out[name] = r
+        print(f"jaxuq {name} seed {seed}: acc {100 * r['table']['test/cls/Acc']:.2f} %", flush=True)
     return {"train_s": train_s, "methods": out}
 
 
 # ----------------------------------------------------------------------------- TU side
 
 
-def _tu_routine(model, config: dict, ensemble: bool = False):
+def _tu_routine(model, config: dict, ensemble: bool = False, name: str = ""):
+    """TU's routine: cross-entropy (``bayesian``: TU's ``ELBOLoss``), SGD; ``laplace``: TU's
+    ``LaplaceApprox`` as the routine's post-processing."""
     import torch
     from torch import nn
+    from torch_uncertainty.losses import ELBOLoss as TUELBOLoss
+    from torch_uncertainty.post_processing import LaplaceApprox as TULaplace
     from torch_uncertainty.routines import ClassificationRoutine
 
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
-    return ClassificationRoutine(model=model, num_classes=10, loss=nn.CrossEntropyLoss(),
-                                 is_ensemble=ensemble, optim_recipe={"optimizer": opt})
+    loss = (TUELBOLoss(model, nn.CrossEntropyLoss(), config["kl_weight"], config["bayes_samples"])
+            if name == "bayesian" else nn.CrossEntropyLoss())
+    post = (TULaplace("classification", hessian_struct=config["laplace_hessian"],
+                      link_approx=config["laplace_link"]) if name == "laplace" else None)
+    return ClassificationRoutine(model=model, num_classes=10, loss=loss, is_ensemble=ensemble,
+                                 optim_recipe={"optimizer": opt}, post_processing=post)
 
 
 def _tu_wrapped(name: str, config: dict):
     """TU's model for ``name`` before training: the wrapper for the averaging methods, else the LeNet."""
     from torch import nn
     from torch_uncertainty.methods import EMA, SWA, SWAG, CheckpointCollector
-    from torch_uncertainty.models.classification import lenet
+    from torch_uncertainty.models.classification import bayesian_lenet, lenet
 
+    if name == "bayesian":
+        return bayesian_lenet(1, 10, num_samples=config["num_estimators"])
     if name == "mc_dropout":
         return lenet(1, 10, dropout_rate=config["dropout_rate"])
     if name == "mc_batch_norm":
         return lenet(1, 10, norm=nn.BatchNorm2d)
+    if name == "laplace":
+        return lenet(1, 10)
     core, cs = lenet(1, 10), config["cycle_start"]
     return {"swa": lambda: SWA(core, cs, 1), "ema": lambda: EMA(core, config["ema_momentum"]),
             "swag": lambda: SWAG(core, cs, 1, num_estimators=config["num_estimators"]),
@@ -262,8 +320,12 @@ def run_tu_method(name: str, config: dict, data: dict, seed: int, root) -> dict:
 
     lightning.seed_everything(seed, verbose=False)
     dm = _datamodule(root, config, eval_ood=False)
+    if name == "laplace":  # the routine fits LaplaceApprox on this loader at test start: the train images
+        x, y = data["train"]
+        dm.postprocess_dataloader = lambda: torch_loader(_nchw(x), y.astype(np.int64),
+                                                         batch_size=config["batch_size"])
     model = _tu_wrapped(name, config)
-    routine = _tu_routine(model, config, ensemble=name in ("swag", "checkpoint"))
+    routine = _tu_routine(model, config, ensemble=name in ("swag", "checkpoint", "bayesian"), name=name)
     # one validation batch per epoch: TU updates SWA/SWAG/CheckpointCollector in on_validation_start
     trainer = tu_trainer(max_epochs=config["epochs"], num_sanity_val_steps=0, limit_val_batches=1)
     t0 = time.perf_counter()
@@ -274,7 +336,10 @@ def run_tu_method(name: str, config: dict, data: dict, seed: int, root) -> dict:
         if sampled is not model:
             routine = _tu_routine(sampled, config, ensemble=True)
         train_s = time.perf_counter() - t0
-        out = {"table": tu_test_table(tu_trainer(), routine, dm), "train_s": train_s}
+        table = tu_test_table(tu_trainer(), routine, dm)
+    if name == "laplace":  # the Laplace predictive's table: the post-processing keys, renamed
+        table = {"test/" + k[len("test/post/"):]: v for k, v in table.items() if k.startswith("test/post/")}
+    out = {"table": table, "train_s": train_s}
     if name in SAMPLED:
         out["predict_s"] = _tu_predict_s(sampled, config, data)
     print(f"TU {name} seed {seed}: acc {100 * out['table']['test/cls/Acc']:.2f} %", flush=True)

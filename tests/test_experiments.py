@@ -97,6 +97,11 @@ def test_bad_input_is_exit_2_with_the_valid_keys(tmp_path, capsys):
     assert "did you mean 'temperature_scaling'?" in capsys.readouterr().err
     assert main(["temperature_scaling", "--set", "cal_fraction=1.5", "--out", str(out)]) == 2
     assert "cal_fraction must be in (0, 1)" in capsys.readouterr().err
+    for bad, msg in (("kl_weight=-1", "kl_weight must be a finite number >= 0"),
+                     ('laplace_hessian="full"', "`hessian_structure` must be 'kron' or 'diag'"),
+                     ("bayes_samples=0", "bayes_samples must be an int >= 1")):
+        assert main(["sampling_mnist", "--set", bad, "--out", str(out)]) == 2, bad
+        assert msg in capsys.readouterr().err, bad
     assert not out.exists()
 
 
@@ -473,21 +478,25 @@ def test_methods_cifar_small(tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.parity
-@pytest.mark.slow  # 127 s measured on the loaded 2-core machine (compile-dominated: 2 fits, 4 jits, 2 TU runs)
+@pytest.mark.slow  # 140 s measured on a 2-core machine running CI beside it (compile-dominated: 2 fits, 3 TU runs)
 def test_sampling_mnist_small(tmp_path):
-    """``sampling_mnist --small``: MC Dropout (a sampler) and SWAG (a fit callback), each trained and
-    tested by jaxuq and by TU 0.13.0; the same table keys on both sides (TU adds its FLOPs), sampled
-    ensembles with their ``ens_*`` keys, both sides timed, and the two sides' numbers close (they train
-    from their own random draws, so only statistically: 8 SGD steps from chance level)."""
+    """``sampling_mnist --small``: a Bayesian LeNet (``fit``'s ELBO objective, sampled), SWAG (a fit
+    callback) and last-layer Laplace (post-hoc, TU's routine post-processing), each trained and tested by
+    jaxuq and by TU 0.13.0; the same table keys on both sides (TU adds its FLOPs; its post-processing table
+    has no Entropy), sampled ensembles with their ``ens_*`` keys, the sampled methods timed on both sides,
+    and the two sides' numbers close (they train from their own random draws, so only statistically: 8
+    SGD steps from chance level)."""
     data_path("MNIST/raw/t10k-images-idx3-ubyte.gz")
     res, _ = _launch_small("sampling_mnist", tmp_path)
-    assert set(res["methods"]) == {"mc_dropout", "swag"} and res["seeds"] == [0]
+    assert set(res["methods"]) == {"bayesian", "swag", "laplace"} and res["seeds"] == [0]
     for name, m in res["methods"].items():
         jx, tu = m["jaxuq"], m["tu"]
-        assert m["only_jaxuq"] == [] and m["only_tu"] == ["test/cplx/flops"], name
-        assert {"test/ens_Disagreement", "test/ens_MI", "test/ens_Entropy"} <= set(jx), name
+        post = name == "laplace"
+        assert m["only_jaxuq"] == (["test/cls/Entropy"] if post else []), name
+        assert m["only_tu"] == ([] if post else ["test/cplx/flops"]), name
+        assert post or {"test/ens_Disagreement", "test/ens_MI", "test/ens_Entropy"} <= set(jx), name
         assert all(math.isfinite(jx[k]) for k in jx if k != "test/sc/Cov_5Risk"), name
         assert 0 < jx["test/cls/NLL"] < 2.4 and 0 < tu["test/cls/NLL"] < 2.4, name  # log(10) = 2.30
-        assert m["abs_diff"]["test/cls/NLL"] < 0.1 and m["abs_diff"]["test/cls/Acc"] < 0.3, name
-        assert m["predict_s"]["jaxuq"] > 0 and m["predict_s"]["tu"] > 0, name
-    assert res["methods"]["mc_dropout"]["jaxuq"]["test/cplx/params"] == 44_426  # TU's lenet
+        assert m["abs_diff"]["test/cls/NLL"] < 0.2 and m["abs_diff"]["test/cls/Acc"] < 0.3, name
+        assert post or (m["predict_s"]["jaxuq"] > 0 and m["predict_s"]["tu"] > 0), name
+    assert res["methods"]["swag"]["jaxuq"]["test/cplx/params"] == 44_426  # TU's lenet
