@@ -148,8 +148,12 @@ def _model(name: str, config, train, test, members: int | None):
     if config["compare_tu"]:
         tl, t_tu = _tu_fit(tus, *train, tloss, config["steps"], lr, family)
         out["tu"] = tu_regression_table(tus, *test, family)
+        rel = np.max(np.abs(tl - jl) / np.maximum(1.0, np.abs(tl)), axis=1)  # per step, worst member
         out["loss_max_abs_diff"] = float(np.max(np.abs(tl - jl)))
-        out["loss_max_rel_diff"] = float(np.max(np.abs(tl - jl) / np.maximum(1.0, np.abs(tl))))
+        out["loss_max_rel_diff"] = float(np.max(rel))
+        # drift profile: the worst relative gap over the first k steps (agreement, then fp32 chaos)
+        out["loss_rel_diff_first"] = {str(k): float(np.max(rel[:k])) for k in (10, 50, 100, 200)
+                                      if k <= len(rel)}
         out["seconds"]["tu_fit"] = t_tu
     return out, module, params
 
@@ -254,9 +258,12 @@ def compare_all(config: dict, train, test, title: str) -> tuple[dict, str, dict]
             rows.append(compare_row(f"{label}: CQR q_hat", cqr["q_hat"], cqr.get("tu_q_hat")))
     diffs = [r["abs_diff"] for r in rows if r["abs_diff"] is not None]
     loss_diffs = [m["loss_max_rel_diff"] for m in models.values() if "loss_max_rel_diff" in m]
+    first50 = [m["loss_rel_diff_first"]["50"] for m in models.values()
+               if "50" in m.get("loss_rel_diff_first", {})]
     results = {"models": models, "cqr": cqr, "comparison": rows,
                "max_abs_diff": max(diffs) if diffs else None,
-               "loss_max_rel_diff": max(loss_diffs) if loss_diffs else None}
+               "loss_max_rel_diff": max(loss_diffs) if loss_diffs else None,
+               "loss_max_rel_diff_first_50": max(first50) if first50 else None}
     lines = [f"CQR ({1 - config['alpha']:.0%}, {cqr['n_heldout']} held-out points): "
              + ", ".join(f"{k} coverage {cqr[k]['coverage']:.3f} width {cqr[k]['mean_width']:.2f}"
                          for k in ("raw quantiles", "CQR", "split conformal"))]
