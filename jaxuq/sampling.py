@@ -28,18 +28,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxuq._validate import check_int
 from jaxuq.nn.bayesian import RNG as BAYES_RNG
 from jaxuq.nn.dropout import MC_FLAGS, MC_RNG, Dropout
 
 __all__ = ["BayesSampler", "MCDropout", "find_layers", "flag_tree", "mc_dropout"]
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def find_layers(model, variables, x, cls) -> list[tuple[tuple[str, ...], object]]:
@@ -81,7 +74,7 @@ class MCDropout:
     on_batch: bool = True
 
     def __post_init__(self):
-        _check_count(self.num_estimators, "num_estimators")
+        check_int(self.num_estimators, "num_estimators", minimum=1)
         if not self.layers:
             raise ValueError("MCDropout needs at least one dropout layer path")
 
@@ -107,7 +100,7 @@ def mc_dropout(model, variables, x, num_estimators: int, last_layer: bool = Fals
     layer for TU's models). Raises ValueError when the model has no dropout layer or when every
     selected layer has rate 0 (TU's checks), TypeError/ValueError for ``num_estimators`` not an int >= 1.
     """
-    _check_count(num_estimators, "num_estimators")
+    check_int(num_estimators, "num_estimators", minimum=1)
     layers = find_layers(model, variables, x, Dropout)
     if not layers:
         raise ValueError(
@@ -131,7 +124,7 @@ class BayesSampler:
     on_batch: bool = True
 
     def __post_init__(self):
-        _check_count(self.num_samples, "num_samples")
+        check_int(self.num_samples, "num_samples", minimum=1)
 
     @property
     def lowering(self) -> str:

@@ -252,7 +252,7 @@ def test_bad_input_is_refused():
         ELBOLoss(kl_weight=0.1, num_samples=1, inner_loss=ELBOLoss)
     with pytest.raises(ValueError, match="no KL terms"):
         kl_divergence({})
-    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+    with pytest.raises(ValueError, match="`num_samples` must be >= 1"):
         BayesSampler(0)
     with pytest.raises(TypeError, match="loss must be a jaxuq.losses.ELBOLoss"):
         ELBOObjective(cross_entropy)

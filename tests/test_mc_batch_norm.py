@@ -87,9 +87,9 @@ def test_shuffled_calibration_and_uint8_preprocess(bn_lenet):
 
 def test_bad_input_is_refused(bn_lenet):
     _, module, variables, cal, _ = bn_lenet
-    with pytest.raises(ValueError, match="num_estimators must be a positive int"):
+    with pytest.raises(ValueError, match="`num_estimators` must be >= 1"):
         mc_batch_norm_fit(module, variables, cal, 0, BS)
-    with pytest.raises(TypeError, match="mc_batch_size must be a positive int"):
+    with pytest.raises(TypeError, match="`mc_batch_size` must be an int"):
         mc_batch_norm_fit(module, variables, cal, M, 2.5)
     with pytest.raises(ValueError, match="dataset is too small"):
         mc_batch_norm_fit(module, variables, cal[: (M - 1) * BS], M, BS)

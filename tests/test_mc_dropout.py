@@ -142,9 +142,9 @@ def test_layers_found_in_resnet_and_last_layer():
 
 def test_bad_input_is_refused(tu_lenet):
     _, module, variables, x = tu_lenet
-    with pytest.raises(ValueError, match="num_estimators must be >= 1"):
+    with pytest.raises(ValueError, match="`num_estimators` must be >= 1"):
         mc_dropout(module, variables, x, 0)
-    with pytest.raises(TypeError, match="num_estimators must be an int"):
+    with pytest.raises(TypeError, match="`num_estimators` must be an int"):
         mc_dropout(module, variables, x, 2.0)
     with pytest.raises(ValueError, match="rate > 0"):
         mc_dropout(models.get("lenet", in_channels=1, num_classes=10, norm="batchnorm"), variables, x, 2)

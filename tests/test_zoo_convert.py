@@ -129,7 +129,7 @@ def test_factory_arguments_are_validated():
     base = dict(in_channels=3, num_classes=10, arch=18)
     with pytest.raises(TypeError, match="num_estimators"):
         models.get("mimo_resnet", **base, num_estimators=2.0)
-    with pytest.raises(ValueError, match="num_estimators must be >= 1"):
+    with pytest.raises(ValueError, match="`num_estimators` must be >= 1"):
         models.get("batched_wideresnet28x10", in_channels=3, num_classes=10, num_estimators=0)
     with pytest.raises(ValueError, match="alpha"):
         models.get("packed_resnet", **base, num_estimators=2, alpha=float("nan"), gamma=1)

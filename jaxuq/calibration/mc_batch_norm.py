@@ -30,18 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxuq._validate import check_int
 from jaxuq.nn.norm import MC_ACCUMULATE, BatchNorm
 from jaxuq.sampling import find_layers, flag_tree
 
 __all__ = ["mc_batch_norm_fit"]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 @partial(jax.jit, static_argnames=("model",))
@@ -63,8 +56,8 @@ def mc_batch_norm_fit(model, variables, images, num_estimators: int = 16, mc_bat
     ``images``: calibration inputs ``[N, H, W, C]`` (float, or uint8 through ``preprocess.eval``).
     ``variables`` must hold the model's ``params`` and ``batch_stats``.
     """
-    m = _positive_int(num_estimators, "num_estimators")
-    bs = _positive_int(mc_batch_size, "mc_batch_size")
+    m = check_int(num_estimators, "num_estimators", minimum=1)
+    bs = check_int(mc_batch_size, "mc_batch_size", minimum=1)
     n = len(images)
     if n <= (m - 1) * bs:
         raise ValueError(

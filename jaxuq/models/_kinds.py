@@ -24,6 +24,7 @@ import math
 import flax.linen as nn
 import numpy as np
 
+from jaxuq._validate import check_int
 from jaxuq.models._common import conv, torch_inits
 from jaxuq.nn.batch_ensemble import BatchConv, BatchDense, repeat_inputs
 from jaxuq.nn.masksembles import MaskedConv, MaskedDense, check_scale
@@ -36,12 +37,8 @@ KINDS = ("std", "batched", "masked", "packed", "mimo")
 
 
 def count(value, name: str) -> int:
-    """A positive integer argument (``num_estimators``, ``gamma``): TypeError / ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    """A positive integer argument (``num_estimators``, ``gamma``): ``check_int(value, name, minimum=1)``."""
+    return check_int(value, name, minimum=1)
 
 
 def validated(module):
