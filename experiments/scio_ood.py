@@ -16,7 +16,7 @@ Printed: the layer table, the summary table, per-score timers; written: the summ
 
 scio beside jaxuq (``compare_tu``): scio 1.1.0 needs Python >= 3.12 and is not installed, so its
 side is its recorded outputs (tests/golden/ood_scio_tiniest_{small,full}.npz, recipe
-tests/test_ood_scio_gen.py). They cover another protocol: calibration on the first ``n_calib``
+tests/gen_golden_scio.py). They cover another protocol: calibration on the first ``n_calib``
 real *training* images, InD the first ``n_ind`` test images (``scio_golden="full"``: 1000 / 1000,
 the four tutorial scores; ``"small"``: 128 / 32). jaxuq reruns that protocol and is compared
 per score and OOD set on scio's two metrics and on the confidences. Not compared: the held-out

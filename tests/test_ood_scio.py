@@ -1,7 +1,7 @@
 """scio 1.1.0 parity of the OOD detectors on Tiniest, real images (experiments/scio_ood.py's own
 comparison with these outputs: tests/test_experiments.py).
 
-The reference numbers come from scio itself (tests/test_ood_scio_gen.py, run in a Python 3.12
+The reference numbers come from scio itself (tests/gen_golden_scio.py, run in a Python 3.12
 venv since scio-pypi needs >= 3.12) and are stored in tests/golden/ood_scio_tiniest_small.npz:
 128 calibration train images, 32 InD test images and the 3 synthetic OOD sets built from them.
 """
@@ -12,8 +12,8 @@ import pytest
 
 from jaxuq.ood import detectors as D
 from jaxuq.ood.confidence_metrics import partial_auc, tpr_at_fpr_conf
+from tests.gen_golden_scio import load_split, ood_sets
 from tests.helpers import GOLDEN, data_path, require
-from tests.test_ood_scio_gen import load_split, ood_sets
 
 # conformity tolerances (rtol, atol) per score, in the golden's order. Gram raises activations to
 # the 8th power and thresholds them at per-class quantiles: float32 rounding differences between

@@ -4,7 +4,7 @@ scio-pypi requires Python >= 3.12, so it runs in its own venv, not the project's
 
     /root/.pyenv/versions/3.12.1/bin/python -m venv /tmp/scio312
     /tmp/scio312/bin/pip install torch==2.14.1 scio-pypi==1.1.0
-    JAXUQ_DATA_DIR=/work/shared/data /tmp/scio312/bin/python tests/test_ood_scio_gen.py
+    JAXUQ_DATA_DIR=/work/shared/data /tmp/scio312/bin/python tests/gen_golden_scio.py
 
 It rebuilds the torch Tiniest from checkpoints/scio_tiniest (checked against the reference
 logits), then runs scio's tutorial flow (fit_scores / compute_confidence / compute_metrics):
