@@ -12,6 +12,9 @@ e, N)``). Both preprocess ``x / 255``; no augmentation. MIMO's ``MIMOBatchFormat
 every step (``torch.randperm`` / a JAX key): here one fixed set, given to jaxuq's ``MIMOBatchFormat
 (permutations=...)`` and injected into TU's ``torch.randperm``, so the two runs see the same batches.
 
+Every training step's loss is recorded on both sides (``record_steps``; a Lightning callback on TU's
+``training_step`` value): ``loss_drift`` is the worst relative gap at step 1, over the first 10 steps and
+over all, so a port error (a gap at step 1) shows apart from float32 chaos (growth after agreement).
 Then (1) each side's test table (TU's ``TUTrainer.test`` vs ``jaxuq.evaluate``) on the test images, |Δ|
 per key; (2) the TU-trained model converted to jaxuq: its eval logits (``[(M B), C]``, TU's eval-time
 input repetition included) against TU's on the same test images. Any gap in (1) beyond (2)'s is training
@@ -208,8 +211,20 @@ def _nchw(xu):
     return np.ascontiguousarray(xu.transpose(0, 3, 1, 2)).astype(np.float32) / 255.0
 
 
+def _loss_recorder(losses: list):
+    """A Lightning callback appending every training step's loss (the routine's ``training_step`` value)."""
+    import lightning
+
+    class _Record(lightning.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            losses.append(float(loss.detach().reshape(())))
+
+    return _Record()
+
+
 def train_tu(tm, family: str, config: dict, data: dict, seed: int):
-    """TU's routine + ``TUTrainer.fit`` of torch model ``tm`` -> (routine, seconds)."""
+    """TU's routine + ``TUTrainer.fit`` of torch model ``tm`` -> (routine, per-step losses, seconds)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
     from torch_uncertainty.routines import ClassificationRoutine
@@ -226,15 +241,17 @@ def train_tu(tm, family: str, config: dict, data: dict, seed: int):
     orders = [np.asarray(epoch_permutation(k_data, e, len(y))) for e in range(config["epochs"])]
     loader = DataLoader(TensorDataset(torch.tensor(_nchw(xu)), torch.tensor(y)),
                         batch_size=config["batch_size"], sampler=_EpochOrders(orders))
+    losses: list[float] = []
     t0 = time.perf_counter()
     with injected_randperm(perms) if perms else contextlib.nullcontext():
-        tu_trainer(max_epochs=config["epochs"], num_sanity_val_steps=0, limit_val_batches=0).fit(
-            routine, train_dataloaders=loader)
-    return routine, time.perf_counter() - t0
+        tu_trainer(max_epochs=config["epochs"], num_sanity_val_steps=0, limit_val_batches=0,
+                   callbacks=[_loss_recorder(losses)]).fit(routine, train_dataloaders=loader)
+    return routine, np.asarray(losses), time.perf_counter() - t0
 
 
 def train_jaxuq(tu_name: str, kw: dict, sd0: dict, family: str, config: dict, data: dict, seed: int):
-    """``jaxuq.train.fit`` from the converted initial state dict -> (module, variables, seconds)."""
+    """``jaxuq.train.fit`` from the converted initial state dict -> (module, variables, per-step losses,
+    seconds)."""
     module, v = mappings.convert_state_dict(tu_name, sd0, "TU init", **kw)
     tx = optax.sgd(config["lr"])
     params = jax.tree.map(jnp.asarray, v["params"])
@@ -243,11 +260,22 @@ def train_jaxuq(tu_name: str, kw: dict, sd0: dict, family: str, config: dict, da
                     opt_state=tx.init(params), batch_stats=as_jax("batch_stats"), key=jax.random.key(seed),
                     constants=as_jax("constants"))
     cfg = TrainConfig(optimizer=tx, epochs=config["epochs"], batch_size=config["batch_size"], seed=seed,
-                      format_batch=formats(family, config, seed)[1], quiet=True)
+                      format_batch=formats(family, config, seed)[1], quiet=True, record_steps=True)
     t0 = time.perf_counter()
-    state = fit(module, data["train"], cfg, init_state=st).state
-    jax.block_until_ready(state.params)
-    return module, state.variables(), time.perf_counter() - t0
+    r = fit(module, data["train"], cfg, init_state=st)
+    jax.block_until_ready(r.state.params)
+    seconds = time.perf_counter() - t0
+    losses = np.concatenate([np.asarray(h["train_loss_steps"], np.float64).reshape(-1) for h in r.history])
+    return module, r.state.variables(), losses, seconds
+
+
+def drift_profile(tu_losses, jx_losses) -> dict:
+    """The worst relative training-loss gap ``|jaxuq - TU| / |TU|`` over the first k steps (k = 1, 10,
+    all): a port error shows at step 1, float32 chaos as growth after agreement."""
+    if tu_losses.shape != jx_losses.shape:
+        raise RuntimeError(f"TU ran {tu_losses.shape} steps, jaxuq {jx_losses.shape}")
+    rel = np.abs(jx_losses - tu_losses) / np.abs(tu_losses)
+    return {"1": float(rel[0]), "10": float(rel[:10].max()), "all": float(rel.max()), "steps": len(rel)}
 
 
 def _state_dict(tm) -> dict:
@@ -267,8 +295,9 @@ def run_one(name: str, config: dict, data: dict, seed: int) -> dict:
     torch.manual_seed(seed)
     tm = getattr(tu, tu_name)(**kw)
     sd0 = _state_dict(tm)
-    module, variables, jx_s = train_jaxuq(tu_name, kw, sd0, family, config, data, seed)
-    routine, tu_s = train_tu(tm, family, config, data, seed)
+    module, variables, jx_loss, jx_s = train_jaxuq(tu_name, kw, sd0, family, config, data, seed)
+    routine, tu_loss, tu_s = train_tu(tm, family, config, data, seed)
+    drift = drift_profile(tu_loss, jx_loss)
     xt, yt = data["test"]
     tu_table = tu_test(routine.eval(), (_nchw(xt), yt), batch_size=256)
     jx_table = evaluate(module, variables, (xt, yt), preprocess=Preprocess(), batch_size=256, progress=False)
@@ -278,12 +307,12 @@ def run_one(name: str, config: dict, data: dict, seed: int) -> dict:
     z_jx = np.asarray(module.apply(conv, jnp.asarray(xt, jnp.float32) / 255.0, train=False))
     cmp = compare_tables(jx_table, tu_table)
     print(f"{name} seed {seed}: acc TU {100 * tu_table['test/cls/Acc']:.2f} % / jaxuq "
-          f"{100 * jx_table['test/cls/Acc']:.2f} %; converted logits max|Δ| {np.abs(z_tu - z_jx).max():.1e}",
-          flush=True)
+          f"{100 * jx_table['test/cls/Acc']:.2f} %; converted logits max|Δ| {np.abs(z_tu - z_jx).max():.1e}; "
+          f"loss drift step 1 {drift['1']:.1e}, <= 10 {drift['10']:.1e}, all {drift['all']:.1e}", flush=True)
     return {"seed": seed, "tu": tu_table, "jaxuq": jx_table,
             "abs_diff": {k: d for k, (_, _, d) in cmp["diffs"].items()}, "max_abs_diff": cmp["max_abs_diff"],
             "keys_only_one_side": cmp["missing"] + cmp["extra"],
-            "converted_logits_max_abs_diff": float(np.abs(z_tu - z_jx).max()),
+            "converted_logits_max_abs_diff": float(np.abs(z_tu - z_jx).max()), "loss_drift": drift,
             "seconds": {"tu_train": tu_s, "jaxuq_train": jx_s}}
 
 
@@ -294,14 +323,15 @@ def _seeds(name: str, config: dict) -> list:
 def render(per_model: dict) -> str:
     """A plain-text table: per model, TU and jaxuq mean accuracy / NLL / ECE, max |Δ| over keys."""
     lines = [f"{'model':<22}{'seeds':>6}{'Acc TU':>9}{'Acc jaxuq':>11}{'NLL TU':>9}{'NLL jaxuq':>11}"
-             f"{'max |Δ| table':>15}{'logits |Δ|':>12}"]
+             f"{'max |Δ| table':>15}{'logits |Δ|':>12}{'drift 1/10/all':>19}"]
     for name, runs in per_model.items():
         mean = lambda side, k, runs=runs: float(np.mean([r[side][k] for r in runs]))  # noqa: E731
         worst = max(r["max_abs_diff"] for r in runs)
         logits = max(r["converted_logits_max_abs_diff"] for r in runs)
+        drift = "/".join(f"{max(r['loss_drift'][k] for r in runs):.0e}" for k in ("1", "10", "all"))
         lines.append(f"{name:<22}{len(runs):>6}{100 * mean('tu', 'test/cls/Acc'):>8.2f}%"
                      f"{100 * mean('jaxuq', 'test/cls/Acc'):>10.2f}%{mean('tu', 'test/cls/NLL'):>9.4f}"
-                     f"{mean('jaxuq', 'test/cls/NLL'):>11.4f}{worst:>15.1e}{logits:>12.1e}")
+                     f"{mean('jaxuq', 'test/cls/NLL'):>11.4f}{worst:>15.1e}{logits:>12.1e}{drift:>19}")
     return "\n".join(lines)
 
 
@@ -317,6 +347,8 @@ def run(config: dict, out_dir) -> tuple[dict, str]:
         "max_abs_diff_tables": {n: max(r["max_abs_diff"] for r in runs) for n, runs in per_model.items()},
         "max_abs_diff_converted_logits": {n: max(r["converted_logits_max_abs_diff"] for r in runs)
                                           for n, runs in per_model.items()},
+        "max_loss_drift": {n: {k: max(r["loss_drift"][k] for r in runs) for k in ("1", "10", "all")}
+                           for n, runs in per_model.items()},
     }
     return results, render_text(table)
 

@@ -455,8 +455,8 @@ def test_deup_synthetic_matches_tu_golden():
 @pytest.mark.slow
 def test_methods_cifar_small(tmp_path):
     """TU's routine + TUTrainer beside fit from the same converted initial weights (MIMO's draws injected on
-    both sides): the tables after 2 steps agree (measured <= 5.5e-6: float32 drift), and the TU-trained
-    model converted gives TU's eval logits (measured <= 6.1e-8)."""
+    both sides): both steps' losses agree (relative, <= 1e-5), the tables after 2 steps agree (measured
+    <= 5.5e-6: float32 drift), and the TU-trained model converted gives TU's eval logits (measured <= 6.1e-8)."""
     from experiments.__main__ import main
 
     data_path("MNIST")
@@ -473,6 +473,7 @@ def test_methods_cifar_small(tmp_path):
         assert {"test/cls/Acc", "test/cls/NLL", "test/cal/ECE", "test/ens_Disagreement"} <= set(r["abs_diff"])
         assert r["max_abs_diff"] <= 1e-4, (name, r["abs_diff"])
         assert r["converted_logits_max_abs_diff"] <= 1e-5, name
+        assert r["loss_drift"]["steps"] == 2 and r["loss_drift"]["all"] <= 1e-5, (name, r["loss_drift"])
     assert "mimo_resnet18" in (out / "table.txt").read_text()
 
 
