@@ -15,6 +15,8 @@ every step (``torch.randperm`` / a JAX key): here one fixed set, given to jaxuq'
 Every training step's loss is recorded on both sides (``record_steps``; a Lightning callback on TU's
 ``training_step`` value): ``loss_drift`` is the worst relative gap at step 1, over the first 10 steps and
 over all, so a port error (a gap at step 1) shows apart from float32 chaos (growth after agreement).
+With ``tu_vs_tu``, TU trains again from the same state dict on one torch thread (the same arithmetic in
+another summation order): ``loss_drift_tu_1thread`` is how far TU drifts from itself in the same recipe.
 Then (1) each side's test table (TU's ``TUTrainer.test`` vs ``jaxuq.evaluate``) on the test images, |Δ|
 per key; (2) the TU-trained model converted to jaxuq: its eval logits (``[(M B), C]``, TU's eval-time
 input repetition included) against TU's on the same test images. Any gap in (1) beyond (2)'s is training
@@ -43,6 +45,8 @@ Config keys:
   cifar_test: CIFAR-10 test images used (<= 1000).
   mnist_train: MNIST training images used (<= 60000).
   mnist_test: MNIST test images used (<= 10000).
+  tu_vs_tu: also train TU a second time from the same initial state dict on one torch thread, and report
+    that run's loss drift from TU's (how fast float32 rounding alone grows in this recipe).
   data_dir: the data folder (None: $JAXUQ_DATA_DIR).
 """
 
@@ -93,6 +97,7 @@ def get_config() -> dict:
         "cifar_test": 1000,
         "mnist_train": 60000,
         "mnist_test": 10000,
+        "tu_vs_tu": True,
         "data_dir": None,
     }
 
@@ -278,6 +283,22 @@ def drift_profile(tu_losses, jx_losses) -> dict:
     return {"1": float(rel[0]), "10": float(rel[:10].max()), "all": float(rel.max()), "steps": len(rel)}
 
 
+def _tu_vs_tu(tu_name: str, kw: dict, sd0: dict, family: str, config: dict, data: dict, seed: int, tu_loss):
+    """TU trained again from ``sd0`` on one torch thread: its drift profile from ``tu_loss``."""
+    import torch
+    from torch_uncertainty.models import classification as tu
+
+    twin = getattr(tu, tu_name)(**kw)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in sd0.items()})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, losses, _ = train_tu(twin, family, config, data, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return drift_profile(tu_loss, losses)
+
+
 def _state_dict(tm) -> dict:
     return {k: v.detach().cpu().numpy().copy() for k, v in tm.state_dict().items()}
 
@@ -298,6 +319,7 @@ def run_one(name: str, config: dict, data: dict, seed: int) -> dict:
     module, variables, jx_loss, jx_s = train_jaxuq(tu_name, kw, sd0, family, config, data, seed)
     routine, tu_loss, tu_s = train_tu(tm, family, config, data, seed)
     drift = drift_profile(tu_loss, jx_loss)
+    ref = _tu_vs_tu(tu_name, kw, sd0, family, config, data, seed, tu_loss) if config["tu_vs_tu"] else None
     xt, yt = data["test"]
     tu_table = tu_test(routine.eval(), (_nchw(xt), yt), batch_size=256)
     jx_table = evaluate(module, variables, (xt, yt), preprocess=Preprocess(), batch_size=256, progress=False)
@@ -305,7 +327,12 @@ def run_one(name: str, config: dict, data: dict, seed: int) -> dict:
     with torch.no_grad():
         z_tu = tm.eval()(torch.tensor(_nchw(xt))).numpy()
     z_jx = np.asarray(module.apply(conv, jnp.asarray(xt, jnp.float32) / 255.0, train=False))
-    cmp = compare_tables(jx_table, tu_table)
+    # the metrics are compared; the complexity keys are reported apart: TU counts a Masksembles mask as a
+    # parameter (requires_grad=False), jaxuq keeps it in `constants`, and jaxuq's table counts no FLOPs here
+    cplx = {k: {"tu": tu_table.get(k), "jaxuq": jx_table.get(k)}
+            for k in ("test/cplx/params", "test/cplx/flops")}
+    metrics = lambda t: {k: v for k, v in t.items() if not k.startswith("test/cplx/")}  # noqa: E731
+    cmp = compare_tables(metrics(jx_table), metrics(tu_table))
     print(f"{name} seed {seed}: acc TU {100 * tu_table['test/cls/Acc']:.2f} % / jaxuq "
           f"{100 * jx_table['test/cls/Acc']:.2f} %; converted logits max|Δ| {np.abs(z_tu - z_jx).max():.1e}; "
           f"loss drift step 1 {drift['1']:.1e}, <= 10 {drift['10']:.1e}, all {drift['all']:.1e}", flush=True)
@@ -313,6 +340,7 @@ def run_one(name: str, config: dict, data: dict, seed: int) -> dict:
             "abs_diff": {k: d for k, (_, _, d) in cmp["diffs"].items()}, "max_abs_diff": cmp["max_abs_diff"],
             "keys_only_one_side": cmp["missing"] + cmp["extra"],
             "converted_logits_max_abs_diff": float(np.abs(z_tu - z_jx).max()), "loss_drift": drift,
+            "loss_drift_tu_1thread": ref, "complexity": cplx,
             "seconds": {"tu_train": tu_s, "jaxuq_train": jx_s}}
 
 
@@ -320,18 +348,26 @@ def _seeds(name: str, config: dict) -> list:
     return config["seeds"] if MODELS[name][1] == "mnist" else config["seeds"][:config["resnet_seeds"]]
 
 
+def _drift(runs: list, key: str) -> str:
+    """``1/10/all``: the worst of ``runs``' drift profiles under ``key`` ("-" where not measured)."""
+    if any(r.get(key) is None for r in runs):
+        return "-"
+    return "/".join(f"{max(r[key][k] for r in runs):.0e}" for k in ("1", "10", "all"))
+
+
 def render(per_model: dict) -> str:
-    """A plain-text table: per model, TU and jaxuq mean accuracy / NLL / ECE, max |Δ| over keys."""
-    lines = [f"{'model':<22}{'seeds':>6}{'Acc TU':>9}{'Acc jaxuq':>11}{'NLL TU':>9}{'NLL jaxuq':>11}"
-             f"{'max |Δ| table':>15}{'logits |Δ|':>12}{'drift 1/10/all':>19}"]
+    """A plain-text table: per model, TU and jaxuq mean accuracy, max |Δ| over the table's keys, the
+    converted logits' |Δ|, and the loss drift (step 1 / first 10 / all) of jaxuq and of TU on 1 thread
+    from TU."""
+    lines = [f"{'model':<20}{'seeds':>6}{'Acc TU':>9}{'Acc jaxuq':>11}{'max|Δ| tab':>11}{'logits|Δ|':>10}"
+             f"{'jaxuq-TU 1/10/all':>19}{'TU1-TU 1/10/all':>19}"]
     for name, runs in per_model.items():
         mean = lambda side, k, runs=runs: float(np.mean([r[side][k] for r in runs]))  # noqa: E731
         worst = max(r["max_abs_diff"] for r in runs)
         logits = max(r["converted_logits_max_abs_diff"] for r in runs)
-        drift = "/".join(f"{max(r['loss_drift'][k] for r in runs):.0e}" for k in ("1", "10", "all"))
-        lines.append(f"{name:<22}{len(runs):>6}{100 * mean('tu', 'test/cls/Acc'):>8.2f}%"
-                     f"{100 * mean('jaxuq', 'test/cls/Acc'):>10.2f}%{mean('tu', 'test/cls/NLL'):>9.4f}"
-                     f"{mean('jaxuq', 'test/cls/NLL'):>11.4f}{worst:>15.1e}{logits:>12.1e}{drift:>19}")
+        lines.append(f"{name:<20}{len(runs):>6}{100 * mean('tu', 'test/cls/Acc'):>8.2f}%"
+                     f"{100 * mean('jaxuq', 'test/cls/Acc'):>10.2f}%{worst:>11.1e}{logits:>10.1e}"
+                     f"{_drift(runs, 'loss_drift'):>19}{_drift(runs, 'loss_drift_tu_1thread'):>19}")
     return "\n".join(lines)
 
 

@@ -469,7 +469,8 @@ def test_methods_cifar_small(tmp_path):
     assert set(res["models"]) == {"mimo_resnet18", "packed_lenet"}
     for name, runs in res["models"].items():
         (r,) = runs
-        assert r["keys_only_one_side"] == ["test/cplx/flops"], name  # jaxuq's table counts no FLOPs here
+        assert r["keys_only_one_side"] == [], name  # the complexity keys are reported apart
+        assert r["complexity"]["test/cplx/params"]["tu"] == r["complexity"]["test/cplx/params"]["jaxuq"], name
         assert {"test/cls/Acc", "test/cls/NLL", "test/cal/ECE", "test/ens_Disagreement"} <= set(r["abs_diff"])
         assert r["max_abs_diff"] <= 1e-4, (name, r["abs_diff"])
         assert r["converted_logits_max_abs_diff"] <= 1e-5, name
