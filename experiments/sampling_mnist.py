@@ -241,9 +241,11 @@ def run_jaxuq(config: dict, data: dict, seed: int) -> dict:
 # ----------------------------------------------------------------------------- TU side
 
 
-def _tu_routine(model, config: dict, ensemble: bool = False, name: str = ""):
-    """TU's routine: cross-entropy (``bayesian``: TU's ``ELBOLoss``), SGD; ``laplace``: TU's
-    ``LaplaceApprox`` as the routine's post-processing."""
+def _tu_routine(model, config: dict, ensemble: bool = False, name: str = "", laplace: bool = False):
+    """TU's routine: cross-entropy (``name == "bayesian"``: TU's ``ELBOLoss``), SGD; ``laplace``: TU's
+    ``LaplaceApprox`` as the routine's post-processing. laplace-torch deep-copies the model when TU builds
+    its ``Laplace``, i.e. when this routine is built: so the Laplace routine is built after training (built
+    before, as one routine that trains and tests, TU fits the Laplace of the untrained copy: README)."""
     import torch
     from torch import nn
     from torch_uncertainty.losses import ELBOLoss as TUELBOLoss
@@ -254,7 +256,7 @@ def _tu_routine(model, config: dict, ensemble: bool = False, name: str = ""):
     loss = (TUELBOLoss(model, nn.CrossEntropyLoss(), config["kl_weight"], config["bayes_samples"])
             if name == "bayesian" else nn.CrossEntropyLoss())
     post = (TULaplace("classification", hessian_struct=config["laplace_hessian"],
-                      link_approx=config["laplace_link"]) if name == "laplace" else None)
+                      link_approx=config["laplace_link"]) if laplace else None)
     return ClassificationRoutine(model=model, num_classes=10, loss=loss, is_ensemble=ensemble,
                                  optim_recipe={"optimizer": opt}, post_processing=post)
 
@@ -335,6 +337,8 @@ def run_tu_method(name: str, config: dict, data: dict, seed: int, root) -> dict:
         sampled = _tu_sampler(name, model, config, data)
         if sampled is not model:
             routine = _tu_routine(sampled, config, ensemble=True)
+        elif name == "laplace":  # post-hoc: TU's LaplaceApprox built on the trained LeNet
+            routine = _tu_routine(model, config, laplace=True)
         train_s = time.perf_counter() - t0
         table = tu_test_table(tu_trainer(), routine, dm)
     if name == "laplace":  # the Laplace predictive's table: the post-processing keys, renamed
