@@ -82,7 +82,7 @@ from experiments._compare import compare_tables, render_text
 from experiments._tu import torch_loader, torchvision_root, tu_test_table, tu_trainer
 from experiments._tu_mnist import _datamodule
 from jaxuq.calibration import mc_batch_norm_fit
-from jaxuq.calibration.laplace import LaplaceApprox
+from jaxuq.calibration.laplace import LaplaceApprox, last_layer_features
 from jaxuq.data import MNIST_NORM, Preprocess, load_mnist
 from jaxuq.forward import StackedBatchStats
 from jaxuq.losses import ELBOLoss
@@ -207,10 +207,13 @@ def _jx_predictors(config: dict, data: dict, seed: int) -> dict:
 
 
 def _jx_laplace(net, v, kw: dict, data: dict) -> dict:
-    """Laplace's table and mean probabilities: its predictive probabilities on the test images."""
+    """Laplace's table and mean probabilities: its predictive probabilities on the test images; and
+    ``map_agreement``, the share of test images whose predicted class is the MAP network's."""
     (la, post), (xte, yte) = kw["laplace"], data["test"]
     probs = np.asarray(la.predict(post, net, v, PRE.eval(xte), key=kw["key"]))
-    return {"table": jaxuq.classification_table(probs, yte), "probs": probs}
+    logits = np.asarray(last_layer_features(net, v, PRE.eval(xte), la.layer)[1])
+    return {"table": jaxuq.classification_table(probs, yte), "probs": probs,
+            "map_agreement": float(np.mean(probs.argmax(-1) == logits.argmax(-1)))}
 
 
 def _jx_table(name: str, net, v, kw: dict, config: dict, data: dict) -> dict:
@@ -316,6 +319,16 @@ def _tu_predict_s(model, config: dict, data: dict) -> float:
     return _timed(go, config["timing_repeats"])
 
 
+def _tu_map_agreement(routine, model, data: dict) -> float:
+    """The share of test images whose class under TU's fitted Laplace predictive is the trained LeNet's."""
+    import torch
+
+    x = torch.from_numpy(_nchw(data["test"][0]))
+    with torch.no_grad():
+        probs, logits = routine.post_processing(x), model.eval()(x)
+    return float((probs.argmax(-1) == logits.argmax(-1)).double().mean())
+
+
 def run_tu_method(name: str, config: dict, data: dict, seed: int, root) -> dict:
     """Train and test method ``name`` with TU: ``{"table", "train_s", "predict_s"?}``."""
     import lightning
@@ -344,6 +357,8 @@ def run_tu_method(name: str, config: dict, data: dict, seed: int, root) -> dict:
     if name == "laplace":  # the Laplace predictive's table: the post-processing keys, renamed
         table = {"test/" + k[len("test/post/"):]: v for k, v in table.items() if k.startswith("test/post/")}
     out = {"table": table, "train_s": train_s}
+    if name == "laplace":
+        out["map_agreement"] = _tu_map_agreement(routine, model, data)
     if name in SAMPLED:
         out["predict_s"] = _tu_predict_s(sampled, config, data)
     print(f"TU {name} seed {seed}: acc {100 * out['table']['test/cls/Acc']:.2f} %", flush=True)

@@ -502,3 +502,6 @@ def test_sampling_mnist_small(tmp_path):
         assert m["abs_diff"]["test/cls/NLL"] < 0.2 and m["abs_diff"]["test/cls/Acc"] < 0.3, name
         assert post or (m["predict_s"]["jaxuq"] > 0 and m["predict_s"]["tu"] > 0), name
     assert res["methods"]["swag"]["jaxuq"]["test/cplx/params"] == 44_426  # TU's lenet
+    # post-hoc Laplace keeps the trained network's decisions (TU's routine fitted an untrained copy: 0.55)
+    for side in ("jaxuq_runs", "tu_runs"):
+        assert res[side][0]["methods"]["laplace"]["map_agreement"] >= 0.9, side
