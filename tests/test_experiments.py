@@ -501,7 +501,9 @@ def test_sampling_mnist_small(tmp_path):
         assert 0 < jx["test/cls/NLL"] < 2.4 and 0 < tu["test/cls/NLL"] < 2.4, name  # log(10) = 2.30
         assert m["abs_diff"]["test/cls/NLL"] < 0.2 and m["abs_diff"]["test/cls/Acc"] < 0.3, name
         assert post or (m["predict_s"]["jaxuq"] > 0 and m["predict_s"]["tu"] > 0), name
-    assert res["methods"]["swag"]["jaxuq"]["test/cplx/params"] == 44_426  # TU's lenet
+    bayes = res["methods"]["bayesian"]  # mu and rho of every weight: twice TU's lenet, counted alike
+    assert bayes["jaxuq"]["test/cplx/params"] == bayes["tu"]["test/cplx/params"] == 2 * 44_426
+    assert res["methods"]["swag"]["jaxuq"]["test/cplx/params"] == 4 * 44_426  # the M = 4 samples it predicts with
     # post-hoc Laplace keeps the trained network's decisions (TU's routine fitted an untrained copy: 0.55)
     for side in ("jaxuq_runs", "tu_runs"):
         assert res[side][0]["methods"]["laplace"]["map_agreement"] >= 0.9, side
