@@ -194,3 +194,10 @@ def score_plot(scores: dict, path) -> None:
     summary_plot(
         [-scores[c][0] for c in names], [[-scores[c][1][o] for c in names] for o in oods], names, oods, path
     )
+
+
+def drift(a, ref) -> np.ndarray:
+    """Per-step relative loss difference ``|a - ref| / |ref|`` (the lockstep tool's and methods_cifar's
+    drift profiles)."""
+    ref = np.asarray(ref, np.float64)
+    return np.abs(np.asarray(a, np.float64) - ref) / np.maximum(np.abs(ref), 1e-30)

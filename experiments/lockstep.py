@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments._compare import render_text
+from experiments._compare import drift, render_text
 from experiments._inject import bayes_noise, dropout_masks, masks_nhwc_to_torch
 from jaxuq.data import MNIST_NORM, Preprocess
 from jaxuq.data.formats import RepeatTarget
@@ -393,11 +393,6 @@ def jaxuq_accuracy(name: str, module, params, images: np.ndarray, labels: np.nda
 
 
 # ------------------------------------------------------------------------------- profiles
-def drift(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per-step relative loss difference ``|a - ref| / |ref|``."""
-    return np.abs(np.asarray(a, np.float64) - ref) / np.maximum(np.abs(ref), 1e-30)
-
-
 def _at(profile: np.ndarray, steps: list[int]) -> dict:
     out = {str(s): float(profile[s - 1]) for s in steps if s <= len(profile)}
     out["end"] = float(profile[-1])

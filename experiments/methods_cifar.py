@@ -62,7 +62,7 @@ import numpy as np
 import optax
 
 from converters import mappings
-from experiments._compare import compare_tables, render_text
+from experiments._compare import compare_tables, drift, render_text
 from experiments._launch import launch_module
 from jaxuq.data import MIMOBatchFormat, RepeatTarget, epoch_permutation, load_mnist
 from jaxuq.evaluation import evaluate
@@ -279,7 +279,7 @@ def drift_profile(tu_losses, jx_losses) -> dict:
     all): a port error shows at step 1, float32 chaos as growth after agreement."""
     if tu_losses.shape != jx_losses.shape:
         raise RuntimeError(f"TU ran {tu_losses.shape} steps, jaxuq {jx_losses.shape}")
-    rel = np.abs(jx_losses - tu_losses) / np.abs(tu_losses)
+    rel = drift(jx_losses, tu_losses)
     return {"1": float(rel[0]), "10": float(rel[:10].max()), "all": float(rel.max()), "steps": len(rel)}
 
 

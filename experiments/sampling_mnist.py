@@ -123,9 +123,7 @@ def _check(config: dict) -> None:
               "mc_batch_size", "timing_repeats", "num_seeds", "bayes_samples"):
         if not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1:
             raise ValueError(f"{k} must be an int >= 1, got {config[k]!r}")
-    kl = config["kl_weight"]
-    if isinstance(kl, bool) or not isinstance(kl, int | float) or not 0 <= kl < float("inf"):
-        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl!r}")
+    ELBOLoss(kl_weight=config["kl_weight"], num_samples=config["bayes_samples"])  # raises on a bad kl_weight
     LaplaceApprox(config["laplace_hessian"], config["laplace_link"])  # raises on a bad structure / link
     if config["epochs"] <= config["cycle_start"] + 1 and {"swag"} & set(config["methods"]):
         raise ValueError(f"swag takes its first snapshot at epoch cycle_start + 1 = "

@@ -97,7 +97,7 @@ def test_bad_input_is_exit_2_with_the_valid_keys(tmp_path, capsys):
     assert "did you mean 'temperature_scaling'?" in capsys.readouterr().err
     assert main(["temperature_scaling", "--set", "cal_fraction=1.5", "--out", str(out)]) == 2
     assert "cal_fraction must be in (0, 1)" in capsys.readouterr().err
-    for bad, msg in (("kl_weight=-1", "kl_weight must be a finite number >= 0"),
+    for bad, msg in (("kl_weight=-1", "kl_weight must be finite and >= 0"),
                      ('laplace_hessian="full"', "`hessian_structure` must be 'kron' or 'diag'"),
                      ("bayes_samples=0", "bayes_samples must be an int >= 1")):
         assert main(["sampling_mnist", "--set", bad, "--out", str(out)]) == 2, bad
