@@ -56,7 +56,7 @@ lint: $(BIN)/python
 
 # Every CPU bench at its CPU-sized defaults, through bench/_common.py: each records the load average
 # and thread settings first and refuses a loaded machine (pass BENCH_ARGS=--allow-load to flag instead).
-BENCHES := metrics convert ood ood_memory scaler_gap train ensembles conv xla_cpu eval_memory
+BENCHES := metrics convert ood ood_memory scaler_gap train ensembles conv predict xla_cpu eval_memory
 BENCH_ARGS ?=
 
 bench: install-test

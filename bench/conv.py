@@ -1,7 +1,9 @@
 """Benchmark: the convolution lowerings of ``jaxuq.nn.conv`` per layer shape, as in training.
 
-For each shape, forward + both gradients (``jax.vjp``), ``--steps`` steps inside one ``lax.scan`` (how
-``fit`` runs an epoch), for each lowering of :func:`jaxuq.nn.conv.conv_lowering`:
+For each shape, forward + both gradients (``jax.vjp``; a network's first layer, whose input is the data,
+only the weight gradient), ``--steps`` steps inside one ``lax.scan`` (how ``fit`` runs an epoch),
+compiled with the XLA options of ``fit``'s programs (:data:`jaxuq.nn.conv.XLA_CPU_TRAIN_OPTIONS`), for
+each lowering of :func:`jaxuq.nn.conv.conv_lowering`:
 ``lax`` (``lax.conv_general_dilated`` and JAX's gradients), ``conv`` (lax forward, both gradients as
 channels-last convs) and ``gemm`` (patches by slicing + one matrix product). The candidates are
 interleaved (round-robin, ``--repeats`` rounds) in one process, so a load change hits every candidate
@@ -25,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import bench_parser, markdown_header, markdown_table, start, write_results  # noqa: E402
 
-# (name, batch, h, w, c_in, c_out, kernel, stride, pad)
+# (name, batch, h, w, c_in, c_out, kernel, stride, pad); a first layer (input = data) has no input gradient
 SHAPES = [
-    ("LeNet conv1 B128", 128, 28, 28, 1, 6, 5, 1, 0),
+    ("LeNet conv1 B128 (first layer)", 128, 28, 28, 1, 6, 5, 1, 0),
     ("LeNet conv2 B128", 128, 12, 12, 6, 16, 5, 1, 0),
-    ("issue B128 32x32 1->6", 128, 32, 32, 1, 6, 5, 1, 0),
+    ("issue B128 32x32 1->6 (first layer)", 128, 32, 32, 1, 6, 5, 1, 0),
     ("ResNet-20 3x3 16->16 B128", 128, 32, 32, 16, 16, 3, 1, 1),
     ("ResNet-20 3x3 32->32 s1 B128", 128, 16, 16, 32, 32, 3, 1, 1),
     ("ResNet-20 3x3 16->32 s2 B128", 128, 32, 32, 16, 32, 3, 2, 1),
@@ -40,19 +42,25 @@ CONV_CANDIDATES = ("lax", "conv", "gemm")
 MEMBER_CANDIDATES = ("vmap", "gemm", "map")
 
 
-def _scan_step(loss_fn, steps):
+def _scan_step(loss_fn, steps, input_grad=True):
     import jax
+
+    from jaxuq.nn.conv import XLA_CPU_TRAIN_OPTIONS
 
     def run(x, w, ct):
         def body(carry, _):
             w = carry
-            y, vjp = jax.vjp(loss_fn, x, w)
-            dx, dw = vjp(ct)
+            if input_grad:
+                y, vjp = jax.vjp(loss_fn, x, w)
+                dx, dw = vjp(ct)
+            else:
+                y, vjp = jax.vjp(lambda w: loss_fn(x, w), w)
+                (dw,), dx = vjp(ct), y
             return w - 1e-6 * dw, (y.sum(), dx.sum())
 
         return jax.lax.scan(body, w, None, length=steps)
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=XLA_CPU_TRAIN_OPTIONS)
 
 
 def _conv_fns(shape, steps):
@@ -72,7 +80,7 @@ def _conv_fns(shape, steps):
                 return C.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)), dimension_numbers=dn)
 
         ct = jax.random.normal(jax.random.key(2), jax.eval_shape(f, x, wt).shape)
-        fns[low] = (_scan_step(f, steps), (x, wt, ct), f)
+        fns[low] = (_scan_step(f, steps, input_grad="first layer" not in shape[0]), (x, wt, ct), f)
     return fns
 
 

@@ -106,6 +106,37 @@ def test_adaptive_avg_pool_bins_and_maxpool_padding():
     assert mp.shape == (1, 2, 2, 1) and np.all(mp == -1)
 
 
+def _torch_max_pool_grad(x, k):
+    """torch's CPU max_pool2d kernel, in numpy: per window, row-major, ``val > best or isnan(val)``."""
+    n, h, w, c = x.shape
+    out, grad = np.zeros((n, h // k, w // k, c), x.dtype), np.zeros_like(x)
+    for b, i, j, ch in np.ndindex(out.shape):
+        best, at = -np.inf, None
+        for di, dj in np.ndindex(k, k):
+            v = x[b, i * k + di, j * k + dj, ch]
+            if v > best or np.isnan(v) or at is None:
+                best, at = v, (b, i * k + di, j * k + dj, ch)
+        out[b, i, j, ch] = best
+        grad[at] += 1.0
+    return out, grad
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_max_pool2d_tiled_picks_torchs_element_on_ties_and_nan(k):
+    """The non-overlapping max pool (LeNet, VGG) gives torch's values (odd sizes floor, a NaN wins) and
+    sends each window's gradient to the element torch's kernel picks: the first maximum, row-major."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2, 3, (2, 7, 8, 3)).astype(np.float32)  # many ties, zeros as after a ReLU
+    want, want_grad = _torch_max_pool_grad(x, k)
+    np.testing.assert_array_equal(np.asarray(max_pool2d(jnp.asarray(x), k)), want)
+    grad = jax.grad(lambda x: (max_pool2d(x, k) * jnp.arange(1.0, 4.0)).sum())(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(grad), want_grad * np.arange(1.0, 4.0, dtype=np.float32))
+    x[0, 1, 1, 0] = np.nan
+    got = np.asarray(max_pool2d(jnp.asarray(x), k))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(_torch_max_pool_grad(x, k)[0]))
+    assert np.isnan(got[0, 0, 0, 0])
+
+
 def test_dropout2d_drops_whole_channels():
     m = models.get("lenet", in_channels=1, num_classes=10, dropout_rate=0.5)
     x = jnp.ones((2, 28, 28, 1))

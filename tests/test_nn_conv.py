@@ -204,9 +204,10 @@ def test_cotangents_inside_shard_map_match_lax():
 
 
 def test_auto_lowering_follows_the_measured_table():
-    """bench/results/conv.md: gemm for strided convs and >= 25-tap kernels over >= 2 channels, else conv."""
+    """bench/results/conv.md and LeNet training steps: gemm for strided convs and one input channel,
+    else conv."""
     pick = conv_mod._auto_lowering
-    assert pick((128, 12, 12, 6), (5, 5, 6, 16), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "gemm"
-    assert pick((128, 28, 28, 1), (5, 5, 1, 6), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "conv"
+    assert pick((128, 12, 12, 6), (5, 5, 6, 16), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "conv"
+    assert pick((128, 28, 28, 1), (5, 5, 1, 6), (1, 1), ((0, 0),) * 2, (1, 1), 1) == "gemm"
     assert pick((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((1, 1),) * 2, (1, 1), 1) == "gemm"
     assert pick((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1) == "conv"

@@ -262,10 +262,11 @@ def test_data_parallel_8_devices_matches_one(tmp_path):
     assert r["replicated"] and r["ndev"] == 8
     for run in ("dp", "st"):
         for a, b in zip(r["one"], r[run]):
-            assert abs(a["train_loss"] - b["train_loss"]) < 1e-5, (run, a, b)
             # relative 1e-5: the 8-way gradient all-reduce sums in another order (fp32 rounding,
-            # amplified over 16 SGD steps); measured ~6e-6 relative on the epoch-2 val loss
-            assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 * max(1.0, abs(a["val_loss"])), (run, a, b)
+            # amplified over 16 SGD steps); measured ~6e-6 relative on the epoch-2 val loss, and 5.7e-6
+            # on the step-8 train loss since conv1 is a patches GEMM (its weight gradient is a sharded sum)
+            for key in ("train_loss", "val_loss"):
+                assert abs(a[key] - b[key]) < 1e-5 * max(1.0, abs(a[key])), (run, key, a, b)
     assert r["dp_param_diff"] < 1e-4 and r["st_param_diff"] < 1e-4, r
 
 
@@ -284,3 +285,16 @@ def test_workdir_holds_checkpoints_and_the_log(mnist_small, tmp_path):
     r2 = fit(TinyCNN(), (x[:576], y[:576]), cfg.replace(epochs=2), workdir=tmp_path)
     assert r2.resumed_from == 9 and [h["epoch"] for h in r2.history] == [2]
     assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_compute_dtype_auto_is_float32_on_cpu_else_bfloat16():
+    """``compute_dtype="auto"``: fp32 on CPU (bf16 is emulated there and slower), bf16 on accelerators;
+    resolved when ``fit`` builds its step, so the config itself stays portable."""
+    from jaxuq.train.config import resolve_compute_dtype
+
+    assert TrainConfig(compute_dtype="auto").compute_dtype == "auto"
+    assert resolve_compute_dtype("auto", "cpu") == "float32"
+    assert resolve_compute_dtype("auto", "gpu") == resolve_compute_dtype("auto", "tpu") == "bfloat16"
+    assert resolve_compute_dtype("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="'auto'"):
+        TrainConfig(compute_dtype="float16")

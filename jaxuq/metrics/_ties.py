@@ -11,8 +11,9 @@ Speed: a multi-operand sort (keys + payloads, or ``argsort`` + gathers) is sever
 on CPU than a single-operand integer sort. :func:`rank_sort` therefore sorts only an
 order-preserving int32 image of the scores, finds each sample's group by a binary search into the
 sorted keys, and accumulates every payload per group with one ``segment_sum``: group totals are
-all a tie-aware metric needs, so no payload is ever permuted. Everything is jittable with static
-shapes.
+all a tie-aware metric needs, so no payload is ever permuted. On CPU the sort and the searches are
+one host callback to numpy (SIMD sort; :func:`_sort_and_rank`), elsewhere XLA's. Everything is
+jittable with static shapes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["Groups", "group_mean", "rank_sort", "reverse", "tied_cumsum"]
+__all__ = ["Groups", "group_mean", "rank_sort", "rank_sort_many", "reverse", "tied_cumsum"]
 
 F32 = jnp.float32
 _MAG = 0x7FFFFFFF
@@ -51,16 +53,56 @@ def _from_key(k: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(jnp.where(k < 0, k ^ _MAG, k), F32)
 
 
+def _sort_and_rank_one(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(keys)
+    ks = keys[order]
+    idx = np.arange(len(keys), dtype=np.int32)
+    change = np.ones(len(keys), bool)
+    change[1:] = ks[1:] != ks[:-1]
+    rank = np.empty(len(keys), np.int32)
+    rank[order] = np.maximum.accumulate(np.where(change, idx, 0))
+    return ks, rank
+
+
+def _sort_and_rank_host(*keys) -> tuple[np.ndarray, ...]:
+    return tuple(a for k in keys for a in _sort_and_rank_one(np.asarray(k)))
+
+
+def _sort_and_rank(*keys: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+    """Per int32 ``keys [N]``: ``(sort(keys), searchsorted(sorted, keys, "left"))``, the same integers
+    on every backend.
+
+    On CPU one host callback to numpy for all of them (its int32 sort is SIMD: 0.08 ms for 36k keys,
+    where XLA:CPU's sort takes 1.5 ms and the binary searches 0.5 ms; the metric table went from 4.4 to
+    3.6 ms); elsewhere XLA's sort and an unrolled binary search."""
+    if jax.default_backend() == "cpu":
+        shapes = tuple(jax.ShapeDtypeStruct(k.shape, jnp.int32) for k in keys for _ in range(2))
+        flat = jax.pure_callback(_sort_and_rank_host, shapes, *keys, vmap_method="sequential")
+        return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(keys))]
+    out = []
+    for k in keys:
+        ks = jnp.sort(k)
+        out.append((ks, jnp.searchsorted(ks, k, side="left", method="scan_unrolled")))
+    return out
+
+
 def rank_sort(scores: jax.Array, *payloads: jax.Array) -> Groups:
     """Sort ``scores [N]`` descending and total each payload ``[N]`` per tie group.
 
     Integer payloads give exact integer totals; float32 totals are exact for payloads that are
     small multiples of a power of two (0/1 errors, SCOD losses).
     """
-    n = scores.shape[0]
-    keys = ~_order_key(scores)  # ascending ~key = descending score
-    ks = jnp.sort(keys)
-    rank = jnp.searchsorted(ks, keys, side="left", method="scan_unrolled")  # group start
+    return rank_sort_many((scores, *payloads))[0]
+
+
+def rank_sort_many(*specs: tuple) -> tuple[Groups, ...]:
+    """:func:`rank_sort` of several ``(scores, *payloads)`` at once: one host round trip on CPU."""
+    sorted_ranks = _sort_and_rank(*(~_order_key(spec[0]) for spec in specs))  # ~key ascending: descending
+    return tuple(_groups(ks, rank, spec[1:]) for (ks, rank), spec in zip(sorted_ranks, specs, strict=True))
+
+
+def _groups(ks, rank, payloads) -> Groups:
+    n = ks.shape[0]
     idx = jnp.arange(n, dtype=jnp.int32)
     change = ks[1:] != ks[:-1]
     start = lax.cummax(jnp.where(jnp.concatenate([jnp.ones((1,), bool), change]), idx, 0))

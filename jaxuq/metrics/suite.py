@@ -72,15 +72,18 @@ def rank_metrics(conf, acc, ood_scores=None, is_ood=None, ood_cost: float = 0.5)
     ``ood_scores [N_tot]`` (the ``N`` ID samples first, higher = more OOD) and ``is_ood [N_tot]``
     (0/1) also ``ood/{AUROC, AUPR, FPR95}`` and ``ood/SCOD_*`` (``ood_cost``: TU's
     ``scod_ood_cost``). Jittable; float32 scalars keyed by :data:`KEYS`."""
-    g = _ties.rank_sort(conf, 1.0 - acc, acc)  # one sort: the AURC family and aECE (tie-aware)
+    # one sort of the confidences: the AURC family and aECE (tie-aware); one of the OOD scores serves
+    # ROC/PR and SCOD (acceptance -score: reversed groups); both sorts in one call
+    specs = [(conf, 1.0 - acc, acc)]
+    if ood_scores is not None:
+        errors = jnp.concatenate([1.0 - acc, jnp.zeros((ood_scores.shape[0] - conf.shape[0],), F32)])
+        specs.append((ood_scores, is_ood.astype(jnp.int32), _sel.scod_losses(errors, is_ood, ood_cost)))
+    g, *ood = _ties.rank_sort_many(*specs)
     out = _selective_keys(_sel.selective_from_groups(g))
     out[KEYS["aece"]] = _cal._aece_from_groups(g, 1)
-    if ood_scores is None:
+    if not ood:
         return out
-    # one sort of the OOD scores serves ROC/PR and SCOD (acceptance -score: reversed groups)
-    errors = jnp.concatenate([1.0 - acc, jnp.zeros((ood_scores.shape[0] - conf.shape[0],), F32)])
-    losses = _sel.scod_losses(errors, is_ood, ood_cost)
-    g = _ties.rank_sort(ood_scores, is_ood.astype(jnp.int32), losses)
+    g = ood[0]
     pts = _ood.roc_points_groups(g)
     out[KEYS["auroc"]] = _ood._auroc_from_points(pts)
     out[KEYS["aupr"]] = _ood._aupr_from_points(pts)

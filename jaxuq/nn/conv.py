@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["CONV_LOWERINGS", "Conv", "DepthwiseConv2d", "conv_general_dilated", "conv_lowering",
-           "conv_patches", "set_conv_lowering"]
+__all__ = ["CONV_LOWERINGS", "XLA_CPU_TRAIN_OPTIONS", "Conv", "DepthwiseConv2d", "conv_general_dilated",
+           "conv_lowering", "conv_patches", "set_conv_lowering"]
 
 
 class DepthwiseConv2d(nn.Module):
@@ -65,6 +65,15 @@ class DepthwiseConv2d(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 
 CONV_LOWERINGS = ("auto", "gemm", "conv", "lax")
+
+# XLA options of jaxuq's training programs (``jax.jit(..., compiler_options=...)`` on ``train_chunk``),
+# set per program, never through the process-wide ``XLA_FLAGS``. jaxlib 0.10's XLA:CPU hands
+# convolutions and matrix products to YNNPACK fusions by default; for the weight-gradient convolutions
+# of training (batch contracted, large windows) those run 2-5x slower than XLA's own Eigen kernels
+# (measured on 2 cores, 10 steps in ``lax.scan``: ResNet-20 3x3 16->16 B128 weight gradient 62.6 vs
+# 12.4 ms, LeNet conv1 3.3 vs 0.7 ms; LeNet training 173 -> 150 ms per 20 steps). An empty fusion list
+# turns them off. The option is an XLA:CPU debug option: other backends ignore it.
+XLA_CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _DEFAULT = "auto"
 _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxuq_conv_lowering", default=None)
 
@@ -158,16 +167,17 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def _auto_lowering(lhs_shape, rhs_shape, strides, pads, rhs_dil, groups) -> str:
-    """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution, from ``bench/conv.py``
-    (bench/results/conv.md: forward + both gradients, 10 steps in ``lax.scan``, interleaved, measured
-    under load 8-13 on 2 cores, 2026-12-06): ``"gemm"`` won for strided convs (ResNet-20 3x3 16->32 s2:
-    613 vs 812 ms) and for kernels of >= 25 taps over >= 2 input channels per group (LeNet conv2 5x5
-    6->16: 117 vs 183 ms); ``"conv"`` won for stride-1 3x3 convs (ResNet-20 16->16 32x32: 1152 vs 2048 ms,
-    64->64 8x8: 432 vs 702 ms) and for one input channel (LeNet conv1: 424 vs 601 ms)."""
+    """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution, measured under
+    :data:`XLA_CPU_TRAIN_OPTIONS` (bench/results/conv.md, 2026-12-06, quiet, forward + gradients, 10 steps
+    in ``lax.scan``; a first layer without its input gradient) and in whole LeNet training steps:
+    ``"gemm"`` for strided convs (ResNet-20 3x3 16->32 s2: 71 vs 108 ms) and for one input channel
+    (LeNet conv1: 9 vs 24 ms); ``"conv"`` otherwise (ResNet-20 16->16: 121 vs 263 ms; LeNet conv2 is
+    15 vs 19 ms alone, but ``"conv"`` wins in the network, 121 vs 168 ms per 20 training steps, where
+    the patches' gradient fuses badly with the max-pool gradient)."""
     del lhs_shape, pads, rhs_dil, groups
-    if any(s > 1 for s in strides):
+    if any(s > 1 for s in strides) or rhs_shape[-2] == 1:
         return "gemm"
-    return "gemm" if math.prod(rhs_shape[:-2]) >= 25 and rhs_shape[-2] >= 2 else "conv"
+    return "conv"
 
 
 def _conv_plain(lhs, rhs, strides, pads, rhs_dil, groups, precision):
@@ -211,6 +221,35 @@ _conv_cl.defvjp(_conv_cl_fwd, _conv_cl_bwd)
 
 
 def _input_gradient(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision):
+    """``d conv / d lhs``: ``g [N, *O, Co]`` -> ``[N, *S, Ci]``, as a GEMM + col2im for kernels of >= 25
+    taps (LeNet's 5x5: 1.2 vs 2.1 ms per step for conv2, where XLA:CPU's convolution of 16 -> 6 channels
+    is slow), else as a channels-last convolution (3x3 ResNet layers: 5.1 vs 14.9 ms for 16 -> 16)."""
+    if math.prod(rhs.shape[:-2]) >= 25:
+        return _input_gradient_col2im(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision)
+    return _input_gradient_conv(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision)
+
+
+def _input_gradient_col2im(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision):
+    """``cols = g @ kernel^T`` (``[N, *O, K, Ci]``, one product per group), then each tap's slice added at
+    its window offset: ``lax.pad`` with the stride as interior padding, summed, the padding cropped."""
+    nd = g.ndim - 2
+    k, c, co = rhs.shape[:nd], rhs.shape[nd], rhs.shape[-1]
+    lead = g.shape[:-1]
+    kernel = rhs.reshape(math.prod(k), c, groups, co // groups)
+    cols = jnp.einsum("pgo,kcgo->pkgc", g.reshape(-1, groups, co // groups), kernel, precision=precision,
+                      preferred_element_type=jnp.result_type(g.dtype, rhs.dtype))
+    cols = cols.reshape(lead + (len(kernel), groups * c))
+    padded = [lhs_shape[1 + i] + pads[i][0] + pads[i][1] for i in range(nd)]
+    out = jnp.zeros((lead[0], *padded, groups * c), cols.dtype)
+    for tap, offset in enumerate(itertools.product(*(range(n) for n in k))):
+        window = tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
+                       for o, d, n, s in zip(offset, rhs_dil, g.shape[1:-1], strides, strict=True))
+        out = out.at[(slice(None),) + window].add(cols[..., tap, :])
+    crop = tuple(slice(pads[i][0], pads[i][0] + lhs_shape[1 + i]) for i in range(nd))
+    return out[(slice(None),) + crop]
+
+
+def _input_gradient_conv(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision):
     """``d conv / d lhs`` as a channels-last conv with an HWIO kernel: ``g [N, *O, Co]`` -> ``[N, *S, Ci]``.
 
     Autodiff's own transpose uses the kernel as HWOI, which XLA:CPU also runs slowly inside loops (4x

@@ -18,13 +18,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from jaxuq.data.pipeline import Preprocess
 from jaxuq.ensembles import check_lowering
 from jaxuq.train.optim import torch_sgd
 
-__all__ = ["EnsembleConfig", "TrainConfig", "tu_deep_ensembles"]
+__all__ = ["EnsembleConfig", "TrainConfig", "resolve_compute_dtype", "tu_deep_ensembles"]
 
 
 def _f(default, tu: str, **kw):
@@ -94,6 +95,15 @@ _MOVED = {"num_members": "ensemble.num_members", "members": "ensemble.lowering",
           "lowering": "ensemble.lowering"}
 
 
+def resolve_compute_dtype(compute_dtype: str, backend: str | None = None) -> str:
+    """``"auto"`` -> ``"float32"`` on CPU, where XLA:CPU emulates bf16 convolutions and products and
+    training is slower than in fp32 (bench/results/train.md: LeNet 7.5k vs 10.3k img/s), else
+    ``"bfloat16"``; any other value is returned as it is."""
+    if compute_dtype != "auto":
+        return compute_dtype
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run (single model, stacked deep ensemble or Packed-Ensemble)."""
@@ -112,7 +122,8 @@ class TrainConfig:
     format_batch: Callable | None = _f(
         None, "routine format_batch_fn, e.g. RepeatTarget(M) for Packed-Ensembles"
     )
-    compute_dtype: str = _f("float32", "Trainer(precision='bf16-mixed') for 'bfloat16'")
+    compute_dtype: str = _f("float32", "Trainer(precision='bf16-mixed') for 'bfloat16'; 'auto': float32 on "
+                                       "CPU (bf16 is emulated there, slower), else bfloat16")
     drop_last: bool = _f(False, "DataLoader(drop_last)")
     ensemble: EnsembleConfig | None = _f(None, "deep_ensembles(...); None: one model, no member axis")
     on_device: bool = _f(True, "(none) training set kept on device; False: host chunks prefetched")
@@ -131,7 +142,8 @@ class TrainConfig:
             object.__setattr__(self, "ensemble", EnsembleConfig(**self.ensemble))
         if self.ensemble is not None and not isinstance(self.ensemble, EnsembleConfig):
             raise _type_error("ensemble", "an EnsembleConfig, a dict or None", self.ensemble)
-        object.__setattr__(self, "compute_dtype", jnp.dtype(self.compute_dtype).name)  # jnp.bfloat16 too
+        if not (isinstance(self.compute_dtype, str) and self.compute_dtype == "auto"):
+            object.__setattr__(self, "compute_dtype", jnp.dtype(self.compute_dtype).name)  # jnp.bfloat16 too
         _int(self.epochs, "epochs", 0)
         for name in ("batch_size", "steps_per_call", "max_to_keep", "eval_batch_size"):
             _int(getattr(self, name), name, 1)
@@ -141,8 +153,10 @@ class TrainConfig:
             _bool(getattr(self, name), name)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.compute_dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(
+                f"compute_dtype must be 'float32', 'bfloat16' or 'auto', got {self.compute_dtype!r}"
+            )
         if self.preprocess is not None and not isinstance(self.preprocess, Preprocess):
             raise _type_error("preprocess", "a jaxuq.data.Preprocess or None", self.preprocess)
         if self.loss_fn is not None and self.objective is not None:

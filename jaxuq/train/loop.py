@@ -50,6 +50,7 @@ from jaxuq.ensembles import default_lowering, over_members
 from jaxuq.evaluation import predict
 from jaxuq.forward import members_in_batch
 from jaxuq.losses import cross_entropy
+from jaxuq.nn.conv import XLA_CPU_TRAIN_OPTIONS
 from jaxuq.sharding import (
     MEMBER_AXIS,
     MeshRoles,
@@ -62,7 +63,7 @@ from jaxuq.sharding import (
 )
 from jaxuq.train.callbacks import Callback, JsonlLogger, overrides
 from jaxuq.train.checkpoint import Checkpointer
-from jaxuq.train.config import TrainConfig
+from jaxuq.train.config import TrainConfig, resolve_compute_dtype
 from jaxuq.train.objective import LossObjective
 from jaxuq.train.optim import recipe
 from jaxuq.train.state import StepSettings, TrainState, create_train_state, prepare_batch, train_step
@@ -108,7 +109,8 @@ def _step_fn(settings: StepSettings, members: _Members | None):
     return shared
 
 
-@partial(jax.jit, static_argnames=("settings", "members"), donate_argnums=0)
+@partial(jax.jit, static_argnames=("settings", "members"), donate_argnums=0,
+         compiler_options=XLA_CPU_TRAIN_OPTIONS)
 def train_chunk(state, images, labels, idx, settings: StepSettings, members: _Members | None = None):
     """``lax.scan`` of ``train_step`` over a chunk of S steps.
 
@@ -318,7 +320,7 @@ def _settings(cfg: TrainConfig, roles: MeshRoles, plan: _Plan, callbacks: tuple)
     return StepSettings(
         preprocess=cfg.preprocess,
         objective=cfg.objective or LossObjective(cfg.loss_fn or cross_entropy),
-        compute_dtype=cfg.compute_dtype,
+        compute_dtype=resolve_compute_dtype(cfg.compute_dtype),
         format_batch=cfg.format_batch,
         grad_scale=1.0 / ens.num_members if ens is not None and ens.tu_gradient_scaling else 1.0,
         mesh=roles.data,
@@ -450,7 +452,7 @@ def _validation(model, data, cfg: TrainConfig, roles: MeshRoles, lowering, state
     averaged over members) and ``val_acc`` (classes) of ``state`` on ``data``."""
     x, y = data
     out = predict(model, state.variables(), x, preprocess=cfg.preprocess, batch_size=cfg.eval_batch_size,
-                  lowering=lowering, compute_dtype=cfg.compute_dtype, mesh=roles)
+                  lowering=lowering, compute_dtype=resolve_compute_dtype(cfg.compute_dtype), mesh=roles)
     stacked = lowering is not None or members_in_batch(model)
     if np.issubdtype(y.dtype, np.integer) and np.shape(out)[-1] == 1:  # binary (TU: sigmoid, p > 0.5)
         p = jax.nn.sigmoid(jnp.asarray(out)[..., 0])
