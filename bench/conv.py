@@ -2,7 +2,7 @@
 
 For each shape, forward + both gradients (``jax.vjp``; a network's first layer, whose input is the data,
 only the weight gradient), ``--steps`` steps inside one ``lax.scan`` (how ``fit`` runs an epoch),
-compiled with the XLA options of ``fit``'s programs (:data:`jaxuq.nn.conv.XLA_CPU_TRAIN_OPTIONS`), for
+compiled with the XLA options of ``fit``'s programs (:data:`jaxuq.nn.conv.XLA_CPU_OPTIONS`), for
 each lowering of :func:`jaxuq.nn.conv.conv_lowering`:
 ``lax`` (``lax.conv_general_dilated`` and JAX's gradients), ``conv`` (lax forward, both gradients as
 channels-last convs) and ``gemm`` (patches by slicing + one matrix product). The candidates are
@@ -45,7 +45,7 @@ MEMBER_CANDIDATES = ("vmap", "gemm", "map")
 def _scan_step(loss_fn, steps, input_grad=True):
     import jax
 
-    from jaxuq.nn.conv import XLA_CPU_TRAIN_OPTIONS
+    from jaxuq.nn.conv import XLA_CPU_OPTIONS
 
     def run(x, w, ct):
         def body(carry, _):
@@ -60,7 +60,7 @@ def _scan_step(loss_fn, steps, input_grad=True):
 
         return jax.lax.scan(body, w, None, length=steps)
 
-    return jax.jit(run, compiler_options=XLA_CPU_TRAIN_OPTIONS)
+    return jax.jit(run, compiler_options=XLA_CPU_OPTIONS)
 
 
 def _conv_fns(shape, steps):

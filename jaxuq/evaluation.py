@@ -53,6 +53,7 @@ from jaxuq.metrics.calibration import _smece_conf_acc, top_label
 from jaxuq.metrics.complexity import count_params
 from jaxuq.metrics.regression import MEMBERS, predictive, qce_levels
 from jaxuq.metrics.suite import KEYS, rank_metrics, table_core
+from jaxuq.nn.conv import XLA_CPU_OPTIONS
 from jaxuq.ood.criteria import get_criterion
 from jaxuq.sharding import (
     MeshRoles,
@@ -194,13 +195,15 @@ class _Spec(NamedTuple):
 
 
 def _jit(fn, roles: MeshRoles, n_replicated: int, n_batch: int):
-    """``jax.jit(fn)``; with a data mesh, the first ``n_replicated`` args and the outputs replicated,
+    """``jax.jit(fn)`` with jaxuq's XLA:CPU options (:data:`jaxuq.nn.conv.XLA_CPU_OPTIONS`); with a data
+    mesh, the first ``n_replicated`` args and the outputs replicated,
     the next ``n_batch`` sharded on the batch axis."""
     mesh = roles.data
     if mesh is None:
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=XLA_CPU_OPTIONS)
     rep, bat = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(fn, in_shardings=(rep,) * n_replicated + (bat,) * n_batch, out_shardings=rep)
+    return jax.jit(fn, in_shardings=(rep,) * n_replicated + (bat,) * n_batch, out_shardings=rep,
+                   compiler_options=XLA_CPU_OPTIONS)
 
 
 @functools.cache

@@ -4,6 +4,7 @@ train-mode update formula, torch pooling semantics, Dropout2d, save/load round t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -89,6 +90,69 @@ def test_batchnorm_train_update_matches_torch_formula():
     np.testing.assert_allclose(y, (x64 - mu) / np.sqrt(var_b + 1e-5) * 1.5 + 0.25, atol=1e-5)
     y_eval = bn.apply(v, x, use_running_average=True)
     np.testing.assert_allclose(y_eval, (x64 - 0.3) / np.sqrt(2.0 + 1e-5) * 1.5 + 0.25, atol=1e-5)
+
+
+def _bn_grads(x, ct, scale, bias, axis_name=None):
+    """Train-mode BatchNorm's output and gradients (x, scale, bias) for the loss ``sum(y * ct)``."""
+    stats = {"mean": jnp.zeros(x.shape[-1]), "var": jnp.ones(x.shape[-1])}
+
+    def loss(x, scale, bias):
+        y, _ = BatchNorm(axis_name=axis_name).apply({"params": {"scale": scale, "bias": bias}, "batch_stats": stats},
+                                                    x, use_running_average=False, mutable=["batch_stats"])
+        return jnp.sum(y * ct), y
+
+    (_, y), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(x, scale, bias)
+    return (y, *g)
+
+
+def _bn_grads_float64(x, ct, scale, bias):
+    """The same in float64 numpy: y = xhat*s + b, dx = s/sigma * (ct - mean(ct) - xhat * mean(ct*xhat))."""
+    x, ct = x.astype(np.float64), ct.astype(np.float64)
+    axes = tuple(range(x.ndim - 1))
+    sigma = np.sqrt(x.var(axes) + 1e-5)
+    xhat = (x - x.mean(axes)) / sigma
+    dx = scale / sigma * (ct - ct.mean(axes) - xhat * (ct * xhat).mean(axes))
+    return xhat * scale + bias, dx, (ct * xhat).sum(axes), ct.sum(axes)
+
+
+_BN_SHARD_MAP_SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tests.test_models import _bn_grads
+mesh = jax.make_mesh((2,), ("m",))
+rng = np.random.default_rng(0)
+x, ct = (jnp.asarray(rng.standard_normal((4, 3, 3, 5)), jnp.float32) for _ in range(2))
+s, b = jnp.linspace(0.5, 1.5, 5), jnp.linspace(-1, 1, 5)
+# data parallel with cross-device statistics: equal to one device on the whole batch
+dp = jax.shard_map(lambda x, ct, s, b: _bn_grads(x, ct, s, b, axis_name="m"), mesh=mesh,
+                   in_specs=(P("m"), P("m"), P(), P()), out_specs=(P("m"), P("m"), P(), P()))
+got = dp(jax.device_put(x, NamedSharding(mesh, P("m"))), jax.device_put(ct, NamedSharding(mesh, P("m"))), s, b)
+for u, v in zip(got, _bn_grads(x, ct, s, b)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_batchnorm_train_gradients_are_exact_under_vmap_and_shard_map():
+    """On CPU the batch statistics and their gradients are matrix products (custom VJPs); the output and
+    every gradient equal the float64 formulas, per member under ``vmap``, and with ``axis_name`` inside
+    ``shard_map`` they equal one device on the whole batch."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    x, ct = (rng.standard_normal((3, 6, 5, 4, 7)).astype(np.float32) * 2 + 1 for _ in range(2))
+    scale, bias = np.linspace(0.5, 1.5, 7), np.linspace(-1, 1, 7)
+    got = jax.vmap(lambda x, ct: _bn_grads(x, ct, jnp.asarray(scale, jnp.float32),
+                                           jnp.asarray(bias, jnp.float32)))(jnp.asarray(x), jnp.asarray(ct))
+    for m in range(3):
+        for g, want in zip(got, _bn_grads_float64(x[m], ct[m], scale, bias), strict=True):
+            np.testing.assert_allclose(np.asarray(g[m]), want, rtol=1e-4, atol=2e-5)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", _BN_SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=str(Path(__file__).resolve().parent.parent))
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
 
 
 def test_adaptive_avg_pool_bins_and_maxpool_padding():

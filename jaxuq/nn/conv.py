@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["CONV_LOWERINGS", "XLA_CPU_TRAIN_OPTIONS", "Conv", "DepthwiseConv2d", "conv_general_dilated",
+__all__ = ["CONV_LOWERINGS", "XLA_CPU_OPTIONS", "Conv", "DepthwiseConv2d", "conv_general_dilated",
            "conv_lowering", "conv_patches", "set_conv_lowering"]
 
 
@@ -66,14 +66,19 @@ class DepthwiseConv2d(nn.Module):
 
 CONV_LOWERINGS = ("auto", "gemm", "conv", "lax")
 
-# XLA options of jaxuq's training programs (``jax.jit(..., compiler_options=...)`` on ``train_chunk``),
-# set per program, never through the process-wide ``XLA_FLAGS``. jaxlib 0.10's XLA:CPU hands
-# convolutions and matrix products to YNNPACK fusions by default; for the weight-gradient convolutions
-# of training (batch contracted, large windows) those run 2-5x slower than XLA's own Eigen kernels
-# (measured on 2 cores, 10 steps in ``lax.scan``: ResNet-20 3x3 16->16 B128 weight gradient 62.6 vs
-# 12.4 ms, LeNet conv1 3.3 vs 0.7 ms; LeNet training 173 -> 150 ms per 20 steps). An empty fusion list
-# turns them off. The option is an XLA:CPU debug option: other backends ignore it.
-XLA_CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA options of jaxuq's compiled training and inference programs (``jax.jit(..., compiler_options=...)``
+# on ``fit``'s ``train_chunk`` and on the forward of ``predict``/``evaluate``), set per program, never
+# through the process-wide ``XLA_FLAGS``. jaxlib 0.10's XLA:CPU hands convolutions, matrix products and
+# elementwise ops to YNNPACK fusions by default; for the weight-gradient convolutions of training (batch
+# contracted, large windows) those run 2-5x slower than XLA's own Eigen kernels (measured on 2 cores, 10
+# steps in ``lax.scan``: ResNet-20 3x3 16->16 B128 weight gradient 62.6 vs 12.4 ms, LeNet conv1 3.3 vs
+# 0.7 ms), and ResNet-20 inference at batch 128 is 10 % faster without them. Only YNNPACK's reductions
+# stay: they sum pairwise, where XLA's own loop sums a long column sequentially (relative error 6e-8 vs
+# 2.6e-6 for 8192 rows; with all YNNPACK fusions off, 8-device data-parallel training of a BatchNorm CNN
+# drifted 1.5e-4 from one device over 16 steps, 6e-6 with them on). LeNet training: 173 ms per 20 steps
+# with the defaults, 141 with these options, 130 with every YNNPACK fusion off. An XLA:CPU debug option:
+# other backends ignore it.
+XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 _DEFAULT = "auto"
 _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxuq_conv_lowering", default=None)
 
@@ -168,7 +173,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def _auto_lowering(lhs_shape, rhs_shape, strides, pads, rhs_dil, groups) -> str:
     """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution, measured under
-    :data:`XLA_CPU_TRAIN_OPTIONS` (bench/results/conv.md, 2026-12-06, quiet, forward + gradients, 10 steps
+    :data:`XLA_CPU_OPTIONS` (bench/results/conv.md, 2026-12-06, quiet, forward + gradients, 10 steps
     in ``lax.scan``; a first layer without its input gradient) and in whole LeNet training steps:
     ``"gemm"`` for strided convs (ResNet-20 3x3 16->32 s2: 71 vs 108 ms) and for one input channel
     (LeNet conv1: 9 vs 24 ms); ``"conv"`` otherwise (ResNet-20 16->16: 121 vs 263 ms; LeNet conv2 is

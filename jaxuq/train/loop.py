@@ -50,7 +50,7 @@ from jaxuq.ensembles import default_lowering, over_members
 from jaxuq.evaluation import predict
 from jaxuq.forward import members_in_batch
 from jaxuq.losses import cross_entropy
-from jaxuq.nn.conv import XLA_CPU_TRAIN_OPTIONS
+from jaxuq.nn.conv import XLA_CPU_OPTIONS
 from jaxuq.sharding import (
     MEMBER_AXIS,
     MeshRoles,
@@ -110,7 +110,7 @@ def _step_fn(settings: StepSettings, members: _Members | None):
 
 
 @partial(jax.jit, static_argnames=("settings", "members"), donate_argnums=0,
-         compiler_options=XLA_CPU_TRAIN_OPTIONS)
+         compiler_options=XLA_CPU_OPTIONS)
 def train_chunk(state, images, labels, idx, settings: StepSettings, members: _Members | None = None):
     """``lax.scan`` of ``train_step`` over a chunk of S steps.
 
