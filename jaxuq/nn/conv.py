@@ -173,12 +173,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def _auto_lowering(lhs_shape, rhs_shape, strides, pads, rhs_dil, groups) -> str:
     """XLA:CPU's choice between ``"gemm"`` and ``"conv"`` for one convolution, measured under
-    :data:`XLA_CPU_OPTIONS` (bench/results/conv.md, 2026-12-06, quiet, forward + gradients, 10 steps
-    in ``lax.scan``; a first layer without its input gradient) and in whole LeNet training steps:
-    ``"gemm"`` for strided convs (ResNet-20 3x3 16->32 s2: 71 vs 108 ms) and for one input channel
-    (LeNet conv1: 9 vs 24 ms); ``"conv"`` otherwise (ResNet-20 16->16: 121 vs 263 ms; LeNet conv2 is
-    15 vs 19 ms alone, but ``"conv"`` wins in the network, 121 vs 168 ms per 20 training steps, where
-    the patches' gradient fuses badly with the max-pool gradient)."""
+    :data:`XLA_CPU_OPTIONS` (bench/results/conv.md, 2026-12-06, quiet, forward + gradients, 10 steps in
+    ``lax.scan``; a first layer without its input gradient) and in whole LeNet training steps:
+    ``"gemm"`` for strided convs (ResNet-20 3x3 16->32 s2: 71 vs 103 ms) and for one input channel
+    (LeNet conv1: 11 vs 24 ms); ``"conv"`` otherwise (ResNet-20 16->16: 112 vs 254 ms; LeNet conv2: 19
+    vs 21 ms alone, and 121 vs 168 ms per 20 training steps of the network, where the patches' gradient
+    fuses badly with the max-pool gradient)."""
     del lhs_shape, pads, rhs_dil, groups
     if any(s > 1 for s in strides) or rhs_shape[-2] == 1:
         return "gemm"
