@@ -19,7 +19,7 @@ $(BIN)/python:
 # config (all 60k MNIST images, 1 epoch, 1 seed): a LeNet, a deep ensemble of 2 and a Packed-Ensemble
 # trained by jaxuq, the 8 hub LeNets as one ensemble, TU's tables, plots, and a comparison with the TU
 # runs committed in experiments/results/ (TU itself is not installed here: torch only reads the hub files).
-RUN_ARGS ?= --set epochs=1 --set num_seeds=1 --set compare_tu=false --out runs/main
+RUN_ARGS ?= --set num_seeds=1 --set compare_tu=false --out runs/main
 install-run: $(BIN)/python
 	$(BIN)/pip install -q -e ".[torch,plots]"
 	@touch $(VENV)/.run-deps
