@@ -262,11 +262,10 @@ def test_data_parallel_8_devices_matches_one(tmp_path):
     assert r["replicated"] and r["ndev"] == 8
     for run in ("dp", "st"):
         for a, b in zip(r["one"], r[run]):
+            assert abs(a["train_loss"] - b["train_loss"]) < 1e-5, (run, a, b)
             # relative 1e-5: the 8-way gradient all-reduce sums in another order (fp32 rounding,
-            # amplified over 16 SGD steps); measured ~6e-6 relative on the epoch-2 val loss, and 5.7e-6
-            # on the step-8 train loss since conv1 is a patches GEMM (its weight gradient is a sharded sum)
-            for key in ("train_loss", "val_loss"):
-                assert abs(a[key] - b[key]) < 1e-5 * max(1.0, abs(a[key])), (run, key, a, b)
+            # amplified over 16 SGD steps); measured ~6e-6 relative on the epoch-2 val loss
+            assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 * max(1.0, abs(a["val_loss"])), (run, a, b)
     assert r["dp_param_diff"] < 1e-4 and r["st_param_diff"] < 1e-4, r
 
 
