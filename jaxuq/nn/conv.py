@@ -235,8 +235,9 @@ def _input_gradient(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision
 
 
 def _input_gradient_col2im(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision):
-    """``cols = g @ kernel^T`` (``[N, *O, K, Ci]``, one product per group), then each tap's slice added at
-    its window offset: ``lax.pad`` with the stride as interior padding, summed, the padding cropped."""
+    """``cols = g @ kernel^T`` (``[N, *O, K, Ci]``, one product per group), then each tap's slice added in
+    place at its window offset (a strided ``.at[].add``, an in-place dynamic-update-slice: summing padded
+    copies instead fused badly with the max-pool gradient), the padding cropped."""
     nd = g.ndim - 2
     k, c, co = rhs.shape[:nd], rhs.shape[nd], rhs.shape[-1]
     lead = g.shape[:-1]

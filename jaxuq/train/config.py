@@ -97,7 +97,7 @@ _MOVED = {"num_members": "ensemble.num_members", "members": "ensemble.lowering",
 
 def resolve_compute_dtype(compute_dtype: str, backend: str | None = None) -> str:
     """``"auto"`` -> ``"float32"`` on CPU, where XLA:CPU emulates bf16 convolutions and products and
-    training is slower than in fp32 (bench/results/train.md: LeNet 7.5k vs 10.3k img/s), else
+    training is slower than in fp32 (bench/results/train.md: LeNet 8,823 vs 18,892 img/s), else
     ``"bfloat16"``; any other value is returned as it is."""
     if compute_dtype != "auto":
         return compute_dtype
