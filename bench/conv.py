@@ -8,8 +8,10 @@ each lowering of :func:`jaxuq.nn.conv.conv_lowering`:
 channels-last convs) and ``gemm`` (patches by slicing + one matrix product). The candidates are
 interleaved (round-robin, ``--repeats`` rounds) in one process, so a load change hits every candidate
 alike; the median per candidate is reported with the max |diff| of the outputs against ``lax``.
-The ensemble rows run 8 members over one shared batch (TU's deep-ensemble recipe) with the member
-lowerings of :mod:`jaxuq.ensembles` (``vmap`` = a grouped ``lax`` conv, ``gemm``, ``map``).
+``auto`` is jaxuq's default: the per-shape choice of forward with its explicit gradients. The ensemble
+rows run 8 members of a LeNet layer over one shared batch (TU's deep-ensemble recipe): ``grouped`` is
+``jax.vmap`` of ``lax.conv``; ``vmap``, ``gemm`` and ``map`` are the member lowerings of
+:mod:`jaxuq.ensembles` with jaxuq's convolution (``vmap``: its member batching rules).
 
 Usage: ``python bench/conv.py [--steps 10] [--repeats 5]``; writes bench/results/conv.json and .md
 through ``bench._common`` (``--allow-load`` on a busy machine). Runs unchanged on GPU (there ``auto``
@@ -38,8 +40,11 @@ SHAPES = [
     ("ResNet-20 3x3 64->64 B128", 128, 8, 8, 64, 64, 3, 1, 1),
     ("ResNet-18 3x3 64->64 B32", 32, 32, 32, 64, 64, 3, 1, 1),
 ]
-CONV_CANDIDATES = ("lax", "conv", "gemm")
-MEMBER_CANDIDATES = ("vmap", "gemm", "map")
+CONV_CANDIDATES = ("lax", "conv", "gemm", "auto")
+MEMBER_CANDIDATES = ("grouped", "vmap", "gemm", "map")
+# member rows: (name, x shape, kernel (k, c_in, c_out)); a first layer has no input gradient
+MEMBER_LAYERS = [("LeNet conv1 B128 (first layer)", (128, 28, 28, 1), (5, 1, 6)),
+                 ("LeNet conv2 B128", (128, 12, 12, 6), (5, 6, 16))]
 
 
 def _scan_step(loss_fn, steps, input_grad=True):
@@ -84,20 +89,23 @@ def _conv_fns(shape, steps):
     return fns
 
 
-def _member_fns(m, steps):
-    """8 LeNet conv2 layers (B128 12x12 6->16, 5x5) over one shared batch, per member lowering."""
+def _member_fns(m, steps, layer):
+    """``m`` members of one LeNet layer over one shared batch, per member lowering: ``grouped`` is
+    ``jax.vmap`` of ``lax.conv`` (a grouped convolution), ``vmap`` the same with jaxuq's convolution (its
+    member batching rules), ``gemm`` and ``map`` the member lowerings of :mod:`jaxuq.ensembles`."""
     import jax
     from jax import lax
 
     from jaxuq import ensembles as E
     from jaxuq.nn import conv as C
 
-    x = jax.random.normal(jax.random.key(0), (128, 12, 12, 6))
-    wt = jax.random.normal(jax.random.key(1), (m, 5, 5, 6, 16)) * 0.1
+    name, xshape, (k, cin, cout) = layer
+    x = jax.random.normal(jax.random.key(0), xshape)
+    wt = jax.random.normal(jax.random.key(1), (m, k, k, cin, cout)) * 0.1
     dn = lax.conv_dimension_numbers(x.shape, wt.shape[1:], ("NHWC", "HWIO", "NHWC"))
 
-    def one(w, x):
-        with C.conv_lowering("lax"):  # "vmap": what a vmapped lax.conv is, a grouped convolution
+    def one_lax(w, x):
+        with C.conv_lowering("lax"):
             return C.conv_general_dilated(x, w, (1, 1), ((0, 0), (0, 0)), dimension_numbers=dn)
 
     def one_auto(w, x):
@@ -105,13 +113,13 @@ def _member_fns(m, steps):
 
     fns = {}
     for low in MEMBER_CANDIDATES:
-        body = one if low == "vmap" else one_auto
+        body = one_lax if low == "grouped" else one_auto
 
-        def f(x, w, low=low, body=body):
+        def f(x, w, low="vmap" if low == "grouped" else low, body=body):
             return E.over_members(body, low, w, shared=(x,))
 
         ct = jax.random.normal(jax.random.key(2), jax.eval_shape(f, x, wt).shape)
-        fns[low] = (_scan_step(f, steps), (x, wt, ct), f)
+        fns[low] = (_scan_step(f, steps, input_grad="first layer" not in name), (x, wt, ct), f)
     return fns
 
 
@@ -152,12 +160,13 @@ def main(argv=None):
         res = _interleaved(_conv_fns(shape, args.steps), args.repeats)
         rows.append(_row(shape[0], res, CONV_CANDIDATES))
         print(rows[-1], flush=True)
-    res = _interleaved(_member_fns(args.members, args.steps), args.repeats)
-    rows.append(_row(f"{args.members} members, LeNet conv2 B128, shared batch", res, MEMBER_CANDIDATES))
-    print(rows[-1], flush=True)
-    cols = [("shape", "shape", "{}")] + [(f"{c} ms", f"{c}_ms", "{:,.1f}") for c in ("lax", "conv", "vmap")]
-    cols += [("gemm ms", "gemm_ms", "{:,.1f}"), ("map ms", "map_ms", "{:,.1f}"), ("fastest", "best", "{}"),
-             ("max abs diff", "max_abs_diff", "{:.1e}")]
+    for layer in MEMBER_LAYERS:
+        res = _interleaved(_member_fns(args.members, args.steps, layer), args.repeats)
+        rows.append(_row(f"{args.members} members, {layer[0]}, shared batch", res, MEMBER_CANDIDATES))
+        print(rows[-1], flush=True)
+    names = ("lax", "conv", "gemm", "auto", "grouped", "vmap", "map")
+    cols = [("shape", "shape", "{}")] + [(f"{c} ms", f"{c}_ms", "{:,.1f}") for c in names]
+    cols += [("fastest", "best", "{}"), ("max abs diff", "max_abs_diff", "{:.1e}")]
     md = markdown_header(f"Convolution lowerings, fwd + both grads, {args.steps} steps in lax.scan", meta)
     md += [f"Median of {args.repeats} interleaved rounds per candidate (ms per {args.steps} steps).", ""]
     md += markdown_table(rows, cols)

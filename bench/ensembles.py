@@ -2,7 +2,8 @@
 
 Compares, in the same run and on the same real MNIST images (``JAXUQ_DATA_DIR``):
 - jaxuq: ``jaxuq.train.fit`` of the stacked ensemble (member lowerings ``"vmap"``, ``"gemm"``, ``"map"``,
-  ``"unroll"``), SGD lr 0.05, one jitted scan over the epoch;
+  ``"unroll"``), SGD lr 0.05, one jitted scan over the epoch, TU's recipe: one data order for every
+  member (``EnsembleConfig(shared_order=True)``), as the torch loop and TU below;
 - torch: a plain Python loop over members (each with its own SGD), one step per member per batch;
 - TU: ``torch_uncertainty.methods.deep_ensembles`` of TU ``lenet``s, CE over its ``(M*B, C)`` logits
   against ``RepeatTarget(M)`` targets, one SGD over all parameters (M >= 2 only).
@@ -44,8 +45,9 @@ def bench_jaxuq(images, labels, m, bs, members, repeats):
     model = packed_lenet(1, 10, num_estimators=1, alpha=1)  # == TU lenet (all layers dense)
     tx = optax.sgd(0.05)
     n = (images.shape[0] // bs) * bs
+    ens = None if m == 1 else EnsembleConfig(m, lowering=members, shared_order=True)
     cfg = TrainConfig(optimizer=tx, epochs=1, batch_size=bs, preprocess=Preprocess(*MNIST_NORM),
-                      drop_last=True, ensemble=None if m == 1 else EnsembleConfig(m, lowering=members),
+                      drop_last=True, ensemble=ens,
                       steps_per_call=n // bs, quiet=True)
     s0 = create_train_state(model, tx, jax.random.key(0), jnp.zeros((1, 28, 28, 1)), cfg.num_members)
     out = {}
@@ -205,9 +207,9 @@ def main(argv=None):
               "note": "epoch_s_60k extrapolates the measured img/s to 60,000 images; compile excluded"}
     md = markdown_header("Ensemble training epoch: LeNet/MNIST", meta) + [
         f"Measured on {args.images} real MNIST training images, batch {args.batch_size} (last partial "
-        "batch dropped); jaxuq: a whole `fit` call of one epoch (median of --repeats after a compiling "
-        "warm-up); torch/TU: one warm-up batch, then the epoch; `epoch (60k)` extrapolates img/s to "
-        "60,000 images.", ""]
+        "batch dropped), every member on the same batches (TU's recipe); jaxuq: a whole `fit` call of "
+        "one epoch (median of --repeats after a compiling warm-up); torch/TU: one warm-up batch, then "
+        "the epoch; `epoch (60k)` extrapolates img/s to 60,000 images.", ""]
     cols = [(k, k, "{}") for k in ("impl", "members", "device")]
     cols += [("img/s", "img_per_s", "{:.0f}"), ("epoch (60k) s", "epoch_s_60k", "{:.1f}"),
              ("compile s", "compile_s", "{:.1f}")]

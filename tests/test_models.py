@@ -185,20 +185,35 @@ def _torch_max_pool_grad(x, k):
     return out, grad
 
 
+@pytest.mark.parametrize("lowering", ["auto", "lax"])
 @pytest.mark.parametrize("k", [2, 3])
-def test_max_pool2d_tiled_picks_torchs_element_on_ties_and_nan(k):
+def test_max_pool2d_tiled_picks_torchs_element_on_ties_and_nan(k, lowering):
     """The non-overlapping max pool (LeNet, VGG) gives torch's values (odd sizes floor, a NaN wins) and
-    sends each window's gradient to the element torch's kernel picks: the first maximum, row-major."""
+    sends each window's gradient to the element torch's kernel picks: the first maximum, row-major. On
+    CPU ("auto") the gradient is a custom VJP from the picked window position; with the "lax" lowering
+    it is autodiff of the select chain (forward mode included)."""
+    from jaxuq.nn.conv import conv_lowering
+
     rng = np.random.default_rng(0)
     x = rng.integers(-2, 3, (2, 7, 8, 3)).astype(np.float32)  # many ties, zeros as after a ReLU
-    want, want_grad = _torch_max_pool_grad(x, k)
-    np.testing.assert_array_equal(np.asarray(max_pool2d(jnp.asarray(x), k)), want)
-    grad = jax.grad(lambda x: (max_pool2d(x, k) * jnp.arange(1.0, 4.0)).sum())(jnp.asarray(x))
-    np.testing.assert_array_equal(np.asarray(grad), want_grad * np.arange(1.0, 4.0, dtype=np.float32))
-    x[0, 1, 1, 0] = np.nan
-    got = np.asarray(max_pool2d(jnp.asarray(x), k))
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(_torch_max_pool_grad(x, k)[0]))
-    assert np.isnan(got[0, 0, 0, 0])
+    weights = jnp.arange(1.0, 4.0)
+
+    def check(x):
+        want, want_grad = _torch_max_pool_grad(x, k)
+        with conv_lowering(lowering):
+            got = jax.jit(lambda x: max_pool2d(x, k))(jnp.asarray(x))
+            grad = jax.jit(jax.grad(lambda x: (max_pool2d(x, k) * weights).sum()))(jnp.asarray(x))
+        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(np.asarray(grad), want_grad * np.arange(1.0, 4.0, dtype=np.float32))
+        return got
+
+    check(x)
+    x[0, 1, 1, 0] = x[1, 0, 0, 2] = x[1, 1, 0, 2] = np.nan  # the later of two NaNs wins, as in torch
+    assert np.isnan(check(x)[0, 0, 0, 0])
+    if lowering == "lax":
+        with conv_lowering("lax"):
+            t = jax.jvp(lambda x: max_pool2d(x, k), (jnp.asarray(x),), (jnp.ones_like(x),))[1]
+        np.testing.assert_array_equal(np.asarray(t), np.ones(t.shape, np.float32))
 
 
 def test_dropout2d_drops_whole_channels():

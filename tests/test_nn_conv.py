@@ -8,6 +8,8 @@ stride/padding/dilation/group shape the model zoo uses, under jit, scan and vmap
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -89,6 +91,61 @@ def test_weight_gradient_inside_scan_and_vmap(case, lowering):
     g1 = jax.vmap(lambda a, b, c: jax.vjp(new, a, b)[1](c))(xs, ws, cts)
     for a, b in zip(g0, g1, strict=True):
         assert _rel(a, b) <= 1e-6
+
+
+MEMBER_CASES = [(12, 12, 5, 1, 0, 1, 1, 1, 6), (9, 9, 3, 1, 1, 1, 1, 4, 6), (11, 11, 5, 2, 2, 1, 2, 4, 6)]
+
+
+@pytest.mark.parametrize("axes", [(None, 0), (0, None), (0, 0)], ids=["shared-input", "shared-weights", "stacked"])
+@pytest.mark.parametrize("case", MEMBER_CASES, ids=["gemm-1ch", "conv", "grouped"])
+def test_member_batching_rules_match_vmapped_lax(case, axes):
+    """Under ``jax.vmap`` (ensemble members, MC samples) the CPU rewrites use their batching rules: members
+    sharing the input are ONE product/convolution over M * C_out channels (no loop, no grouped conv),
+    members sharing the weights one convolution over M * N images, stacked members a ``lax.map`` of the
+    single-model kernels. Values and both gradients match ``vmap`` of ``lax.conv``, also nested."""
+    h, w, k, s, p, d, g, cin, cout = case
+    pad = ((p, p), (p, p))
+    x = jax.random.normal(jax.random.key(0), (3, 4, h, w, cin))
+    wt = jax.random.normal(jax.random.key(1), (3, k, k, cin // g, cout))
+    x, wt = (x if axes[0] == 0 else x[0]), (wt if axes[1] == 0 else wt[0])
+    dn = lax.conv_dimension_numbers((4, h, w, cin), (k, k, cin // g, cout), DN)
+    kw = dict(rhs_dilation=(d, d), dimension_numbers=dn, feature_group_count=g)
+
+    def loss(conv):
+        return lambda a, b: (jnp.sin(jax.vmap(lambda u, v: conv(u, v, (s, s), pad, **kw), in_axes=axes)(a, b)) ** 2).sum()
+
+    v0, g0 = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, wt)
+    v1, g1 = jax.jit(jax.value_and_grad(loss(conv_mod.conv_general_dilated), (0, 1)))(x, wt)
+    assert abs(float(v1 - v0)) <= 1e-5 * abs(float(v0))
+    for a, b in zip(g0, g1, strict=True):
+        assert _rel(a, b) <= 1e-5
+    if jax.default_backend() != "cpu":
+        return
+    # the gradient training needs (a first layer's weights; MC samples' inputs), compiled: XLA drops the rest
+    wrt = {(None, 0): 1, (0, None): 0, (0, 0): (0, 1)}[axes]
+    hlo = jax.jit(jax.grad(loss(conv_mod.conv_general_dilated), wrt)).lower(x, wt).compile().as_text()
+    loops = re.findall(r"= [^=]* while\(", hlo)
+    grouped = re.findall(r"convolution\([^\n]*feature_group_count=[2-9]", hlo)
+    if axes == (0, 0) or (axes == (None, 0) and g > 1):
+        assert loops  # a map of the single-model kernels
+    else:
+        assert not loops and (g > 1 or not grouped)
+
+
+def test_nested_member_and_sample_vmaps_match_lax():
+    """An outer vmap over MC samples (shared weights) around an inner vmap over members (shared input)."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 12, 12, 1))
+    wt = jax.random.normal(jax.random.key(1), (3, 5, 5, 1, 6))
+    dn = lax.conv_dimension_numbers(x.shape[1:], wt.shape[1:], DN)
+
+    def loss(conv):
+        one = lambda u, v: conv(u, v, (1, 1), ((0, 0), (0, 0)), dimension_numbers=dn)  # noqa: E731
+        return lambda a, b: (jax.vmap(jax.vmap(one, (None, 0)), (0, None))(a, b) ** 2).sum()
+
+    g0 = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, wt)
+    g1 = jax.jit(jax.grad(loss(conv_mod.conv_general_dilated), (0, 1)))(x, wt)
+    for a, b in zip(g0, g1, strict=True):
+        assert _rel(a, b) <= 1e-5
 
 
 @conv_mod.conv_lowering("conv")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -13,9 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 __all__ = ["CONV_LOWERINGS", "XLA_CPU_OPTIONS", "Conv", "DepthwiseConv2d", "conv_general_dilated",
-           "conv_lowering", "conv_patches", "set_conv_lowering"]
+           "conv_lowering", "conv_patches", "rewrites_on_cpu",
+           "set_conv_lowering"]
 
 
 class DepthwiseConv2d(nn.Module):
@@ -94,11 +97,15 @@ def _check_conv_lowering(lowering) -> str:
 def set_conv_lowering(lowering: str) -> None:
     """The process-wide lowering of :func:`conv_general_dilated` (default ``"auto"``).
 
-    - ``"auto"``: on CPU ``"gemm"`` or ``"conv"`` per shape, as measured by ``bench/conv.py`` (see
-      :func:`_auto_lowering`); GPU/TPU: ``"lax"``.
-    - ``"gemm"``: patches by slicing + one matrix product (a batched one over groups); plain autodiff.
+    - ``"auto"``: on CPU the patches + GEMM forward of ``"gemm"`` or the forward of ``"conv"`` per shape,
+      as measured by ``bench/conv.py`` (see :func:`_auto_lowering`), with the explicit gradients and
+      member batching rules of ``"conv"``; GPU/TPU: ``"lax"``.
+    - ``"gemm"``: patches by slicing + one matrix product (a batched one over groups); plain autodiff
+      (forward mode works), and under ``jax.vmap`` JAX's own batching: batched products over members.
     - ``"conv"``: ``lax.conv_general_dilated`` forward, both gradients as channels-last convolutions
-      (a ``jax.custom_vjp``: forward-mode autodiff, ``jax.jvp``/``jax.hessian``, is unavailable).
+      (a ``jax.custom_vjp``: forward-mode autodiff, ``jax.jvp``/``jax.hessian``, is unavailable), and
+      ``custom_vmap`` rules for ensemble members and MC samples (see the note above
+      :func:`_members_forward`): no grouped convolution under ``jax.vmap``.
     - ``"lax"``: ``lax.conv_general_dilated`` and JAX's own gradients.
 
     The CPU-only rewrites ("gemm", "conv") apply only when JAX's default backend is CPU at trace time;
@@ -118,6 +125,13 @@ def conv_lowering(lowering: str) -> Iterator[None]:
         yield
     finally:
         _OVERRIDE.reset(token)
+
+
+def rewrites_on_cpu() -> bool:
+    """Whether jaxuq's XLA:CPU rewrites with explicit gradients (a ``jax.custom_vjp``) apply at trace time:
+    JAX's default backend is CPU and the active lowering is not ``"lax"`` (which keeps JAX's own
+    primitives and autodiff, forward mode included). Used by the convolutions and by ``max_pool2d``."""
+    return jax.default_backend() == "cpu" and (_OVERRIDE.get() or _DEFAULT) != "lax"
 
 
 def _channels_last(nd: int) -> lax.ConvDimensionNumbers:
@@ -164,11 +178,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if not cpu_ok:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
     args = (tuple(window_strides), pads, rhs_dil, int(feature_group_count), precision)
-    if lowering == "auto":
-        lowering = _auto_lowering(lhs.shape, rhs.shape, *args[:4])
     if lowering == "gemm":
         return _conv_gemm(lhs, rhs, *args)
-    return _conv_cl(lhs, rhs, *args)
+    kind = _auto_lowering(lhs.shape, rhs.shape, *args[:4]) if lowering == "auto" else lowering
+    return _conv_cpu(lhs, rhs, kind, *args)
 
 
 def _auto_lowering(lhs_shape, rhs_shape, strides, pads, rhs_dil, groups) -> str:
@@ -192,19 +205,21 @@ def _conv_plain(lhs, rhs, strides, pads, rhs_dil, groups, precision):
     )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_cl(lhs, rhs, strides, pads, rhs_dil, groups, precision):
-    return _conv_plain(lhs, rhs, strides, pads, rhs_dil, groups, precision)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv_cpu(lhs, rhs, kind, strides, pads, rhs_dil, groups, precision):
+    """The CPU rewrites ``kind`` ("conv" or "gemm") with explicit gradients and member batching rules."""
+    return _members_forward(kind, strides, pads, rhs_dil, groups, precision)(lhs, rhs)
 
 
-def _conv_cl_fwd(lhs, rhs, strides, pads, rhs_dil, groups, precision):
-    return _conv_plain(lhs, rhs, strides, pads, rhs_dil, groups, precision), (lhs, rhs)
+def _conv_cpu_fwd(lhs, rhs, kind, strides, pads, rhs_dil, groups, precision):
+    return _members_forward(kind, strides, pads, rhs_dil, groups, precision)(lhs, rhs), (lhs, rhs)
 
 
-def _conv_cl_bwd(strides, pads, rhs_dil, groups, precision, res, g):
+def _conv_cpu_bwd(kind, strides, pads, rhs_dil, groups, precision, res, g):
     lhs, rhs = res
-    d_lhs = _input_gradient(g, rhs, lhs.shape, strides, pads, rhs_dil, groups, precision).astype(lhs.dtype)
-    d_rhs = _weight_gradient(lhs, g, rhs.shape, strides, pads, rhs_dil, groups, precision).astype(rhs.dtype)
+    static = (strides, pads, rhs_dil, groups, precision)
+    d_lhs = _members_input_gradient(kind, tuple(lhs.shape), *static)(g, rhs).astype(lhs.dtype)
+    d_rhs = _members_weight_gradient(kind, tuple(rhs.shape), *static)(lhs, g).astype(rhs.dtype)
     return _like(d_lhs, lhs), _like(d_rhs, rhs)
 
 
@@ -222,7 +237,99 @@ def _like(ct, primal):
     return lax.psum(ct, extra) if extra else ct
 
 
-_conv_cl.defvjp(_conv_cl_fwd, _conv_cl_bwd)
+_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ensemble members under ``jax.vmap`` (``custom_vmap`` rules of the forward and of both gradients).
+#
+# A vmapped ``lax.conv`` with stacked weights is a grouped convolution, which XLA:CPU runs as a loop over
+# groups (LeNet, 8 members: 19x the time of one member). The rules instead use each member's own fast
+# single-model kernels and merge members where they share an operand:
+# - shared input, stacked weights (the first layer of a deep ensemble): the patches are built once and
+#   multiplied with every member's kernel in one product (``einsum`` over the member axis), the weight
+#   gradient likewise (bench/results/conv.md, 8 members of LeNet conv1: 22 vs 213 ms grouped, 59 ms
+#   ``lax.map``; the same product with members merged into ``M * Co`` channels of one convolution was
+#   2x slower for conv2-like shapes, and the transposes it needs cost as much as the product);
+# - stacked inputs, shared weights (MC samples of one network): one convolution over ``M * N`` images;
+# - both stacked: ``lax.map`` over the members of the single-model kernels.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _map_members(f, args, batched):
+    """``f`` for every member: ``lax.map`` over the batched ``args``, the others shared."""
+    def one(member):
+        it = iter(member)
+        return f(*(next(it) if b else a for a, b in zip(args, batched, strict=True)))
+
+    return lax.map(one, tuple(a for a, b in zip(args, batched, strict=True) if b))
+
+
+@functools.lru_cache(maxsize=512)
+def _members_forward(kind, strides, pads, rhs_dil, groups, precision):
+    single = _conv_gemm if kind == "gemm" else _conv_plain
+
+    @custom_vmap
+    def forward(lhs, rhs):
+        return single(lhs, rhs, strides, pads, rhs_dil, groups, precision)
+
+    @forward.def_vmap
+    def rule(m, batched, lhs, rhs):
+        if batched == [True, False]:
+            out = forward(lhs.reshape((-1,) + lhs.shape[2:]), rhs)
+            return out.reshape((m, -1) + out.shape[1:]), True
+        if batched == [False, True] and groups == 1:  # one product of the shared patches with every kernel
+            pt = conv_patches(lhs, rhs.shape[1:-2], strides, pads, rhs_dil)
+            out = jnp.einsum("pk,mko->mpo", pt.reshape(-1, math.prod(pt.shape[-2:])),
+                             rhs.reshape(m, -1, rhs.shape[-1]), precision=precision,
+                             preferred_element_type=jnp.result_type(lhs.dtype, rhs.dtype))
+            return out.reshape((m,) + pt.shape[:-2] + (rhs.shape[-1],)), True
+        return _map_members(forward, (lhs, rhs), batched), True
+
+    return forward
+
+
+@functools.lru_cache(maxsize=512)
+def _members_weight_gradient(kind, rhs_shape, strides, pads, rhs_dil, groups, precision):
+    single = _weight_gradient_gemm if kind == "gemm" else _weight_gradient
+
+    @custom_vmap
+    def weight_gradient(lhs, g):
+        return single(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precision)
+
+    @weight_gradient.def_vmap
+    def rule(m, batched, lhs, g):
+        if batched == [False, True] and groups == 1:  # the shared patches' product with every member's g
+            pt = conv_patches(lhs, rhs_shape[:-2], strides, pads, rhs_dil)
+            dw = jnp.einsum("pk,mpo->mko", pt.reshape(-1, math.prod(pt.shape[-2:])),
+                            g.reshape(m, -1, rhs_shape[-1]), precision=precision,
+                            preferred_element_type=jnp.result_type(lhs.dtype, g.dtype))
+            return dw.reshape((m,) + rhs_shape), True
+        return _map_members(weight_gradient, (lhs, g), batched), True
+
+    return weight_gradient
+
+
+@functools.lru_cache(maxsize=512)
+def _members_input_gradient(kind, lhs_shape, strides, pads, rhs_dil, groups, precision):
+    @custom_vmap
+    def input_gradient(g, rhs):
+        if kind == "gemm":  # autodiff's transpose of the patches (linear in lhs: any primal point)
+            lhs = jnp.zeros(lhs_shape, jnp.result_type(g.dtype, rhs.dtype))
+            fwd = partial(_conv_gemm, rhs=rhs, strides=strides, pads=pads, rhs_dil=rhs_dil, groups=groups,
+                          precision=precision)
+            return jax.vjp(fwd, lhs)[1](g)[0]
+        return _input_gradient(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision)
+
+    @input_gradient.def_vmap
+    def rule(m, batched, g, rhs):
+        if batched == [True, False]:
+            folded = (m * lhs_shape[0],) + lhs_shape[1:]
+            dx = _members_input_gradient(kind, folded, strides, pads, rhs_dil, groups, precision)
+            return dx(g.reshape((-1,) + g.shape[2:]), rhs).reshape((m,) + lhs_shape), True
+        return _map_members(input_gradient, (g, rhs), batched), True
+
+    return input_gradient
 
 
 def _input_gradient(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision):
@@ -346,6 +453,22 @@ def _conv_gemm(lhs, rhs, strides, pads, rhs_dil, groups, precision):
                          preferred_element_type=dtype)
     return out.reshape(lead + (co,))
 
+
+
+def _weight_gradient_gemm(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precision):
+    """``d conv / d rhs`` of :func:`_conv_gemm`: ``patches^T @ g`` (one product per group)."""
+    nd = lhs.ndim - 2
+    k, c, co = rhs_shape[:nd], rhs_shape[nd], rhs_shape[-1]
+    kk = math.prod(k)
+    pt = conv_patches(lhs, k, strides, pads, rhs_dil)
+    dtype = jnp.result_type(lhs.dtype, g.dtype)
+    if groups == 1:
+        dw = jnp.dot(pt.reshape(-1, kk * c).T, g.reshape(-1, co), precision=precision,
+                     preferred_element_type=dtype)
+    else:
+        dw = jnp.einsum("pkgc,pgo->kcgo", pt.reshape(-1, kk, groups, c), g.reshape(-1, groups, co // groups),
+                        precision=precision, preferred_element_type=dtype)
+    return dw.reshape(rhs_shape)
 
 
 class Conv(nn.Conv):
