@@ -5,18 +5,28 @@ Members live on axis 0 of every parameter, batch-stat and optimizer-state leaf, 
 How the member axis is run is a choice, ``lowering=`` (the same name in ``fit``'s
 ``EnsembleConfig``, ``jaxuq.forward``, ``predict`` and ``evaluate``):
 
-- ``"vmap"``: ``jax.vmap`` over members: one batched kernel per layer; each convolution keeps its own
-  lowering (:func:`jaxuq.nn.conv.set_conv_lowering`), a vmapped ``lax.conv`` being a grouped convolution.
-- ``"gemm"``: ``jax.vmap`` with every convolution traced as patches + matrix product
-  (:func:`jaxuq.nn.conv.conv_lowering`): member-stacked convolutions and dense layers become batched
-  matrix products over the member axis, and a batch shared by every member one product with ``M * C_out``
-  output columns.
+- ``"vmap"``: ``jax.vmap`` over members: one batched kernel per layer. On CPU jaxuq's convolutions
+  batch members by their own rules (:mod:`jaxuq.nn.conv`): a batch shared by every member (TU's recipe)
+  is turned into patches once and multiplied with every member's kernel in one product; per-member
+  inputs run the single-model kernels under ``lax.map``; no grouped convolution. Elsewhere a vmapped
+  ``lax.conv`` is a grouped convolution.
+- ``"gemm"``: ``jax.vmap`` with every convolution traced as patches + matrix product and JAX's own
+  batching (:func:`jaxuq.nn.conv.conv_lowering`): member-stacked convolutions become batched matrix
+  products over the member axis.
 - ``"map"``: ``jax.lax.map`` (a scan) over members: compile time independent of M; each member is a
-  plain single-model graph. Fastest on CPU (bench: ~6.5x one member for 8), so the CPU default.
+  plain single-model graph, its activations small enough to stay in cache.
 - ``"unroll"``: a loop over members unrolled inside the same jitted function: XLA sees M independent
-  single-model graphs (compile time grows with M; bench on CPU: ~10x one member for 8).
-(CPU figures from bench/results/ensembles.md on a 2-core machine; GPU not measured yet, so the
-GPU default ``"vmap"`` is still to be confirmed by running bench/ensembles.py there.)
+  single-model graphs (compile time grows with M).
+
+Measured on CPU (2 cores; bench/results/ensembles.md and conv.md, 2026-12-06): 8 LeNets trained
+on one shared batch order (TU's recipe) cost 5.3x one member with ``"vmap"``, 5.6x with ``"map"``
+(13x with ``"gemm"``; 19x in the previous run, when a vmapped convolution was a grouped one).
+``"map"`` stays the CPU default: with per-member batch orders (8 LeNets: 1.22 vs 1.49 s for 24
+steps), for ResNet-20 members (4 members: 5.5 vs 7.2 s for 4 steps of B128) and in inference (8
+LeNets, 10,000 images: 1.53 vs 1.83 s) it is faster, because the larger vmapped activations leave
+the cache; pick ``"vmap"`` for LeNet-sized members on a shared batch, whose first layer then
+dominates. GPU: not measured yet, so its default ``"vmap"`` is still to be confirmed by running
+bench/ensembles.py there.
 
 All give the same numbers (up to float rounding). ``default_lowering()`` picks per backend, as the
 benchmark decided. ``mesh=`` (a member mesh, :func:`jaxuq.sharding.member_mesh`) splits the members
@@ -51,7 +61,8 @@ LOWERINGS = ("vmap", "gemm", "map", "unroll")
 
 
 def default_lowering(backend: str | None = None) -> Lowering:
-    """Member lowering per backend: ``"map"`` on CPU (vmapped convs are slow there), else ``"vmap"``."""
+    """Member lowering per backend: ``"map"`` on CPU (see the module docstring: faster except for
+    LeNet-sized members on a shared batch), else ``"vmap"``."""
     backend = backend or jax.default_backend()
     return "map" if backend == "cpu" else "vmap"
 
