@@ -1,4 +1,4 @@
-"""Inference throughput (images/s): ``jaxuq.evaluation.predict`` vs torch eval, ResNet-20 on CIFAR-10.
+"""Inference throughput (images/s): ``predict`` vs torch eval and ``evaluate`` vs TU's test loop, ResNet-20.
 
 The published ``resnet20-12fca82f.th`` (data folder ``checkpoints/resnet_cifar``) is converted by the
 converter for jaxuq and loaded into its torch twin (``converters.torch_refs``, what the experiments'
@@ -10,8 +10,15 @@ TU side runs); the 1000 real test images of ``cifar10_heads`` are tiled to ``--i
 - torch: ``model.eval()`` under ``torch.inference_mode()`` over float NCHW batches normalised in
   advance (their conversion is not timed), logits concatenated.
 
-Both sides: median of ``--repeats`` calls after a warm-up (``bench._common.timeit``); each row also
-reports the max |logit difference| and the top-1 agreement between the sides. Runs unchanged on a GPU
+- the whole test table, ID + OOD (the last row): ``evaluate(model, variables, (images, labels),
+  ood_data=...)`` (uint8, normalised on device; every key of TU's table, SmECE included) against TU
+  0.13.0's ``TUTrainer.test`` of ``ClassificationRoutine(model, eval_ood=True)`` on float tensors
+  (``experiments._tu.tu_test``, batch ``--eval-batch-size``); the OOD set is scio's three synthetic
+  shifts of the same 1000 images (``jaxuq.data.synthetic_shifts``, quantised to uint8 for both sides):
+  4000 images per call. The row reports the largest difference of the two tables' shared keys.
+
+Both sides: median of ``--repeats`` calls after a warm-up (``bench._common.timeit``); each predict row
+also reports the max |logit difference| and the top-1 agreement between the sides. Runs unchanged on a GPU
 (torch on CUDA when available). Writes bench/results/predict.{json,md}.
 
     python bench/predict.py                       # batch 128 and 500, 5000 images
@@ -35,9 +42,10 @@ def main(argv=None):
     p = bench_parser(__doc__)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 500])
     p.add_argument("--images", type=int, default=5000, help="the 1000 test images tiled to this many")
+    p.add_argument("--eval-batch-size", type=int, default=500, help="batch of the evaluate-vs-TU row")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    if args.images < 1 or any(b < 1 for b in args.batch_sizes):
+    if args.images < 1 or args.eval_batch_size < 1 or any(b < 1 for b in args.batch_sizes):
         p.error("--images and --batch-sizes must be >= 1")
     meta = start(args, torch=True)
 
@@ -73,15 +81,65 @@ def main(argv=None):
         row["ratio"] = row["jaxuq_img_s"] / row["torch_img_s"]
         print(json.dumps({k: v for k, v in row.items() if k not in ("jaxuq", "torch")}), flush=True)
         rows.append(row)
+    rows.append(_evaluate_row(args, test, model, variables, tmodel))
+    print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("jaxuq", "torch")}), flush=True)
 
     cols = [("model", "model", "{}"), ("batch", "batch", "{}"), ("images", "images", "{:,}"),
-            ("jaxuq predict img/s", "jaxuq_img_s", "{:,.0f}"), ("torch eval img/s", "torch_img_s", "{:,.0f}"),
-            ("jaxuq / torch", "ratio", "{:.2f}"), ("max abs logit diff", "max_abs_logit_diff", "{:.1e}"),
+            ("jaxuq img/s", "jaxuq_img_s", "{:,.0f}"),
+            ("torch eval / TU test img/s", "torch_img_s", "{:,.0f}"), ("jaxuq / torch", "ratio", "{:.2f}"),
+            ("max abs logit (table) diff", "max_abs_logit_diff", "{:.1e}"),
             ("top-1 agreement", "top1_agreement", "{:.4f}")]
-    md = markdown_header("Inference throughput: predict vs torch eval (ResNet-20, CIFAR-10)", meta)
-    md += [f"Median of {args.repeats} calls after a warm-up; the 1000 real test images tiled to "
-           f"{len(images)}.", ""]
+    md = markdown_header("Inference throughput: predict vs torch eval, evaluate vs TU (ResNet-20, CIFAR-10)",
+                         meta)
+    md += [f"Median of {args.repeats} calls after a warm-up; predict rows: the 1000 real test images tiled "
+           f"to {len(images)}; the evaluate row: the whole table on the 1000 images + 3000 shifted OOD "
+           "images (the logit column: the largest |difference| of the two tables' shared keys).", ""]
     write_results("predict", meta, {"rows": rows}, md + markdown_table(rows, cols), args.out_dir)
+
+
+def _evaluate_row(args, test, model, variables, tmodel) -> dict:
+    """``evaluate`` (ID + OOD, the whole table) against TU's ``TUTrainer.test``, on the same images."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from torch_uncertainty.routines import ClassificationRoutine
+
+    from experiments._inputs import RESNET_PREPROCESS, normalize
+    from experiments._tu import tu_test
+    from jaxuq.data import synthetic_shifts
+    from jaxuq.evaluation import evaluate
+
+    images, labels = test["images"], test["labels"]
+    shifted = synthetic_shifts(jax.random.key(0), jnp.asarray(images, jnp.float32) / 255.0)
+    ood = np.concatenate([np.asarray(v) for v in shifted.values()])
+    ood = np.clip(np.round(ood * 255.0), 0, 255).astype(np.uint8)
+    bs = args.eval_batch_size
+
+    def nchw(u8):
+        return torch.from_numpy(normalize(u8 / np.float32(255)).transpose(0, 3, 1, 2).copy())
+
+    x_id, x_ood, y = nchw(images), nchw(ood), torch.as_tensor(labels, dtype=torch.long)
+    routine = ClassificationRoutine(model=tmodel.cpu(), num_classes=10, loss=None, eval_ood=True)
+
+    def run_jaxuq():
+        return evaluate(model, variables, (images, labels), ood_data=ood, preprocess=RESNET_PREPROCESS,
+                        batch_size=bs, progress=False)
+
+    def run_tu():
+        return tu_test(routine, (x_id, y), x_ood, batch_size=bs)
+
+    tj, tt = timeit(run_jaxuq, repeats=args.repeats), timeit(run_tu, repeats=args.repeats)
+    ours, theirs = run_jaxuq(), run_tu()
+    shared = sorted(set(ours) & set(theirs))
+    n = len(images) + len(ood)
+    row = {"model": "resnet20 evaluate vs TU test (ID + OOD table)", "batch": bs, "images": n,
+           "jaxuq_img_s": n / tj["median_s"], "torch_img_s": n / tt["median_s"], "jaxuq": tj, "torch": tt,
+           "shared_keys": len(shared), "top1_agreement": float("nan"),
+           "key_diffs": {k: abs(float(ours[k]) - float(theirs[k])) for k in shared}}
+    row["worst_key"] = max(row["key_diffs"], key=row["key_diffs"].get)
+    row["max_abs_logit_diff"] = row["key_diffs"][row["worst_key"]]
+    row["ratio"] = row["jaxuq_img_s"] / row["torch_img_s"]
+    return row
 
 
 if __name__ == "__main__":

@@ -316,6 +316,8 @@ def _members_input_gradient(kind, lhs_shape, strides, pads, rhs_dil, groups, pre
     def input_gradient(g, rhs):
         if kind == "gemm":  # autodiff's transpose of the patches (linear in lhs: any primal point)
             lhs = jnp.zeros(lhs_shape, jnp.result_type(g.dtype, rhs.dtype))
+            varying = tuple(sorted(_vma(g) | _vma(rhs)))  # inside shard_map: a local point, no psum
+            lhs = lax.pcast(lhs, varying, to="varying") if varying else lhs
             fwd = partial(_conv_gemm, rhs=rhs, strides=strides, pads=pads, rhs_dil=rhs_dil, groups=groups,
                           precision=precision)
             return jax.vjp(fwd, lhs)[1](g)[0]
