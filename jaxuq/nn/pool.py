@@ -67,7 +67,7 @@ def _max_pool_tiled(x, k: int):
 
 def _tiled_max(x, k: int):
     """``(max, index)`` of every non-overlapping ``k x k`` window: torch's pick (first maximum in row-major
-    window order; a NaN wins) as the index of the window position, int8."""
+    window order; a NaN wins) as the index of the window position (int8; int32 from 128 positions)."""
     n, h, w, c = x.shape
     ho, wo = h // k, w // k
     win = x[:, : ho * k, : wo * k].reshape(n, ho, k, wo, k, c)
