@@ -52,9 +52,8 @@ def main(argv=None):
 
     import torch
 
-    from experiments._inputs import RESNET20_CKPT, RESNET_PREPROCESS, load_cifar_heads, load_model, normalize
+    from experiments._inputs import RESNET20_CKPT, load_cifar_heads, load_model
     from experiments._tu import torch_model_of
-    from jaxuq.evaluation import predict
 
     _, test = load_cifar_heads(args.data_dir)
     reps = -(-args.images // len(test["images"]))
@@ -62,26 +61,8 @@ def main(argv=None):
     model, variables = load_model("resnet20", RESNET20_CKPT, args.data_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tmodel = torch_model_of("resnet20", args.data_dir).to(device)
-    x_torch = torch.from_numpy(normalize(images / np.float32(255)).transpose(0, 3, 1, 2).copy()).to(device)
 
-    rows = []
-    for batch in args.batch_sizes:
-        def run_jaxuq(batch=batch):
-            return predict(model, variables, images, preprocess=RESNET_PREPROCESS, batch_size=batch)
-
-        def run_torch(batch=batch):
-            with torch.inference_mode():
-                return torch.cat([tmodel(x_torch[i:i + batch]) for i in range(0, len(x_torch), batch)])
-
-        tj, tt = timeit(run_jaxuq, repeats=args.repeats), timeit(run_torch, repeats=args.repeats)
-        ours, theirs = run_jaxuq(), run_torch().cpu().numpy()
-        row = {"model": "resnet20", "batch": batch, "images": len(images),
-               "jaxuq_img_s": len(images) / tj["median_s"], "torch_img_s": len(images) / tt["median_s"],
-               "jaxuq": tj, "torch": tt, "max_abs_logit_diff": float(np.abs(ours - theirs).max()),
-               "top1_agreement": float((ours.argmax(1) == theirs.argmax(1)).mean())}
-        row["ratio"] = row["jaxuq_img_s"] / row["torch_img_s"]
-        print(json.dumps({k: v for k, v in row.items() if k not in ("jaxuq", "torch")}), flush=True)
-        rows.append(row)
+    rows = [_predict_row(args, batch, images, model, variables, tmodel) for batch in args.batch_sizes]
     rows.append(_evaluate_row(args, test, model, variables, tmodel))
     print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("jaxuq", "torch")}), flush=True)
 
@@ -102,6 +83,34 @@ def main(argv=None):
              "sigmoid and its AURC family through the tie order (docs/torch-uncertainty-0.13.md, A.4 and "
              "the known non-parity cases); not investigated further in this bench."]
     write_results("predict", meta, {"rows": rows}, md + markdown_table(rows, cols) + notes, args.out_dir)
+
+
+def _predict_row(args, batch, images, model, variables, tmodel) -> dict:
+    """``predict`` against torch eval at one batch size, on the same images."""
+    import torch
+
+    from experiments._inputs import RESNET_PREPROCESS, normalize
+    from jaxuq.evaluation import predict
+
+    device = next(tmodel.parameters()).device
+    x_torch = torch.from_numpy(normalize(images / np.float32(255)).transpose(0, 3, 1, 2).copy()).to(device)
+
+    def run_jaxuq():
+        return predict(model, variables, images, preprocess=RESNET_PREPROCESS, batch_size=batch)
+
+    def run_torch():
+        with torch.inference_mode():
+            return torch.cat([tmodel(x_torch[i:i + batch]) for i in range(0, len(x_torch), batch)])
+
+    tj, tt = timeit(run_jaxuq, repeats=args.repeats), timeit(run_torch, repeats=args.repeats)
+    ours, theirs = run_jaxuq(), run_torch().cpu().numpy()
+    row = {"model": "resnet20", "batch": batch, "images": len(images),
+           "jaxuq_img_s": len(images) / tj["median_s"], "torch_img_s": len(images) / tt["median_s"],
+           "jaxuq": tj, "torch": tt, "max_abs_logit_diff": float(np.abs(ours - theirs).max()),
+           "top1_agreement": float((ours.argmax(1) == theirs.argmax(1)).mean())}
+    row["ratio"] = row["jaxuq_img_s"] / row["torch_img_s"]
+    print(json.dumps({k: v for k, v in row.items() if k not in ("jaxuq", "torch")}), flush=True)
+    return row
 
 
 def _evaluate_row(args, test, model, variables, tmodel) -> dict:
