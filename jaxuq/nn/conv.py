@@ -167,8 +167,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     lowering = _OVERRIDE.get() or _DEFAULT
     cpu_ok = (
-        lowering != "lax"
-        and jax.default_backend() == "cpu"
+        rewrites_on_cpu()
         and channels_last
         and (lhs_dilation is None or all(d == 1 for d in lhs_dilation))
         and batch_group_count == 1
