@@ -100,9 +100,9 @@ MEMBER_CASES = [(12, 12, 5, 1, 0, 1, 1, 1, 6), (9, 9, 3, 1, 1, 1, 1, 4, 6), (11,
 @pytest.mark.parametrize("case", MEMBER_CASES, ids=["gemm-1ch", "conv", "grouped"])
 def test_member_batching_rules_match_vmapped_lax(case, axes):
     """Under ``jax.vmap`` (ensemble members, MC samples) the CPU rewrites use their batching rules: members
-    sharing the input are ONE product/convolution over M * C_out channels (no loop, no grouped conv),
-    members sharing the weights one convolution over M * N images, stacked members a ``lax.map`` of the
-    single-model kernels. Values and both gradients match ``vmap`` of ``lax.conv``, also nested."""
+    sharing the input are the shared patches times every member's kernel in one product (no loop, no
+    grouped conv), members sharing the weights one convolution over M * N images, stacked members a
+    ``lax.map`` of the single-model kernels. Values and both gradients match ``vmap`` of ``lax.conv``."""
     h, w, k, s, p, d, g, cin, cout = case
     pad = ((p, p), (p, p))
     x = jax.random.normal(jax.random.key(0), (3, 4, h, w, cin))
