@@ -241,6 +241,35 @@ def test_signed_zero_and_extreme_scores_rank_like_floats():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+
+def test_host_and_xla_sort_paths_give_the_same_groups():
+    """The CPU host callback (packed int64 sort, in-place buffers) and the XLA path that other
+    backends take return the same sorted keys, ranks and tie-group bounds, under jit and vmap:
+    runs of ties at both ends, a single group, one key, negative keys."""
+    rng = np.random.default_rng(3)
+    cases = [
+        rng.integers(-5, 5, 257).astype(np.int32),  # many ties, negative keys
+        np.r_[np.full(7, 2**31 - 1), rng.integers(-(2**31), 2**31 - 1, 50), np.full(5, -(2**31))].astype(np.int32),
+        np.zeros(9, np.int32),  # one group
+        np.array([4], np.int32),
+    ]
+    sort_and_group = selective._ties._sort_and_group
+    for k in cases:
+        host = jax.jit(lambda a, b: sort_and_group(a, b, on_host=True))(k, k[::-1].copy())
+        xla = jax.jit(lambda a, b: sort_and_group(a, b, on_host=False))(k, k[::-1].copy())
+        for h, x in zip(jax.tree.leaves(host), jax.tree.leaves(xla), strict=True):
+            np.testing.assert_array_equal(np.asarray(h), np.asarray(x))
+        ks, rank, start, end = (np.asarray(a) for a in host[0])
+        np.testing.assert_array_equal(ks, np.sort(k))
+        np.testing.assert_array_equal(rank, np.searchsorted(ks, k, "left"))
+        np.testing.assert_array_equal(start, np.searchsorted(ks, ks, "left"))
+        np.testing.assert_array_equal(end, np.searchsorted(ks, ks, "right") - 1)
+    batch = np.stack([cases[0], cases[0][::-1]])
+    vm = jax.vmap(lambda a: sort_and_group(a, on_host=True)[0])(batch)
+    for row in range(2):
+        for got, want in zip(vm, sort_and_group(jnp.asarray(batch[row]), on_host=False)[0], strict=True):
+            np.testing.assert_array_equal(np.asarray(got[row]), np.asarray(want))
+
 def test_scod_metrics_function_matches_table():
     probs, labels = _case(4, n=400)
     scores = -probs.max(-1)
