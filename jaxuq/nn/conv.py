@@ -291,11 +291,11 @@ def _members_forward(kind, strides, pads, rhs_dil, groups, precision):
 
 @functools.lru_cache(maxsize=512)
 def _members_weight_gradient(kind, rhs_shape, strides, pads, rhs_dil, groups, precision):
-    single = _weight_gradient_gemm if kind == "gemm" else _weight_gradient
-
     @custom_vmap
     def weight_gradient(lhs, g):
-        return single(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precision)
+        if kind == "gemm":
+            return _gemm_transpose("rhs", lhs, g, rhs_shape, (strides, pads, rhs_dil, groups, precision))
+        return _weight_gradient(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precision)
 
     @weight_gradient.def_vmap
     def rule(m, batched, lhs, g):
@@ -314,13 +314,8 @@ def _members_weight_gradient(kind, rhs_shape, strides, pads, rhs_dil, groups, pr
 def _members_input_gradient(kind, lhs_shape, strides, pads, rhs_dil, groups, precision):
     @custom_vmap
     def input_gradient(g, rhs):
-        if kind == "gemm":  # autodiff's transpose of the patches (linear in lhs: any primal point)
-            lhs = jnp.zeros(lhs_shape, jnp.result_type(g.dtype, rhs.dtype))
-            varying = tuple(sorted(_vma(g) | _vma(rhs)))  # inside shard_map: a local point, no psum
-            lhs = lax.pcast(lhs, varying, to="varying") if varying else lhs
-            fwd = partial(_conv_gemm, rhs=rhs, strides=strides, pads=pads, rhs_dil=rhs_dil, groups=groups,
-                          precision=precision)
-            return jax.vjp(fwd, lhs)[1](g)[0]
+        if kind == "gemm":
+            return _gemm_transpose("lhs", rhs, g, lhs_shape, (strides, pads, rhs_dil, groups, precision))
         return _input_gradient(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision)
 
     @input_gradient.def_vmap
@@ -332,6 +327,19 @@ def _members_input_gradient(kind, lhs_shape, strides, pads, rhs_dil, groups, pre
         return _map_members(input_gradient, (g, rhs), batched), True
 
     return input_gradient
+
+
+def _gemm_transpose(wrt: str, fixed, g, shape, static):
+    """``g`` through the transpose of :func:`_conv_gemm` with respect to ``wrt`` ("lhs": the patches' col2im,
+    or "rhs": ``patches^T @ g``), the other operand ``fixed``: autodiff's own transpose. The product is
+    linear in either operand, so it is taken at a zero point of ``shape``; inside ``shard_map`` that point
+    is cast to vary like ``g`` and ``fixed`` (a local point, no spurious psum)."""
+    zero = jnp.zeros(shape, jnp.result_type(g.dtype, fixed.dtype))
+    varying = tuple(sorted(_vma(g) | _vma(fixed)))
+    zero = lax.pcast(zero, varying, to="varying") if varying else zero
+    if wrt == "lhs":
+        return jax.vjp(lambda x: _conv_gemm(x, fixed, *static), zero)[1](g)[0]
+    return jax.vjp(lambda w: _conv_gemm(fixed, w, *static), zero)[1](g)[0]
 
 
 def _input_gradient(g, rhs, lhs_shape, strides, pads, rhs_dil, groups, precision):
@@ -454,23 +462,6 @@ def _conv_gemm(lhs, rhs, strides, pads, rhs_dil, groups, precision):
         out = jnp.einsum("pkgc,kcgo->pgo", pt, rhs.reshape(kk, c, groups, co // groups), precision=precision,
                          preferred_element_type=dtype)
     return out.reshape(lead + (co,))
-
-
-
-def _weight_gradient_gemm(lhs, g, rhs_shape, strides, pads, rhs_dil, groups, precision):
-    """``d conv / d rhs`` of :func:`_conv_gemm`: ``patches^T @ g`` (one product per group)."""
-    nd = lhs.ndim - 2
-    k, c, co = rhs_shape[:nd], rhs_shape[nd], rhs_shape[-1]
-    kk = math.prod(k)
-    pt = conv_patches(lhs, k, strides, pads, rhs_dil)
-    dtype = jnp.result_type(lhs.dtype, g.dtype)
-    if groups == 1:
-        dw = jnp.dot(pt.reshape(-1, kk * c).T, g.reshape(-1, co), precision=precision,
-                     preferred_element_type=dtype)
-    else:
-        dw = jnp.einsum("pkgc,pgo->kcgo", pt.reshape(-1, kk, groups, c), g.reshape(-1, groups, co // groups),
-                        precision=precision, preferred_element_type=dtype)
-    return dw.reshape(rhs_shape)
 
 
 class Conv(nn.Conv):
