@@ -15,8 +15,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The main job: TU's "From Deep Ensembles to Packed-Ensembles" tutorial through the launcher at a fast
-# config (all 60k MNIST images, 1 epoch, 1 seed): a LeNet, a deep ensemble of 2 and a Packed-Ensemble
+# The main job: TU's "From Deep Ensembles to Packed-Ensembles" tutorial through the launcher at the tutorial's
+# recipe (all 60k MNIST images, 3 epochs, 1 seed): a LeNet, a deep ensemble of 2 and a Packed-Ensemble
 # trained by jaxuq, the 8 hub LeNets as one ensemble, TU's tables, plots, and a comparison with the TU
 # runs committed in experiments/results/ (TU itself is not installed here: torch only reads the hub files).
 RUN_ARGS ?= --set num_seeds=1 --set compare_tu=false --out runs/main
