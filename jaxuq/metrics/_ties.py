@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.buffer_callback import buffer_callback
 
 __all__ = ["Groups", "group_mean", "rank_sort", "rank_sort_many", "reverse", "tied_cumsum"]
 
@@ -89,8 +90,6 @@ def _sort_and_group(*keys: jax.Array, on_host: bool | None = None) -> list[tuple
     if any(k.shape[0] >= 2**31 for k in keys):
         raise ValueError(f"rank metrics take at most 2**31 - 1 scores; got {max(k.shape[0] for k in keys)}")
     if jax.default_backend() == "cpu" if on_host is None else on_host:
-        from jax.experimental.buffer_callback import buffer_callback
-
         shapes = tuple(jax.ShapeDtypeStruct(k.shape, jnp.int32) for k in keys for _ in range(4))
         flat = buffer_callback(_sort_and_group_host, shapes, vmap_method="sequential")(*keys)
         return [tuple(flat[4 * i : 4 * i + 4]) for i in range(len(keys))]
