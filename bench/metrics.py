@@ -10,7 +10,9 @@ device->host transfer of the results included (``validated_table_without_smece``
 machine the script runs unchanged: jaxuq on the default JAX backend, TU's metrics on CUDA tensors
 (synchronised before each timing ends).
 
-    python bench/metrics.py [--repeats 7] [--n-id 10000 --n-ood 26032] [--allow-load]
+    python bench/metrics.py [--repeats 51] [--n-id 10000 --n-ood 26032] [--allow-load]
+(51 calls per side and part by default: jaxuq's table takes about 2.5 ms and single calls of it spread
+by +-20 % on a 2-core machine, so a median of 7 or 9 moved the ratio by a whole unit between runs.)
 Writes bench/results/metrics.json and bench/results/metrics.md (through bench/_common.py: load
 average and thread settings recorded before timing; a loaded machine is refused or flagged).
 """
@@ -157,7 +159,7 @@ def bench_tu(probs, labels, scores, ood_probs, repeats):
 
 def main(argv=None) -> int:
     ap = bench_parser(__doc__)
-    ap.set_defaults(repeats=7)
+    ap.set_defaults(repeats=51)
     ap.add_argument("--n-id", type=int, default=N_ID)
     ap.add_argument("--n-ood", type=int, default=N_OOD)
     args = ap.parse_args(argv)

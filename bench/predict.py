@@ -79,10 +79,25 @@ def main(argv=None):
     ev = rows[-1]
     notes = ["", "evaluate row: the ID keys (`test/*`) of the two tables agree within "
              f"{ev['max_abs_logit_diff']:.1e}; the OOD keys within {ev['ood_max_diff']:.1e} "
-             f"(worst `{ev['ood_worst_key']}`). TU's OOD ranks go through torchmetrics' per-batch "
-             "sigmoid and its AURC family through the tie order (docs/torch-uncertainty-0.13.md, A.4 and "
-             "the known non-parity cases); not investigated further in this bench."]
+             f"(worst `{ev['ood_worst_key']}`); NaN on one side only: {ev['nan_on_one_side'] or 'none'}.",
+             "", _tu_ood_note(ev)]
     write_results("predict", meta, {"rows": rows}, md + markdown_table(rows, cols) + notes, args.out_dir)
+
+
+def _tu_ood_note(ev) -> str:
+    """The markdown note on why TU's OOD keys differ, from :func:`_tu_ood_check`'s numbers of this run."""
+    c, tu = ev["tu_ood_explained"], ev["tu_ood"]
+    lo, hi = c["scod_aurc_over_tie_orders"]
+    where = "inside" if lo <= tu["ood/SCOD_AURC"] <= hi else "OUTSIDE"
+    return (f"Why TU's OOD keys differ (from TU's own scores): {c['msp_exactly_1']} of {c['scores']} MSP "
+            "scores are exactly 1.0, one tie group of ID and OOD samples, and TU's AURC family follows its "
+            f"sort's tie order: its SCOD_AURC {tu['ood/SCOD_AURC']:.5f} is {where} the range of its formula "
+            f"over 200 random tie orders, [{lo:.5f}, {hi:.5f}]; jaxuq's "
+            f"{ev['ours_ood']['ood/SCOD_AURC']:.5f} is the tie-aware value (the expectation over tie orders; "
+            "its SCOD_Cov_5Risk is NaN when the tied top group's risk is above 5 %). TU's AUROC / AUPR "
+            f"{tu['ood/AUROC']:.6f} / {tu['ood/AUPR']:.6f} are those of the float32 sigmoid torchmetrics "
+            f"applies to scores outside [0, 1]: {c['auroc_of_sigmoid']:.6f} / {c['aupr_of_sigmoid']:.6f} "
+            "exactly from the squashed scores (the sigmoid merges MSP values near 1 into ties).")
 
 
 def _predict_row(args, batch, images, model, variables, tmodel) -> dict:
@@ -152,6 +167,11 @@ def _evaluate_row(args, test, model, variables, tmodel) -> dict:
            "jaxuq_img_s": n / tj["median_s"], "torch_img_s": n / tt["median_s"], "jaxuq": tj, "torch": tt,
            "shared_keys": len(shared), "top1_agreement": float("nan"),
            "key_diffs": {k: abs(float(ours[k]) - float(theirs[k])) for k in shared}}
+    row["ours_ood"] = {k: float(v) for k, v in ours.items() if k.startswith("ood/")}
+    row["tu_ood"] = {k: float(v) for k, v in theirs.items() if k.startswith("ood/")}
+    row["nan_on_one_side"] = sorted(k for k in shared
+                                    if np.isnan(float(ours[k])) != np.isnan(float(theirs[k])))
+    row["tu_ood_explained"] = _tu_ood_check(tmodel, x_id, x_ood, y, bs)
     finite = {k: v for k, v in row["key_diffs"].items() if np.isfinite(v)}
     row["max_abs_logit_diff"] = max(v for k, v in finite.items() if k.startswith("test/"))  # the ID table
     row["ood_worst_key"] = max((k for k in finite if k.startswith("ood/")), key=finite.get)
@@ -159,6 +179,36 @@ def _evaluate_row(args, test, model, variables, tmodel) -> dict:
     row["ratio"] = row["jaxuq_img_s"] / row["torch_img_s"]
     return row
 
+
+def _tu_ood_check(tmodel, x_id, x_ood, y, bs, orders: int = 200) -> dict:
+    """Where TU's OOD keys come from, recomputed from TU's own (torch) MSP scores: how many are exactly
+    1.0 (one tie group), the range of TU's SCOD_AURC formula over ``orders`` random orders of the ties
+    (TU's order is its unstable sort's; jaxuq's tie-aware value is their expectation), and jaxuq's
+    exact AUROC/AUPR of the float32 sigmoid of the scores (torchmetrics squashes scores outside [0, 1],
+    which merges MSP values near 1 into ties)."""
+    import torch
+
+    from jaxuq.metrics import aupr, auroc
+
+    with torch.inference_mode():
+        probs = torch.cat([torch.softmax(tmodel(x[i:i + bs]), -1) for x in (x_id, x_ood)
+                           for i in range(0, len(x), bs)])
+        msp = probs.amax(-1)
+        squashed = torch.sigmoid(-msp).numpy()  # torchmetrics' squashing of the OOD score -MSP
+    msp, n_id = msp.numpy(), len(x_id)
+    is_ood = np.r_[np.zeros(n_id, np.int32), np.ones(len(msp) - n_id, np.int32)]
+    errors = np.r_[probs[:n_id].argmax(-1).numpy() != y.numpy(), np.zeros(len(msp) - n_id, bool)]
+    loss = np.where(is_ood == 1, 0.5, 0.5 * errors)  # SCOD loss, c = 0.5, ranked by MSP descending
+    rng, k = np.random.default_rng(0), np.arange(1, len(msp) + 1)
+    aurcs = []
+    for _ in range(orders):
+        perm = rng.permutation(len(msp))
+        risk = np.cumsum(loss[perm[np.argsort(-msp[perm], kind="stable")]]) / k
+        aurcs.append(np.trapezoid(risk, k / len(k)) / (1 - 1 / len(k)))
+    return {"msp_exactly_1": int((msp == 1).sum()), "scores": len(msp),
+            "scod_aurc_over_tie_orders": [float(min(aurcs)), float(max(aurcs))],
+            "auroc_of_sigmoid": float(auroc(squashed, is_ood)),
+            "aupr_of_sigmoid": float(aupr(squashed, is_ood))}
 
 if __name__ == "__main__":
     main()
