@@ -66,6 +66,10 @@ def _bench_one(name: str, kw: dict, tmp: Path, repeats: int) -> dict:
     convert([src], arch="resnet", kwargs=kw, output=out, force=True)
     first = time.perf_counter() - t0
     full = _times(lambda: convert([src], arch="resnet", kwargs=kw, output=out, force=True), repeats)
+    # --verify as the CLI runs it: the torch model built and loaded, both forwards on one batch (JAX's
+    # compile of the Flax forward included: each CLI call is a fresh process)
+    verified = _times(lambda: convert([src], arch="resnet", kwargs=kw, output=out, force=True, verify=True),
+                      repeats)
     read = _times(lambda: read_state_dict(src), repeats)
     sd = read_state_dict(src)[0]
     table = _times(lambda: mappings.convert_state_dict("resnet", sd, str(src), **kw), repeats)
@@ -80,12 +84,13 @@ def _bench_one(name: str, kw: dict, tmp: Path, repeats: int) -> dict:
 
     anchor = _times(torch_load, repeats)
     print(f"{name}: {n_params:,} params; convert median {full['median_s']:.2f} s "
-          f"(first call {first:.2f} s; read {read['median_s']:.2f}, table {table['median_s']:.2f}, "
-          f"write {write['median_s']:.2f}); jaxuq.models.load {load['median_s']:.2f} s; "
+          f"(first call {first:.2f} s, with --verify {verified['median_s']:.2f} s; "
+          f"read {read['median_s']:.2f}, table {table['median_s']:.2f}, write {write['median_s']:.2f}); "
+          f"jaxuq.models.load {load['median_s']:.2f} s; "
           f"torch load+load_state_dict {anchor['median_s']:.2f} s")
     return {"model": name, "kwargs": kw, "params": n_params, "file_bytes": src.stat().st_size,
-            "convert_first_call_s": first, "convert": full, "read": read, "table": table,
-            "write": write, "jaxuq_load": load, "torch_anchor_load": anchor}
+            "convert_first_call_s": first, "convert": full, "convert_verify": verified, "read": read,
+            "table": table, "write": write, "jaxuq_load": load, "torch_anchor_load": anchor}
 
 
 def main(argv=None):
@@ -104,17 +109,20 @@ def main(argv=None):
 
     lines = markdown_header("jaxuq-convert timings (CPU, imports excluded)", meta) + [
         f"Median of {a.repeats} runs (min in brackets), seconds. `convert` = read + strict conversion + "
-        "atomic orbax/JSON write; torch anchor = `torch.load` + `load_state_dict` into TU's model.",
+        "atomic orbax/JSON write; `--verify` = the same plus the torch model loaded and both forwards on "
+        "one batch of 4 (the Flax forward's compile included, as in every CLI call); torch anchor = "
+        "`torch.load` + `load_state_dict` into TU's model.",
         "",
-        "| model | params | file MB | convert | first call | read | table | write | jaxuq.models.load |"
-        " torch anchor |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params | file MB | convert | convert --verify | first call | read | table | write |"
+        " jaxuq.models.load | torch anchor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         def f(d):
             return f"{d['median_s']:.2f} ({d['min_s']:.2f})"
 
         lines.append(f"| {r['model']} | {r['params']:,} | {r['file_bytes'] / 1e6:.1f} | {f(r['convert'])} | "
+                     f"{f(r['convert_verify'])} | "
                      f"{r['convert_first_call_s']:.2f} | {f(r['read'])} | {f(r['table'])} | "
                      f"{f(r['write'])} | {f(r['jaxuq_load'])} | {f(r['torch_anchor_load'])} |")
     write_results("convert", meta, {"repeats": a.repeats, "rows": rows}, lines, a.out_dir)
