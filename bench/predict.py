@@ -210,5 +210,6 @@ def _tu_ood_check(tmodel, x_id, x_ood, y, bs, orders: int = 200) -> dict:
             "auroc_of_sigmoid": float(auroc(squashed, is_ood)),
             "aupr_of_sigmoid": float(aupr(squashed, is_ood))}
 
+
 if __name__ == "__main__":
     main()

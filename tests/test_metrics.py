@@ -241,7 +241,6 @@ def test_signed_zero_and_extreme_scores_rank_like_floats():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-
 def test_host_and_xla_sort_paths_give_the_same_groups():
     """The CPU host callback (packed int64 sort, in-place buffers) and the XLA path that other
     backends take return the same sorted keys, ranks and tie-group bounds, under jit and vmap:
@@ -249,7 +248,9 @@ def test_host_and_xla_sort_paths_give_the_same_groups():
     rng = np.random.default_rng(3)
     cases = [
         rng.integers(-5, 5, 257).astype(np.int32),  # many ties, negative keys
-        np.r_[np.full(7, 2**31 - 1), rng.integers(-(2**31), 2**31 - 1, 50), np.full(5, -(2**31))].astype(np.int32),
+        np.r_[np.full(7, 2**31 - 1), rng.integers(-(2**31), 2**31 - 1, 50), np.full(5, -(2**31))].astype(
+            np.int32
+        ),  # the int32 extremes at both ends
         np.zeros(9, np.int32),  # one group
         np.array([4], np.int32),
     ]
@@ -269,6 +270,7 @@ def test_host_and_xla_sort_paths_give_the_same_groups():
     for row in range(2):
         for got, want in zip(vm, sort_and_group(jnp.asarray(batch[row]), on_host=False)[0], strict=True):
             np.testing.assert_array_equal(np.asarray(got[row]), np.asarray(want))
+
 
 def test_scod_metrics_function_matches_table():
     probs, labels = _case(4, n=400)
