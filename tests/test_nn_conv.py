@@ -193,6 +193,85 @@ def test_flax_module_same_variables_and_outputs_as_nn_conv(lowering):
     assert _rel(nn.Conv(**kw).apply(v, x), y) <= (0.0 if lowering == "conv" else 1e-6)
 
 
+# conv_max_pool: (x shape, kernel size, out channels, padding, window, relu, bias)
+POOL_CASES = [((11, 10, 2), 3, 4, 0, 2, True, True), ((9, 8, 3), 2, 3, 1, 3, False, False),
+              ((7, 7, 1), 5, 6, 2, 2, True, True)]
+
+
+@pytest.mark.parametrize("axes", [None, (None, 0, 0), (0, None, None), (0, 0, 0)],
+                         ids=["single", "shared-input", "shared-weights", "stacked"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=["relu-w2", "w3-odd-nobias", "5x5-pad2"])
+def test_conv_max_pool_is_the_composition_with_torchs_picks(case, axes):
+    """The fused conv (+ ReLU) + max pool gives the composition's values and all three gradients exactly,
+    alone and under each member batching. The inputs are small integers, so the convolution is exact in
+    any summation order and its windows are full of ties: each window's gradient must go where torch's
+    pick goes (first maximum, the later NaN; the "lax" composition is checked against torch's kernel in
+    test_models). The floor-mode remainder rows and columns get no gradient."""
+    from jaxuq.nn import conv_max_pool
+
+    (h, w, cin), k, cout, p, win, relu, with_bias = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-2, 3, (3, 4, h, w, cin)).astype(np.float32))
+    kern = jnp.asarray(rng.integers(-1, 2, (3, k, k, cin, cout)).astype(np.float32))
+    bias = jnp.asarray(rng.integers(-1, 2, (3, cout)).astype(np.float32))
+    if axes is None or axes[0] is None:
+        x = x[0]
+    if axes is None or axes[1] is None:
+        kern, bias = kern[0], bias[0]
+    pads = ((p, p), (p, p))
+
+    def loss(x, kern, bias):
+        def f(u, v, b):
+            return conv_max_pool(u, v, b if with_bias else None, pads, win, relu)
+        out = f(x, kern, bias) if axes is None else jax.vmap(f, in_axes=axes)(x, kern, bias)
+        weights = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) % 5 - 2
+        return (out * weights).sum(), out
+
+    def run():
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, kern, bias)
+
+    (_, got), got_grads = run()
+    with conv_mod.conv_lowering("lax"):
+        (_, want), want_grads = run()
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for a, b in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(jnp.abs(got_grads[1]).sum()) > 0
+    if axes is None and not relu:  # NaNs: a NaN wins its window, the later of two NaNs takes the gradient
+        xn = x.at[0, 1, 1, 0].set(jnp.nan).at[1, 2, 3, 0].set(jnp.nan)
+
+        def gx():  # a fresh jit per lowering: the lowering is read when tracing
+            return jax.jit(jax.grad(lambda u: loss(u, kern, bias)[0]))(xn)
+
+        with conv_mod.conv_lowering("lax"):
+            want_x = gx()
+        np.testing.assert_array_equal(np.asarray(gx()), np.asarray(want_x))
+
+
+def test_conv_max_pool_module_keeps_conv_variables():
+    """ConvMaxPool and PackedConv(max_pool=...) have their Conv's variables and give max_pool2d(relu(conv))
+    (fused, and composed where the fused kernel does not apply: a strided conv)."""
+    from jaxuq.nn import ConvMaxPool, max_pool2d
+    from jaxuq.nn.packed import PackedConv
+
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+    for kw in (dict(kernel_size=(5, 5), padding=((1, 1), (1, 1))), dict(kernel_size=3, strides=2, padding=1)):
+        v = Conv(features=4, **kw).init(jax.random.key(1), x)
+        v2 = ConvMaxPool(features=4, max_pool=2, relu=True, **kw).init(jax.random.key(1), x)
+        assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v2)
+        want = max_pool2d(jax.nn.relu(Conv(features=4, **kw).apply(v, x)), 2)
+        got = ConvMaxPool(features=4, max_pool=2, relu=True, **kw).apply(v, x)
+        assert _rel(want, got) <= 1e-6
+    pc = dict(in_channels=3, out_channels=8, kernel_size=5, alpha=2, num_estimators=2, first=True)
+    v = PackedConv(**pc).init(jax.random.key(2), x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, PackedConv(**pc, max_pool=2).init(
+        jax.random.key(2), x))
+    got = PackedConv(**pc, max_pool=2, relu=True).apply(v, x)
+    assert _rel(max_pool2d(jax.nn.relu(PackedConv(**pc).apply(v, x)), 2), got) <= 1e-6
+    with pytest.raises(ValueError, match="needs max_pool"):
+        PackedConv(**pc, relu=True).apply(v, x)
+
+
 def test_forward_mode_needs_a_lowering_without_custom_vjp():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
     wt = jax.random.normal(jax.random.key(1), (3, 3, 2, 3))
@@ -254,13 +333,21 @@ with C.conv_lowering("lax"):
     want = pool()
 np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
 assert float(jnp.abs(got).sum()) > 0
+# the fused conv + ReLU + max pool's custom VJP, both ways (its input gradient under member parallelism)
+from jaxuq.nn import conv_max_pool
+fused = lambda x, w, strides, pads, dimension_numbers: conv_max_pool(x, w, jnp.arange(3.0) / 10, pads, 2, True)
+got = grads(fused)
+with C.conv_lowering("lax"):
+    want = grads(fused)
+for u, v in zip(got, want):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-4)
 print("ok")
 """
 
 
 def test_cotangents_inside_shard_map_match_lax():
     """Inside shard_map a cotangent that varies over an axis its primal does not vary over is summed;
-    max_pool2d's custom VJP gives lax's gradient there too."""
+    max_pool2d's and conv_max_pool's custom VJPs give lax's gradients there too."""
     import os
     import subprocess
     import sys

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 
-from jaxuq.nn import Conv
+from jaxuq.nn import Conv, ConvMaxPool
 from jaxuq.nn.init import torch_bias_init, torch_kernel_init
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -31,10 +31,15 @@ def activation(name: str | Callable) -> Callable:
 
 
 def conv(features: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, groups: int = 1,
-         dilation: int = 1, name: str, **init) -> Conv:
+         dilation: int = 1, name: str, max_pool: int = 0, relu: bool = False, **init) -> Conv:
     """``torch.nn.Conv2d(.., k, stride, padding=pad, groups, bias)`` in NHWC, explicit padding;
-    ``init``: optional ``kernel_init`` / ``bias_init`` (see :func:`torch_inits`)."""
-    return Conv(
+    ``init``: optional ``kernel_init`` / ``bias_init`` (see :func:`torch_inits`); ``max_pool``: the output
+    (after a ReLU if ``relu``) max-pooled with non-overlapping windows of that size
+    (:class:`jaxuq.nn.ConvMaxPool`)."""
+    if relu and not max_pool:
+        raise ValueError("relu=True needs max_pool (a fused conv -> ReLU -> max_pool block)")
+    extra = {"max_pool": max_pool, "relu": relu} if max_pool else {}
+    return (ConvMaxPool if max_pool else Conv)(
         features,
         (k, k),
         strides=(stride, stride),
@@ -43,6 +48,7 @@ def conv(features: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, gr
         feature_group_count=groups,
         use_bias=bias,
         name=name,
+        **extra,
         **init,
     )
 

@@ -89,19 +89,30 @@ class Kind:
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1, pad: int = 0, *, bias: bool, name: str,
              groups: int = 1, plain: bool = False, gamma: int | None = None, first: bool = False,
-             index: int = 0, **init) -> nn.Module:
-        """A ``k x k`` conv ``cin -> cout`` of this kind (``plain``: a plain conv whatever the kind)."""
+             index: int = 0, max_pool: int = 0, relu: bool = False, **init) -> nn.Module:
+        """A ``k x k`` conv ``cin -> cout`` of this kind (``plain``: a plain conv whatever the kind);
+        ``max_pool``: followed by (a ReLU if ``relu``, then) that non-overlapping max pool, fused
+        (:class:`jaxuq.nn.ConvMaxPool`) where the kind allows (:attr:`fuses_max_pool`; others refuse it)."""
         m = self.num_estimators
+        if max_pool and not (plain or self.fuses_max_pool):
+            raise ValueError(f"{self.name} convolutions do not take max_pool; pool their output")
         if plain or self.name in ("std", "mimo"):
-            return conv(cout, k, stride, pad, bias=bias, groups=groups, name=name,
-                        **(init or torch_inits(self.torch_init, cin // groups * k * k)))
+            return conv(cout, k, stride, pad, bias=bias, groups=groups, name=name, max_pool=max_pool,
+                        relu=relu, **(init or torch_inits(self.torch_init, cin // groups * k * k)))
         if self.name == "batched":
             return BatchConv(cin, cout, k, m, stride, pad, groups=groups, use_bias=bias, name=name)
         if self.name == "masked":
             return MaskedConv(cin, cout, k, m, self.scale, stride, pad, groups=groups, use_bias=bias,
                               seed=(self.seed, index), name=name)
         return PackedConv(cin, cout, k, self.alpha, m, gamma=self.gamma if gamma is None else gamma,
-                          stride=stride, padding=pad, groups=groups, bias=bias, first=first, name=name)
+                          stride=stride, padding=pad, groups=groups, bias=bias, first=first,
+                          max_pool=max_pool, relu=relu, name=name)
+
+    @property
+    def fuses_max_pool(self) -> bool:
+        """Whether :meth:`conv` takes ``max_pool`` (plain and packed convolutions: a
+        :class:`jaxuq.nn.ConvMaxPool` inside)."""
+        return self.name in ("std", "mimo", "packed")
 
     def dense(self, cin: int, cout: int, *, name: str, bias: bool = True, last: bool = False,
               first: bool = False, gamma: int | None = None, index: int = 0, **init) -> nn.Module:

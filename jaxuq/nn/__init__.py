@@ -5,7 +5,8 @@
 - :class:`LayerNorm` — torch ``LayerNorm(C)`` over the last axis.
 - :class:`Conv` — ``flax.linen.Conv`` whose weight gradient stays fast inside ``lax.scan`` on XLA:CPU.
 - :class:`DepthwiseConv2d` — torch depthwise ``Conv2d`` (groups = channels), fast on XLA:CPU.
-- :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC.
+- :func:`adaptive_avg_pool2d`, :func:`max_pool2d` — torch pooling semantics on NHWC;
+  :func:`conv_max_pool` / :class:`ConvMaxPool` — a convolution fused with the max pool after it.
 - ``jaxuq.nn.packed`` — Packed-Ensembles layers (``PackedConv`` 1/2/3-d, ``PackedConvTranspose``,
   ``PackedDense``, ``PackedLayerNorm``, ``PackedMultiheadAttention``, ``PackedTransformerEncoderLayer`` /
   ``PackedTransformerDecoderLayer``).
@@ -19,7 +20,8 @@ from jaxuq.nn.conv import Conv, DepthwiseConv2d
 from jaxuq.nn.dropout import Dropout
 from jaxuq.nn.init import torch_bias_init, torch_kernel_init, torch_uniform_init
 from jaxuq.nn.norm import BatchNorm, LayerNorm
-from jaxuq.nn.pool import adaptive_avg_pool2d, max_pool2d
+from jaxuq.nn.pool import ConvMaxPool, adaptive_avg_pool2d, conv_max_pool, max_pool2d
 
-__all__ = ["BatchNorm", "Conv", "DepthwiseConv2d", "Dropout", "LayerNorm", "adaptive_avg_pool2d",
-           "max_pool2d", "torch_bias_init", "torch_kernel_init", "torch_uniform_init"]
+__all__ = ["BatchNorm", "Conv", "ConvMaxPool", "DepthwiseConv2d", "Dropout", "LayerNorm",
+           "adaptive_avg_pool2d", "conv_max_pool", "max_pool2d", "torch_bias_init", "torch_kernel_init",
+           "torch_uniform_init"]

@@ -42,6 +42,7 @@ from jax import lax
 
 from jaxuq.nn.conv import Conv, conv_general_dilated
 from jaxuq.nn.init import torch_uniform_init
+from jaxuq.nn.pool import ConvMaxPool
 
 __all__ = [
     "PackedConv",
@@ -181,6 +182,8 @@ class PackedConv(nn.Module):
     ``in_channels`` / ``out_channels`` are the nominal (per-network, pre-alpha) sizes, exactly as in TU.
     Output ``[B, *S', ext_out]``, or ``[M*B, *S', out_channels]`` (member-major) when ``last``.
     Variables: ``conv/kernel [*k, ext_in/G, ext_out]`` (torch ``conv.weight`` (O, I/G, *k)), ``conv/bias``.
+    ``max_pool`` (and ``relu``): the output (after a ReLU) max-pooled with non-overlapping windows of that
+    size (before ``last``'s reorder), fused where it can be (:class:`jaxuq.nn.ConvMaxPool`).
     """
 
     in_channels: int
@@ -199,6 +202,8 @@ class PackedConv(nn.Module):
     first: bool = False
     last: bool = False
     dtype: jnp.dtype | None = None
+    max_pool: int = 0
+    relu: bool = False
 
     def sizes(self) -> tuple[int, int, int]:
         return packed_conv_sizes(
@@ -221,10 +226,13 @@ class PackedConv(nn.Module):
             x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=_PAD_MODES[self.padding_mode])
             pads = ((0, 0),) * nd
         fan_in = (ext_in // g) * math.prod(k)
-        out = Conv(
+        if self.relu and not self.max_pool:
+            raise ValueError(f"{self.name}: relu=True needs max_pool (a fused conv -> ReLU -> pool block)")
+        pool = {"max_pool": self.max_pool, "relu": self.relu} if self.max_pool else {}
+        out = (ConvMaxPool if self.max_pool else Conv)(
             ext_out, k, strides=stride, padding=pads, kernel_dilation=dilation, feature_group_count=g,
             use_bias=self.bias, dtype=self.dtype, kernel_init=torch_uniform_init(fan_in),
-            bias_init=torch_uniform_init(fan_in), name="conv",
+            bias_init=torch_uniform_init(fan_in), name="conv", **pool,
         )(x)
         return _members_first(out, self.num_estimators) if self.last else out
 
