@@ -56,11 +56,12 @@ class LeNet(nn.Module):
         kind, act = self.kind(), _act(self.activation)
         conv_dropout = Dropout(self.dropout_rate, broadcast_dims=(1, 2), name="conv_dropout")  # used twice
         # conv1 -> ReLU -> max_pool as one fused block (jaxuq.nn.ConvMaxPool) when nothing sits between
-        # them. Only the first: its 24x24 maps are the step's largest tensor (8 members of TU's deep-ensemble
-        # recipe, one shared batch: 14 MB) and fusing them made the step 10 % faster; fusing conv2 as well
-        # (member-stacked inputs, lax.map over members) made it 20 % slower, and one model is unchanged.
+        # them (no norm; no dropout, which an eval-time MC Dropout may switch on). Only conv1: its 24x24 maps
+        # are a step's largest tensor (8 members of TU's deep-ensemble recipe on one batch of 128: 14 MB),
+        # and fusing it made that step ~10 % faster; fusing conv2 as well (member-stacked inputs, a lax.map
+        # over members) made it ~20 % slower (1.13 vs 0.92 s per 25 steps); one model is unchanged.
         fuse = (kind.fuses_max_pool and self.norm == "none" and self.activation == "relu"
-                and (self.dropout_rate == 0 or not train))
+                and self.dropout_rate == 0)
         out = x
         for i, (cin, cout) in enumerate(((self.in_channels, 6), (6, 16)), start=1):
             pooled = fuse and i == 1
