@@ -16,6 +16,7 @@ with ``TrainConfig(objective=jaxuq.train.ELBOObjective(ELBOLoss(...)))``. ``froz
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from jaxuq.models.lenet import LeNet
 from jaxuq.nn.bayesian import BayesConv, BayesDense
@@ -33,6 +34,7 @@ class BayesKind:
 
     priors: tuple[tuple[str, float], ...] = ()
     frozen: bool = False
+    fuses_max_pool: ClassVar[bool] = False  # Bayesian convs are never fused with their pool
 
     def conv(self, cin, cout, k, stride=1, pad=0, *, bias, name, groups=1, **_):
         return BayesConv(cout, k, stride, pad, groups=groups, use_bias=bias, frozen=self.frozen, name=name,
